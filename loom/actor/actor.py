@@ -1,0 +1,513 @@
+"""``Actor``: subclass it, bind handlers with ``@on``, use ``emit``/``request``/``reply``."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import zmq
+
+from loom.actor.event import Event
+from loom.actor.link import Link
+from loom.actor.patterns import Pattern, Router
+from loom.config import DEFAULT_BROKER, broker_address
+from loom.errors import (
+    BrokerUnavailableError,
+    ClosedError,
+    HopLimitError,
+    NoReplyToError,
+    ProtocolError,
+    RemoteError,
+    RequestTimeoutError,
+)
+from loom.logs import DropCounter, get_logger
+from loom.protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    ERROR,
+    EVENT,
+    MAX_HOPS,
+    REPLY,
+    REQUEST,
+    IdSource,
+    decode_header,
+    decode_payload,
+    encode_payload,
+    encode_topic,
+    pack_header,
+    recv_message,
+    send_message,
+)
+
+__all__ = ["Actor", "ActorStats", "on"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_PATTERNS_ATTR = "__loom_patterns__"
+_current: ContextVar[Event | None] = ContextVar("loom_current_event", default=None)
+_MAX_TOPIC_CACHE = 10_000
+
+
+def on(*patterns: str) -> Callable[[F], F]:
+    """Bind an actor method (sync or async) to one or more topic patterns.
+
+    Raises:
+        PatternError: a pattern is invalid (at class definition).
+    """
+    for text in patterns:
+        Pattern(text)
+
+    def bind(fn: F) -> F:
+        setattr(fn, _PATTERNS_ATTR, (*getattr(fn, _PATTERNS_ATTR, ()), *patterns))
+        return fn
+
+    return bind
+
+
+class ActorStats:
+    """What an actor counted: handled events, handler errors, drops by reason."""
+
+    __slots__ = ("drops", "errors", "expired", "handled", "late_replies", "unmatched")
+
+    def __init__(self, drops: DropCounter) -> None:
+        self.handled = 0
+        self.errors = 0
+        self.unmatched = 0
+        self.late_replies = 0
+        self.expired = 0
+        self.drops = drops
+
+
+class Actor:
+    """A long-running process on the mesh.
+
+    Args:
+        name: how the actor signs its messages (default: the class name, lower case).
+        broker: the broker's control endpoint.
+        context: the zmq context to use; a private one by default.
+        mailbox_size: events buffered before the actor stops reading (backpressure).
+        connect_timeout: seconds ``start()`` waits for the broker to confirm the link.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        broker: str = DEFAULT_BROKER,
+        *,
+        context: zmq.Context[Any] | None = None,
+        mailbox_size: int = 10_000,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.name = name or type(self).__name__.lower()
+        self.broker = broker
+        self.ids = IdSource()
+        self.id = self.ids.prefix.hex()
+        self.log = get_logger("loom.actor", actor=self.name)
+        self.stats = ActorStats(DropCounter(self.log))
+        self._context = context
+        self._mailbox_size = mailbox_size
+        self._connect_timeout = connect_timeout
+        self._router: Router[tuple[Callable[[Event], Any], bool]] = Router()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._inbox = f"$inbox.{self.id}"
+        self._topics: dict[str, bytes] = {}
+        self._pending: dict[bytes, asyncio.Future[Any]] = {}
+        self._mailbox: deque[tuple[Event, tuple[Any, ...]]] = deque()
+        self._max_payload = DEFAULT_MAX_PAYLOAD
+        self._link: Link | None = None
+        self._running = False
+        self._paused = False
+        self._probes = 0
+        for attr in dir(type(self)):
+            patterns = getattr(getattr(type(self), attr, None), _PATTERNS_ATTR, ())
+            for pattern in patterns:
+                self._bind(pattern, getattr(self, attr))
+
+    # --- hooks -------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        """Runs once the link is confirmed, before any handler. Override it."""
+
+    async def on_stop(self) -> None:
+        """Runs when the actor stops, while it can still emit. Override it."""
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Start, serve until SIGINT or SIGTERM, stop. Blocks; for scripts.
+
+        A broker given as ``None`` or empty is taken from ``$LOOM_BROKER``.
+        """
+        self.broker = broker_address(self.broker)
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        await self.start()
+        try:
+            await stopping.wait()
+        finally:
+            await self.stop()
+
+    async def start(self) -> None:
+        """Connect, subscribe, and confirm the subscriptions end to end.
+
+        When it returns, every event published afterwards on a bound pattern reaches
+        this actor. Then ``on_start`` runs, then handlers start.
+
+        Raises:
+            BrokerUnavailableError: the broker did not answer or confirm in time.
+            VersionMismatchError: the broker speaks another protocol version.
+        """
+        if self._running:
+            return
+        loop = asyncio.get_running_loop()
+        self._own_context = self._context is None
+        context = self._context if self._context is not None else zmq.Context()
+        self._context = context
+        link = self._link = Link(self.broker, context, name=self.name, hwm=1000)
+        try:
+            hello = await link.open(self._connect_timeout)
+            self._max_payload = int(hello.get("max_payload", DEFAULT_MAX_PAYLOAD))
+            assert link.sub is not None and link.pub is not None
+            self._sub, self._pub = link.sub, link.pub
+            for prefix in self._router.prefixes():
+                self._sub.subscribe(prefix)
+            self._sub.subscribe(self._inbox.encode())
+            self._wake = asyncio.Event()
+            loop.add_reader(self._sub.FD, self._on_readable)
+            self._running = True
+            await self._confirm()
+        except BaseException:
+            await self._teardown()
+            raise
+        self.log.info("actor started", broker=self.broker, id=self.id)
+        await self.on_start()
+        self._dispatcher = loop.create_task(self._dispatch_loop(), name=f"loom-{self.name}")
+
+    async def stop(self) -> None:
+        """Run ``on_stop``, finish the handler in progress, close the link. Idempotent."""
+        if not self._running:
+            return
+        try:
+            await self.on_stop()
+        except Exception:
+            self.log.exception("on_stop failed")
+        await self._teardown()
+        self.log.info("actor stopped", handled=self.stats.handled, errors=self.stats.errors)
+
+    async def _teardown(self) -> None:
+        self._running = False
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            dispatcher.cancel()
+            await asyncio.gather(dispatcher, return_exceptions=True)
+            self._dispatcher = None
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ClosedError(f"actor {self.name!r} stopped"))
+        self._pending.clear()
+        if self._link is not None:
+            if self._link.sub is not None:
+                asyncio.get_running_loop().remove_reader(self._link.sub.FD)
+            self._link.close()
+            self._link = None
+        if getattr(self, "_own_context", False) and self._context is not None:
+            self._context.term()  # waits for queued messages, bounded by the sockets' linger
+            self._context = None
+
+    async def subscribe(self, pattern: str, handler: Callable[[Event], Any]) -> None:
+        """Bind ``handler`` to ``pattern`` now; once this returns the subscription holds.
+
+        Raises:
+            PatternError: the pattern is invalid.
+            BrokerUnavailableError: a running actor's broker did not confirm in time.
+        """
+        compiled = self._bind(pattern, handler)
+        if self._running:
+            self._sub.subscribe(compiled.prefix)
+            await self._confirm()
+
+    def _bind(self, pattern: str, handler: Callable[[Event], Any]) -> Pattern:
+        is_async = inspect.iscoroutinefunction(handler)
+        return self._router.add(pattern, (handler, is_async))
+
+    async def _confirm(self) -> None:
+        """Publish probes to a fresh topic we subscribe to until one comes back.
+
+        Subscriptions travel in order on one pipe, so a probe received on the newest
+        subscription proves the broker holds all the earlier ones, and that our own
+        publisher has the broker's subscribe-all.
+        """
+        self._probes += 1
+        topic = f"$probe.{self.id}.{self._probes}"
+        self._sub.subscribe(topic.encode())
+        probe_id = self.ids.next()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[probe_id] = fut
+        frames = self._frames(topic, REPLY, None, correlation_id=probe_id)
+        deadline = time.monotonic() + self._connect_timeout
+        interval = 0.002
+        try:
+            while not fut.done():
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailableError(
+                        f"broker at {self.broker} did not confirm subscriptions "
+                        f"within {self._connect_timeout:g}s"
+                    )
+                self._write(frames)
+                await asyncio.wait({fut}, timeout=interval)
+                interval = min(interval * 2, 0.1)
+        finally:
+            self._pending.pop(probe_id, None)
+            if self._link is not None:
+                self._sub.unsubscribe(topic.encode())
+
+    # --- verbs -------------------------------------------------------------------
+
+    async def emit(self, topic: str, data: Any = None, *, thread: str | None = None) -> None:
+        """Publish an event.
+
+        A coroutine so that a broker that cannot keep up slows the sender down instead
+        of losing the event (backpressure); it returns at once when there is room.
+
+        Raises:
+            ClosedError: the actor is not running.
+            TopicError: the topic is invalid.
+            EncodeError: ``data`` cannot be encoded with msgpack.
+            PayloadTooLargeError: the encoded data exceeds the broker's limit.
+            HopLimitError: emitted too many handlers deep (a loop, most likely).
+        """
+        frames = self._frames(topic, EVENT, data, thread=thread)
+        if not self._write(frames):
+            await self._write_waiting(frames)
+
+    async def request(
+        self, topic: str, data: Any = None, *, timeout: float = 5.0, thread: str | None = None
+    ) -> Any:
+        """Publish a request and return the first reply's data.
+
+        Raises:
+            RequestTimeoutError: no reply within ``timeout`` seconds (a ``TimeoutError``).
+            RemoteError: the responding handler raised.
+            ClosedError: the actor stopped while waiting.
+            TopicError, EncodeError, PayloadTooLargeError: as for ``emit``.
+        """
+        mid = self.ids.next()
+        frames = self._frames(
+            topic,
+            REQUEST,
+            data,
+            mid=mid,
+            reply_to=self._inbox,
+            deadline=time.time() + timeout,
+            thread=thread,
+        )
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[mid] = fut
+        try:
+            async with asyncio.timeout(timeout):
+                if not self._write(frames):
+                    await self._write_waiting(frames)
+                return await fut
+        except TimeoutError:
+            raise RequestTimeoutError(f"no reply on {topic!r} within {timeout:g}s") from None
+        finally:
+            self._pending.pop(mid, None)
+
+    async def reply(self, event: Event, data: Any) -> None:
+        """Answer a request (a handler may also just return the answer).
+
+        Raises:
+            NoReplyToError: ``event`` is not a request.
+            EncodeError, PayloadTooLargeError: as for ``emit``.
+        """
+        await self._answer(event, REPLY, data)
+
+    async def _answer(self, event: Event, kind: int, data: Any) -> None:
+        envelope = event.envelope
+        if envelope.reply_to is None:
+            raise NoReplyToError(f"event on {event.topic!r} from {event.sender!r} is not a request")
+        frames = self._frames(envelope.reply_to, kind, data, correlation_id=envelope.id)
+        event.replied = True
+        if not self._write(frames):
+            await self._write_waiting(frames)
+
+    def _frames(
+        self,
+        topic: str,
+        kind: int,
+        data: Any,
+        *,
+        mid: bytes | None = None,
+        correlation_id: bytes | None = None,
+        reply_to: str | None = None,
+        deadline: float | None = None,
+        thread: str | None = None,
+    ) -> tuple[bytes, bytes, bytes]:
+        if not self._running:
+            raise ClosedError(f"actor {self.name!r} is not running")
+        topic_frame = self._topics.get(topic)
+        if topic_frame is None:
+            topic_frame = encode_topic(topic)
+            if len(self._topics) < _MAX_TOPIC_CACHE:
+                self._topics[topic] = topic_frame
+        payload = encode_payload(data, self._max_payload)
+        if mid is None:
+            mid = self.ids.next()
+        parent = _current.get()
+        if parent is None:
+            hops, trace, parent_id = 0, mid, None
+        else:
+            penv = parent.envelope
+            hops = penv.hops + 1
+            if hops > MAX_HOPS:
+                raise HopLimitError(f"emit on {topic!r} is {hops} handlers deep (limit {MAX_HOPS})")
+            trace, parent_id = penv.trace_id or mid, penv.id
+            if thread is None:
+                thread = penv.thread_id
+        header = pack_header(
+            kind,
+            mid,
+            self.name,
+            time.time(),
+            correlation_id,
+            reply_to,
+            thread,
+            deadline,
+            hops,
+            trace,
+            parent_id,
+        )
+        return topic_frame, header, payload
+
+    def _write(self, frames: tuple[bytes, bytes, bytes]) -> bool:
+        try:
+            send_message(self._pub, *frames)
+        except zmq.Again:
+            return False
+        return True
+
+    async def _write_waiting(self, frames: tuple[bytes, bytes, bytes]) -> None:
+        delay = 0.0005
+        while not self._write(frames):
+            if not self._running:
+                raise ClosedError(f"actor {self.name!r} stopped while sending")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    # --- receiving ---------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        """Drain the SUB socket (edge-triggered fd): replies resolve futures at once,
+        events go to the mailbox for the dispatcher."""
+        if not self._running or self._paused:
+            return
+        sub, pending, mailbox, match = self._sub, self._pending, self._mailbox, self._router.match
+        drops = self.stats.drops
+        queued = False
+        for _ in range(1000):
+            try:
+                topic, header, payload = recv_message(sub)
+                envelope = decode_header(header)
+                if envelope.kind >= REPLY:
+                    fut = pending.pop(envelope.correlation_id, None)  # type: ignore[arg-type]
+                    if fut is not None:
+                        _resolve(fut, envelope.kind, payload)
+                        continue
+                handlers = match(topic)
+                if not handlers:
+                    if envelope.kind >= REPLY:
+                        self.stats.late_replies += 1
+                    else:
+                        self.stats.unmatched += 1
+                    continue
+                data = decode_payload(payload, envelope.content_type)
+            except zmq.Again:
+                break
+            except ProtocolError as exc:
+                drops.drop(exc.reason, str(exc))
+                continue
+            mailbox.append((Event(topic.decode(errors="replace"), data, envelope), handlers))
+            queued = True
+        else:
+            asyncio.get_running_loop().call_soon(self._on_readable)
+        if queued:
+            self._wake.set()
+            if len(mailbox) >= self._mailbox_size:
+                self._paused = True
+                asyncio.get_running_loop().remove_reader(sub.FD)
+
+    def _resume(self) -> None:
+        self._paused = False
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._sub.FD, self._on_readable)
+        loop.call_soon(self._on_readable)
+
+    async def _dispatch_loop(self) -> None:
+        """Run handlers one event at a time, in arrival order."""
+        mailbox, wake, resume_at = self._mailbox, self._wake, self._mailbox_size // 2
+        while True:
+            if not mailbox:
+                wake.clear()
+                await wake.wait()
+                continue
+            event, handlers = mailbox.popleft()
+            if self._paused and len(mailbox) <= resume_at:
+                self._resume()
+            deadline = event.envelope.deadline
+            if deadline is not None and deadline < time.time():
+                self.stats.expired += 1
+                continue
+            for handler, is_async in handlers:
+                await self._handle(event, handler, is_async)
+
+    async def _handle(self, event: Event, handler: Callable[[Event], Any], is_async: bool) -> None:
+        token = _current.set(event)
+        try:
+            result = handler(event)
+            if is_async:
+                result = await result
+            if result is not None and event.is_request and not event.replied:
+                await self._answer(event, REPLY, result)
+            self.stats.handled += 1
+        except Exception as exc:
+            self.stats.errors += 1
+            self.log.exception(
+                "handler failed",
+                handler=getattr(handler, "__qualname__", repr(handler)),
+                topic=event.topic,
+                sender=event.sender,
+            )
+            if event.is_request and not event.replied:
+                error = {"type": type(exc).__name__, "message": str(exc)}
+                try:
+                    await self._answer(event, ERROR, error)
+                except Exception:
+                    self.log.exception("cannot send the error reply", topic=event.topic)
+        finally:
+            _current.reset(token)
+
+
+def _resolve(fut: asyncio.Future[Any], kind: int, payload: bytes) -> None:
+    if fut.done():
+        return
+    try:
+        data = decode_payload(payload)
+    except ProtocolError as exc:
+        fut.set_exception(exc)
+        return
+    if kind == ERROR:
+        info = data if isinstance(data, dict) else {}
+        fut.set_exception(
+            RemoteError(str(info.get("type", "Error")), str(info.get("message", data)))
+        )
+    else:
+        fut.set_result(data)

@@ -1,0 +1,62 @@
+"""What a handler receives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loom.protocol import REQUEST, Envelope, Kind
+
+__all__ = ["Event"]
+
+
+class Event:
+    """One message delivered to a handler.
+
+    Attributes:
+        topic: the topic it was published on.
+        data: the decoded payload.
+        envelope: the full header.
+    """
+
+    __slots__ = ("data", "envelope", "replied", "topic")
+
+    def __init__(self, topic: str, data: Any, envelope: Envelope) -> None:
+        self.topic = topic
+        self.data = data
+        self.envelope = envelope
+        self.replied = False
+
+    @property
+    def sender(self) -> str:
+        """The name of the actor that sent it."""
+        return self.envelope.sender
+
+    @property
+    def id(self) -> str:
+        """The message id, hex."""
+        return self.envelope.id.hex()
+
+    @property
+    def kind(self) -> Kind:
+        return Kind(self.envelope.kind)
+
+    @property
+    def is_request(self) -> bool:
+        """True when the sender awaits a reply (``Actor.request``)."""
+        return self.envelope.kind == REQUEST
+
+    @property
+    def thread_id(self) -> str | None:
+        return self.envelope.thread_id
+
+    @property
+    def trace_id(self) -> str | None:
+        trace = self.envelope.trace_id
+        return trace.hex() if isinstance(trace, bytes) else None
+
+    @property
+    def timestamp(self) -> float:
+        return self.envelope.timestamp
+
+    def __repr__(self) -> str:
+        return f"Event(topic={self.topic!r}, sender={self.sender!r}, data={self.data!r})"

@@ -1,0 +1,132 @@
+"""An actor's link to one broker: HELLO on the control socket, then the pub/sub pair."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from loom.errors import BrokerUnavailableError, ProtocolError, VersionMismatchError
+from loom.protocol import ERROR_COMMAND, HELLO, VERSION, decode_control, encode_control
+
+__all__ = ["Link", "announced_endpoint", "control_request"]
+
+_WILDCARD_HOSTS = ("*", "0.0.0.0", "[::]", "::")
+
+
+def announced_endpoint(announced: str, control: str) -> str:
+    """Make an endpoint the broker announced reachable from here.
+
+    A broker bound to a wildcard host (``tcp://0.0.0.0:41000``) announces that host;
+    the client substitutes the host it reached the control endpoint at.
+    """
+    scheme, _, rest = announced.partition("://")
+    if scheme != "tcp":
+        return announced
+    host, _, port = rest.rpartition(":")
+    if host not in _WILDCARD_HOSTS:
+        return announced
+    control_host = control.partition("://")[2].rpartition(":")[0]
+    return f"tcp://{control_host}:{port}"
+
+
+async def control_request(
+    context: zmq.Context[Any], address: str, command: bytes, body: dict[str, Any], timeout: float
+) -> tuple[bytes, dict[str, Any]]:
+    """Send one control command to the broker at ``address`` and return its answer.
+
+    Raises:
+        BrokerUnavailableError: no answer within ``timeout`` seconds.
+        ProtocolError: the answer is unreadable.
+    """
+    actx = zmq.asyncio.Context.shadow(context.underlying)
+    dealer = actx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        dealer.connect(address)
+        await dealer.send_multipart(encode_control(command, body))
+        try:
+            async with asyncio.timeout(timeout):
+                frames = await dealer.recv_multipart()
+        except TimeoutError:
+            raise BrokerUnavailableError(
+                f"no broker answered at {address} within {timeout:g}s"
+            ) from None
+    finally:
+        dealer.close(linger=0)
+    return decode_control(frames)
+
+
+class Link:
+    """The three sockets an actor holds to a broker.
+
+    ``pub`` is an XPUB with ``XPUB_NODROP``: when the broker cannot keep up, sends raise
+    ``zmq.Again`` and the actor waits (backpressure) instead of dropping silently the way
+    a plain PUB would.
+
+    Args:
+        address: the broker's control endpoint.
+        context: the zmq context sockets are made in.
+        name: the actor's name, sent in HELLO.
+        hwm: high-water mark of the pub/sub sockets, messages.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        context: zmq.Context[Any],
+        *,
+        name: str,
+        role: str = "actor",
+        hwm: int = 1000,
+    ) -> None:
+        self.address = address
+        self._context = context
+        self._name = name
+        self._role = role
+        self._hwm = hwm
+        self.hello: dict[str, Any] = {}
+        self.pub: zmq.Socket[bytes] | None = None
+        self.sub: zmq.Socket[bytes] | None = None
+
+    async def open(self, timeout: float) -> dict[str, Any]:
+        """Say HELLO, then connect the pub/sub pair to the endpoints it announces.
+
+        Raises:
+            BrokerUnavailableError: no answer within ``timeout`` seconds.
+            VersionMismatchError: the broker speaks another protocol version.
+            ProtocolError: the broker answered something unreadable.
+        """
+        self.hello = await self._hello(timeout)
+        pub = self._context.socket(zmq.XPUB)
+        pub.setsockopt(zmq.XPUB_NODROP, 1)
+        sub = self._context.socket(zmq.SUB)
+        for sock in (pub, sub):
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.setsockopt(zmq.SNDHWM, self._hwm)
+            sock.setsockopt(zmq.RCVHWM, self._hwm)
+        pub.connect(announced_endpoint(self.hello["pub"], self.address))
+        sub.connect(announced_endpoint(self.hello["sub"], self.address))
+        self.pub, self.sub = pub, sub
+        return self.hello
+
+    async def _hello(self, timeout: float) -> dict[str, Any]:
+        body = {"version": VERSION, "name": self._name, "role": self._role, "pid": os.getpid()}
+        command, reply = await control_request(self._context, self.address, HELLO, body, timeout)
+        if command == ERROR_COMMAND:
+            if reply.get("code") == "VERSION_MISMATCH":
+                raise VersionMismatchError(VERSION, reply.get("version"))
+            raise ProtocolError("hello", f"broker refused HELLO: {reply.get('message')}")
+        if command != HELLO or not {"pub", "sub"} <= reply.keys():
+            raise ProtocolError("hello", f"unexpected answer to HELLO: {command!r}")
+        return reply
+
+    def close(self, linger: float = 1.0) -> None:
+        """Close the sockets; unsent messages get up to ``linger`` seconds at context term."""
+        for sock in (self.pub, self.sub):
+            if sock is not None:
+                sock.close(linger=int(linger * 1000))
+        self.pub = self.sub = None

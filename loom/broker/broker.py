@@ -1,0 +1,164 @@
+"""The broker: binds the control ROUTER and the pub/sub pair, then runs one poll loop."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import zmq
+
+from loom.broker.control import ControlPlane
+from loom.broker.pubsub import PubSubProxy
+from loom.logs import get_logger
+from loom.protocol import DEFAULT_MAX_PAYLOAD
+
+__all__ = ["Broker", "derive_endpoints"]
+
+
+def derive_endpoints(control: str) -> tuple[str, str]:
+    """Where to bind the publish (XSUB) and subscribe (XPUB) sockets for ``control``.
+
+    TCP takes ephemeral ports on the same host (HELLO announces them); IPC and inproc
+    take sibling names (``<path>.pub``, ``<path>.sub``).
+
+    Raises:
+        ValueError: an unsupported transport.
+    """
+    scheme, sep, rest = control.partition("://")
+    if not sep:
+        raise ValueError(f"endpoint {control!r} has no transport (tcp://, ipc://, inproc://)")
+    if scheme == "tcp":
+        host = rest.rsplit(":", 1)[0]
+        return f"tcp://{host}:*", f"tcp://{host}:*"
+    if scheme in ("ipc", "inproc"):
+        return f"{control}.pub", f"{control}.sub"
+    raise ValueError(f"endpoint {control!r}: transport {scheme!r} is not supported")
+
+
+class Broker:
+    """A Loom broker.
+
+    ``run()`` blocks the calling thread (a process's main thread, or a thread of its own)
+    until ``stop()`` is called, from any thread or a signal handler.
+
+    Args:
+        endpoint: the control address users configure (``tcp://127.0.0.1:7700``,
+            ``ipc:///tmp/loom.sock``).
+        context: the zmq context; a private one by default.
+        max_payload: largest payload forwarded, in bytes.
+        stall_timeout: how long a full subscriber may hold up a send (seconds).
+        hwm: high-water mark of every socket, in messages.
+        name: the broker's name in logs and HELLO.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        stall_timeout: float = 0.5,
+        hwm: int = 1000,
+        name: str = "loom-broker",
+    ) -> None:
+        self.endpoint = endpoint
+        self.name = name
+        self._own_context = context is None
+        self._context = context if context is not None else zmq.Context()
+        self._max_payload = max_payload
+        self._stall_timeout = stall_timeout
+        self._hwm = hwm
+        self._stopping = threading.Event()
+        self._log = get_logger("loom.broker", broker=name)
+        self.endpoints: dict[str, str] = {}
+        self._sockets: list[zmq.Socket[bytes]] = []
+        self.proxy: PubSubProxy | None = None
+        self.control: ControlPlane | None = None
+
+    def bind(self) -> dict[str, str]:
+        """Bind every socket; returns the endpoints (``control``, ``pub``, ``sub``).
+
+        Raises:
+            zmq.ZMQError: an address is in use or invalid.
+            ValueError: an unsupported transport.
+        """
+        pub_at, sub_at = derive_endpoints(self.endpoint)
+        router = self._socket(zmq.ROUTER)
+        router.bind(self.endpoint)
+        xsub = self._socket(zmq.XSUB)
+        xsub.bind(pub_at)
+        xpub = self._socket(zmq.XPUB)
+        xpub.bind(sub_at)
+        self.endpoints = {
+            "control": self.endpoint,
+            "pub": xsub.getsockopt_string(zmq.LAST_ENDPOINT),
+            "sub": xpub.getsockopt_string(zmq.LAST_ENDPOINT),
+        }
+        self.proxy = PubSubProxy(
+            xsub,
+            xpub,
+            max_payload=self._max_payload,
+            stall_timeout=self._stall_timeout,
+            log=self._log,
+        )
+        self.control = ControlPlane(
+            router,
+            announce={
+                "broker": self.name,
+                "pub": self.endpoints["pub"],
+                "sub": self.endpoints["sub"],
+                "max_payload": self._max_payload,
+            },
+            stats=self.proxy.snapshot,
+            log=self._log,
+        )
+        self._router, self._xsub, self._xpub = router, xsub, xpub
+        return self.endpoints
+
+    def _socket(self, kind: int) -> zmq.Socket[bytes]:
+        sock = self._context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.setsockopt(zmq.RCVHWM, self._hwm)
+        self._sockets.append(sock)
+        return sock
+
+    def run(self) -> None:
+        """Bind (if not done yet), log ``broker ready``, and serve until ``stop()``."""
+        if self.proxy is None:
+            self.bind()
+        assert self.proxy is not None and self.control is not None
+        proxy, control = self.proxy, self.control
+        poller = zmq.Poller()
+        for sock in (self._xsub, self._xpub, self._router):
+            poller.register(sock, zmq.POLLIN)
+        xsub, xpub = self._xsub, self._xpub
+        self._log.info("broker ready", **self.endpoints)
+        try:
+            while not self._stopping.is_set():
+                for sock, _ in poller.poll(200):
+                    if sock is xsub:
+                        proxy.pump()
+                    elif sock is xpub:
+                        proxy.read_subscriptions()
+                    else:
+                        control.serve()
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return (within ~200 ms). Safe from threads and signal handlers."""
+        self._stopping.set()
+
+    def stats(self) -> dict[str, Any]:
+        """The proxy's counters (valid after ``bind()``)."""
+        return self.proxy.snapshot() if self.proxy is not None else {}
+
+    def _close(self) -> None:
+        totals = self.stats().get("totals", {})
+        for sock in self._sockets:
+            sock.close(linger=0)
+        self._sockets.clear()
+        if self._own_context:
+            self._context.term()
+        self._log.info("broker stopped", **totals)

@@ -1,0 +1,217 @@
+"""The pub/sub proxy: XSUB (peers publish) -> validate and count -> XPUB (peers subscribe).
+
+Publishers are sent one subscribe-all, so every message reaches the broker and the XPUB
+does all the filtering: a subscription is then in force the moment the broker has read
+it, which is what lets an actor confirm its subscriptions end to end (see
+``docs/protocol.md``, "Confirming a link").
+
+The hot loop wakes once, then drains up to ``budget`` messages with NOBLOCK. Per message
+it costs three ``recv``, three RCVMORE checks, one header decode, a dict lookup and three
+``send``; nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from loom.errors import ProtocolError
+from loom.logs import DropCounter
+from loom.protocol import decode_header, decode_topic, recv_message
+
+__all__ = ["PubSubProxy", "TopicStats"]
+
+PUBLISHED, FORWARDED, DROPPED, MALFORMED = range(4)
+COUNTER_NAMES = ("published", "forwarded", "dropped", "malformed")
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_XPUB_NODROP = int(zmq.XPUB_NODROP)
+
+
+class TopicStats:
+    """Per-topic counters ``[published, forwarded, dropped, malformed]``.
+
+    ``dropped`` counts messages at least one subscriber did not get. Distinct topics are
+    capped; past the cap, new topics share the ``(other)`` row so memory stays bounded.
+    """
+
+    def __init__(self, max_topics: int = 10_000) -> None:
+        self.rows: dict[bytes, list[int]] = {}
+        self.other = [0, 0, 0, 0]
+        self.unparsed = [0, 0, 0, 0]
+        """Messages whose topic could not be read at all (bad frames, not UTF-8)."""
+        self._max = max_topics
+
+    def row(self, topic: bytes) -> list[int]:
+        """The counters for ``topic`` (a topic already known to be valid)."""
+        row = self.rows.get(topic)
+        if row is None:
+            if len(self.rows) >= self._max:
+                return self.other
+            row = self.rows[topic] = [0, 0, 0, 0]
+        return row
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters by topic and in total, as plain data."""
+        topics = {
+            t.decode(): dict(zip(COUNTER_NAMES, r, strict=True)) for t, r in self.rows.items()
+        }
+        if any(self.other):
+            topics["(other)"] = dict(zip(COUNTER_NAMES, self.other, strict=True))
+        totals = [
+            sum(col) for col in zip(self.other, self.unparsed, *self.rows.values(), strict=True)
+        ]
+        return {
+            "topics": topics,
+            "totals": dict(zip(COUNTER_NAMES, totals, strict=True)),
+        }
+
+
+class PubSubProxy:
+    """Forwards ``[topic, header, payload]`` from ``xsub`` to ``xpub``, dropping and
+    counting what is malformed, oversized, expired or undeliverable.
+
+    Args:
+        xsub: a bound XSUB socket (peers' PUB/XPUB sockets connect to it).
+        xpub: a bound XPUB socket (peers' SUB sockets connect to it).
+        max_payload: payloads larger than this are dropped (counted ``oversized``).
+        stall_timeout: how long a send may wait for a full subscriber before the proxy
+            sheds load: for ``10 * stall_timeout`` it then delivers to the subscribers
+            that keep up and counts a drop for each message a stalled one missed.
+        log: a structlog logger.
+        clock: wall-clock seconds (deadlines are wall-clock).
+    """
+
+    def __init__(
+        self,
+        xsub: zmq.Socket[bytes],
+        xpub: zmq.Socket[bytes],
+        *,
+        max_payload: int,
+        stall_timeout: float,
+        log: Any,
+        max_topics: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._xsub = xsub
+        self._xpub = xpub
+        self._max_payload = max_payload
+        self._stall_timeout = stall_timeout
+        self._clock = clock
+        self._log = log
+        self._shed_until = 0.0
+        self.stats = TopicStats(max_topics)
+        self.drops = DropCounter(log)
+        self.subscriptions: set[bytes] = set()
+        xpub.setsockopt(zmq.XPUB_NODROP, 1)
+        xpub.setsockopt(zmq.SNDTIMEO, max(1, int(stall_timeout * 1000)))
+        xsub.send(b"\x01")  # subscribe-all: publishers send everything, the XPUB filters
+
+    def pump(self, budget: int = 1000) -> bool:
+        """Forward up to ``budget`` waiting messages; True if more may be waiting."""
+        xpub_send = self._xpub.send
+        stats = self.stats
+        rows = stats.rows
+        max_payload = self._max_payload
+        xsub = self._xsub
+        for _ in range(budget):
+            try:
+                topic, header, payload = recv_message(xsub)
+            except zmq.Again:
+                return False
+            except ProtocolError as exc:
+                stats.unparsed[MALFORMED] += 1
+                self.drops.drop(exc.reason, str(exc))
+                continue
+            row = rows.get(topic)
+            if row is None:
+                try:
+                    decode_topic(topic)
+                except ProtocolError as exc:
+                    stats.unparsed[MALFORMED] += 1
+                    self.drops.drop(exc.reason, str(exc))
+                    continue
+                row = stats.row(topic)
+            try:
+                envelope = decode_header(header)
+            except ProtocolError as exc:
+                row[MALFORMED] += 1
+                self.drops.drop(exc.reason, str(exc), topic=topic.decode())
+                continue
+            row[PUBLISHED] += 1
+            if len(payload) > max_payload:
+                row[DROPPED] += 1
+                self.drops.drop(
+                    "oversized",
+                    f"payload of {len(payload)} bytes over the limit of {max_payload}",
+                    topic=topic.decode(),
+                    sender=envelope.sender,
+                )
+                continue
+            if envelope.deadline is not None and envelope.deadline < self._clock():
+                row[DROPPED] += 1
+                self.drops.drop("expired", "deadline passed", topic=topic.decode())
+                continue
+            try:
+                xpub_send(topic, _NOBLOCK | _SNDMORE)
+            except zmq.Again:
+                self._forward_blocked(topic, header, payload, row)
+                continue
+            xpub_send(header, _SNDMORE)
+            xpub_send(payload)
+            row[FORWARDED] += 1
+        return True
+
+    def _forward_blocked(self, topic: bytes, header: bytes, payload: bytes, row: list[int]) -> None:
+        """A subscriber's queue is full: wait a little (backpressure), then shed."""
+        xpub = self._xpub
+        now = time.monotonic()
+        if now >= self._shed_until:
+            try:  # blocking send, bounded by SNDTIMEO = stall_timeout
+                xpub.send(topic, _SNDMORE)
+            except zmq.Again:
+                self._shed_until = now + 10 * self._stall_timeout
+                self._log.warning(
+                    "subscriber stalled: delivering to the others, dropping for it",
+                    topic=topic.decode(),
+                    shed_seconds=10 * self._stall_timeout,
+                )
+            else:
+                xpub.send(header, _SNDMORE)
+                xpub.send(payload)
+                row[FORWARDED] += 1
+                return
+        # Lossy send: the subscribers that keep up get it; the stalled one does not.
+        xpub.setsockopt(_XPUB_NODROP, 0)
+        try:
+            xpub.send(topic, _NOBLOCK | _SNDMORE)
+            xpub.send(header, _SNDMORE)
+            xpub.send(payload)
+        finally:
+            xpub.setsockopt(_XPUB_NODROP, 1)
+        row[FORWARDED] += 1
+        row[DROPPED] += 1
+        self.drops.drop("stalled", "a subscriber is not keeping up", topic=topic.decode())
+
+    def read_subscriptions(self) -> None:
+        """Track the prefixes subscribers hold (the XPUB reports first-sub/last-unsub)."""
+        while True:
+            try:
+                frame = self._xpub.recv(_NOBLOCK)
+            except zmq.Again:
+                return
+            if frame[:1] == b"\x01":
+                self.subscriptions.add(frame[1:])
+            elif frame[:1] == b"\x00":
+                self.subscriptions.discard(frame[1:])
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters, drops by reason and live subscription prefixes."""
+        snap = self.stats.snapshot()
+        snap["drops"] = dict(self.drops.counts)
+        snap["subscriptions"] = sorted(p.decode(errors="replace") for p in self.subscriptions)
+        return snap

@@ -1,0 +1,97 @@
+"""``loom demo``: a broker and the demo actors as child processes, with a live feed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from loom.actor import Actor, Event
+from loom.actor.link import control_request
+from loom.errors import BrokerUnavailableError
+from loom.logs import get_logger
+from loom.protocol import HELLO, VERSION
+
+ROLES = ("analyst", "trader", "ticker")
+
+
+async def wait_for_broker(address: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait until the broker at ``address`` answers HELLO.
+
+    Raises:
+        BrokerUnavailableError: it exited or did not answer within ``timeout`` seconds.
+    """
+    context: zmq.Context[Any] = zmq.Context()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise BrokerUnavailableError(f"the broker exited with code {proc.returncode}")
+            try:
+                await control_request(
+                    context, address, HELLO, {"version": VERSION, "name": "demo"}, 0.25
+                )
+                return
+            except BrokerUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+    finally:
+        context.term()
+
+
+def stop_children(children: list[subprocess.Popen[bytes]], grace: float = 5.0) -> None:
+    """SIGTERM the children in reverse start order, then kill any still alive after ``grace``."""
+    for child in reversed(children):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(grace)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+async def run_demo(address: str, duration: float) -> int:
+    """Run the demo until ``duration`` seconds pass (0: forever) or SIGINT/SIGTERM."""
+    log = get_logger("loom.demo")
+    python = sys.executable
+    children = [subprocess.Popen([python, "-m", "loom.broker", "--endpoint", address])]
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    feed = Actor(name="demo-feed", broker=address)
+    try:
+        await wait_for_broker(address, children[0], timeout=10.0)
+        await feed.subscribe("**", _show)
+        await feed.start()
+        for role in ROLES:
+            children.append(
+                subprocess.Popen([python, "-m", "loom.demo", role, "--broker", address])
+            )
+        log.info(
+            "demo running",
+            broker=address,
+            actors=list(ROLES),
+            hint=f"in another terminal: loom tap 'market.**' --broker {address}",
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=duration or None)
+    except BrokerUnavailableError as exc:
+        log.error("demo cannot start", error=str(exc))
+        return 1
+    finally:
+        await feed.stop()
+        await asyncio.to_thread(stop_children, children)
+    log.info("demo stopped")
+    return 0
+
+
+def _show(event: Event) -> None:
+    print(f"{event.topic:<22} {event.sender:<8} {event.data}", flush=True)

@@ -1,0 +1,96 @@
+"""Every error Loom raises derives from :class:`LoomError`.
+
+Names describe a state. Where an error is also a standard condition (a timeout, a bad
+value, an un-encodable type) it subclasses the matching builtin too, so ``except
+TimeoutError`` works as a caller expects.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailableError",
+    "ClosedError",
+    "EncodeError",
+    "HopLimitError",
+    "LoomError",
+    "NoReplyToError",
+    "PatternError",
+    "PayloadTooLargeError",
+    "ProtocolError",
+    "RemoteError",
+    "RequestTimeoutError",
+    "TopicError",
+    "VersionMismatchError",
+]
+
+
+class LoomError(Exception):
+    """The root of every error Loom raises."""
+
+
+class ProtocolError(LoomError):
+    """Bytes on the wire do not follow the Loom protocol (frames, header, topic)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """A short, stable key for the kind of fault (``frames``, ``header``, ``topic``...)."""
+
+
+class VersionMismatchError(ProtocolError):
+    """The peer speaks another protocol version."""
+
+    def __init__(self, ours: int, theirs: object) -> None:
+        super().__init__("version", f"protocol version {theirs!r} is not supported (ours: {ours})")
+        self.ours = ours
+        self.theirs = theirs
+
+
+class EncodeError(LoomError, TypeError):
+    """Data passed to Loom cannot be encoded with msgpack."""
+
+
+class PayloadTooLargeError(LoomError, ValueError):
+    """An encoded payload is larger than the broker accepts."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"payload of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class TopicError(LoomError, ValueError):
+    """A topic is not a valid Loom topic (empty token, wildcard, not UTF-8...)."""
+
+
+class PatternError(LoomError, ValueError):
+    """A subscription pattern is not valid."""
+
+
+class BrokerUnavailableError(LoomError, ConnectionError):
+    """The broker did not answer, or did not confirm the link, within the deadline."""
+
+
+class ClosedError(LoomError):
+    """The actor is not running: it was never started, or it was stopped."""
+
+
+class RequestTimeoutError(LoomError, TimeoutError):
+    """No reply arrived before the request's deadline."""
+
+
+class RemoteError(LoomError):
+    """The handler that received a request raised; carries the remote type and message."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+
+class HopLimitError(LoomError):
+    """An emit would exceed the hop limit: a handler chain is probably looping."""
+
+
+class NoReplyToError(LoomError, ValueError):
+    """``reply`` was called for an event that is not a request."""

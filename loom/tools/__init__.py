@@ -1,0 +1,3 @@
+"""Tool declarations, workers and their sandbox (arrives with the tool plane, issue 3)."""
+
+__all__: list[str] = []
