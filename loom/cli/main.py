@@ -32,6 +32,9 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument(
         "--broker", help="broker control address (default: $LOOM_BROKER or tcp://127.0.0.1:7700)"
     )
+    common.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the broker (default: 5)"
+    )
     common.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     common.add_argument("--log-level", default=None, help="debug, info, warning, error")
     return common
@@ -106,11 +109,13 @@ def main(argv: list[str] | None = None) -> int:
             except json.JSONDecodeError as exc:
                 print(f"loom pub: data is not JSON: {exc}", file=sys.stderr)
                 return 2
-            asyncio.run(_pub(broker, args.topic, data))
+            asyncio.run(_pub(broker, args.topic, data, args.timeout))
         elif args.command == "tap":
-            asyncio.run(_tap(broker, args.pattern, as_json=args.json, count=args.count))
+            asyncio.run(
+                _tap(broker, args.pattern, args.timeout, as_json=args.json, count=args.count)
+            )
         elif args.command == "stats":
-            print(json.dumps(asyncio.run(_stats(broker)), indent=2, default=repr))
+            print(json.dumps(asyncio.run(_stats(broker, args.timeout)), indent=2, default=repr))
         else:
             return asyncio.run(run_demo(broker, args.duration))
     except LoomError as exc:
@@ -119,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _pub(broker: str, topic: str, data: Any) -> None:
-    actor = Actor(name="loom-pub", broker=broker, connect_timeout=5.0)
+async def _pub(broker: str, topic: str, data: Any, timeout: float) -> None:
+    actor = Actor(name="loom-pub", broker=broker, connect_timeout=timeout)
     await actor.start()
     try:
         await actor.emit(topic, data)
@@ -152,7 +157,7 @@ def format_event(event: Event, *, as_json: bool) -> str:
     )
 
 
-async def _tap(broker: str, pattern: str, *, as_json: bool, count: int) -> None:
+async def _tap(broker: str, pattern: str, timeout: float, *, as_json: bool, count: int) -> None:
     done = asyncio.Event()
     seen = 0
 
@@ -163,7 +168,7 @@ async def _tap(broker: str, pattern: str, *, as_json: bool, count: int) -> None:
         if count and seen >= count:
             done.set()
 
-    actor = Actor(name="loom-tap", broker=broker, connect_timeout=5.0)
+    actor = Actor(name="loom-tap", broker=broker, connect_timeout=timeout)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
@@ -176,10 +181,10 @@ async def _tap(broker: str, pattern: str, *, as_json: bool, count: int) -> None:
         await actor.stop()
 
 
-async def _stats(broker: str) -> dict[str, Any]:
+async def _stats(broker: str, timeout: float) -> dict[str, Any]:
     context: zmq.Context[Any] = zmq.Context()
     try:
-        _, body = await control_request(context, broker, STATS, {}, timeout=5.0)
+        _, body = await control_request(context, broker, STATS, {}, timeout=timeout)
     finally:
         context.term()
     return body

@@ -1,0 +1,278 @@
+"""Actors against a real broker process: request/reply, errors, first messages, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import Proc, spawn_actor
+
+from loom import (
+    Actor,
+    ClosedError,
+    EncodeError,
+    Event,
+    PayloadTooLargeError,
+    RemoteError,
+    RequestTimeoutError,
+    TopicError,
+    on,
+)
+
+
+class Collector(Actor):
+    """Keeps every event it is given through ``subscribe``."""
+
+    def __init__(self, broker: str, name: str = "collector") -> None:
+        super().__init__(name=name, broker=broker)
+        self.events: list[Event] = []
+
+    def keep(self, event: Event) -> None:
+        self.events.append(event)
+
+
+async def until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Await ``condition`` becoming truthy, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not met within {timeout}s")
+        await asyncio.sleep(0.005)
+    return value
+
+
+def test_request_reply_across_processes(broker: str, spawn: Callable[..., Proc]) -> None:
+    """A request reaches an actor in another process; its return value is the reply."""
+    spawn_actor(spawn, "echo", broker)
+
+    async def body() -> None:
+        client = Collector(broker, "client")
+        await client.subscribe("pong.*", client.keep)
+        await client.start()
+        try:
+            reply = await client.request("ping.x", {"n": 1}, timeout=5)
+            assert reply == {"ok": True, "data": {"n": 1}, "from": "echo"}
+            pong = await until(lambda: client.events)
+            assert pong[0].topic == "pong.x" and pong[0].sender == "echo"
+            assert pong[0].data == {"n": 1}
+        finally:
+            await client.stop()
+
+    asyncio.run(body())
+
+
+def test_request_timeout_is_typed(broker: str) -> None:
+    """With no responder, request raises RequestTimeoutError (a TimeoutError) on time."""
+
+    async def body() -> None:
+        client = Actor(name="client", broker=broker)
+        await client.start()
+        try:
+            started = time.monotonic()
+            with pytest.raises(RequestTimeoutError) as info:
+                await client.request("nobody.home", 1, timeout=0.3)
+            elapsed = time.monotonic() - started
+            assert isinstance(info.value, TimeoutError)
+            assert 0.3 <= elapsed < 2.0
+        finally:
+            await client.stop()
+
+    asyncio.run(body())
+
+
+def test_handler_error_is_logged_counted_and_answered(
+    broker: str, spawn: Callable[..., Proc]
+) -> None:
+    """A failing handler answers the requester with RemoteError; the actor keeps serving."""
+    echo = spawn_actor(spawn, "echo", broker)
+
+    async def body() -> None:
+        client = Actor(name="client", broker=broker)
+        await client.start()
+        try:
+            with pytest.raises(RemoteError) as info:
+                await client.request("fail.now", "boom", timeout=5)
+            assert info.value.type_name == "ValueError"
+            assert "asked to fail: boom" in info.value.message
+            assert (await client.request("ping.after", 2, timeout=5))["ok"] is True
+            stats = await client.request("echo.stats", timeout=5)
+            assert stats["errors"] == 1
+        finally:
+            await client.stop()
+
+    asyncio.run(body())
+    echo.wait_line("handler failed")
+    assert "Traceback" in echo.output and "ValueError: asked to fail: boom" in echo.output
+
+
+def test_sync_and_async_handlers_and_explicit_reply(broker: str) -> None:
+    """Sync handlers, async handlers and an explicit reply() all answer requests."""
+
+    class Both(Actor):
+        @on("sync.*")
+        def sync_handler(self, event: Event) -> str:
+            return "sync:" + event.topic
+
+        @on("async.*")
+        async def async_handler(self, event: Event) -> None:
+            await self.reply(event, "async:" + event.topic)
+
+    async def body() -> None:
+        server, client = Both(name="both", broker=broker), Actor(name="c", broker=broker)
+        await server.start()
+        await client.start()
+        try:
+            assert await client.request("sync.a", timeout=5) == "sync:sync.a"
+            assert await client.request("async.b", timeout=5) == "async:async.b"
+        finally:
+            await client.stop()
+            await server.stop()
+
+    asyncio.run(body())
+
+
+def test_bad_emits_raise_at_the_call_site(broker: str) -> None:
+    """Un-encodable, oversized, badly addressed or too-early emits raise typed errors."""
+
+    async def body() -> None:
+        actor = Actor(name="a", broker=broker)
+        with pytest.raises(ClosedError):
+            await actor.emit("x.y", 1)
+        await actor.start()
+        try:
+            with pytest.raises(EncodeError):
+                await actor.emit("x.y", {"when": object()})
+            with pytest.raises(PayloadTooLargeError):
+                await actor.emit("x.y", b"x" * (2 << 20))
+            with pytest.raises(TopicError):
+                await actor.emit("x..y", 1)
+            await actor.emit("x.y", 1)  # the actor is still fine
+        finally:
+            await actor.stop()
+        with pytest.raises(ClosedError):
+            await actor.emit("x.y", 1)
+
+    asyncio.run(body())
+
+
+def test_first_message_after_start_is_never_lost(broker: str) -> None:
+    """Started 100 times in a row, a fresh actor gets an event published right after."""
+
+    async def body() -> None:
+        publisher = Actor(name="publisher", broker=broker)
+        await publisher.start()
+        try:
+            for i in range(100):
+                fresh = Collector(broker, f"fresh{i}")
+                await fresh.subscribe(f"first.{i}.*", fresh.keep)
+                await fresh.start()
+                await publisher.emit(f"first.{i}.go", i)
+                got = await until(lambda f=fresh: f.events, timeout=5)  # type: ignore[misc]
+                assert got[0].data == i
+                await fresh.stop()
+        finally:
+            await publisher.stop()
+
+    asyncio.run(body())
+
+
+@pytest.mark.timeout(120)
+def test_first_message_after_on_start_in_a_new_process(
+    broker: str, spawn: Callable[..., Proc]
+) -> None:
+    """An actor process announcing itself from on_start hears what is sent in answer."""
+
+    async def body() -> None:
+        watcher = Collector(broker, "watcher")
+        await watcher.subscribe("started.*", watcher.keep)
+        await watcher.subscribe("heard.*", watcher.keep)
+        await watcher.start()
+        try:
+            for i in range(8):
+                name = f"s{i}"
+                proc = spawn_actor(spawn, "startup", broker, name)
+                await until(lambda n=name: any(e.topic == f"started.{n}" for e in watcher.events))
+                await watcher.emit(f"first.{name}", i)  # at once: no settling delay
+                heard = await until(
+                    lambda n=name: [e for e in watcher.events if e.topic == f"heard.{n}"]
+                )
+                assert heard[0].data == i
+                assert proc.stop() == 0
+        finally:
+            await watcher.stop()
+
+    asyncio.run(body())
+
+
+def test_dollar_topics_need_a_literal_prefix(broker: str) -> None:
+    """`**` does not see `$` topics (probes, inboxes); `$x.**` does."""
+
+    async def body() -> None:
+        everything, system = Collector(broker, "all"), Collector(broker, "sys")
+        await everything.subscribe("**", everything.keep)
+        await system.subscribe("$x.**", system.keep)
+        await everything.start()
+        await system.start()
+        await everything.emit("$x.one", 1)
+        await everything.emit("plain", 2)
+        await until(lambda: system.events and everything.events)
+        assert [e.topic for e in system.events] == ["$x.one"]
+        assert [e.topic for e in everything.events] == ["plain"]
+        await everything.stop()
+        await system.stop()
+
+    asyncio.run(body())
+
+
+def test_handler_loops_stop_at_the_hop_limit(broker: str) -> None:
+    """Two actors bouncing an event forever are stopped by the hop limit, and survive."""
+
+    class Bouncer(Actor):
+        def __init__(self, broker: str, name: str, out: str) -> None:
+            super().__init__(name=name, broker=broker)
+            self.out = out
+            self.seen = 0
+
+        @on("bounce.*")
+        async def bounce(self, event: Event) -> None:
+            if event.topic != self.out:
+                self.seen += 1
+                await self.emit(self.out, event.data)
+
+        @on("ask")
+        def ask(self, event: Event) -> int:
+            return self.seen
+
+    async def body() -> None:
+        a, b = Bouncer(broker, "a", "bounce.a"), Bouncer(broker, "b", "bounce.b")
+        await a.start()
+        await b.start()
+        try:
+            await a.emit("bounce.a", "ball")
+            await until(lambda: a.stats.errors + b.stats.errors >= 1)
+            assert a.seen + b.seen == 33  # messages of hops 0..32 handled; hop 33 refused
+            assert await a.request("ask", timeout=5) in (a.seen, b.seen)
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(body())
+
+
+def test_stop_fails_pending_requests_with_closed_error(broker: str) -> None:
+    """Stopping an actor ends its pending requests with ClosedError, not a hang."""
+
+    async def body() -> None:
+        actor = Actor(name="a", broker=broker)
+        await actor.start()
+        pending = asyncio.ensure_future(actor.request("nobody", timeout=30))
+        await asyncio.sleep(0)
+        await until(lambda: actor._pending)
+        await actor.stop()
+        with pytest.raises(ClosedError):
+            await pending
+
+    asyncio.run(body())

@@ -1,0 +1,185 @@
+"""Shared fixtures: real brokers and actors in subprocesses on loopback TCP or ipc://."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from loom.actor.link import control_request
+from loom.protocol import STATS
+
+HERE = Path(__file__).parent
+ACTORS = HERE / "actors"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
+def free_tcp_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}"
+
+
+class Proc:
+    """A child process whose output lines are collected by a reader thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.popen = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_line(self, needle: str, timeout: float = 10.0) -> str:
+        """Wait for an output line containing ``needle``."""
+
+        def found() -> str | None:
+            for line in self.lines:
+                if needle in line:
+                    return line
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.args} exited {self.popen.returncode}: {self.output}")
+            return None
+
+        return str(wait_for(found, timeout))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signal the process and wait for it; kill it if it does not exit in time."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+                raise AssertionError(f"{self.args} ignored signal {sig}: {self.output}") from None
+        self._close()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+        self._close()
+
+    def _close(self) -> None:
+        self._reader.join(5)
+        if self.popen.stdout is not None and not self._reader.is_alive():
+            self.popen.stdout.close()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., Proc]]:
+    """Start child processes; every one still alive at teardown is killed."""
+    procs: list[Proc] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(list(args), env)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temp dir: ipc:// paths must stay under ~100 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="loom-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(params=["tcp", "ipc"])
+def endpoint(request: pytest.FixtureRequest, short_tmp: Path) -> str:
+    """A broker control endpoint on loopback TCP, then on ipc://."""
+    if request.param == "tcp":
+        return free_tcp_endpoint()
+    return f"ipc://{short_tmp}/broker"
+
+
+class BrokerProc(Proc):
+    endpoint: str
+
+
+def start_broker(spawn: Callable[..., Proc], endpoint: str, *extra: str) -> Proc:
+    proc = spawn(sys.executable, "-m", "loom.broker", "--endpoint", endpoint, *extra)
+    proc.wait_line("broker ready")
+    return proc
+
+
+@pytest.fixture
+def broker(spawn: Callable[..., Proc], endpoint: str) -> Iterator[str]:
+    """A running ``loom-broker``; yields its endpoint and checks it exits 0 at the end."""
+    proc = start_broker(spawn, endpoint)
+    yield endpoint
+    assert proc.stop() == 0, proc.output
+
+
+def spawn_actor(spawn: Callable[..., Proc], script: str, endpoint: str, *args: str) -> Proc:
+    """Run ``tests/actors/<script>.py ENDPOINT ARGS...`` and wait for it to start."""
+    proc = spawn(sys.executable, str(ACTORS / f"{script}.py"), endpoint, *args)
+    proc.wait_line("actor started")
+    return proc
+
+
+def broker_stats(endpoint: str) -> dict[str, Any]:
+    """Ask the broker for its counters (STATS on the control socket)."""
+
+    async def ask() -> dict[str, Any]:
+        context: zmq.Context[Any] = zmq.Context()
+        try:
+            _, body = await control_request(context, endpoint, STATS, {}, timeout=5.0)
+        finally:
+            context.term()
+        return body
+
+    return asyncio.run(ask())

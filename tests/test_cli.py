@@ -1,0 +1,105 @@
+"""The `loom` command line against a real broker: pub, tap, stats, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import Proc, free_tcp_endpoint, wait_for
+
+LOOM = [sys.executable, "-m", "loom.cli.main"]
+
+
+def loom(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*LOOM, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_pub_reaches_tap(broker: str, spawn: Callable[..., Proc]) -> None:
+    """`loom tap` prints `topic sender data` for each matching `loom pub`."""
+    tap = spawn(*LOOM, "tap", "alerts.*", "--count", "2", "--broker", broker)
+    tap.wait_line("listening on")
+    assert loom("pub", "other.topic", "1", "--broker", broker).returncode == 0
+    assert loom("pub", "alerts.disk", '{"free_gb": 3}', "--broker", broker).returncode == 0
+    assert loom("pub", "alerts.cpu", '"hot"', "--broker", broker).returncode == 0
+    assert tap.popen.wait(10) == 0
+    events = [line for line in tap.lines if line.startswith("alerts.")]
+    assert events == ['alerts.disk loom-pub {"free_gb": 3}', 'alerts.cpu loom-pub "hot"']
+
+
+def test_tap_json_carries_header_fields(broker: str, spawn: Callable[..., Proc]) -> None:
+    """`loom tap --json` prints one JSON object per event with its header fields."""
+    tap = spawn(*LOOM, "tap", "--json", "--count", "1", "--broker", broker)
+    tap.wait_line("listening on")
+    assert loom("pub", "a.b", "[1, 2]", "--broker", broker).returncode == 0
+    assert tap.popen.wait(10) == 0
+    record = json.loads(next(line for line in tap.lines if line.startswith("{")))
+    assert record["topic"] == "a.b" and record["data"] == [1, 2]
+    assert record["sender"] == "loom-pub" and record["kind"] == "event"
+    assert len(record["id"]) == 32 and record["trace_id"] == record["id"] and record["hops"] == 0
+
+
+def test_broker_from_environment(spawn: Callable[..., Proc]) -> None:
+    """Without --broker the CLI uses $LOOM_BROKER."""
+    endpoint = free_tcp_endpoint()
+    env = {"LOOM_BROKER": endpoint}
+    spawn(sys.executable, "-m", "loom.broker", env=env).wait_line("broker ready")
+    result = subprocess.run(
+        [*LOOM, "stats"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "totals" in json.loads(result.stdout)
+
+
+def test_stats_prints_counters(broker: str) -> None:
+    """`loom stats` prints the broker's per-topic counters as JSON."""
+    assert loom("pub", "s.t", "1", "--broker", broker).returncode == 0
+    stats = wait_for(
+        lambda: (
+            (s := json.loads(loom("stats", "--broker", broker).stdout))["topics"].get("s.t") and s
+        )
+    )
+    assert stats["topics"]["s.t"]["forwarded"] == 1
+
+
+def test_bad_input_and_missing_broker_fail_clearly(short_tmp: Path) -> None:
+    """Bad JSON exits 2; no broker exits 1 with a message, within the timeout."""
+    bad = loom("pub", "a.b", "{not json", "--broker", f"ipc://{short_tmp}/none")
+    assert bad.returncode == 2 and "not JSON" in bad.stderr
+    missing = loom("pub", "a.b", "1", "--broker", f"ipc://{short_tmp}/none", "--timeout", "0.5")
+    assert missing.returncode == 1 and "no broker answered" in missing.stderr
+    invalid = loom("pub", "a..b", "1", "--broker", f"ipc://{short_tmp}/none", "--timeout", "0.5")
+    assert invalid.returncode == 1
+
+
+@pytest.mark.parametrize("how", ["duration", "sigint"])
+@pytest.mark.timeout(90)
+def test_demo_runs_and_leaves_no_process(
+    spawn: Callable[..., Proc], short_tmp: Path, how: str
+) -> None:
+    """`loom demo` runs a broker and actors that talk; it stops them all and exits 0."""
+    args = [*LOOM, "demo", "--broker", f"ipc://{short_tmp}/demo"]
+    demo = spawn(*args, "--duration", "8") if how == "duration" else spawn(*args)
+    parent = psutil.Process(demo.pid)
+    children = wait_for(lambda: len(c := parent.children(recursive=True)) >= 4 and c, timeout=20)
+    demo.wait_line("trade.decision", timeout=20)
+    demo.wait_line("market.price.BTC")
+    if how == "sigint":
+        demo.popen.send_signal(signal.SIGINT)
+    assert demo.popen.wait(30) == 0, demo.output
+    for child in children:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, child
+    assert "demo stopped" in demo.output and "broker stopped" in demo.output
