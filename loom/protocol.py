@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 import zmq
+import zmq.backend
 
 from loom.errors import (
     EncodeError,
@@ -41,6 +42,7 @@ __all__ = [
     "Envelope",
     "IdSource",
     "Kind",
+    "check_header",
     "decode_control",
     "decode_header",
     "decode_payload",
@@ -154,20 +156,13 @@ def pack_header(  # noqa: PLR0917 - positional on purpose: the hot path
 
 
 def decode_header(frame: bytes) -> Envelope:
-    """Decode a header frame.
+    """Decode a header frame, checking the types of the fields Loom relies on.
 
     Raises:
         VersionMismatchError: the header carries another protocol version.
         ProtocolError: the frame is not a valid header (``reason == "header"``).
     """
-    try:
-        fields = _unpackb(frame, use_list=False)
-    except Exception as exc:
-        raise ProtocolError("header", f"header is not msgpack: {exc}") from exc
-    if type(fields) is not tuple or len(fields) < HEADER_FIELDS:
-        raise ProtocolError("header", "header is not an array of the envelope's fields")
-    if fields[0] != VERSION:
-        raise VersionMismatchError(VERSION, fields[0])
+    fields = check_header(frame)
     if len(fields) > HEADER_FIELDS:  # a newer minor revision appended fields: ignore them
         fields = fields[:HEADER_FIELDS]
     envelope: Envelope = tuple.__new__(Envelope, fields)
@@ -182,6 +177,25 @@ def decode_header(frame: bytes) -> Envelope:
     ):
         raise ProtocolError("header", "header field has the wrong type")
     return envelope
+
+
+def check_header(frame: bytes) -> tuple[Any, ...]:
+    """The broker's cheaper check: a msgpack array of at least the envelope's length, of
+    our version. Field types are left to the receiving actors (``decode_header``).
+
+    Raises:
+        VersionMismatchError: another protocol version.
+        ProtocolError: not msgpack, or not such an array (``reason == "header"``).
+    """
+    try:
+        fields = _unpackb(frame, use_list=False)
+    except Exception as exc:
+        raise ProtocolError("header", f"header is not msgpack: {exc}") from exc
+    if type(fields) is not tuple or len(fields) < HEADER_FIELDS:
+        raise ProtocolError("header", "header is not an array of the envelope's fields")
+    if fields[0] != VERSION:
+        raise VersionMismatchError(VERSION, fields[0])
+    return fields
 
 
 def encode_payload(data: Any, limit: int = DEFAULT_MAX_PAYLOAD) -> bytes:
@@ -267,13 +281,20 @@ _COUNTER = struct.Struct(">Q")
 
 # --- frames on sockets -------------------------------------------------------------
 
-_RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
+
+raw_send: Any = zmq.backend.Socket.send
+"""``send`` of pyzmq's backend class, bypassing the Python wrapper of ``zmq.Socket``
+(draft routing-id/group handling we never use): ~0.15 us less per frame. Called as
+``raw_send(sock, data, flags)`` with ``bytes`` data."""
 
 
 def recv_message(sock: zmq.Socket[bytes], flags: int = _NOBLOCK) -> tuple[bytes, bytes, bytes]:
     """Receive one ``[topic, header, payload]`` message.
+
+    Frames are received as ``zmq.Frame`` to read their MORE flag: ``getsockopt(RCVMORE)``
+    costs ~0.5 us in pyzmq (it builds an enum per call), ``Frame.more`` a fraction.
 
     Raises:
         zmq.Again: nothing to receive (with ``NOBLOCK``).
@@ -281,31 +302,28 @@ def recv_message(sock: zmq.Socket[bytes], flags: int = _NOBLOCK) -> tuple[bytes,
             "frames"``); all of its frames have been consumed.
     """
     recv = sock.recv
-    more = sock.getsockopt
-    topic = recv(flags)
-    if not more(_RCVMORE):
+    topic = recv(flags, False)
+    if not topic.more:
         raise ProtocolError("frames", "message has 1 frame, expected 3")
-    header = recv()
-    if not more(_RCVMORE):
+    header = recv(0, False)
+    if not header.more:
         raise ProtocolError("frames", "message has 2 frames, expected 3")
-    payload = recv()
-    if more(_RCVMORE):
+    payload = recv(0, False)
+    if payload.more:
         extra = 0
-        while more(_RCVMORE):
-            recv()
+        while recv(0, False).more:
             extra += 1
-        raise ProtocolError("frames", f"message has {3 + extra} frames, expected 3")
-    return topic, header, payload
+        raise ProtocolError("frames", f"message has {4 + extra} frames, expected 3")
+    return topic.bytes, header.bytes, payload.bytes
 
 
 def send_message(
     sock: zmq.Socket[bytes], topic: bytes, header: bytes, payload: bytes, flags: int = _NOBLOCK
 ) -> None:
     """Send one ``[topic, header, payload]`` message (raises ``zmq.Again`` at the HWM)."""
-    send = sock.send
-    send(topic, flags | _SNDMORE)
-    send(header, _SNDMORE)
-    send(payload)
+    raw_send(sock, topic, flags | _SNDMORE)
+    raw_send(sock, header, _SNDMORE)
+    raw_send(sock, payload, 0)
 
 
 # --- control plane -----------------------------------------------------------------

@@ -20,7 +20,7 @@ import zmq
 
 from loom.errors import ProtocolError
 from loom.logs import DropCounter
-from loom.protocol import decode_header, decode_topic, recv_message
+from loom.protocol import check_header, decode_topic, raw_send, recv_message
 
 __all__ = ["PubSubProxy", "TopicStats"]
 
@@ -29,6 +29,7 @@ COUNTER_NAMES = ("published", "forwarded", "dropped", "malformed")
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
+_NOBLOCK_MORE = _NOBLOCK | _SNDMORE
 _XPUB_NODROP = int(zmq.XPUB_NODROP)
 
 
@@ -113,7 +114,7 @@ class PubSubProxy:
 
     def pump(self, budget: int = 1000) -> bool:
         """Forward up to ``budget`` waiting messages; True if more may be waiting."""
-        xpub_send = self._xpub.send
+        xpub = self._xpub
         stats = self.stats
         rows = stats.rows
         max_payload = self._max_payload
@@ -137,7 +138,7 @@ class PubSubProxy:
                     continue
                 row = stats.row(topic)
             try:
-                envelope = decode_header(header)
+                fields = check_header(header)
             except ProtocolError as exc:
                 row[MALFORMED] += 1
                 self.drops.drop(exc.reason, str(exc), topic=topic.decode())
@@ -149,20 +150,21 @@ class PubSubProxy:
                     "oversized",
                     f"payload of {len(payload)} bytes over the limit of {max_payload}",
                     topic=topic.decode(),
-                    sender=envelope.sender,
+                    sender=str(fields[3]),
                 )
                 continue
-            if envelope.deadline is not None and envelope.deadline < self._clock():
+            deadline = fields[8]  # Envelope.deadline
+            if deadline is not None and deadline < self._clock():
                 row[DROPPED] += 1
                 self.drops.drop("expired", "deadline passed", topic=topic.decode())
                 continue
             try:
-                xpub_send(topic, _NOBLOCK | _SNDMORE)
+                raw_send(xpub, topic, _NOBLOCK_MORE)
             except zmq.Again:
                 self._forward_blocked(topic, header, payload, row)
                 continue
-            xpub_send(header, _SNDMORE)
-            xpub_send(payload)
+            raw_send(xpub, header, _SNDMORE)
+            raw_send(xpub, payload, 0)
             row[FORWARDED] += 1
         return True
 
