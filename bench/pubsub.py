@@ -17,8 +17,8 @@ Figures are medians over --runs repetitions.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import socket
@@ -320,11 +320,11 @@ def main() -> None:
     lat: dict[str, list[tuple[float, float]]] = {"raw": [], "actors": []}
     n_lat = int(RATE * LATENCY_SECONDS)
     for run in range(args.runs):
-        for kind in rates:
-            rates[kind].append(scenario(kind, new, args.count))
-        for kind in lat:
+        for kind, figures in rates.items():
+            figures.append(scenario(kind, new, args.count))
+        for kind, percentiles in lat.items():
             samples = scenario(kind, new, n_lat, rate=RATE)
-            lat[kind].append((_percentile(samples, 0.5), _percentile(samples, 0.99)))
+            percentiles.append((_percentile(samples, 0.5), _percentile(samples, 0.99)))
         print(
             f"run {run + 1}/{args.runs}: "
             + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()),
