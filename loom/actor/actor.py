@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -16,14 +15,13 @@ import zmq
 from loom.actor.event import Event
 from loom.actor.link import Link
 from loom.actor.patterns import Pattern, Router
+from loom.actor.receiver import Receiver
 from loom.config import DEFAULT_BROKER, broker_address
 from loom.errors import (
     BrokerUnavailableError,
     ClosedError,
     HopLimitError,
     NoReplyToError,
-    ProtocolError,
-    RemoteError,
     RequestTimeoutError,
 )
 from loom.logs import DropCounter, get_logger
@@ -35,12 +33,9 @@ from loom.protocol import (
     REPLY,
     REQUEST,
     IdSource,
-    decode_header,
-    decode_payload,
     encode_payload,
     encode_topic,
     pack_header,
-    recv_message,
     send_message,
 )
 
@@ -87,7 +82,8 @@ class Actor:
 
     Args:
         name: how the actor signs its messages (default: the class name, lower case).
-        broker: the broker's control endpoint.
+        broker: the broker's control endpoint; ``None`` means ``$LOOM_BROKER`` when started
+            with ``run()``, else ``tcp://127.0.0.1:7700``.
         context: the zmq context to use; a private one by default.
         mailbox_size: events buffered before the actor stops reading (backpressure).
         connect_timeout: seconds ``start()`` waits for the broker to confirm the link.
@@ -96,7 +92,7 @@ class Actor:
     def __init__(
         self,
         name: str | None = None,
-        broker: str = DEFAULT_BROKER,
+        broker: str | None = None,
         *,
         context: zmq.Context[Any] | None = None,
         mailbox_size: int = 10_000,
@@ -112,15 +108,13 @@ class Actor:
         self._mailbox_size = mailbox_size
         self._connect_timeout = connect_timeout
         self._router: Router[tuple[Callable[[Event], Any], bool]] = Router()
-        self._dispatcher: asyncio.Task[None] | None = None
+        self._receiver: Receiver | None = None
         self._inbox = f"$inbox.{self.id}"
         self._topics: dict[str, bytes] = {}
         self._pending: dict[bytes, asyncio.Future[Any]] = {}
-        self._mailbox: deque[tuple[Event, tuple[Any, ...]]] = deque()
         self._max_payload = DEFAULT_MAX_PAYLOAD
         self._link: Link | None = None
         self._running = False
-        self._paused = False
         self._probes = 0
         for attr in dir(type(self)):
             patterns = getattr(getattr(type(self), attr, None), _PATTERNS_ATTR, ())
@@ -140,7 +134,8 @@ class Actor:
     def run(self) -> None:
         """Start, serve until SIGINT or SIGTERM, stop. Blocks; for scripts.
 
-        A broker given as ``None`` or empty is taken from ``$LOOM_BROKER``.
+        A broker given as ``None`` is taken from ``$LOOM_BROKER`` (this is the program's
+        edge, where the environment may be read).
         """
         self.broker = broker_address(self.broker)
         asyncio.run(self._serve())
@@ -168,10 +163,11 @@ class Actor:
         """
         if self._running:
             return
-        loop = asyncio.get_running_loop()
         self._own_context = self._context is None
         context = self._context if self._context is not None else zmq.Context()
         self._context = context
+        if self.broker is None:
+            self.broker = DEFAULT_BROKER
         link = self._link = Link(self.broker, context, name=self.name, hwm=1000)
         try:
             hello = await link.open(self._connect_timeout)
@@ -181,8 +177,15 @@ class Actor:
             for prefix in self._router.prefixes():
                 self._sub.subscribe(prefix)
             self._sub.subscribe(self._inbox.encode())
-            self._wake = asyncio.Event()
-            loop.add_reader(self._sub.FD, self._on_readable)
+            self._receiver = Receiver(
+                self._sub,
+                match=self._router.match,
+                pending=self._pending,
+                stats=self.stats,
+                run=self._handle,
+                size=self._mailbox_size,
+            )
+            self._receiver.open()
             self._running = True
             await self._confirm()
         except BaseException:
@@ -190,7 +193,7 @@ class Actor:
             raise
         self.log.info("actor started", broker=self.broker, id=self.id)
         await self.on_start()
-        self._dispatcher = loop.create_task(self._dispatch_loop(), name=f"loom-{self.name}")
+        self._receiver.dispatch(name=f"loom-{self.name}")
 
     async def stop(self) -> None:
         """Run ``on_stop``, finish the handler in progress, close the link. Idempotent."""
@@ -205,18 +208,14 @@ class Actor:
 
     async def _teardown(self) -> None:
         self._running = False
-        dispatcher = self._dispatcher
-        if dispatcher is not None:
-            dispatcher.cancel()
-            await asyncio.gather(dispatcher, return_exceptions=True)
-            self._dispatcher = None
+        if self._receiver is not None:
+            await self._receiver.close()
+            self._receiver = None
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(ClosedError(f"actor {self.name!r} stopped"))
         self._pending.clear()
         if self._link is not None:
-            if self._link.sub is not None:
-                asyncio.get_running_loop().remove_reader(self._link.sub.FD)
             self._link.close()
             self._link = None
         if getattr(self, "_own_context", False) and self._context is not None:
@@ -403,72 +402,6 @@ class Actor:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    # --- receiving ---------------------------------------------------------------
-
-    def _on_readable(self) -> None:
-        """Drain the SUB socket (edge-triggered fd): replies resolve futures at once,
-        events go to the mailbox for the dispatcher."""
-        if not self._running or self._paused:
-            return
-        sub, pending, mailbox, match = self._sub, self._pending, self._mailbox, self._router.match
-        drops = self.stats.drops
-        queued = False
-        for _ in range(1000):
-            try:
-                topic, header, payload = recv_message(sub)
-                envelope = decode_header(header)
-                if envelope.kind >= REPLY:
-                    fut = pending.pop(envelope.correlation_id, None)  # type: ignore[arg-type]
-                    if fut is not None:
-                        _resolve(fut, envelope.kind, payload)
-                        continue
-                handlers = match(topic)
-                if not handlers:
-                    if envelope.kind >= REPLY:
-                        self.stats.late_replies += 1
-                    else:
-                        self.stats.unmatched += 1
-                    continue
-                data = decode_payload(payload, envelope.content_type)
-            except zmq.Again:
-                break
-            except ProtocolError as exc:
-                drops.drop(exc.reason, str(exc))
-                continue
-            mailbox.append((Event(topic.decode(errors="replace"), data, envelope), handlers))
-            queued = True
-        else:
-            asyncio.get_running_loop().call_soon(self._on_readable)
-        if queued:
-            self._wake.set()
-            if len(mailbox) >= self._mailbox_size:
-                self._paused = True
-                asyncio.get_running_loop().remove_reader(sub.FD)
-
-    def _resume(self) -> None:
-        self._paused = False
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self._sub.FD, self._on_readable)
-        loop.call_soon(self._on_readable)
-
-    async def _dispatch_loop(self) -> None:
-        """Run handlers one event at a time, in arrival order."""
-        mailbox, wake, resume_at = self._mailbox, self._wake, self._mailbox_size // 2
-        while True:
-            if not mailbox:
-                wake.clear()
-                await wake.wait()
-                continue
-            event, handlers = mailbox.popleft()
-            if self._paused and len(mailbox) <= resume_at:
-                self._resume()
-            deadline = event.envelope.deadline
-            if deadline is not None and deadline < time.time():
-                self.stats.expired += 1
-                continue
-            for handler, is_async in handlers:
-                await self._handle(event, handler, is_async)
-
     async def _handle(self, event: Event, handler: Callable[[Event], Any], is_async: bool) -> None:
         token = _current.set(event)
         try:
@@ -494,20 +427,3 @@ class Actor:
                     self.log.exception("cannot send the error reply", topic=event.topic)
         finally:
             _current.reset(token)
-
-
-def _resolve(fut: asyncio.Future[Any], kind: int, payload: bytes) -> None:
-    if fut.done():
-        return
-    try:
-        data = decode_payload(payload)
-    except ProtocolError as exc:
-        fut.set_exception(exc)
-        return
-    if kind == ERROR:
-        info = data if isinstance(data, dict) else {}
-        fut.set_exception(
-            RemoteError(str(info.get("type", "Error")), str(info.get("message", data)))
-        )
-    else:
-        fut.set_result(data)
