@@ -24,6 +24,7 @@ from loom.actor.link import control_request
 from loom.protocol import STATS
 
 HERE = Path(__file__).parent
+ROOT = HERE.parent
 ACTORS = HERE / "actors"
 
 
@@ -73,10 +74,13 @@ class Proc:
         """Wait for an output line containing ``needle``."""
 
         def found() -> str | None:
+            exited = self.popen.poll() is not None
+            if exited:
+                self._reader.join(5)  # read all it wrote before judging
             for line in self.lines:
                 if needle in line:
                     return line
-            if self.popen.poll() is not None:
+            if exited:
                 raise AssertionError(f"{self.args} exited {self.popen.returncode}: {self.output}")
             return None
 

@@ -12,7 +12,14 @@ import zmq
 
 from loom.actor.event import Event
 from loom.errors import ProtocolError, RemoteError
-from loom.protocol import ERROR, REPLY, decode_header, decode_payload, recv_message
+from loom.protocol import (
+    ERROR,
+    REPLY,
+    decode_header,
+    decode_payload,
+    decode_topic,
+    recv_message,
+)
 
 __all__ = ["Receiver"]
 
@@ -103,12 +110,13 @@ class Receiver:
                         stats.unmatched += 1
                     continue
                 data = decode_payload(payload, envelope.content_type)
+                text = decode_topic(topic)
             except zmq.Again:
                 break
             except ProtocolError as exc:
                 stats.drops.drop(exc.reason, str(exc))
                 continue
-            mailbox.append((Event(topic.decode(errors="replace"), data, envelope), handlers))
+            mailbox.append((Event(text, data, envelope), handlers))
             queued = True
         else:
             self._loop.call_soon(self._on_readable)  # more may wait: yield, then go on

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from types import FrameType
 
 import zmq
+from pydantic import ValidationError
 
 from loom.broker.broker import Broker
-from loom.config import broker_address
 from loom.logs import configure_logging, get_logger
-from loom.protocol import DEFAULT_MAX_PAYLOAD
+from loom.settings import ConfigError, Settings, load_settings
 
 EXAMPLES = """examples:
   loom-broker                                   # tcp://127.0.0.1:7700 or $LOOM_BROKER
   loom-broker --endpoint ipc:///tmp/loom.sock   # local peers only, faster
   loom-broker --endpoint tcp://0.0.0.0:7700 --log-json
+  loom-broker --config configs/loom.toml
 """
 
 
@@ -28,41 +30,74 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--config", help="a settings file ([broker] and [log] sections)")
     parser.add_argument(
         "--endpoint",
         "--broker",
         dest="endpoint",
-        help="control address to bind (default: $LOOM_BROKER or tcp://127.0.0.1:7700)",
+        help="control address to bind (default: $LOOM_BROKER, the config, tcp://127.0.0.1:7700)",
     )
+    parser.add_argument("--max-payload", type=int, help="largest payload forwarded, bytes")
     parser.add_argument(
-        "--max-payload",
-        type=int,
-        default=DEFAULT_MAX_PAYLOAD,
-        help="largest payload forwarded, bytes (default: %(default)s)",
+        "--stall-timeout", type=float, help="seconds a full subscriber may stall delivery"
     )
+    parser.add_argument("--hwm", type=int, help="socket high-water mark, messages")
+    parser.add_argument("--name", help="broker name in logs and HELLO")
     parser.add_argument(
-        "--stall-timeout",
-        type=float,
-        default=0.5,
-        help="seconds a full subscriber may stall delivery (default: %(default)s)",
+        "--log-json", action="store_true", default=None, help="log one JSON object per line"
     )
-    parser.add_argument("--hwm", type=int, default=1000, help="socket high-water mark, messages")
-    parser.add_argument("--name", default="loom-broker", help="broker name in logs and HELLO")
-    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
-    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    parser.add_argument("--log-level", help="debug, info, warning, error")
     return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Flags over ``$LOOM_BROKER`` over the config file over defaults.
+
+    Raises:
+        ConfigError: the config file or a flag's value is invalid.
+    """
+    base = load_settings(args.config) if args.config else Settings()
+    broker = {
+        "endpoint": args.endpoint or os.environ.get("LOOM_BROKER") or base.broker.endpoint,
+        "max_payload": args.max_payload,
+        "stall_timeout": args.stall_timeout,
+        "hwm": args.hwm,
+        "name": args.name,
+    }
+    log = {"json": args.log_json, "level": args.log_level}
+    try:
+        return Settings.model_validate(
+            {
+                "broker": {**base.broker.model_dump(), **_given(broker)},
+                "log": {**base.log.model_dump(by_alias=True), **_given(log)},
+            }
+        )
+    except ValidationError as exc:
+        raise ConfigError(
+            f"command line: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+        ) from exc
+
+
+def _given(values: dict[str, object]) -> dict[str, object]:
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(json=args.log_json, level=args.log_level)
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        print(f"loom-broker: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(json=settings.log.json_lines, level=settings.log.level)
     log = get_logger("loom.broker")
+    conf = settings.broker
     broker = Broker(
-        broker_address(args.endpoint),
-        max_payload=args.max_payload,
-        stall_timeout=args.stall_timeout,
-        hwm=args.hwm,
-        name=args.name,
+        conf.endpoint,
+        max_payload=conf.max_payload,
+        stall_timeout=conf.stall_timeout,
+        hwm=conf.hwm,
+        name=conf.name,
     )
     try:
         broker.bind()

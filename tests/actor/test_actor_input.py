@@ -1,0 +1,151 @@
+"""An actor behind a broker that does not validate still drops bad input and survives.
+
+The "broker" here is real sockets: a ROUTER answering HELLO and the C `zmq.proxy`
+between an XSUB and an XPUB, which forwards whatever it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from loom import Actor, Event, on
+from loom.protocol import HELLO, VERSION, Envelope, decode_control, encode_control, encode_header
+
+
+class Permissive:
+    """A non-validating stand-in broker: HELLO plus the C proxy."""
+
+    def __init__(self, base: Path) -> None:
+        self.control = f"ipc://{base}/ctl"
+        self.pub, self.sub = f"ipc://{base}/pub", f"ipc://{base}/sub"
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self._threads = [
+            threading.Thread(target=self._proxy, daemon=True),
+            threading.Thread(target=self._hello, daemon=True),
+        ]
+        self._ready = threading.Barrier(3)
+        for thread in self._threads:
+            thread.start()
+        self._ready.wait(5)
+
+    def _proxy(self) -> None:
+        xsub, xpub = self.ctx.socket(zmq.XSUB), self.ctx.socket(zmq.XPUB)
+        xsub.bind(self.pub)
+        xpub.bind(self.sub)
+        self._ready.wait(5)
+        try:
+            zmq.proxy(xsub, xpub)
+        except zmq.ContextTerminated:
+            xsub.close(0)
+            xpub.close(0)
+
+    def _hello(self) -> None:
+        router = self.ctx.socket(zmq.ROUTER)
+        router.bind(self.control)
+        self._ready.wait(5)
+        try:
+            while True:
+                identity, *frames = router.recv_multipart()
+                command, _ = decode_control(frames)
+                assert command == HELLO
+                body = {
+                    "version": VERSION,
+                    "pub": self.pub,
+                    "sub": self.sub,
+                    "max_payload": 1 << 20,
+                }
+                router.send_multipart([identity, *encode_control(HELLO, body)])
+        except zmq.ContextTerminated:
+            router.close(0)
+
+    def close(self) -> None:
+        self.ctx.term()
+
+
+@pytest.fixture
+def permissive(short_tmp: Path) -> Iterator[Permissive]:
+    broker = Permissive(short_tmp)
+    yield broker
+    broker.close()
+
+
+def header(**changes: Any) -> bytes:
+    env = Envelope(
+        VERSION,
+        0,
+        b"\x00" * 16,
+        "raw",
+        time.time(),
+        None,
+        None,
+        None,
+        None,
+        0,
+        b"\x00" * 16,
+        None,
+        None,
+    )
+    return encode_header(env._replace(**changes))
+
+
+def test_actor_drops_malformed_messages_and_keeps_serving(permissive: Permissive) -> None:
+    """Wrong frame counts, bad headers, other versions, bad payloads and non-UTF-8 topics
+    are dropped and counted per reason; a good message after them is handled."""
+
+    class Sink(Actor):
+        def __init__(self) -> None:
+            super().__init__(name="sink", broker=permissive.control)
+            self.got: list[Event] = []
+
+        @on("bad.*")
+        def keep(self, event: Event) -> None:
+            self.got.append(event)
+
+    async def body() -> Sink:
+        sink = Sink()
+        await sink.start()
+        raw = permissive.ctx.socket(zmq.XPUB)
+        raw.connect(permissive.pub)
+        try:
+            assert raw.poll(5000), "no subscription reached the raw publisher"
+            while raw.poll(200):
+                raw.recv()
+            good, one = header(), msgpack.packb(1)
+            for frames in [
+                [b"bad.a"],
+                [b"bad.a", good],
+                [b"bad.a", good, one, b"extra"],
+                [b"bad.a", b"\xc1", one],
+                [b"bad.a", header(version=9), one],
+                [b"bad.a", header(sender=5), one],
+                [b"bad.a", good, b"\xc1"],
+                [b"bad.\xff", good, one],
+                [b"bad.ok", good, msgpack.packb("fine")],
+            ]:
+                raw.send_multipart(frames)
+            deadline = time.monotonic() + 5
+            while not sink.got and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            raw.close(0)
+            await sink.stop()
+        return sink
+
+    sink = asyncio.run(body())
+    assert [(e.topic, e.data) for e in sink.got] == [("bad.ok", "fine")]
+    assert sink.stats.drops.counts == {
+        "frames": 3,
+        "header": 2,
+        "version": 1,
+        "payload": 1,
+        "topic": 1,
+    }

@@ -1,0 +1,58 @@
+"""Settings files: parsed once, validated, errors name the file and the key."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, Proc, start_broker
+
+from loom.settings import ConfigError, load_settings
+
+
+def test_shipped_config_is_valid() -> None:
+    """configs/loom.toml parses to the documented defaults."""
+    settings = load_settings(ROOT / "configs" / "loom.toml")
+    assert settings.broker.endpoint == "tcp://127.0.0.1:7700"
+    assert settings.broker.max_payload == 1 << 20
+    assert settings.log.level == "info" and settings.log.json_lines is False
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[broker]\nhwm = -1\n", "broker.hwm"),
+        ("[broker]\nbogus = 1\n", "broker.bogus"),
+        ("[log]\nlevel = 'loud'\n", "log.level"),
+        ("[broker\n", "not valid TOML"),
+    ],
+)
+def test_bad_settings_name_file_and_key(tmp_path: Path, text: str, needle: str) -> None:
+    """An invalid file raises ConfigError naming the file and the offending key."""
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(path) in str(info.value) and needle in str(info.value)
+
+
+def test_broker_reads_config_and_flags_override(
+    spawn: Callable[..., Proc], short_tmp: Path
+) -> None:
+    """`loom-broker --config` uses the file's values; a flag overrides the file."""
+    config = short_tmp / "loom.toml"
+    config.write_text(f'[broker]\nendpoint = "ipc://{short_tmp}/a"\nname = "from-file"\n')
+    proc = start_broker(spawn, f"ipc://{short_tmp}/b", "--config", str(config))
+    assert f"control=ipc://{short_tmp}/b" in proc.output and "broker=from-file" in proc.output
+    assert proc.stop() == 0
+
+
+def test_broker_rejects_a_bad_config(spawn: Callable[..., Proc], tmp_path: Path) -> None:
+    """A bad config file stops the broker with exit 2 and a message naming the key."""
+    config = tmp_path / "bad.toml"
+    config.write_text("[broker]\nstall_timeout = 0\n")
+    proc = spawn(sys.executable, "-m", "loom.broker", "--config", str(config))
+    assert proc.popen.wait(10) == 2
+    proc.wait_line("broker.stall_timeout")
