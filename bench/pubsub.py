@@ -309,6 +309,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--count", type=int, default=200_000)
     parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc")
+    parser.add_argument("--only", choices=("throughput", "latency"), help="run one half")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="loom-bench-", dir="/tmp")
 
@@ -324,16 +325,14 @@ def main() -> None:
     n_lat = int(RATE * LATENCY_SECONDS)
     for run in range(args.runs):
         for kind, figures in rates.items():
-            figures.append(scenario(kind, new, args.count))
+            if args.only != "latency":
+                figures.append(scenario(kind, new, args.count))
         for kind, percentiles in lat.items():
+            if args.only == "throughput":
+                continue
             samples = scenario(kind, new, n_lat, rate=RATE)
             percentiles.append((_percentile(samples, 0.5), _percentile(samples, 0.99)))
-        print(
-            f"run {run + 1}/{args.runs}: "
-            + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()),
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
 
     report(args, rates, lat)
 
@@ -344,6 +343,13 @@ def report(
     lat: dict[str, list[tuple[float, float]]],
 ) -> None:
     """Print the tables: medians, the spread over runs, and each ratio to its baseline."""
+    if args.only != "latency":
+        throughput_table(args, rates)
+    if args.only != "throughput":
+        latency_table(lat)
+
+
+def throughput_table(args: argparse.Namespace, rates: dict[str, list[float]]) -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(
         f"\nLoom pub/sub bench: {args.transport}, 64 B payloads, {args.count:,} msgs/run, "
@@ -362,6 +368,9 @@ def report(
         spread = f"{min(rates[kind]):,.0f}..{max(rates[kind]):,.0f}"
         ratio = med[kind] / med[base]
         print(f"| {label} | {med[kind]:,.0f} | {spread} | {ratio:.2f} | {names[base]} |")
+
+
+def latency_table(lat: dict[str, list[tuple[float, float]]]) -> None:
     p50 = {k: statistics.median(x[0] for x in v) for k, v in lat.items()}
     p99 = {k: statistics.median(x[1] for x in v) for k, v in lat.items()}
     print(f"\nLatency at {RATE:,} events/s for {LATENCY_SECONDS:g} s, microseconds:\n")
