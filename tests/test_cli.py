@@ -103,3 +103,18 @@ def test_demo_runs_and_leaves_no_process(
     for child in children:
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, child
     assert "demo stopped" in demo.output and "broker stopped" in demo.output
+
+
+def test_demo_refuses_an_address_in_use(broker: str) -> None:
+    """`loom demo` on an address where a broker already answers exits 1 and says so."""
+    result = loom("demo", "--broker", broker, "--duration", "1")
+    assert result.returncode == 1
+    assert "already answers" in result.stderr
+
+
+@pytest.mark.parametrize("script", ["loom", "loom-broker"])
+def test_console_scripts_are_installed(script: str) -> None:
+    """The package installs both console scripts, and they answer --help."""
+    path = Path(sys.executable).parent / script
+    result = subprocess.run([str(path), "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "example" in result.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from types import FrameType
@@ -12,6 +11,7 @@ import zmq
 from pydantic import ValidationError
 
 from loom.broker.broker import Broker
+from loom.config import broker_address
 from loom.logs import configure_logging, get_logger
 from loom.settings import ConfigError, Settings, load_settings
 
@@ -58,7 +58,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """
     base = load_settings(args.config) if args.config else Settings()
     broker = {
-        "endpoint": args.endpoint or os.environ.get("LOOM_BROKER") or base.broker.endpoint,
+        "endpoint": broker_address(args.endpoint, fallback=base.broker.endpoint),
         "max_payload": args.max_payload,
         "stall_timeout": args.stall_timeout,
         "hwm": args.hwm,

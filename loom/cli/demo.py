@@ -45,6 +45,17 @@ async def wait_for_broker(address: str, proc: subprocess.Popen[bytes], timeout: 
         context.term()
 
 
+async def _answers(address: str) -> bool:
+    context: zmq.Context[Any] = zmq.Context()
+    try:
+        await control_request(context, address, HELLO, {"version": VERSION, "name": "demo"}, 0.3)
+    except BrokerUnavailableError:
+        return False
+    finally:
+        context.term()
+    return True
+
+
 def stop_children(children: list[subprocess.Popen[bytes]], grace: float = 5.0) -> None:
     """SIGTERM the children in reverse start order, then kill any still alive after ``grace``."""
     for child in reversed(children):
@@ -60,6 +71,9 @@ def stop_children(children: list[subprocess.Popen[bytes]], grace: float = 5.0) -
 async def run_demo(address: str, duration: float) -> int:
     """Run the demo until ``duration`` seconds pass (0: forever) or SIGINT/SIGTERM."""
     log = get_logger("loom.demo")
+    if await _answers(address):
+        log.error("a broker already answers at this address; pass --broker ADDR", broker=address)
+        return 1
     python = sys.executable
     children = [subprocess.Popen([python, "-m", "loom.broker", "--endpoint", address])]
     stopping = asyncio.Event()
