@@ -115,6 +115,8 @@ class Actor:
         self._max_payload = DEFAULT_MAX_PAYLOAD
         self._link: Link | None = None
         self._running = False
+        self._stopping = False
+        self._own_context = False
         self._probes = 0
         for attr in dir(type(self)):
             patterns = getattr(getattr(type(self), attr, None), _PATTERNS_ATTR, ())
@@ -192,25 +194,37 @@ class Actor:
             await self._teardown()
             raise
         self.log.info("actor started", broker=self.broker, id=self.id)
-        await self.on_start()
+        try:
+            await self.on_start()
+        except BaseException:
+            self.log.exception("on_start failed")
+            await self._teardown()
+            raise
         self._receiver.dispatch(name=f"loom-{self.name}")
 
-    async def stop(self) -> None:
-        """Run ``on_stop``, finish the handler in progress, close the link. Idempotent."""
-        if not self._running:
+    async def stop(self, grace: float = 5.0) -> None:
+        """Run ``on_stop``, let the handler in progress finish (up to ``grace`` seconds,
+        then it is cancelled), close the link. Events still queued are not handled.
+        Idempotent."""
+        if not self._running or self._stopping:
             return
+        self._stopping = True
         try:
             await self.on_stop()
         except Exception:
             self.log.exception("on_stop failed")
-        await self._teardown()
-        self.log.info("actor stopped", handled=self.stats.handled, errors=self.stats.errors)
+        left = await self._teardown(grace)
+        self.log.info(
+            "actor stopped", handled=self.stats.handled, errors=self.stats.errors, unhandled=left
+        )
 
-    async def _teardown(self) -> None:
-        self._running = False
+    async def _teardown(self, grace: float = 0.0) -> int:
+        left = 0
         if self._receiver is not None:
-            await self._receiver.close()
+            left = await self._receiver.close(grace)
             self._receiver = None
+        self._running = False
+        self._stopping = False
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(ClosedError(f"actor {self.name!r} stopped"))
@@ -218,9 +232,10 @@ class Actor:
         if self._link is not None:
             self._link.close()
             self._link = None
-        if getattr(self, "_own_context", False) and self._context is not None:
+        if self._own_context and self._context is not None:
             self._context.term()  # waits for queued messages, bounded by the sockets' linger
             self._context = None
+        return left
 
     async def subscribe(self, pattern: str, handler: Callable[[Event], Any]) -> None:
         """Bind ``handler`` to ``pattern`` now; once this returns the subscription holds.
@@ -285,7 +300,9 @@ class Actor:
             HopLimitError: emitted too many handlers deep (a loop, most likely).
         """
         frames = self._frames(topic, EVENT, data, thread=thread)
-        if not self._write(frames):
+        try:
+            send_message(self._pub, *frames)
+        except zmq.Again:
             await self._write_waiting(frames)
 
     async def request(

@@ -65,6 +65,7 @@ class Receiver:
         self._loop = asyncio.get_running_loop()
         self._reading = False
         self._paused = False
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def open(self) -> None:
@@ -77,15 +78,27 @@ class Receiver:
         """Start running handlers for queued and future events."""
         self._task = self._loop.create_task(self._dispatch_loop(), name=name)
 
-    async def close(self) -> None:
-        """Stop reading and cancel the handler in progress."""
+    async def close(self, grace: float = 0.0) -> int:
+        """Start no new handler, give the one in progress up to ``grace`` seconds (replies
+        still arrive meanwhile), cancel it after that, then stop reading.
+
+        Returns:
+            How many queued events were left unhandled.
+        """
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=grace)
+            if not done:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         if self._reading and not self._paused:
             self._loop.remove_reader(self._sub.FD)
         self._reading = False
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        left = len(self._mailbox)
+        self._mailbox.clear()
+        return left
 
     def _on_readable(self) -> None:
         if not self._reading or self._paused:
@@ -133,7 +146,7 @@ class Receiver:
 
     async def _dispatch_loop(self) -> None:
         mailbox, wake, resume_at, run = self._mailbox, self._wake, self._size // 2, self._run
-        while True:
+        while not self._closing:
             if not mailbox:
                 wake.clear()
                 await wake.wait()

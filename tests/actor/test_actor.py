@@ -276,3 +276,46 @@ def test_stop_fails_pending_requests_with_closed_error(broker: str) -> None:
             await pending
 
     asyncio.run(body())
+
+
+def test_stop_lets_the_handler_in_progress_finish(broker: str) -> None:
+    """stop() waits for the running handler (which may still emit), within the grace."""
+
+    class Slow(Actor):
+        @on("work.*")
+        async def work(self, event: Event) -> None:
+            self.busy = True
+            await asyncio.sleep(0.3)
+            await self.emit("work.done", event.data)
+
+    async def body() -> None:
+        slow, watcher = Slow(name="slow", broker=broker), Collector(broker)
+        await watcher.subscribe("work.done", watcher.keep)
+        await slow.start()
+        await watcher.start()
+        await watcher.emit("work.go", 7)
+        await until(lambda: getattr(slow, "busy", False))
+        await slow.stop()
+        done = await until(lambda: watcher.events)
+        assert done[0].data == 7
+        await watcher.stop()
+
+    asyncio.run(body())
+
+
+def test_on_start_failure_propagates_and_cleans_up(broker: str) -> None:
+    """An on_start that raises makes start() raise; the actor is not left running."""
+
+    class Broken(Actor):
+        async def on_start(self) -> None:
+            raise RuntimeError("cannot start")
+
+    async def body() -> None:
+        actor = Broken(name="broken", broker=broker)
+        with pytest.raises(RuntimeError, match="cannot start"):
+            await actor.start()
+        with pytest.raises(ClosedError):
+            await actor.emit("x.y", 1)
+        await actor.stop()  # harmless
+
+    asyncio.run(body())
