@@ -84,8 +84,3 @@ class DropCounter:
                 **context,
             )
             self._unlogged[reason] = 0
-
-    @property
-    def total(self) -> int:
-        """All drops counted, every reason."""
-        return sum(self.counts.values())

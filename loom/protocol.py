@@ -112,6 +112,7 @@ HEADER_FIELDS = len(Envelope._fields)
 
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
+_KINDS = frozenset((EVENT, REQUEST, REPLY, ERROR))
 _OPTIONAL_BYTES = (bytes, type(None))
 _OPTIONAL_STR = (str, type(None))
 
@@ -167,7 +168,7 @@ def decode_header(frame: bytes) -> Envelope:
         fields = fields[:HEADER_FIELDS]
     envelope: Envelope = tuple.__new__(Envelope, fields)
     if not (
-        type(envelope.kind) is int
+        envelope.kind in _KINDS
         and type(envelope.id) is bytes
         and type(envelope.sender) is str
         and type(envelope.hops) is int
@@ -181,20 +182,24 @@ def decode_header(frame: bytes) -> Envelope:
 
 def check_header(frame: bytes) -> tuple[Any, ...]:
     """The broker's cheaper check: a msgpack array of at least the envelope's length, of
-    our version. Field types are left to the receiving actors (``decode_header``).
+    our version, with a numeric or nil deadline (the broker compares it). Other field
+    types are left to the receiving actors (``decode_header``).
 
     Raises:
         VersionMismatchError: another protocol version.
         ProtocolError: not msgpack, or not such an array (``reason == "header"``).
     """
     try:
-        fields = _unpackb(frame, use_list=False)
+        fields = _unpackb(frame, use_list=False, strict_map_key=False)
     except Exception as exc:
         raise ProtocolError("header", f"header is not msgpack: {exc}") from exc
     if type(fields) is not tuple or len(fields) < HEADER_FIELDS:
         raise ProtocolError("header", "header is not an array of the envelope's fields")
     if fields[0] != VERSION:
         raise VersionMismatchError(VERSION, fields[0])
+    deadline = fields[8]
+    if deadline is not None and type(deadline) is not float and type(deadline) is not int:
+        raise ProtocolError("header", "header deadline is not a number")
     return fields
 
 
@@ -223,7 +228,7 @@ def decode_payload(frame: bytes, content_type: str | None = None) -> Any:
     if content_type is not None:
         return frame
     try:
-        return _unpackb(frame)
+        return _unpackb(frame, strict_map_key=False)
     except Exception as exc:
         raise ProtocolError("payload", f"payload is not msgpack: {exc}") from exc
 
@@ -347,7 +352,7 @@ def decode_control(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
     if len(frames) != 2:
         raise ProtocolError("frames", f"control message has {len(frames)} frames, expected 2")
     try:
-        body = _unpackb(frames[1])
+        body = _unpackb(frames[1], strict_map_key=False)
     except Exception as exc:
         raise ProtocolError("body", f"control body is not msgpack: {exc}") from exc
     if not isinstance(body, dict):

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
-from loom.actor.link import control_request
-from loom.protocol import STATS
+from loom.actor.link import query
+from loom.protocol import STATS, VERSION, Envelope, encode_header
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -177,13 +176,34 @@ def spawn_actor(spawn: Callable[..., Proc], script: str, endpoint: str, *args: s
 
 def broker_stats(endpoint: str) -> dict[str, Any]:
     """Ask the broker for its counters (STATS on the control socket)."""
+    return asyncio.run(query(endpoint, STATS))[1]
 
-    async def ask() -> dict[str, Any]:
-        context: zmq.Context[Any] = zmq.Context()
-        try:
-            _, body = await control_request(context, endpoint, STATS, {}, timeout=5.0)
-        finally:
-            context.term()
-        return body
 
-    return asyncio.run(ask())
+async def until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Await ``condition`` becoming truthy, with a deadline (for async test bodies)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+        await asyncio.sleep(0.005)
+    return value
+
+
+def make_header(**changes: Any) -> bytes:
+    """A valid header frame from a raw peer, with fields overridden by ``changes``."""
+    env = Envelope(
+        VERSION,
+        0,
+        b"\x00" * 16,
+        "raw",
+        time.time(),
+        None,
+        None,
+        None,
+        None,
+        0,
+        b"\x00" * 16,
+        None,
+        None,
+    )
+    return encode_header(env._replace(**changes))

@@ -118,9 +118,9 @@ class Actor:
         self._stopping = False
         self._own_context = False
         self._probes = 0
-        for attr in dir(type(self)):
-            patterns = getattr(getattr(type(self), attr, None), _PATTERNS_ATTR, ())
-            for pattern in patterns:
+        names = dict.fromkeys(n for k in reversed(type(self).__mro__) for n in vars(k))
+        for attr in names:  # definition order, base classes first; overrides win
+            for pattern in getattr(getattr(type(self), attr, None), _PATTERNS_ATTR, ()):
                 self._bind(pattern, getattr(self, attr))
 
     # --- hooks -------------------------------------------------------------------
@@ -174,13 +174,14 @@ class Actor:
         try:
             hello = await link.open(self._connect_timeout)
             self._max_payload = int(hello.get("max_payload", DEFAULT_MAX_PAYLOAD))
-            assert link.sub is not None and link.pub is not None
+            assert link.sub is not None and link.pub is not None and link.inbox is not None
             self._sub, self._pub = link.sub, link.pub
             for prefix in self._router.prefixes():
                 self._sub.subscribe(prefix)
-            self._sub.subscribe(self._inbox.encode())
+            link.inbox.subscribe(self._inbox.encode())
             self._receiver = Receiver(
                 self._sub,
+                link.inbox,
                 match=self._router.match,
                 pending=self._pending,
                 stats=self.stats,
@@ -190,6 +191,7 @@ class Actor:
             self._receiver.open()
             self._running = True
             await self._confirm()
+            await self._confirm(inbox=True)
         except BaseException:
             await self._teardown()
             raise
@@ -200,6 +202,8 @@ class Actor:
             self.log.exception("on_start failed")
             await self._teardown()
             raise
+        if self._receiver is None:  # stop() was called while starting
+            raise ClosedError(f"actor {self.name!r} was stopped while starting")
         self._receiver.dispatch(name=f"loom-{self.name}")
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -253,16 +257,25 @@ class Actor:
         is_async = inspect.iscoroutinefunction(handler)
         return self._router.add(pattern, (handler, is_async))
 
-    async def _confirm(self) -> None:
-        """Publish probes to a fresh topic we subscribe to until one comes back.
+    async def _confirm(self, *, inbox: bool = False) -> None:
+        """Publish probes to a topic we subscribe to until one comes back.
 
         Subscriptions travel in order on one pipe, so a probe received on the newest
-        subscription proves the broker holds all the earlier ones, and that our own
-        publisher has the broker's subscribe-all.
+        subscription proves the broker holds all the earlier ones on that socket, and
+        that our own publisher has the broker's subscribe-all. Events use a fresh probe
+        topic each time; the inbox socket's only subscription is the inbox itself.
+
+        Raises:
+            BrokerUnavailableError: no probe came back within the connect timeout.
+            ClosedError: the actor was stopped meanwhile.
         """
-        self._probes += 1
-        topic = f"$probe.{self.id}.{self._probes}"
-        self._sub.subscribe(topic.encode())
+        assert self._link is not None and self._receiver is not None
+        if inbox:
+            topic, sock = self._inbox, None
+        else:
+            self._probes += 1
+            topic, sock = f"$probe.{self.id}.{self._probes}", self._sub
+            sock.subscribe(topic.encode())
         probe_id = self.ids.next()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[probe_id] = fut
@@ -270,19 +283,21 @@ class Actor:
         deadline = time.monotonic() + self._connect_timeout
         interval = 0.002
         try:
-            while not fut.done():
-                if time.monotonic() > deadline:
-                    raise BrokerUnavailableError(
-                        f"broker at {self.broker} did not confirm subscriptions "
-                        f"within {self._connect_timeout:g}s"
-                    )
-                self._write(frames)
-                await asyncio.wait({fut}, timeout=interval)
-                interval = min(interval * 2, 0.1)
+            with self._receiver.overdraft():
+                while not fut.done():
+                    if time.monotonic() > deadline:
+                        raise BrokerUnavailableError(
+                            f"broker at {self.broker} did not confirm subscriptions "
+                            f"within {self._connect_timeout:g}s"
+                        )
+                    self._write(frames)
+                    await asyncio.wait({fut}, timeout=interval)
+                    interval = min(interval * 2, 0.1)
+            fut.result()  # ClosedError if stop() failed it
         finally:
             self._pending.pop(probe_id, None)
-            if self._link is not None:
-                self._sub.unsubscribe(topic.encode())
+            if sock is not None and self._link is not None:
+                sock.unsubscribe(topic.encode())
 
     # --- verbs -------------------------------------------------------------------
 
@@ -413,10 +428,12 @@ class Actor:
 
     async def _write_waiting(self, frames: tuple[bytes, bytes, bytes]) -> None:
         delay = 0.0005
-        while not self._write(frames):
+        while True:
+            await asyncio.sleep(delay)
             if not self._running:
                 raise ClosedError(f"actor {self.name!r} stopped while sending")
-            await asyncio.sleep(delay)
+            if self._write(frames):
+                return
             delay = min(delay * 2, 0.05)
 
     async def _handle(self, event: Event, handler: Callable[[Event], Any], is_async: bool) -> None:

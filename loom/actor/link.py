@@ -12,7 +12,7 @@ import zmq.asyncio
 from loom.errors import BrokerUnavailableError, ProtocolError, VersionMismatchError
 from loom.protocol import ERROR_COMMAND, HELLO, VERSION, decode_control, encode_control
 
-__all__ = ["Link", "announced_endpoint", "control_request"]
+__all__ = ["Link", "announced_endpoint", "control_request", "query"]
 
 _WILDCARD_HOSTS = ("*", "0.0.0.0", "[::]", "::")
 
@@ -60,8 +60,25 @@ async def control_request(
     return decode_control(frames)
 
 
+async def query(
+    address: str, command: bytes, body: dict[str, Any] | None = None, timeout: float = 5.0
+) -> tuple[bytes, dict[str, Any]]:
+    """``control_request`` on a private context: one question to a broker, for tools.
+
+    Raises:
+        BrokerUnavailableError: no answer within ``timeout`` seconds.
+        ProtocolError: the answer is unreadable.
+    """
+    context: zmq.Context[Any] = zmq.Context()
+    try:
+        return await control_request(context, address, command, body or {}, timeout)
+    finally:
+        context.term()
+
+
 class Link:
-    """The three sockets an actor holds to a broker.
+    """The sockets an actor holds to a broker: a publisher and two subscribers (pattern
+    events; the inbox for replies, which must flow even when events are paused).
 
     ``pub`` is an XPUB with ``XPUB_NODROP``: when the broker cannot keep up, sends raise
     ``zmq.Again`` and the actor waits (backpressure) instead of dropping silently the way
@@ -91,9 +108,11 @@ class Link:
         self.hello: dict[str, Any] = {}
         self.pub: zmq.Socket[bytes] | None = None
         self.sub: zmq.Socket[bytes] | None = None
+        self.inbox: zmq.Socket[bytes] | None = None
 
     async def open(self, timeout: float) -> dict[str, Any]:
-        """Say HELLO, then connect the pub/sub pair to the endpoints it announces.
+        """Say HELLO, then connect the publisher and the two subscribers (events, inbox) to
+        the endpoints it announces.
 
         Raises:
             BrokerUnavailableError: no answer within ``timeout`` seconds.
@@ -101,16 +120,24 @@ class Link:
             ProtocolError: the broker answered something unreadable.
         """
         self.hello = await self._hello(timeout)
-        pub = self._context.socket(zmq.XPUB)
-        pub.setsockopt(zmq.XPUB_NODROP, 1)
-        sub = self._context.socket(zmq.SUB)
-        for sock in (pub, sub):
-            sock.setsockopt(zmq.LINGER, 1000)
-            sock.setsockopt(zmq.SNDHWM, self._hwm)
-            sock.setsockopt(zmq.RCVHWM, self._hwm)
-        pub.connect(announced_endpoint(self.hello["pub"], self.address))
-        sub.connect(announced_endpoint(self.hello["sub"], self.address))
-        self.pub, self.sub = pub, sub
+        # Sync sockets (drained with NOBLOCK on the event loop), whatever context we got.
+        context: zmq.Context[Any] = zmq.Context.shadow(self._context.underlying)
+        sockets = [context.socket(kind) for kind in (zmq.XPUB, zmq.SUB, zmq.SUB)]
+        pub, sub, inbox = sockets
+        try:
+            pub.setsockopt(zmq.XPUB_NODROP, 1)
+            for sock in sockets:
+                sock.setsockopt(zmq.LINGER, 1000)
+                sock.setsockopt(zmq.SNDHWM, self._hwm)
+                sock.setsockopt(zmq.RCVHWM, self._hwm)
+            pub.connect(announced_endpoint(self.hello["pub"], self.address))
+            sub.connect(announced_endpoint(self.hello["sub"], self.address))
+            inbox.connect(announced_endpoint(self.hello["sub"], self.address))
+        except (zmq.ZMQError, TypeError, ValueError) as exc:
+            for sock in sockets:
+                sock.close(linger=0)
+            raise ProtocolError("hello", f"broker announced unusable endpoints: {exc}") from exc
+        self.pub, self.sub, self.inbox = pub, sub, inbox
         return self.hello
 
     async def _hello(self, timeout: float) -> dict[str, Any]:
@@ -120,13 +147,14 @@ class Link:
             if reply.get("code") == "VERSION_MISMATCH":
                 raise VersionMismatchError(VERSION, reply.get("version"))
             raise ProtocolError("hello", f"broker refused HELLO: {reply.get('message')}")
-        if command != HELLO or not {"pub", "sub"} <= reply.keys():
+        endpoints_ok = all(isinstance(reply.get(key), str) for key in ("pub", "sub"))
+        if command != HELLO or not endpoints_ok:
             raise ProtocolError("hello", f"unexpected answer to HELLO: {command!r}")
         return reply
 
     def close(self, linger: float = 1.0) -> None:
         """Close the sockets; unsent messages get up to ``linger`` seconds at context term."""
-        for sock in (self.pub, self.sub):
+        for sock in (self.pub, self.sub, self.inbox):
             if sock is not None:
                 sock.close(linger=int(linger * 1000))
-        self.pub = self.sub = None
+        self.pub = self.sub = self.inbox = None

@@ -9,7 +9,6 @@ A wildcard in the first position never matches a topic starting with ``$`` (``$s
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from loom.errors import PatternError
@@ -109,7 +108,3 @@ class Router(Generic[H]):
     def prefixes(self) -> set[bytes]:
         """The zmq subscription prefixes that cover every bound pattern."""
         return {p.prefix for p, _ in self._routes}
-
-    @property
-    def patterns(self) -> Iterable[Pattern]:
-        return (p for p, _ in self._routes)

@@ -1,11 +1,12 @@
-"""The receiving half of an actor: drain the SUB socket, resolve replies, run handlers."""
+"""The receiving half of an actor: drain the SUB sockets, resolve replies, run handlers."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import zmq
@@ -15,6 +16,7 @@ from loom.errors import ProtocolError, RemoteError
 from loom.protocol import (
     ERROR,
     REPLY,
+    Envelope,
     decode_header,
     decode_payload,
     decode_topic,
@@ -26,17 +28,24 @@ __all__ = ["Receiver"]
 Handler = tuple[Callable[[Event], Any], bool]
 """A bound handler and whether it is a coroutine function."""
 
+_BATCH = 1000
+
 
 class Receiver:
-    """Reads an actor's SUB socket on the event loop.
+    """Reads an actor's two SUB sockets on the event loop.
 
-    Replies resolve their pending request futures at once; events are queued in a bounded
+    ``events`` carries what the actor's patterns match; they are queued in a bounded
     mailbox that one task works through, one handler call at a time, in arrival order.
-    When the mailbox is full the receiver stops reading, and zmq's high-water marks push
-    back on the broker; it resumes once the mailbox is half empty.
+    When the mailbox is full the receiver stops reading ``events`` and zmq's high-water
+    marks push back on the broker; it resumes once the mailbox is half empty.
+
+    ``inbox`` carries replies to this actor's requests and is never paused, so a handler
+    awaiting a reply is answered even while the mailbox is full. Replies (and probes)
+    arriving on either socket resolve their pending futures at once.
 
     Args:
-        sub: the connected SUB socket (a sync socket: drained with NOBLOCK).
+        events: the SUB socket for pattern subscriptions (sync, drained with NOBLOCK).
+        inbox: the SUB socket subscribed to the actor's inbox topic.
         match: the handlers bound to a topic frame.
         pending: futures of requests and probes, by message id.
         stats: the actor's counters.
@@ -46,7 +55,8 @@ class Receiver:
 
     def __init__(
         self,
-        sub: zmq.Socket[bytes],
+        events: zmq.Socket[bytes],
+        inbox: zmq.Socket[bytes],
         *,
         match: Callable[[bytes], tuple[Handler, ...]],
         pending: dict[bytes, asyncio.Future[Any]],
@@ -54,7 +64,8 @@ class Receiver:
         run: Callable[[Event, Callable[[Event], Any], bool], Awaitable[None]],
         size: int,
     ) -> None:
-        self._sub = sub
+        self._events = events
+        self._inbox = inbox
         self._match = match
         self._pending = pending
         self._stats = stats
@@ -65,62 +76,110 @@ class Receiver:
         self._loop = asyncio.get_running_loop()
         self._reading = False
         self._paused = False
+        self._overdraft = 0
         self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def open(self) -> None:
-        """Start reading the socket (replies and probes resolve from now on)."""
+        """Start reading both sockets (replies and probes resolve from now on)."""
         self._reading = True
-        self._loop.add_reader(self._sub.FD, self._on_readable)
-        self._loop.call_soon(self._on_readable)  # the fd is edge-triggered
+        self._loop.add_reader(self._events.FD, self._on_events)
+        self._loop.add_reader(self._inbox.FD, self._on_inbox)
+        self._loop.call_soon(self._on_events)  # the fds are edge-triggered
+        self._loop.call_soon(self._on_inbox)
 
     def dispatch(self, name: str) -> None:
         """Start running handlers for queued and future events."""
         self._task = self._loop.create_task(self._dispatch_loop(), name=name)
 
+    @contextlib.contextmanager
+    def overdraft(self) -> Iterator[None]:
+        """Read ``events`` even past the mailbox's capacity (a probe must get through)."""
+        self._overdraft += 1
+        if self._paused:
+            self._resume()
+        try:
+            yield
+        finally:
+            self._overdraft -= 1
+
     async def close(self, grace: float = 0.0) -> int:
         """Start no new handler, give the one in progress up to ``grace`` seconds (replies
         still arrive meanwhile), cancel it after that, then stop reading.
+
+        Called from a handler (an actor stopping itself), it does not wait for that handler.
 
         Returns:
             How many queued events were left unhandled.
         """
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=grace)
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            done, _ = await asyncio.wait({task}, timeout=grace)
             if not done:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        if self._reading and not self._paused:
-            self._loop.remove_reader(self._sub.FD)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._reading:
+            if not self._paused:
+                self._loop.remove_reader(self._events.FD)
+            self._loop.remove_reader(self._inbox.FD)
         self._reading = False
         left = len(self._mailbox)
         self._mailbox.clear()
         return left
 
-    def _on_readable(self) -> None:
+    def _on_inbox(self) -> None:
+        if not self._reading:
+            return
+        for _ in range(_BATCH):
+            try:
+                _, header, payload = recv_message(self._inbox)
+                envelope = decode_header(header)
+            except zmq.Again:
+                return
+            except ProtocolError as exc:
+                self._stats.drops.drop(exc.reason, str(exc))
+                continue
+            if not self._answer(envelope, payload):
+                self._stats.late_replies += 1
+        self._loop.call_soon(self._on_inbox)
+
+    def _answer(self, envelope: Envelope, payload: bytes) -> bool:
+        """Resolve the pending future a reply or error answers; False if none waits."""
+        if envelope.kind < REPLY:
+            return False
+        fut = self._pending.pop(envelope.correlation_id, None)  # type: ignore[arg-type]
+        if fut is None:
+            return False
+        if not fut.done():
+            try:
+                data = decode_payload(payload, envelope.content_type)
+            except ProtocolError as exc:
+                fut.set_exception(exc)
+                return True
+            if envelope.kind == ERROR:
+                info = data if isinstance(data, dict) else {}
+                remote = RemoteError(str(info.get("type", "Error")), str(info.get("message", data)))
+                fut.set_exception(remote)
+            else:
+                fut.set_result(data)
+        return True
+
+    def _on_events(self) -> None:
         if not self._reading or self._paused:
             return
-        sub, pending, mailbox, match = self._sub, self._pending, self._mailbox, self._match
-        stats = self._stats
+        sub, mailbox, match, stats = self._events, self._mailbox, self._match, self._stats
         queued = False
-        for _ in range(1000):
+        for _ in range(_BATCH):
             try:
                 topic, header, payload = recv_message(sub)
                 envelope = decode_header(header)
-                if envelope.kind >= REPLY:
-                    fut = pending.pop(envelope.correlation_id, None)  # type: ignore[arg-type]
-                    if fut is not None:
-                        _resolve(fut, envelope.kind, payload)
-                        continue
+                if envelope.kind >= REPLY and self._answer(envelope, payload):
+                    continue  # a probe
                 handlers = match(topic)
                 if not handlers:
-                    if envelope.kind >= REPLY:
-                        stats.late_replies += 1
-                    else:
-                        stats.unmatched += 1
+                    stats.unmatched += 1
                     continue
                 data = decode_payload(payload, envelope.content_type)
                 text = decode_topic(topic)
@@ -132,17 +191,17 @@ class Receiver:
             mailbox.append((Event(text, data, envelope), handlers))
             queued = True
         else:
-            self._loop.call_soon(self._on_readable)  # more may wait: yield, then go on
+            self._loop.call_soon(self._on_events)  # more may wait: yield, then go on
         if queued:
             self._wake.set()
-            if len(mailbox) >= self._size:
+            if len(mailbox) >= self._size and not self._overdraft:
                 self._paused = True
                 self._loop.remove_reader(sub.FD)
 
     def _resume(self) -> None:
         self._paused = False
-        self._loop.add_reader(self._sub.FD, self._on_readable)
-        self._loop.call_soon(self._on_readable)
+        self._loop.add_reader(self._events.FD, self._on_events)
+        self._loop.call_soon(self._on_events)
 
     async def _dispatch_loop(self) -> None:
         mailbox, wake, resume_at, run = self._mailbox, self._wake, self._size // 2, self._run
@@ -160,20 +219,3 @@ class Receiver:
                 continue
             for handler, is_async in handlers:
                 await run(event, handler, is_async)
-
-
-def _resolve(fut: asyncio.Future[Any], kind: int, payload: bytes) -> None:
-    if fut.done():
-        return
-    try:
-        data = decode_payload(payload)
-    except ProtocolError as exc:
-        fut.set_exception(exc)
-        return
-    if kind == ERROR:
-        info = data if isinstance(data, dict) else {}
-        fut.set_exception(
-            RemoteError(str(info.get("type", "Error")), str(info.get("message", data)))
-        )
-    else:
-        fut.set_result(data)

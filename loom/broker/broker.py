@@ -74,6 +74,7 @@ class Broker:
         self._sockets: list[zmq.Socket[bytes]] = []
         self.proxy: PubSubProxy | None = None
         self.control: ControlPlane | None = None
+        self.internal_errors = 0
 
     def bind(self) -> dict[str, str]:
         """Bind every socket; returns the endpoints (``control``, ``pub``, ``sub``).
@@ -137,12 +138,16 @@ class Broker:
         try:
             while not self._stopping.is_set():
                 for sock, _ in poller.poll(200):
-                    if sock is xsub:
-                        proxy.pump()
-                    elif sock is xpub:
-                        proxy.read_subscriptions()
-                    else:
-                        control.serve()
+                    try:
+                        if sock is xsub:
+                            proxy.pump()
+                        elif sock is xpub:
+                            proxy.read_subscriptions()
+                        else:
+                            control.serve()
+                    except Exception:  # a bug must not take the mesh down: log, go on
+                        self.internal_errors += 1
+                        self._log.exception("internal error, broker continues")
         finally:
             self._close()
 

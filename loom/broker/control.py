@@ -83,9 +83,8 @@ class ControlPlane:
             if handler is None:
                 message = f"unknown command {command[:32]!r}"
                 self.drops.drop("command", message, plane="control")
-                self._reply(
-                    identity, ERROR_COMMAND, {"code": "UNKNOWN_COMMAND", "message": message}
-                )
+                error = {"code": "UNKNOWN_COMMAND", "message": message, "rid": body.get("rid")}
+                self._reply(identity, ERROR_COMMAND, error)
                 continue
             handler(self, identity, body)
 
@@ -94,11 +93,8 @@ class ControlPlane:
         if version != VERSION:
             message = f"protocol version {version!r} is not supported (broker: {VERSION})"
             self.drops.drop("version", message, plane="control", peer=str(body.get("name")))
-            self._reply(
-                identity,
-                ERROR_COMMAND,
-                {"code": "VERSION_MISMATCH", "message": message, "version": VERSION},
-            )
+            error = {"code": "VERSION_MISMATCH", "message": message, "version": VERSION}
+            self._reply(identity, ERROR_COMMAND, {**error, "rid": body.get("rid")})
             return
         name = str(body.get("name", "?"))
         role = str(body.get("role", "client"))
@@ -120,10 +116,8 @@ class ControlPlane:
         self._reply(identity, STATS, snap)
 
     def _reply(self, identity: bytes, command: bytes, body: dict[str, Any]) -> None:
-        try:
-            self._router.send_multipart([identity, *encode_control(command, body)], _NOBLOCK)
-        except zmq.Again:
-            self.drops.drop("control_reply", "control reply queue full", plane="control")
+        # A ROUTER drops silently what it cannot route or queue (peer gone, queue full).
+        self._router.send_multipart([identity, *encode_control(command, body)], _NOBLOCK)
 
     _commands: ClassVar[dict[bytes, Callable[[ControlPlane, bytes, dict[str, Any]], None]]] = {
         HELLO: _hello,

@@ -31,6 +31,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK_MORE = _NOBLOCK | _SNDMORE
 _XPUB_NODROP = int(zmq.XPUB_NODROP)
+_SHED = "forwarded while a subscriber is stalled: it may have missed this"
 
 
 class TopicStats:
@@ -81,8 +82,11 @@ class PubSubProxy:
         xpub: a bound XPUB socket (peers' SUB sockets connect to it).
         max_payload: payloads larger than this are dropped (counted ``oversized``).
         stall_timeout: how long a send may wait for a full subscriber before the proxy
-            sheds load: for ``10 * stall_timeout`` it then delivers to the subscribers
-            that keep up and counts a drop for each message a stalled one missed.
+            sheds load: for ``10 * stall_timeout`` it then delivers lossily (the
+            subscribers that keep up get everything) and counts every message it forwards
+            meanwhile as ``dropped`` (reason ``stalled``). libzmq's XPUB cannot say which
+            subscriber missed what, so a stalled subscriber that is still full when the
+            window ends misses messages uncounted until it drains its queue.
         log: a structlog logger.
         clock: wall-clock seconds (deadlines are wall-clock).
     """
@@ -112,18 +116,21 @@ class PubSubProxy:
         xpub.setsockopt(zmq.SNDTIMEO, max(1, int(stall_timeout * 1000)))
         xsub.send(b"\x01")  # subscribe-all: publishers send everything, the XPUB filters
 
-    def pump(self, budget: int = 1000) -> bool:
-        """Forward up to ``budget`` waiting messages; True if more may be waiting."""
+    def pump(self, budget: int = 1000) -> None:
+        """Forward up to ``budget`` waiting messages (the poll is level-triggered: if more
+        wait, the next poll returns at once)."""
         xpub = self._xpub
         stats = self.stats
         rows = stats.rows
         max_payload = self._max_payload
         xsub = self._xsub
+        if self._shed_until and time.monotonic() >= self._shed_until:
+            self._end_shed()
         for _ in range(budget):
             try:
                 topic, header, payload = recv_message(xsub)
             except zmq.Again:
-                return False
+                return
             except ProtocolError as exc:
                 stats.unparsed[MALFORMED] += 1
                 self.drops.drop(exc.reason, str(exc))
@@ -140,23 +147,16 @@ class PubSubProxy:
             try:
                 fields = check_header(header)
             except ProtocolError as exc:
-                row[MALFORMED] += 1
-                self.drops.drop(exc.reason, str(exc), topic=topic.decode())
+                self._drop(row, MALFORMED, exc.reason, str(exc), topic)
                 continue
             row[PUBLISHED] += 1
             if len(payload) > max_payload:
-                row[DROPPED] += 1
-                self.drops.drop(
-                    "oversized",
-                    f"payload of {len(payload)} bytes over the limit of {max_payload}",
-                    topic=topic.decode(),
-                    sender=str(fields[3]),
-                )
+                size = f"payload of {len(payload)} bytes over the limit of {max_payload}"
+                self._drop(row, DROPPED, "oversized", size, topic)
                 continue
             deadline = fields[8]  # Envelope.deadline
             if deadline is not None and deadline < self._clock():
-                row[DROPPED] += 1
-                self.drops.drop("expired", "deadline passed", topic=topic.decode())
+                self._drop(row, DROPPED, "expired", "deadline passed", topic)
                 continue
             try:
                 raw_send(xpub, topic, _NOBLOCK_MORE)
@@ -166,38 +166,38 @@ class PubSubProxy:
             raw_send(xpub, header, _SNDMORE)
             raw_send(xpub, payload, 0)
             row[FORWARDED] += 1
-        return True
+            if self._shed_until:
+                self._drop(row, DROPPED, "stalled", _SHED, topic)
 
     def _forward_blocked(self, topic: bytes, header: bytes, payload: bytes, row: list[int]) -> None:
-        """A subscriber's queue is full: wait a little (backpressure), then shed."""
+        """A subscriber's queue is full: wait up to the stall timeout (backpressure), then
+        shed: lossy delivery for ``10 * stall_timeout``, so the subscribers that keep up
+        go on receiving."""
         xpub = self._xpub
-        now = time.monotonic()
-        if now >= self._shed_until:
-            try:  # blocking send, bounded by SNDTIMEO = stall_timeout
-                xpub.send(topic, _SNDMORE)
-            except zmq.Again:
-                self._shed_until = now + 10 * self._stall_timeout
-                self._log.warning(
-                    "subscriber stalled: delivering to the others, dropping for it",
-                    topic=topic.decode(),
-                    shed_seconds=10 * self._stall_timeout,
-                )
-            else:
-                xpub.send(header, _SNDMORE)
-                xpub.send(payload)
-                row[FORWARDED] += 1
-                return
-        # Lossy send: the subscribers that keep up get it; the stalled one does not.
-        xpub.setsockopt(_XPUB_NODROP, 0)
-        try:
-            xpub.send(topic, _NOBLOCK | _SNDMORE)
-            xpub.send(header, _SNDMORE)
-            xpub.send(payload)
-        finally:
-            xpub.setsockopt(_XPUB_NODROP, 1)
+        try:  # blocking send, bounded by SNDTIMEO = stall_timeout
+            xpub.send(topic, _SNDMORE)
+        except zmq.Again:
+            self._shed_until = time.monotonic() + 10 * self._stall_timeout
+            xpub.setsockopt(_XPUB_NODROP, 0)
+            self._log.warning(
+                "subscriber stalled: shedding (lossy delivery)",
+                topic=topic.decode(),
+                shed_seconds=10 * self._stall_timeout,
+            )
+            xpub.send(topic, _NOBLOCK_MORE)
+            self._drop(row, DROPPED, "stalled", _SHED, topic)
+        xpub.send(header, _SNDMORE)
+        xpub.send(payload)
         row[FORWARDED] += 1
-        row[DROPPED] += 1
-        self.drops.drop("stalled", "a subscriber is not keeping up", topic=topic.decode())
+
+    def _drop(self, row: list[int], column: int, reason: str, message: str, topic: bytes) -> None:
+        row[column] += 1
+        self.drops.drop(reason, message, topic=topic.decode())
+
+    def _end_shed(self) -> None:
+        self._shed_until = 0.0
+        self._xpub.setsockopt(_XPUB_NODROP, 1)
+        self._log.info("shedding over: lossless delivery again")
 
     def read_subscriptions(self) -> None:
         """Track the prefixes subscribers hold (the XPUB reports first-sub/last-unsub)."""

@@ -8,12 +8,9 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
-
-import zmq
 
 from loom.actor import Actor, Event
-from loom.actor.link import control_request
+from loom.actor.link import query
 from loom.errors import BrokerUnavailableError
 from loom.logs import get_logger
 from loom.protocol import HELLO, VERSION
@@ -27,32 +24,19 @@ async def wait_for_broker(address: str, proc: subprocess.Popen[bytes], timeout: 
     Raises:
         BrokerUnavailableError: it exited or did not answer within ``timeout`` seconds.
     """
-    context: zmq.Context[Any] = zmq.Context()
     deadline = time.monotonic() + timeout
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise BrokerUnavailableError(f"the broker exited with code {proc.returncode}")
-            try:
-                await control_request(
-                    context, address, HELLO, {"version": VERSION, "name": "demo"}, 0.25
-                )
-                return
-            except BrokerUnavailableError:
-                if time.monotonic() > deadline:
-                    raise
-    finally:
-        context.term()
+    while not await _answers(address):
+        if proc.poll() is not None:
+            raise BrokerUnavailableError(f"the broker exited with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(f"the broker at {address} did not answer in {timeout:g}s")
 
 
 async def _answers(address: str) -> bool:
-    context: zmq.Context[Any] = zmq.Context()
     try:
-        await control_request(context, address, HELLO, {"version": VERSION, "name": "demo"}, 0.3)
+        await query(address, HELLO, {"version": VERSION, "name": "demo"}, timeout=0.3)
     except BrokerUnavailableError:
         return False
-    finally:
-        context.term()
     return True
 
 

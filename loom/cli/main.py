@@ -9,10 +9,8 @@ import signal
 import sys
 from typing import Any
 
-import zmq
-
 from loom.actor import Actor, Event
-from loom.actor.link import control_request
+from loom.actor.link import query
 from loom.cli.demo import run_demo
 from loom.config import broker_address
 from loom.errors import LoomError
@@ -182,12 +180,7 @@ async def _tap(broker: str, pattern: str, timeout: float, *, as_json: bool, coun
 
 
 async def _stats(broker: str, timeout: float) -> dict[str, Any]:
-    context: zmq.Context[Any] = zmq.Context()
-    try:
-        _, body = await control_request(context, broker, STATS, {}, timeout=timeout)
-    finally:
-        context.term()
-    return body
+    return (await query(broker, STATS, timeout=timeout))[1]
 
 
 if __name__ == "__main__":

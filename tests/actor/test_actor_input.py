@@ -16,9 +16,10 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+from conftest import make_header, until
 
-from loom import Actor, Event, on
-from loom.protocol import HELLO, VERSION, Envelope, decode_control, encode_control, encode_header
+from loom import Actor, Event, ProtocolError, on
+from loom.protocol import HELLO, VERSION, decode_control, encode_control
 
 
 class Permissive:
@@ -27,6 +28,7 @@ class Permissive:
     def __init__(self, base: Path) -> None:
         self.control = f"ipc://{base}/ctl"
         self.pub, self.sub = f"ipc://{base}/pub", f"ipc://{base}/sub"
+        self.announce_pub = self.pub
         self.ctx: zmq.Context[Any] = zmq.Context()
         self._threads = [
             threading.Thread(target=self._proxy, daemon=True),
@@ -59,7 +61,7 @@ class Permissive:
                 assert command == HELLO
                 body = {
                     "version": VERSION,
-                    "pub": self.pub,
+                    "pub": self.announce_pub,
                     "sub": self.sub,
                     "max_payload": 1 << 20,
                 }
@@ -76,25 +78,6 @@ def permissive(short_tmp: Path) -> Iterator[Permissive]:
     broker = Permissive(short_tmp)
     yield broker
     broker.close()
-
-
-def header(**changes: Any) -> bytes:
-    env = Envelope(
-        VERSION,
-        0,
-        b"\x00" * 16,
-        "raw",
-        time.time(),
-        None,
-        None,
-        None,
-        None,
-        0,
-        b"\x00" * 16,
-        None,
-        None,
-    )
-    return encode_header(env._replace(**changes))
 
 
 def test_actor_drops_malformed_messages_and_keeps_serving(permissive: Permissive) -> None:
@@ -119,14 +102,14 @@ def test_actor_drops_malformed_messages_and_keeps_serving(permissive: Permissive
             assert raw.poll(5000), "no subscription reached the raw publisher"
             while raw.poll(200):
                 raw.recv()
-            good, one = header(), msgpack.packb(1)
+            good, one = make_header(), msgpack.packb(1)
             for frames in [
                 [b"bad.a"],
                 [b"bad.a", good],
                 [b"bad.a", good, one, b"extra"],
                 [b"bad.a", b"\xc1", one],
-                [b"bad.a", header(version=9), one],
-                [b"bad.a", header(sender=5), one],
+                [b"bad.a", make_header(version=9), one],
+                [b"bad.a", make_header(sender=5), one],
                 [b"bad.a", good, b"\xc1"],
                 [b"bad.\xff", good, one],
                 [b"bad.ok", good, msgpack.packb("fine")],
@@ -149,3 +132,52 @@ def test_actor_drops_malformed_messages_and_keeps_serving(permissive: Permissive
         "payload": 1,
         "topic": 1,
     }
+
+
+@pytest.mark.parametrize("announced", ["tcp://no-port", "bogus://x"])
+def test_unusable_announced_endpoints_fail_start_cleanly(
+    permissive: Permissive, announced: str
+) -> None:
+    """A HELLO answer with endpoints that cannot be connected makes start() raise
+    ProtocolError at once, and closes what it opened (no hang at context term)."""
+    permissive.announce_pub = announced
+
+    async def body() -> None:
+        actor = Actor(name="a", broker=permissive.control, connect_timeout=5)
+        with pytest.raises(ProtocolError, match="unusable endpoints"):
+            await asyncio.wait_for(actor.start(), timeout=10)
+
+    asyncio.run(body())
+
+
+def test_int_keys_and_unknown_kinds(permissive: Permissive) -> None:
+    """Maps with int keys arrive intact; a header with an unknown kind is dropped."""
+
+    class Sink(Actor):
+        def __init__(self) -> None:
+            super().__init__(name="sink", broker=permissive.control)
+            self.got: list[object] = []
+
+        @on("t.*")
+        def keep(self, event: Event) -> None:
+            self.got.append(event.data)
+
+    async def body() -> Sink:
+        sink = Sink()
+        await sink.start()
+        raw = permissive.ctx.socket(zmq.XPUB)
+        raw.connect(permissive.pub)
+        try:
+            assert raw.poll(5000), "no subscription reached the raw publisher"
+            raw.send_multipart([b"t.a", make_header(kind=7), msgpack.packb(1)])
+            raw.send_multipart([b"t.a", make_header(deadline="x"), msgpack.packb(1)])
+            raw.send_multipart([b"t.b", make_header(), msgpack.packb({1: "one", 2: [3]})])
+            await until(lambda: sink.got)
+        finally:
+            raw.close(0)
+            await sink.stop()
+        return sink
+
+    sink = asyncio.run(body())
+    assert sink.got == [{1: "one", 2: [3]}]
+    assert sink.stats.drops.counts == {"header": 2}

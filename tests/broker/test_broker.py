@@ -12,10 +12,18 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
-from conftest import Proc, broker_stats, free_tcp_endpoint, spawn_actor, start_broker, wait_for
+from conftest import (
+    Proc,
+    broker_stats,
+    free_tcp_endpoint,
+    make_header,
+    spawn_actor,
+    start_broker,
+    wait_for,
+)
 
 from loom import Actor, Event
-from loom.protocol import VERSION, Envelope, encode_header
+from loom.protocol import VERSION
 
 HELLO = b"HELLO"
 
@@ -33,25 +41,6 @@ def control(endpoint: str, *frames: bytes, timeout: float = 5.0) -> list[bytes]:
 def hello(endpoint: str, **body: Any) -> tuple[bytes, dict[str, Any]]:
     command, reply = control(endpoint, HELLO, msgpack.packb({"version": VERSION, **body}))
     return command, msgpack.unpackb(reply)
-
-
-def header(**changes: Any) -> bytes:
-    env = Envelope(
-        VERSION,
-        0,
-        b"\x00" * 16,
-        "raw",
-        time.time(),
-        None,
-        None,
-        None,
-        None,
-        0,
-        b"\x00" * 16,
-        None,
-        None,
-    )
-    return encode_header(env._replace(**changes))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -107,13 +96,15 @@ def test_hello_with_another_version_is_refused(broker: str) -> None:
 def test_bad_control_messages_get_errors_and_the_broker_keeps_serving(broker: str) -> None:
     """Malformed or unknown control commands are answered with an error code."""
     assert control(broker, b"HELLO")[0] == b"ERROR"  # one frame
+    unknown = msgpack.unpackb(control(broker, b"NOPE", msgpack.packb({"rid": 7}))[1])
+    assert unknown["rid"] == 7  # errors echo the request id
     assert msgpack.unpackb(control(broker, b"HELLO", b"\xc1")[1])["code"] == "MALFORMED"
     assert msgpack.unpackb(control(broker, b"NOPE", msgpack.packb({}))[1])["code"] == (
         "UNKNOWN_COMMAND"
     )
     assert hello(broker)[0] == HELLO
     drops = broker_stats(broker)["control_drops"]
-    assert drops["frames"] == 1 and drops["body"] == 1 and drops["command"] == 1
+    assert drops["frames"] == 1 and drops["body"] == 1 and drops["command"] == 2
 
 
 def test_counts_per_topic(broker: str) -> None:
@@ -150,14 +141,15 @@ def test_malformed_frames_are_dropped_counted_and_survived(
         raw.linger = 1000
         raw.connect(info["pub"])
         wait_for(lambda: raw.poll(10, zmq.POLLOUT) and _delivered(raw, endpoint), timeout=10)
-        good = header()
+        good = make_header()
         bad_messages = [
             [b"ping.x"],  # one frame
             [b"ping.x", good],  # two frames
             [b"ping.x", good, msgpack.packb(1), b"extra"],  # four frames
             [b"ping.x", b"\xc1\xc1", msgpack.packb(1)],  # header not msgpack
             [b"ping.x", msgpack.packb([1, 2]), msgpack.packb(1)],  # header too short
-            [b"ping.x", header(version=7), msgpack.packb(1)],  # unknown version
+            [b"ping.x", make_header(version=7), msgpack.packb(1)],  # unknown version
+            [b"ping.x", make_header(deadline="soon"), msgpack.packb(1)],  # deadline not a number
             [b"\xff\xfeping", good, msgpack.packb(1)],  # topic not UTF-8
             [b"ping.x", good, b"x" * 5000],  # over --max-payload
         ]
@@ -165,11 +157,11 @@ def test_malformed_frames_are_dropped_counted_and_survived(
             raw.send_multipart(frames)
         raw.send_multipart([b"ping.x", good, b"\xc1"])  # passes the broker, fails the actor
         drops = wait_for(
-            lambda: (d := broker_stats(endpoint)["drops"]) and sum(d.values()) >= 8 and d
+            lambda: (d := broker_stats(endpoint)["drops"]) and sum(d.values()) >= 9 and d
         )
-    assert drops == {"frames": 3, "header": 2, "version": 1, "topic": 1, "oversized": 1}
+    assert drops == {"frames": 3, "header": 3, "version": 1, "topic": 1, "oversized": 1}
     totals = broker_stats(endpoint)["totals"]
-    assert totals["malformed"] == 7 and totals["dropped"] == 1
+    assert totals["malformed"] == 8 and totals["dropped"] == 1
 
     async def still_serving() -> Any:
         client = Actor(name="client", broker=endpoint)
@@ -185,24 +177,27 @@ def test_malformed_frames_are_dropped_counted_and_survived(
     reply, echo_stats = asyncio.run(still_serving())
     assert reply["ok"] is True
     assert echo_stats["drops"] == {"payload": 1}
-    assert "message dropped" in broker.output and "reason=frames" in broker.output
+    broker.wait_line("reason=frames")
+    assert "message dropped" in broker.output
     echo.wait_line("reason=payload")
 
 
 def _delivered(raw: zmq.Socket[bytes], endpoint: str) -> bool:
     """Whether a probe from a raw publisher reaches the broker yet (subscribe-all arrived)."""
-    raw.send_multipart([b"probe.raw", header(), msgpack.packb(None)])
+    raw.send_multipart([b"probe.raw", make_header(), msgpack.packb(None)])
     return bool(broker_stats(endpoint)["topics"].get("probe.raw"))
 
 
 def test_stalled_subscriber_is_shed_and_counted(spawn: Callable[..., Proc], short_tmp: Any) -> None:
     """A subscriber that stops reading does not hold up the others, which keep up and get
-    everything; what the stalled one missed is counted as dropped."""
+    everything; messages forwarded while it is stalled are counted as dropped (a lower
+    bound of what it missed: libzmq's XPUB reports no per-subscriber loss)."""
     endpoint = f"ipc://{short_tmp}/b"
-    start_broker(spawn, endpoint, "--hwm", "100", "--stall-timeout", "0.2")
+    start_broker(spawn, endpoint, "--stall-timeout", "0.2")
     _, info = hello(endpoint)
     with zmq.Context() as ctx, ctx.socket(zmq.SUB) as stalled:
         stalled.rcvhwm = 100
+        stalled.rcvbuf = 4096  # small kernel buffer: the stall comes early and surely
         stalled.connect(info["sub"])
         stalled.subscribe(b"flood")
 
@@ -222,7 +217,7 @@ def test_stalled_subscriber_is_shed_and_counted(spawn: Callable[..., Proc], shor
             await sender.start()
             deadline = time.monotonic() + 30
             for i in range(3000):
-                await sender.emit("flood.x", i)
+                await sender.emit("flood.x", [i, "x" * 1000])
                 while got < i - 50 and time.monotonic() < deadline:  # the listener keeps up
                     await asyncio.sleep(0.001)
             while got < 3000 and time.monotonic() < deadline:
@@ -232,7 +227,10 @@ def test_stalled_subscriber_is_shed_and_counted(spawn: Callable[..., Proc], shor
             return got
 
         got = asyncio.run(body())
+        missed = 3000
+        while stalled.poll(100):
+            if stalled.recv_multipart()[0] == b"flood.x":
+                missed -= 1
     assert got == 3000
     stats = broker_stats(endpoint)
-    assert stats["drops"].get("stalled", 0) > 0
-    assert stats["topics"]["flood.x"]["dropped"] == stats["drops"]["stalled"]
+    assert 0 < stats["drops"].get("stalled", 0) <= missed < 3000, (stats["drops"], missed)
