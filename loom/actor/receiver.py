@@ -103,11 +103,12 @@ class Receiver:
         finally:
             self._overdraft -= 1
 
-    async def close(self, grace: float = 0.0) -> int:
-        """Start no new handler, give the one in progress up to ``grace`` seconds (replies
-        still arrive meanwhile), cancel it after that, then stop reading.
+    async def drain(self, grace: float = 0.0, caller: asyncio.Task[Any] | None = None) -> int:
+        """Start no new handler and give the one in progress up to ``grace`` seconds
+        (replies still arrive meanwhile), then cancel it. Reading goes on until ``close``.
 
-        Called from a handler (an actor stopping itself), it does not wait for that handler.
+        If ``caller`` is the dispatching task (a handler stopping its own actor), it does not
+        wait for that handler.
 
         Returns:
             How many queued events were left unhandled.
@@ -115,19 +116,22 @@ class Receiver:
         self._closing = True
         self._wake.set()
         task, self._task = self._task, None
-        if task is not None and task is not asyncio.current_task():
+        if task is not None and task is not caller:
             done, _ = await asyncio.wait({task}, timeout=grace)
             if not done:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        left = len(self._mailbox)
+        self._mailbox.clear()
+        return left
+
+    def close(self) -> None:
+        """Stop reading both sockets."""
         if self._reading:
             if not self._paused:
                 self._loop.remove_reader(self._events.FD)
             self._loop.remove_reader(self._inbox.FD)
         self._reading = False
-        left = len(self._mailbox)
-        self._mailbox.clear()
-        return left
 
     def _on_inbox(self) -> None:
         if not self._reading:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Proc, spawn_actor, until
+from conftest import ACTORS, Proc, spawn_actor, until
 
 from loom import (
     Actor,
@@ -409,3 +410,65 @@ def test_a_shared_asyncio_context_works(broker: str) -> None:
             context.term()
 
     assert asyncio.run(body()) == {1: "int keys survive"}
+
+
+def test_subscribing_under_load_loses_no_wakeup(broker: str) -> None:
+    """subscribe() while events pour in: every event is still handled. (zmq's fd is
+    edge-triggered and a subscribe/unsubscribe can swallow the edge: the receiver must
+    look again after each one.)"""
+
+    async def body() -> int:
+        got = 0
+
+        def count(event: Event) -> None:
+            nonlocal got
+            got += 1
+
+        sink, source = Actor(name="sink", broker=broker), Actor(name="source", broker=broker)
+        await sink.subscribe("flood.*", count)
+        await sink.start()
+        await source.start()
+
+        async def flood() -> None:
+            for i in range(20_000):
+                await source.emit("flood.x", i)
+
+        flooding = asyncio.ensure_future(flood())
+        for i in range(30):
+            await sink.subscribe(f"other.{i}", count)
+        await flooding
+        await until(lambda: got == 20_000, timeout=20)
+        await source.stop()
+        await sink.stop()
+        return got
+
+    for _ in range(3):
+        assert asyncio.run(body()) == 20_000
+
+
+def test_stop_right_after_emitting_loses_nothing(broker: str) -> None:
+    """Everything a process emits before stop() arrives, although libzmq may drop a
+    closing PUB/XPUB socket's queue: stop() flushes through the broker first."""
+    script = str(ACTORS / "burst.py")
+
+    async def body() -> list[int]:
+        counts: list[int] = []
+        got: list[int] = []
+        listener = Actor(name="listener", broker=broker)
+        await listener.subscribe("burst.*", lambda event: got.append(event.data))
+        await listener.start()
+        for round_ in range(3):
+            topic = f"burst.r{round_}"
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, script, broker, "50000", topic
+            )
+            assert await asyncio.wait_for(proc.wait(), 60) == 0
+            deadline = time.monotonic() + 10
+            while len(got) < 50_000 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            counts.append(len(got))
+            got.clear()
+        await listener.stop()
+        return counts
+
+    assert asyncio.run(body()) == [50_000] * 3
