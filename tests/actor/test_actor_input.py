@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 import zmq
 from conftest import make_header, until
 
-from loom import Actor, Event, ProtocolError, on
+from loom import Actor, Event, ProtocolError
 from loom.protocol import HELLO, VERSION, decode_control, encode_control
 
 
@@ -80,28 +79,30 @@ def permissive(short_tmp: Path) -> Iterator[Permissive]:
     broker.close()
 
 
+async def sink_and_raw_publisher(
+    permissive: Permissive, pattern: str
+) -> tuple[Actor, list[Event], zmq.Socket[bytes]]:
+    """A started actor keeping what `pattern` matches, and a raw XPUB publisher that
+    already holds the actor's subscription (forwarded upstream by the C proxy)."""
+    got: list[Event] = []
+    sink = Actor(name="sink", broker=permissive.control)
+    await sink.subscribe(pattern, got.append)
+    await sink.start()
+    raw = permissive.ctx.socket(zmq.XPUB)
+    raw.connect(permissive.pub)
+    assert raw.poll(5000), "no subscription reached the raw publisher"
+    while raw.poll(200):
+        raw.recv()
+    return sink, got, raw
+
+
 def test_actor_drops_malformed_messages_and_keeps_serving(permissive: Permissive) -> None:
     """Wrong frame counts, bad headers, other versions, bad payloads and non-UTF-8 topics
     are dropped and counted per reason; a good message after them is handled."""
 
-    class Sink(Actor):
-        def __init__(self) -> None:
-            super().__init__(name="sink", broker=permissive.control)
-            self.got: list[Event] = []
-
-        @on("bad.*")
-        def keep(self, event: Event) -> None:
-            self.got.append(event)
-
-    async def body() -> Sink:
-        sink = Sink()
-        await sink.start()
-        raw = permissive.ctx.socket(zmq.XPUB)
-        raw.connect(permissive.pub)
+    async def body() -> tuple[Actor, list[Event]]:
+        sink, got, raw = await sink_and_raw_publisher(permissive, "bad.*")
         try:
-            assert raw.poll(5000), "no subscription reached the raw publisher"
-            while raw.poll(200):
-                raw.recv()
             good, one = make_header(), msgpack.packb(1)
             for frames in [
                 [b"bad.a"],
@@ -115,16 +116,14 @@ def test_actor_drops_malformed_messages_and_keeps_serving(permissive: Permissive
                 [b"bad.ok", good, msgpack.packb("fine")],
             ]:
                 raw.send_multipart(frames)
-            deadline = time.monotonic() + 5
-            while not sink.got and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            await until(lambda: got)
         finally:
             raw.close(0)
             await sink.stop()
-        return sink
+        return sink, got
 
-    sink = asyncio.run(body())
-    assert [(e.topic, e.data) for e in sink.got] == [("bad.ok", "fine")]
+    sink, got = asyncio.run(body())
+    assert [(e.topic, e.data) for e in got] == [("bad.ok", "fine")]
     assert sink.stats.drops.counts == {
         "frames": 3,
         "header": 2,
@@ -132,6 +131,27 @@ def test_actor_drops_malformed_messages_and_keeps_serving(permissive: Permissive
         "payload": 1,
         "topic": 1,
     }
+
+
+def test_int_keys_and_unknown_kinds(permissive: Permissive) -> None:
+    """Maps with int keys arrive intact; headers with an unknown kind or a deadline that
+    is not a number are dropped."""
+
+    async def body() -> tuple[Actor, list[Event]]:
+        sink, got, raw = await sink_and_raw_publisher(permissive, "t.*")
+        try:
+            raw.send_multipart([b"t.a", make_header(kind=7), msgpack.packb(1)])
+            raw.send_multipart([b"t.a", make_header(deadline="x"), msgpack.packb(1)])
+            raw.send_multipart([b"t.b", make_header(), msgpack.packb({1: "one", 2: [3]})])
+            await until(lambda: got)
+        finally:
+            raw.close(0)
+            await sink.stop()
+        return sink, got
+
+    sink, got = asyncio.run(body())
+    assert [e.data for e in got] == [{1: "one", 2: [3]}]
+    assert sink.stats.drops.counts == {"header": 2}
 
 
 @pytest.mark.parametrize("announced", ["tcp://no-port", "bogus://x"])
@@ -148,36 +168,3 @@ def test_unusable_announced_endpoints_fail_start_cleanly(
             await asyncio.wait_for(actor.start(), timeout=10)
 
     asyncio.run(body())
-
-
-def test_int_keys_and_unknown_kinds(permissive: Permissive) -> None:
-    """Maps with int keys arrive intact; a header with an unknown kind is dropped."""
-
-    class Sink(Actor):
-        def __init__(self) -> None:
-            super().__init__(name="sink", broker=permissive.control)
-            self.got: list[object] = []
-
-        @on("t.*")
-        def keep(self, event: Event) -> None:
-            self.got.append(event.data)
-
-    async def body() -> Sink:
-        sink = Sink()
-        await sink.start()
-        raw = permissive.ctx.socket(zmq.XPUB)
-        raw.connect(permissive.pub)
-        try:
-            assert raw.poll(5000), "no subscription reached the raw publisher"
-            raw.send_multipart([b"t.a", make_header(kind=7), msgpack.packb(1)])
-            raw.send_multipart([b"t.a", make_header(deadline="x"), msgpack.packb(1)])
-            raw.send_multipart([b"t.b", make_header(), msgpack.packb({1: "one", 2: [3]})])
-            await until(lambda: sink.got)
-        finally:
-            raw.close(0)
-            await sink.stop()
-        return sink
-
-    sink = asyncio.run(body())
-    assert sink.got == [{1: "one", 2: [3]}]
-    assert sink.stats.drops.counts == {"header": 2}
