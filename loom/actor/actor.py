@@ -109,14 +109,21 @@ class Actor:
         self._connect_timeout = connect_timeout
         self._router: Router[tuple[Callable[[Event], Any], bool]] = Router()
         self._receiver: Receiver | None = None
-        self._teardown_task: asyncio.Future[int] | None = None
+        self._lifecycle = asyncio.Lock()
+        self._state = "idle"
+        """idle -> starting -> running -> stopping -> idle"""
+        self._abort = False
+        self._accepting = False
+        """Verbs allowed: from the confirmed link (``on_start`` may emit) to teardown."""
+        self._stop_task: asyncio.Future[None] | None = None
+        self._starting_task: asyncio.Task[Any] | None = None
         self._inbox = f"$inbox.{self.id}"
         self._topics: dict[str, bytes] = {}
         self._pending: dict[bytes, asyncio.Future[Any]] = {}
         self._max_payload = DEFAULT_MAX_PAYLOAD
         self._link: Link | None = None
         self._running = False
-        self._stopping = False
+        """The sockets are usable (probes may go out)."""
         self._own_context = False
         self._probes = 0
         names = dict.fromkeys(n for k in reversed(type(self).__mro__) for n in vars(k))
@@ -148,117 +155,164 @@ class Actor:
         stopping = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
-        await self.start()
+        starting = asyncio.ensure_future(self.start())
+        signalled = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # a signal while starting (a broker slow to answer)
+            starting.cancel()
         try:
-            await stopping.wait()
+            await starting
+            await signalled
+        except asyncio.CancelledError:
+            return
         finally:
+            signalled.cancel()
             await self.stop()
 
     async def start(self) -> None:
         """Connect, subscribe, and confirm the subscriptions end to end.
 
         When it returns, every event published afterwards on a bound pattern reaches
-        this actor. Then ``on_start`` runs, then handlers start.
+        this actor. Then ``on_start`` runs, then handlers start. Concurrent calls start
+        the actor once; a call during ``stop()`` waits for it, then starts again.
 
         Raises:
             BrokerUnavailableError: the broker did not answer or confirm in time.
             VersionMismatchError: the broker speaks another protocol version.
+            ClosedError: ``stop()`` was called while starting.
         """
-        if self._running:
-            return
+        async with self._lifecycle:
+            if self._state == "running":
+                return
+            self._state, self._abort = "starting", False
+            self._starting_task = asyncio.current_task()
+            try:
+                await self._open_link()
+                self._check_abort()
+                await self._confirm()
+                await self._confirm(inbox=True)
+                self._check_abort()
+                self._accepting = True
+                self.log.info("actor started", broker=self.broker, id=self.id)
+                try:
+                    await self.on_start()
+                except Exception:
+                    self.log.exception("on_start failed")
+                    raise
+                self._check_abort()
+            except BaseException:
+                await self._teardown(flush=self._accepting)
+                raise
+            assert self._receiver is not None
+            self._state = "running"
+            self._receiver.dispatch(name=f"loom-{self.name}")
+
+    async def _open_link(self) -> None:
         self._own_context = self._context is None
         context = self._context if self._context is not None else zmq.Context()
         self._context = context
         if self.broker is None:
             self.broker = DEFAULT_BROKER
         link = self._link = Link(self.broker, context, name=self.name, hwm=1000)
-        try:
-            hello = await link.open(self._connect_timeout)
-            self._max_payload = int(hello.get("max_payload", DEFAULT_MAX_PAYLOAD))
-            assert link.sub is not None and link.pub is not None and link.inbox is not None
-            self._sub, self._pub = link.sub, link.pub
-            for prefix in self._router.prefixes():
-                self._sub.subscribe(prefix)
-            link.inbox.subscribe(self._inbox.encode())
-            self._receiver = Receiver(
-                self._sub,
-                link.inbox,
-                match=self._router.match,
-                pending=self._pending,
-                stats=self.stats,
-                run=self._handle,
-                size=self._mailbox_size,
-            )
-            self._receiver.open()
-            self._running = True
-            await self._confirm()
-            await self._confirm(inbox=True)
-        except BaseException:
-            await self._teardown()
-            raise
-        self.log.info("actor started", broker=self.broker, id=self.id)
-        try:
-            await self.on_start()
-        except BaseException:
-            self.log.exception("on_start failed")
-            await self._teardown()
-            raise
-        if self._receiver is None:  # stop() was called while starting
+        hello = await link.open(self._connect_timeout)
+        self._max_payload = int(hello.get("max_payload", DEFAULT_MAX_PAYLOAD))
+        assert link.sub is not None and link.pub is not None and link.inbox is not None
+        self._sub, self._pub = link.sub, link.pub
+        for prefix in self._router.prefixes():
+            self._sub.subscribe(prefix)
+        link.inbox.subscribe(self._inbox.encode())
+        self._receiver = Receiver(
+            self._sub,
+            link.inbox,
+            match=self._router.match,
+            pending=self._pending,
+            stats=self.stats,
+            run=self._handle,
+            size=self._mailbox_size,
+        )
+        self._receiver.open()
+        self._running = True
+
+    def _check_abort(self) -> None:
+        if self._abort:
             raise ClosedError(f"actor {self.name!r} was stopped while starting")
-        self._receiver.dispatch(name=f"loom-{self.name}")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Run ``on_stop``, let the handler in progress finish (up to ``grace`` seconds,
-        then it is cancelled), close the link. Events still queued are not handled.
-        Idempotent."""
-        if not self._running or self._stopping:
+        then it is cancelled), make sure the broker has everything this actor emitted,
+        close the link. Events still queued are not handled.
+
+        Idempotent; concurrent callers share one stop. Called while ``start()`` runs, it
+        makes ``start()`` fail with ``ClosedError`` at its next step and waits for that.
+        A cancelled caller does not cancel the stop itself.
+        """
+        if self._state == "idle":
             return
-        self._stopping = True
-        try:
-            await self.on_stop()
-        except Exception:
-            self.log.exception("on_stop failed")
-        left = await self._teardown(grace, flush=True)
-        self.log.info(
-            "actor stopped", handled=self.stats.handled, errors=self.stats.errors, unhandled=left
-        )
+        if self._state == "starting":
+            self._abort = True
+            if asyncio.current_task() is self._starting_task:  # on_start stopping it
+                return
+            async with self._lifecycle:  # start() notices, tears down, releases
+                return
+        if self._stop_task is None:
+            in_handler = _current.get() is not None  # a handler stopping its own actor
+            self._stop_task = asyncio.ensure_future(self._stop(grace, in_handler))
+        await asyncio.shield(self._stop_task)
 
-    async def _teardown(self, grace: float = 0.0, *, flush: bool = False) -> int:
-        """Tear the actor down once; a concurrent caller waits for the one in progress."""
-        if self._teardown_task is None:
-            caller = asyncio.current_task()  # a handler stopping its own actor
-            self._teardown_task = asyncio.ensure_future(self._do_teardown(grace, flush, caller))
+    async def _stop(self, grace: float, in_handler: bool) -> None:
         try:
-            return await asyncio.shield(self._teardown_task)
+            async with self._lifecycle:
+                if self._state != "running":
+                    return
+                self._state = "stopping"
+                try:
+                    await self.on_stop()
+                except Exception:
+                    self.log.exception("on_stop failed")
+                left = await self._teardown(grace, flush=True, wait_handler=not in_handler)
+                self.log.info(
+                    "actor stopped",
+                    handled=self.stats.handled,
+                    errors=self.stats.errors,
+                    unhandled=left,
+                )
         finally:
-            if self._teardown_task is not None and self._teardown_task.done():
-                self._teardown_task = None
+            self._stop_task = None
 
-    async def _do_teardown(
-        self, grace: float, flush: bool, caller: asyncio.Task[Any] | None
+    async def _teardown(
+        self, grace: float = 0.0, *, flush: bool = False, wait_handler: bool = True
     ) -> int:
+        """Finish the handler in progress, flush, close. Always leaves the actor idle with
+        its sockets closed, even when cancelled half-way (then without the flush)."""
         left = 0
         receiver = self._receiver
-        if receiver is not None:
-            left = await receiver.drain(grace, caller)
-        for fut in self._pending.values():  # a start() in progress gives up here
+        try:
+            if receiver is not None:
+                left = await receiver.drain(grace, wait=wait_handler)
+            self._accepting = False  # verbs fail from here on; the flush still runs
+            self._fail_pending()
+            if flush and receiver is not None and self._running:
+                await self._flush(max(grace, 1.0))
+        finally:
+            self._fail_pending()
+            if receiver is not None:
+                receiver.close()
+            self._receiver = None
+            self._running = self._accepting = False
+            self._state = "idle"
+            if self._link is not None:
+                self._link.close()
+                self._link = None
+            if self._own_context and self._context is not None:
+                self._context.term()  # the flush made the broker hold what we sent
+                self._context = None
+        return left
+
+    def _fail_pending(self) -> None:
+        for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(ClosedError(f"actor {self.name!r} stopped"))
         self._pending.clear()
-        if receiver is not None:
-            if flush:
-                await self._flush(max(grace, 1.0))
-            receiver.close()
-        self._receiver = None
-        self._running = False
-        self._stopping = False
-        if self._link is not None:
-            self._link.close()
-            self._link = None
-        if self._own_context and self._context is not None:
-            self._context.term()  # the flush above made the broker hold what we sent
-            self._context = None
-        return left
 
     async def subscribe(self, pattern: str, handler: Callable[[Event], Any]) -> None:
         """Bind ``handler`` to ``pattern`` now; once this returns the subscription holds.
@@ -267,6 +321,8 @@ class Actor:
             PatternError: the pattern is invalid.
             BrokerUnavailableError: a running actor's broker did not confirm in time.
         """
+        if self._state == "stopping":
+            raise ClosedError(f"actor {self.name!r} is stopping")
         compiled = self._bind(pattern, handler)
         if self._running:
             self._sub.subscribe(compiled.prefix)
@@ -313,7 +369,7 @@ class Actor:
         probe_id = self.ids.next()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[probe_id] = fut
-        frames = self._frames(topic, REPLY, None, correlation_id=probe_id)
+        frames = self._frames(topic, REPLY, None, correlation_id=probe_id, probe=True)
         deadline = time.monotonic() + (timeout if timeout is not None else self._connect_timeout)
         interval = 0.002
         try:
@@ -323,13 +379,15 @@ class Actor:
                         raise BrokerUnavailableError(
                             f"broker at {self.broker} did not answer a probe in time"
                         )
+                    if not self._running:
+                        raise ClosedError(f"actor {self.name!r} stopped")
                     self._write(frames)
                     await asyncio.wait({fut}, timeout=interval)
                     interval = min(interval * 2, 0.1)
             fut.result()  # ClosedError if stop() failed it
         finally:
             self._pending.pop(probe_id, None)
-            if sock is not None and self._link is not None:
+            if sock is not None and self._running:
                 sock.unsubscribe(topic.encode())
 
     # --- verbs -------------------------------------------------------------------
@@ -415,8 +473,9 @@ class Actor:
         reply_to: str | None = None,
         deadline: float | None = None,
         thread: str | None = None,
+        probe: bool = False,
     ) -> tuple[bytes, bytes, bytes]:
-        if not self._running:
+        if not (self._accepting or (probe and self._running)):
             raise ClosedError(f"actor {self.name!r} is not running")
         topic_frame = self._topics.get(topic)
         if topic_frame is None:

@@ -103,12 +103,12 @@ class Receiver:
         finally:
             self._overdraft -= 1
 
-    async def drain(self, grace: float = 0.0, caller: asyncio.Task[Any] | None = None) -> int:
+    async def drain(self, grace: float = 0.0, *, wait: bool = True) -> int:
         """Start no new handler and give the one in progress up to ``grace`` seconds
         (replies still arrive meanwhile), then cancel it. Reading goes on until ``close``.
 
-        If ``caller`` is the dispatching task (a handler stopping its own actor), it does not
-        wait for that handler.
+        With ``wait=False`` (a handler stopping its own actor) it neither waits for nor
+        cancels the handler in progress: that handler is the one waiting for the stop.
 
         Returns:
             How many queued events were left unhandled.
@@ -116,11 +116,11 @@ class Receiver:
         self._closing = True
         self._wake.set()
         task, self._task = self._task, None
-        if task is not None and task is not caller:
+        if task is not None and wait:
             done, _ = await asyncio.wait({task}, timeout=grace)
             if not done:
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await asyncio.wait({task}, timeout=1.0)  # bounded: a handler may ignore it
         left = len(self._mailbox)
         self._mailbox.clear()
         return left

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import ACTORS, Proc, spawn_actor, until
+from conftest import ACTORS, Proc, broker_stats, spawn_actor, until
 
 from loom import (
     Actor,
@@ -472,3 +472,45 @@ def test_stop_right_after_emitting_loses_nothing(broker: str) -> None:
         return counts
 
     assert asyncio.run(body()) == [50_000] * 3
+
+
+def test_cancelled_stop_still_stops_and_the_actor_restarts(broker: str) -> None:
+    """A caller giving up on stop() does not cancel the stop; the actor can start again."""
+
+    class SlowStop(Actor):
+        @on("ping")
+        def ping(self, event: Event) -> str:
+            return "pong"
+
+        async def on_stop(self) -> None:
+            await asyncio.sleep(0.5)
+
+    async def body() -> Any:
+        actor, client = SlowStop(name="slowstop", broker=broker), Actor(name="c", broker=broker)
+        await actor.start()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(actor.stop(), 0.1)
+        await actor.stop()  # joins the stop in progress
+        assert actor._state == "idle" and actor._link is None
+        await actor.start()
+        await client.start()
+        try:
+            return await client.request("ping", timeout=5)
+        finally:
+            await client.stop()
+            await actor.stop()
+
+    assert asyncio.run(body()) == "pong"
+
+
+def test_concurrent_starts_start_once(broker: str) -> None:
+    """Two start() calls at once open one link (one HELLO at the broker)."""
+
+    async def body() -> None:
+        actor = Actor(name="twice", broker=broker)
+        await asyncio.gather(actor.start(), actor.start())
+        peers = await asyncio.to_thread(broker_stats, broker)
+        assert [p["name"] for p in peers["peers"]].count("twice") == 1
+        await actor.stop()
+
+    asyncio.run(body())
