@@ -273,20 +273,26 @@ def test_stop_lets_the_handler_in_progress_finish(broker: str) -> None:
     """stop() waits for the running handler (which may still emit), within the grace."""
 
     class Slow(Actor):
+        busy = False
+
         @on("work.*")
         async def work(self, event: Event) -> None:
             self.busy = True
-            await asyncio.sleep(0.3)
+            await self.release.wait()  # held until stop() is under way
             await self.emit("work.done", event.data)
 
     async def body() -> None:
         slow, watcher = Slow(name="slow", broker=broker), Collector(broker)
+        slow.release = asyncio.Event()
         await watcher.subscribe("work.done", watcher.keep)
         await slow.start()
         await watcher.start()
         await watcher.emit("work.go", 7)
-        await until(lambda: getattr(slow, "busy", False))
-        await slow.stop()
+        await until(lambda: slow.busy)
+        stopping = asyncio.ensure_future(slow.stop())
+        await until(lambda: slow._state == "stopping")
+        slow.release.set()
+        await stopping
         done = await until(lambda: watcher.events)
         assert done[0].data == 7
         await watcher.stop()
@@ -370,15 +376,23 @@ def test_stop_during_start_fails_start(broker: str) -> None:
     ClosedError; the actor is not left half-running."""
 
     class SlowStart(Actor):
-        async def on_start(self) -> None:
-            await asyncio.sleep(0.3)
+        in_on_start = False
 
-    async def stopped_while_starting(actor: Actor) -> None:
+        async def on_start(self) -> None:
+            self.in_on_start = True
+            await self.release.wait()  # held until stop() has been called
+
+    async def stopped_while(actor: Actor, phase: Callable[[], bool]) -> None:
         starting = asyncio.ensure_future(actor.start())
         deadline = time.monotonic() + 5
-        while not actor._running and time.monotonic() < deadline:
-            await asyncio.sleep(0)  # every loop turn: catch the confirm phase
-        await actor.stop()
+        while not phase() and time.monotonic() < deadline:
+            await asyncio.sleep(0)  # every loop turn: catch the phase as it begins
+        stopping = asyncio.ensure_future(actor.stop())
+        await asyncio.sleep(0)  # stop() marks the start aborted before start moves on
+        assert actor._abort
+        if isinstance(actor, SlowStart):
+            actor.release.set()
+        await stopping
         with pytest.raises(ClosedError):
             await starting
         assert not actor._running
@@ -386,8 +400,11 @@ def test_stop_during_start_fails_start(broker: str) -> None:
             await actor.emit("x.y")
 
     async def body() -> None:
-        await stopped_while_starting(Actor(name="confirming", broker=broker))
-        await stopped_while_starting(SlowStart(name="slow", broker=broker))
+        confirming = Actor(name="confirming", broker=broker)
+        await stopped_while(confirming, lambda: confirming._running)
+        slow = SlowStart(name="slow", broker=broker)
+        slow.release = asyncio.Event()
+        await stopped_while(slow, lambda: slow.in_on_start)
 
     asyncio.run(body())
 
@@ -483,13 +500,15 @@ def test_cancelled_stop_still_stops_and_the_actor_restarts(broker: str) -> None:
             return "pong"
 
         async def on_stop(self) -> None:
-            await asyncio.sleep(0.5)
+            await self.release.wait()  # held until the first caller gave up
 
     async def body() -> Any:
         actor, client = SlowStop(name="slowstop", broker=broker), Actor(name="c", broker=broker)
+        actor.release = asyncio.Event()
         await actor.start()
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(actor.stop(), 0.1)
+        actor.release.set()
         await actor.stop()  # joins the stop in progress
         assert actor._state == "idle" and actor._link is None
         await actor.start()
