@@ -6,13 +6,12 @@ import asyncio
 import inspect
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import zmq
 
-from loom.actor.event import Event
+from loom.actor.event import Event, current_event
 from loom.actor.link import Link
 from loom.actor.patterns import Pattern, Router
 from loom.actor.receiver import Receiver
@@ -27,7 +26,6 @@ from loom.errors import (
 from loom.logs import DropCounter, get_logger
 from loom.protocol import (
     DEFAULT_MAX_PAYLOAD,
-    ERROR,
     EVENT,
     MAX_HOPS,
     REPLY,
@@ -43,7 +41,6 @@ __all__ = ["Actor", "ActorStats", "on"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _PATTERNS_ATTR = "__loom_patterns__"
-_current: ContextVar[Event | None] = ContextVar("loom_current_event", default=None)
 _MAX_TOPIC_CACHE = 10_000
 
 
@@ -227,8 +224,8 @@ class Actor:
             match=self._router.match,
             pending=self._pending,
             stats=self.stats,
-            run=self._handle,
-            run_sync=self._handle_sync,
+            answer=self._answer,
+            log=self.log,
             size=self._mailbox_size,
         )
         self._receiver.open()
@@ -256,7 +253,7 @@ class Actor:
             async with self._lifecycle:  # start() notices, tears down, releases
                 return
         if self._stop_task is None:
-            in_handler = _current.get() is not None  # a handler stopping its own actor
+            in_handler = current_event.get() is not None  # a handler stopping its own actor
             self._stop_task = asyncio.ensure_future(self._stop(grace, in_handler))
         await asyncio.shield(self._stop_task)
 
@@ -486,7 +483,7 @@ class Actor:
         payload = encode_payload(data, self._max_payload)
         if mid is None:
             mid = self.ids.next()
-        parent = _current.get()
+        parent = current_event.get()
         if parent is None:
             hops, trace, parent_id = 0, mid, None
         else:
@@ -528,66 +525,3 @@ class Actor:
             if self._write(frames):
                 return
             delay = min(delay * 2, 0.05)
-
-    def _handle_sync(self, event: Event, handler: Callable[[Event], Any]) -> Awaitable[None] | None:
-        """Run a plain ``def`` handler; return what is left to await (a reply), if any.
-
-        No coroutine per event (measured: 0.19 us against 0.27 us for the awaited path).
-        """
-        token = _current.set(event)
-        try:
-            result = handler(event)
-        except Exception as exc:
-            return self._failed(event, handler, exc)
-        finally:
-            _current.reset(token)
-        return self._done(event, result)
-
-    async def _handle(self, event: Event, handler: Callable[[Event], Any]) -> None:
-        """Run an ``async def`` handler, then send its reply, if any."""
-        token = _current.set(event)
-        try:
-            result = await handler(event)
-        except Exception as exc:
-            follow = self._failed(event, handler, exc)
-        else:
-            follow = self._done(event, result)
-        finally:
-            _current.reset(token)
-        if follow is not None:
-            await follow
-
-    def _done(self, event: Event, result: Any) -> Awaitable[None] | None:
-        self.stats.handled += 1
-        if result is not None and event.envelope.kind == REQUEST and not event.replied:
-            return self._answer_for(event, REPLY, result)
-        return None
-
-    def _failed(self, event: Event, handler: Any, exc: Exception) -> Awaitable[None] | None:
-        """Count and log a handler's exception; a requester gets it as an error reply."""
-        self.stats.errors += 1
-        self.log.error(
-            "handler failed",
-            handler=getattr(handler, "__qualname__", repr(handler)),
-            topic=event.topic,
-            sender=event.sender,
-            exc_info=exc,
-        )
-        if event.envelope.kind == REQUEST and not event.replied:
-            return self._answer_for(event, ERROR, {"type": type(exc).__name__, "message": str(exc)})
-        return None
-
-    async def _answer_for(self, event: Event, kind: int, data: Any) -> None:
-        """Send a reply (or error) on behalf of a handler, in the handled event's context."""
-        token = _current.set(event)
-        try:
-            await self._answer(event, kind, data)
-        except Exception as exc:
-            if kind == ERROR:
-                self.log.error("cannot send the error reply", topic=event.topic, exc_info=exc)
-            else:  # the reply itself failed (un-encodable, too large): say so instead
-                follow = self._failed(event, "reply", exc)
-                if follow is not None:
-                    await follow
-        finally:
-            _current.reset(token)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 from loom.protocol import REQUEST, Envelope, Kind
 
-__all__ = ["Event"]
+__all__ = ["Event", "current_event"]
 
 
 class Event:
@@ -60,3 +61,8 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event(topic={self.topic!r}, sender={self.sender!r}, data={self.data!r})"
+
+
+current_event: ContextVar[Event | None] = ContextVar("loom_current_event", default=None)
+"""The event whose handler is running (inherited by tasks it creates): emits made there
+carry its trace, thread and hop count."""
