@@ -33,9 +33,18 @@ import msgpack
 import zmq
 
 from loom import Actor, Event
+from loom.actor.link import query
 from loom.broker import Broker
 from loom.logs import configure_logging
-from loom.protocol import EVENT, IdSource, decode_header, decode_payload, pack_header
+from loom.protocol import (
+    EVENT,
+    HELLO,
+    VERSION,
+    IdSource,
+    decode_header,
+    decode_payload,
+    pack_header,
+)
 
 PAYLOAD = b"x" * 64
 WARM = b"warm"
@@ -282,17 +291,7 @@ def scenario(kind: str, new: Callable[[], str], count: int, rate: int = 0) -> An
 
 
 def _announced(control: str) -> tuple[str, str]:
-    from loom.actor.link import control_request
-    from loom.protocol import HELLO, VERSION
-
-    async def ask() -> dict[str, Any]:
-        context: zmq.Context[Any] = zmq.Context()
-        try:
-            return (await control_request(context, control, HELLO, {"version": VERSION}, 5.0))[1]
-        finally:
-            context.term()
-
-    hello = asyncio.run(ask())
+    _, hello = asyncio.run(query(control, HELLO, {"version": VERSION}))
     return hello["pub"], hello["sub"]
 
 

@@ -404,9 +404,7 @@ class Actor:
             HopLimitError: emitted too many handlers deep (a loop, most likely).
         """
         frames = self._frames(topic, EVENT, data, thread=thread)
-        try:
-            send_message(self._pub, *frames)
-        except zmq.Again:
+        if not self._write(frames):
             await self._write_waiting(frames)
 
     async def request(

@@ -75,7 +75,7 @@ class Receiver:
         self._match = match
         self._pending = pending
         self._stats = stats
-        self._send_answer = answer
+        self._reply = answer
         self._log = log
         self._size = size
         self._mailbox: deque[tuple[Event, tuple[Handler, ...]]] = deque()
@@ -152,11 +152,11 @@ class Receiver:
             except ProtocolError as exc:
                 self._stats.drops.drop(exc.reason, str(exc))
                 continue
-            if not self._answer(envelope, payload):
+            if not self._resolve(envelope, payload):
                 self._stats.late_replies += 1
         self._loop.call_soon(self._on_inbox)
 
-    def _answer(self, envelope: Envelope, payload: bytes) -> bool:
+    def _resolve(self, envelope: Envelope, payload: bytes) -> bool:
         """Resolve the pending future a reply or error answers; False if none waits."""
         if envelope.kind < REPLY:
             return False
@@ -186,7 +186,7 @@ class Receiver:
             try:
                 topic, header, payload = recv_message(sub)
                 envelope = decode_header(header)
-                if envelope.kind >= REPLY and self._answer(envelope, payload):
+                if envelope.kind >= REPLY and self._resolve(envelope, payload):
                     continue  # a probe
                 handlers = match(topic)
                 if not handlers:
@@ -287,7 +287,7 @@ class Receiver:
         """Send a reply (or error) on behalf of a handler, in the handled event's context."""
         token = current_event.set(event)
         try:
-            await self._send_answer(event, kind, data)
+            await self._reply(event, kind, data)
         except Exception as exc:
             if kind == ERROR:
                 self._log.error("cannot send the error reply", topic=event.topic, exc_info=exc)

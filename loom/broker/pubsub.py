@@ -126,24 +126,17 @@ class PubSubProxy:
         xsub = self._xsub
         if self._shed_until and time.monotonic() >= self._shed_until:
             self._end_shed()
+        shedding = bool(self._shed_until)
         for _ in range(budget):
             try:
                 topic, header, payload = recv_message(xsub)
+                row = rows.get(topic) or self._new_row(topic)
             except zmq.Again:
                 return
-            except ProtocolError as exc:
+            except ProtocolError as exc:  # no readable topic to count it under
                 stats.unparsed[MALFORMED] += 1
                 self.drops.drop(exc.reason, str(exc))
                 continue
-            row = rows.get(topic)
-            if row is None:
-                try:
-                    decode_topic(topic)
-                except ProtocolError as exc:
-                    stats.unparsed[MALFORMED] += 1
-                    self.drops.drop(exc.reason, str(exc))
-                    continue
-                row = stats.row(topic)
             try:
                 fields = check_header(header)
             except ProtocolError as exc:
@@ -162,12 +155,22 @@ class PubSubProxy:
                 raw_send(xpub, topic, _NOBLOCK_MORE)
             except zmq.Again:
                 self._forward_blocked(topic, header, payload, row)
+                shedding = bool(self._shed_until)
                 continue
             raw_send(xpub, header, _SNDMORE)
             raw_send(xpub, payload, 0)
             row[FORWARDED] += 1
-            if self._shed_until:
+            if shedding:
                 self._drop(row, DROPPED, "stalled", _SHED, topic)
+
+    def _new_row(self, topic: bytes) -> list[int]:
+        """Counters for a topic not seen yet (validated once, then found in ``rows``).
+
+        Raises:
+            ProtocolError: the topic is empty, too long or not UTF-8.
+        """
+        decode_topic(topic)
+        return self.stats.row(topic)
 
     def _forward_blocked(self, topic: bytes, header: bytes, payload: bytes, row: list[int]) -> None:
         """A subscriber's queue is full: wait up to the stall timeout (backpressure), then

@@ -7,8 +7,9 @@ between an XSUB and an XPUB, which forwards whatever it is given.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,21 +80,27 @@ def permissive(short_tmp: Path) -> Iterator[Permissive]:
     broker.close()
 
 
+@contextlib.asynccontextmanager
 async def sink_and_raw_publisher(
     permissive: Permissive, pattern: str
-) -> tuple[Actor, list[Event], zmq.Socket[bytes]]:
+) -> AsyncIterator[tuple[Actor, list[Event], zmq.Socket[bytes]]]:
     """A started actor keeping what `pattern` matches, and a raw XPUB publisher that
-    already holds the actor's subscription (forwarded upstream by the C proxy)."""
+    already holds the actor's subscription (forwarded upstream by the C proxy); both are
+    closed on exit."""
     got: list[Event] = []
     sink = Actor(name="sink", broker=permissive.control)
     await sink.subscribe(pattern, got.append)
     await sink.start()
     raw = permissive.ctx.socket(zmq.XPUB)
     raw.connect(permissive.pub)
-    assert raw.poll(5000), "no subscription reached the raw publisher"
-    while raw.poll(200):
-        raw.recv()
-    return sink, got, raw
+    try:
+        assert raw.poll(5000), "no subscription reached the raw publisher"
+        while raw.poll(200):
+            raw.recv()
+        yield sink, got, raw
+    finally:
+        raw.close(0)
+        await sink.stop()
 
 
 def test_actor_drops_malformed_messages_and_keeps_serving(permissive: Permissive) -> None:
@@ -101,8 +108,7 @@ def test_actor_drops_malformed_messages_and_keeps_serving(permissive: Permissive
     are dropped and counted per reason; a good message after them is handled."""
 
     async def body() -> tuple[Actor, list[Event]]:
-        sink, got, raw = await sink_and_raw_publisher(permissive, "bad.*")
-        try:
+        async with sink_and_raw_publisher(permissive, "bad.*") as (sink, got, raw):
             good, one = make_header(), msgpack.packb(1)
             for frames in [
                 [b"bad.a"],
@@ -117,9 +123,6 @@ def test_actor_drops_malformed_messages_and_keeps_serving(permissive: Permissive
             ]:
                 raw.send_multipart(frames)
             await until(lambda: got)
-        finally:
-            raw.close(0)
-            await sink.stop()
         return sink, got
 
     sink, got = asyncio.run(body())
@@ -138,15 +141,11 @@ def test_int_keys_and_unknown_kinds(permissive: Permissive) -> None:
     is not a number are dropped."""
 
     async def body() -> tuple[Actor, list[Event]]:
-        sink, got, raw = await sink_and_raw_publisher(permissive, "t.*")
-        try:
+        async with sink_and_raw_publisher(permissive, "t.*") as (sink, got, raw):
             raw.send_multipart([b"t.a", make_header(kind=7), msgpack.packb(1)])
             raw.send_multipart([b"t.a", make_header(deadline="x"), msgpack.packb(1)])
             raw.send_multipart([b"t.b", make_header(), msgpack.packb({1: "one", 2: [3]})])
             await until(lambda: got)
-        finally:
-            raw.close(0)
-            await sink.stop()
         return sink, got
 
     sink, got = asyncio.run(body())
