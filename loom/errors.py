@@ -7,20 +7,33 @@ TimeoutError`` works as a caller expects.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
+    "BrokerLostError",
     "BrokerUnavailableError",
+    "CallCancelledError",
     "ClosedError",
     "EncodeError",
     "HopLimitError",
+    "InvalidParamsError",
     "LoomError",
     "NoReplyToError",
+    "OverloadedError",
     "PatternError",
     "PayloadTooLargeError",
     "ProtocolError",
     "RemoteError",
     "RequestTimeoutError",
+    "ResultTooLargeError",
+    "ToolDefinitionError",
+    "ToolError",
+    "ToolFailedError",
+    "ToolTimeoutError",
     "TopicError",
+    "UnknownToolError",
     "VersionMismatchError",
+    "WorkerLostError",
 ]
 
 
@@ -94,3 +107,113 @@ class HopLimitError(LoomError):
 
 class NoReplyToError(LoomError, ValueError):
     """``reply`` was called for an event that is not a request."""
+
+
+class ToolDefinitionError(LoomError, TypeError):
+    """A function cannot be made a tool (a parameter pydantic cannot describe, a bad name)."""
+
+
+class ToolError(LoomError):
+    """A tool call failed; ``code`` says how (``docs/protocol.md`` lists the codes).
+
+    Attributes:
+        code: the wire code (``UNKNOWN_TOOL``, ``INVALID_PARAMS``, ``TIMEOUT``...).
+        tool: the tool's name.
+        details: anything else the failure carried (``errors`` for INVALID_PARAMS...).
+    """
+
+    code = "TOOL_ERROR"
+
+    def __init__(self, message: str, *, tool: str = "", details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.tool = tool
+        self.details = details or {}
+
+
+class UnknownToolError(ToolError):
+    """No worker has announced a tool of that name."""
+
+    code = "UNKNOWN_TOOL"
+
+
+class InvalidParamsError(ToolError, ValueError):
+    """The arguments do not match the tool's schema; the message names the field."""
+
+    code = "INVALID_PARAMS"
+
+
+class ToolTimeoutError(ToolError, TimeoutError):
+    """The call did not finish, or report progress, within its timeout."""
+
+    code = "TIMEOUT"
+
+
+class WorkerLostError(ToolError):
+    """The worker running the call died or left, and the call could not be retried."""
+
+    code = "WORKER_LOST"
+
+
+class ToolFailedError(ToolError):
+    """The tool raised; ``type_name`` and ``remote_message`` say what it raised."""
+
+    code = "TOOL_ERROR"
+
+    @property
+    def type_name(self) -> str:
+        return str(self.details.get("type", "Exception"))
+
+    @property
+    def remote_message(self) -> str:
+        return str(self.details.get("remote_message", ""))
+
+
+class OverloadedError(ToolError):
+    """Every worker of the tool is busy and its queue is full."""
+
+    code = "OVERLOADED"
+
+
+class CallCancelledError(ToolError):
+    """The call was cancelled by the broker or the worker (a worker shutting down)."""
+
+    code = "CANCELLED"
+
+
+class ResultTooLargeError(ToolError, ValueError):
+    """The arguments or the result are larger than the broker accepts."""
+
+    code = "TOO_LARGE"
+
+
+class BrokerLostError(ToolError, ConnectionError):
+    """The broker stopped answering while the call was in flight."""
+
+    code = "BROKER_LOST"
+
+
+_BY_CODE: dict[str, type[ToolError]] = {
+    cls.code: cls
+    for cls in (
+        UnknownToolError,
+        InvalidParamsError,
+        ToolTimeoutError,
+        WorkerLostError,
+        ToolFailedError,
+        OverloadedError,
+        CallCancelledError,
+        ResultTooLargeError,
+        BrokerLostError,
+    )
+}
+
+
+def tool_error(code: str, message: str, *, tool: str = "", **details: Any) -> ToolError:
+    """The ``ToolError`` subclass for a wire ``code`` (the base class for codes it does not
+    know, with ``.code`` set to that code)."""
+    cls = _BY_CODE.get(code)
+    if cls is not None:
+        return cls(message, tool=tool, details=details)
+    error = ToolError(message, tool=tool, details=details)
+    error.code = code
+    return error

@@ -34,6 +34,11 @@ class BrokerSettings(_Section):
     stall_timeout: PositiveFloat = 0.5
     hwm: PositiveInt = 1000
     name: str = Field(default="loom-broker", min_length=1)
+    heartbeat: PositiveFloat = 1.0
+    liveness: PositiveInt = 3
+    call_timeout: PositiveFloat = 30.0
+    max_queue: PositiveInt = 1000
+    max_attempts: PositiveInt = 3
 
 
 class LogSettings(_Section):

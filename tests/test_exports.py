@@ -5,6 +5,7 @@ from __future__ import annotations
 import loom
 import loom.actor
 import loom.broker
+import loom.tools
 from loom import errors
 
 
@@ -13,36 +14,66 @@ def test_top_level_exports() -> None:
     assert set(loom.__all__) == {
         "PROTOCOL_VERSION",
         "Actor",
+        "BrokerLostError",
         "BrokerUnavailableError",
+        "CallCancelledError",
         "ClosedError",
+        "Directory",
         "EncodeError",
         "Event",
         "HopLimitError",
+        "InvalidParamsError",
         "LoomError",
         "NoReplyToError",
+        "OverloadedError",
         "PatternError",
         "PayloadTooLargeError",
         "ProtocolError",
         "RemoteError",
         "RequestTimeoutError",
+        "ResultTooLargeError",
+        "Tool",
+        "ToolClient",
+        "ToolContext",
+        "ToolDefinitionError",
+        "ToolError",
+        "ToolFailedError",
+        "ToolTimeoutError",
         "TopicError",
+        "UnknownToolError",
         "VersionMismatchError",
+        "Worker",
+        "WorkerLostError",
         "__version__",
         "on",
+        "tool",
     }
     for name in loom.__all__:
         assert hasattr(loom, name), name
 
 
 def test_subpackage_exports() -> None:
-    """The actor and broker packages expose a small face."""
+    """The actor, broker and tools packages expose a small face."""
     assert set(loom.actor.__all__) == {"Actor", "ActorStats", "Event", "Pattern", "on"}
     assert set(loom.broker.__all__) == {
         "Broker",
         "ControlPlane",
         "PubSubProxy",
+        "ToolRouter",
         "TopicStats",
         "derive_endpoints",
+    }
+    assert set(loom.tools.__all__) == {
+        "ActorInfo",
+        "Directory",
+        "Tool",
+        "ToolClient",
+        "ToolContext",
+        "ToolInfo",
+        "Worker",
+        "WorkerInfo",
+        "WorkerStats",
+        "tool",
     }
 
 
@@ -54,3 +85,9 @@ def test_every_error_derives_from_loom_error() -> None:
     assert issubclass(loom.EncodeError, TypeError)
     assert issubclass(loom.TopicError, ValueError)
     assert issubclass(loom.BrokerUnavailableError, ConnectionError)
+    assert issubclass(loom.ToolTimeoutError, TimeoutError)
+    assert issubclass(loom.InvalidParamsError, ValueError)
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        if issubclass(cls, errors.ToolError) and cls is not errors.ToolError:
+            assert errors.tool_error(cls.code, "m").__class__ is cls, name

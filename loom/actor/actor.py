@@ -25,6 +25,7 @@ from loom.errors import (
 )
 from loom.logs import DropCounter, get_logger
 from loom.protocol import (
+    ANNOUNCE,
     DEFAULT_MAX_PAYLOAD,
     EVENT,
     MAX_HOPS,
@@ -36,6 +37,7 @@ from loom.protocol import (
     pack_header,
     send_message,
 )
+from loom.tools.client import Directory, ToolClient
 
 __all__ = ["Actor", "ActorStats", "on"]
 
@@ -119,6 +121,7 @@ class Actor:
         self._pending: dict[bytes, asyncio.Future[Any]] = {}
         self._max_payload = DEFAULT_MAX_PAYLOAD
         self._link: Link | None = None
+        self._tools: ToolClient | None = None
         self._running = False
         """The sockets are usable (probes may go out)."""
         self._own_context = False
@@ -210,9 +213,12 @@ class Actor:
         self._context = context
         if self.broker is None:
             self.broker = DEFAULT_BROKER
-        link = self._link = Link(self.broker, context, name=self.name, hwm=1000)
+        link = self._link = Link(
+            self.broker, context, name=self.name, log=self.log, patterns=self._router.patterns
+        )
         hello = await link.open(self._connect_timeout)
         self._max_payload = int(hello.get("max_payload", DEFAULT_MAX_PAYLOAD))
+        self._tools = ToolClient(link.session, max_payload=self._max_payload)
         assert link.sub is not None and link.pub is not None and link.inbox is not None
         self._sub, self._pub = link.sub, link.pub
         for prefix in self._router.prefixes():
@@ -301,16 +307,20 @@ class Actor:
             if self._link is not None:
                 self._link.close()
                 self._link = None
+            self._tools = None
             if self._own_context and self._context is not None:
                 self._context.term()  # the flush made the broker hold what we sent
                 self._context = None
         return left
 
     def _fail_pending(self) -> None:
+        closed = ClosedError(f"actor {self.name!r} stopped")
         for fut in self._pending.values():
             if not fut.done():
-                fut.set_exception(ClosedError(f"actor {self.name!r} stopped"))
+                fut.set_exception(closed)
         self._pending.clear()
+        if self._tools is not None:
+            self._tools.fail_all(closed)
 
     async def subscribe(self, pattern: str, handler: Callable[[Event], Any]) -> None:
         """Bind ``handler`` to ``pattern`` now; once this returns the subscription holds.
@@ -325,6 +335,8 @@ class Actor:
         if self._running:
             self._sub.subscribe(compiled.prefix)
             await self._confirm()
+            if self._link is not None:
+                self._link.session.tell(ANNOUNCE, {"patterns": self._router.patterns()})
 
     def _bind(self, pattern: str, handler: Callable[[Event], Any]) -> Pattern:
         is_async = inspect.iscoroutinefunction(handler)
@@ -457,6 +469,57 @@ class Actor:
         event.replied = True
         if not self._write(frames):
             await self._write_waiting(frames)
+
+    async def tool(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        on_progress: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Call the tool ``name`` on some worker and return its result.
+
+        Arguments go as a dict, as keywords, or both (keywords win). A tool parameter
+        called ``timeout`` or ``on_progress`` must go in the dict.
+
+        Args:
+            timeout: seconds the call may run without reporting progress (default: the
+                tool's own, else the broker's).
+            on_progress: called with the data of each progress report.
+
+        Raises:
+            ToolError: a subclass per failure code: ``UnknownToolError``,
+                ``InvalidParamsError``, ``ToolTimeoutError``, ``WorkerLostError``,
+                ``ToolFailedError``, ``OverloadedError``, ``CallCancelledError``,
+                ``ResultTooLargeError``, ``BrokerLostError``.
+            ClosedError: the actor is not running, or stopped while waiting.
+            EncodeError, PayloadTooLargeError: the arguments cannot be sent.
+
+        Cancelling the awaiting task cancels the call on the worker.
+        """
+        if self._tools is None or not self._accepting:
+            raise ClosedError(f"actor {self.name!r} is not running")
+        if kwargs:
+            args = {**(args or {}), **kwargs}
+        parent = current_event.get()
+        trace = None if parent is None else parent.envelope.trace_id
+        return await self._tools.call(
+            name, args, timeout=timeout, on_progress=on_progress, trace=trace
+        )
+
+    async def directory(self, timeout: float = 5.0) -> Directory:
+        """What the broker knows now: live actors, workers, tools with their schemas.
+
+        Raises:
+            ClosedError: the actor is not running.
+            BrokerUnavailableError: no answer within ``timeout`` seconds.
+        """
+        if self._tools is None:
+            raise ClosedError(f"actor {self.name!r} is not running")
+        return await self._tools.directory(timeout)
 
     def _frames(
         self,

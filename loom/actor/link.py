@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from loom.errors import BrokerUnavailableError, ProtocolError, VersionMismatchError
-from loom.protocol import ERROR_COMMAND, HELLO, VERSION, decode_control, encode_control
+from loom.errors import BrokerUnavailableError, ProtocolError
+from loom.protocol import decode_control, encode_control
+from loom.session import Session
 
 __all__ = ["Link", "announced_endpoint", "control_request", "query"]
 
@@ -77,8 +78,9 @@ async def query(
 
 
 class Link:
-    """The sockets an actor holds to a broker: a publisher and two subscribers (pattern
-    events; the inbox for replies, which must flow even when events are paused).
+    """The sockets an actor holds to a broker: its session (control: HELLO, heartbeats,
+    tool calls), a publisher, and two subscribers (pattern events; the inbox for replies,
+    which must flow even when events are paused).
 
     ``pub`` is an XPUB with ``XPUB_NODROP``: when the broker cannot keep up, sends raise
     ``zmq.Again`` and the actor waits (backpressure) instead of dropping silently the way
@@ -88,6 +90,8 @@ class Link:
         address: the broker's control endpoint.
         context: the zmq context sockets are made in.
         name: the actor's name, sent in HELLO.
+        log: the actor's logger.
+        patterns: the actor's patterns now, for HELLO (the broker's directory).
         hwm: high-water mark of the pub/sub sockets, messages.
     """
 
@@ -97,14 +101,17 @@ class Link:
         context: zmq.Context[Any],
         *,
         name: str,
+        log: Any,
+        patterns: Callable[[], list[str]],
         role: str = "actor",
         hwm: int = 1000,
     ) -> None:
         self.address = address
         self._context = context
-        self._name = name
-        self._role = role
         self._hwm = hwm
+        self.session = Session(
+            address, context, name=name, role=role, log=log, hello=lambda: {"patterns": patterns()}
+        )
         self.hello: dict[str, Any] = {}
         self.pub: zmq.Socket[bytes] | None = None
         self.sub: zmq.Socket[bytes] | None = None
@@ -119,7 +126,7 @@ class Link:
             VersionMismatchError: the broker speaks another protocol version.
             ProtocolError: the broker answered something unreadable.
         """
-        self.hello = await self._hello(timeout)
+        self.hello = await self.session.open(timeout)
         # Sync sockets (drained with NOBLOCK on the event loop), whatever context we got.
         context: zmq.Context[Any] = zmq.Context.shadow(self._context.underlying)
         sockets = [context.socket(kind) for kind in (zmq.XPUB, zmq.SUB, zmq.SUB)]
@@ -136,24 +143,15 @@ class Link:
         except (zmq.ZMQError, TypeError, ValueError) as exc:
             for sock in sockets:
                 sock.close(linger=0)
+            self.session.close()
             raise ProtocolError("hello", f"broker announced unusable endpoints: {exc}") from exc
         self.pub, self.sub, self.inbox = pub, sub, inbox
         return self.hello
 
-    async def _hello(self, timeout: float) -> dict[str, Any]:
-        body = {"version": VERSION, "name": self._name, "role": self._role, "pid": os.getpid()}
-        command, reply = await control_request(self._context, self.address, HELLO, body, timeout)
-        if command == ERROR_COMMAND:
-            if reply.get("code") == "VERSION_MISMATCH":
-                raise VersionMismatchError(VERSION, reply.get("version"))
-            raise ProtocolError("hello", f"broker refused HELLO: {reply.get('message')}")
-        endpoints_ok = all(isinstance(reply.get(key), str) for key in ("pub", "sub"))
-        if command != HELLO or not endpoints_ok:
-            raise ProtocolError("hello", f"unexpected answer to HELLO: {command!r}")
-        return reply
-
     def close(self, linger: float = 1.0) -> None:
-        """Close the sockets; unsent messages get up to ``linger`` seconds at context term."""
+        """Say BYE and close the sockets; unsent messages get up to ``linger`` seconds at
+        context term."""
+        self.session.close()
         for sock in (self.pub, self.sub, self.inbox):
             if sock is not None:
                 sock.close(linger=int(linger * 1000))

@@ -105,6 +105,10 @@ class Router(Generic[H]):
             self._cache[topic] = handlers
         return handlers
 
+    def patterns(self) -> list[str]:
+        """The bound patterns' texts, each once, in binding order."""
+        return list(dict.fromkeys(p.text for p, _ in self._routes))
+
     def prefixes(self) -> set[bytes]:
         """The zmq subscription prefixes that cover every bound pattern."""
         return {p.prefix for p, _ in self._routes}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import zmq
 
 from loom.broker.control import ControlPlane
 from loom.broker.pubsub import PubSubProxy
+from loom.broker.tools import ToolRouter
 from loom.logs import get_logger
 from loom.protocol import DEFAULT_MAX_PAYLOAD
 
@@ -49,6 +51,11 @@ class Broker:
         stall_timeout: how long a full subscriber may hold up a send (seconds).
         hwm: high-water mark of every socket, in messages.
         name: the broker's name in logs and HELLO.
+        heartbeat: seconds between heartbeats with every peer.
+        liveness: missed heartbeats after which a peer counts as dead.
+        call_timeout: a tool call's timeout when neither caller nor tool sets one.
+        max_queue: tool calls waiting per tool before OVERLOADED.
+        max_attempts: dispatches of an idempotent call whose workers keep dying.
     """
 
     def __init__(
@@ -60,6 +67,11 @@ class Broker:
         stall_timeout: float = 0.5,
         hwm: int = 1000,
         name: str = "loom-broker",
+        heartbeat: float = 1.0,
+        liveness: int = 3,
+        call_timeout: float = 30.0,
+        max_queue: int = 1000,
+        max_attempts: int = 3,
     ) -> None:
         self.endpoint = endpoint
         self.name = name
@@ -68,6 +80,11 @@ class Broker:
         self._max_payload = max_payload
         self._stall_timeout = stall_timeout
         self._hwm = hwm
+        self._heartbeat = heartbeat
+        self._liveness = liveness
+        self._call_timeout = call_timeout
+        self._max_queue = max_queue
+        self._max_attempts = max_attempts
         self._stopping = threading.Event()
         self._log = get_logger("loom.broker", broker=name)
         self.endpoints: dict[str, str] = {}
@@ -85,6 +102,7 @@ class Broker:
         """
         pub_at, sub_at = derive_endpoints(self.endpoint)
         router = self._socket(zmq.ROUTER)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable answers are counted, not lost
         router.bind(self.endpoint)
         xsub = self._socket(zmq.XSUB)
         xsub.bind(pub_at)
@@ -102,8 +120,21 @@ class Broker:
             stall_timeout=self._stall_timeout,
             log=self._log,
         )
-        self.control = ControlPlane(
+
+        def send(identity: bytes, frames: list[bytes]) -> bool:
+            return control.send(identity, frames)
+
+        tools = ToolRouter(
+            send,
+            log=self._log,
+            default_timeout=self._call_timeout,
+            max_queue=self._max_queue,
+            max_attempts=self._max_attempts,
+            max_payload=self._max_payload,
+        )
+        control = self.control = ControlPlane(
             router,
+            tools=tools,
             announce={
                 "broker": self.name,
                 "pub": self.endpoints["pub"],
@@ -112,6 +143,8 @@ class Broker:
             },
             stats=self.proxy.snapshot,
             log=self._log,
+            heartbeat=self._heartbeat,
+            liveness=self._liveness,
         )
         self._router, self._xsub, self._xpub = router, xsub, xpub
         return self.endpoints
@@ -137,7 +170,13 @@ class Broker:
         self._log.info("broker ready", **self.endpoints)
         try:
             while not self._stopping.is_set():
-                for sock, _ in poller.poll(200):
+                timeout = 200
+                try:
+                    wake = control.tick()  # timers: dead peers, call deadlines
+                    timeout = min(200, max(0, int((wake - time.monotonic()) * 1000) + 1))
+                except Exception:
+                    self._internal_error()
+                for sock, _ in poller.poll(timeout):
                     try:
                         if sock is xsub:
                             proxy.pump()
@@ -146,10 +185,13 @@ class Broker:
                         else:
                             control.serve()
                     except Exception:  # a bug must not take the mesh down: log, go on
-                        self.internal_errors += 1
-                        self._log.exception("internal error, broker continues")
+                        self._internal_error()
         finally:
             self._close()
+
+    def _internal_error(self) -> None:
+        self.internal_errors += 1
+        self._log.exception("internal error, broker continues")
 
     def stop(self) -> None:
         """Ask ``run()`` to return (within ~200 ms). Safe from threads and signal handlers."""

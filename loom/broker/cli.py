@@ -43,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--hwm", type=int, help="socket high-water mark, messages")
     parser.add_argument("--name", help="broker name in logs and HELLO")
+    parser.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 1)")
+    parser.add_argument(
+        "--liveness", type=int, help="missed heartbeats before a peer is dead (default 3)"
+    )
+    parser.add_argument(
+        "--call-timeout", type=float, help="tool call timeout when none is given (default 30)"
+    )
+    parser.add_argument("--max-queue", type=int, help="tool calls waiting per tool (default 1000)")
     parser.add_argument(
         "--log-json", action="store_true", default=None, help="log one JSON object per line"
     )
@@ -63,6 +71,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "stall_timeout": args.stall_timeout,
         "hwm": args.hwm,
         "name": args.name,
+        "heartbeat": args.heartbeat,
+        "liveness": args.liveness,
+        "call_timeout": args.call_timeout,
+        "max_queue": args.max_queue,
     }
     log = {"json": args.log_json, "level": args.log_level}
     try:
@@ -92,13 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(json=settings.log.json_lines, level=settings.log.level)
     log = get_logger("loom.broker")
     conf = settings.broker
-    broker = Broker(
-        conf.endpoint,
-        max_payload=conf.max_payload,
-        stall_timeout=conf.stall_timeout,
-        hwm=conf.hwm,
-        name=conf.name,
-    )
+    broker = Broker(conf.endpoint, **conf.model_dump(exclude={"endpoint"}))
     try:
         broker.bind()
     except (zmq.ZMQError, ValueError) as exc:

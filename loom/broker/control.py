@@ -1,7 +1,8 @@
 """The control plane: one ROUTER socket at the address users configure.
 
-It answers HELLO (version check, announces the pub/sub endpoints and limits) and STATS
-(counters). Later planes (tools, directory) add commands here.
+It answers HELLO (version check, announces the pub/sub endpoints, limits and heartbeat),
+STATS and DIRECTORY, keeps the table of live peers (heartbeats both ways; a peer silent
+for ``liveness`` intervals is dropped), and hands tool calls to the :class:`ToolRouter`.
 """
 
 from __future__ import annotations
@@ -13,80 +14,219 @@ from typing import Any, ClassVar
 
 import zmq
 
+from loom.broker.tools import ToolRouter
 from loom.errors import ProtocolError
 from loom.logs import DropCounter
-from loom.protocol import ERROR_COMMAND, HELLO, STATS, VERSION, decode_control, encode_control
+from loom.protocol import (
+    ANNOUNCE,
+    BYE,
+    CALL,
+    CANCEL,
+    DIRECTORY,
+    DRAIN,
+    ERROR_COMMAND,
+    FAIL,
+    HEARTBEAT,
+    HELLO,
+    PROGRESS,
+    READY,
+    RESET,
+    RESULT,
+    STATS,
+    VERSION,
+    decode_control,
+    encode_control,
+    recv_frames,
+    send_frames,
+)
 
 __all__ = ["ControlPlane", "Peer"]
 
-_NOBLOCK = int(zmq.NOBLOCK)
 MAX_PEERS = 10_000
+MAX_PATTERNS = 1000
+_WORKER_COMMANDS = frozenset((RESULT, FAIL, PROGRESS))
 
 
 class Peer:
-    """A client that said HELLO."""
+    """A client, actor or worker that introduced itself (HELLO or READY)."""
 
-    __slots__ = ("name", "pid", "role", "since")
+    __slots__ = ("name", "patterns", "pid", "role", "seen", "since")
 
-    def __init__(self, name: str, role: str, pid: int | None, since: float) -> None:
+    def __init__(self, name: str, role: str, pid: int | None, since: float, seen: float) -> None:
         self.name = name
         self.role = role
         self.pid = pid
         self.since = since
+        """Wall-clock seconds when it introduced itself."""
+        self.seen = seen
+        """Monotonic seconds when it was last heard."""
+        self.patterns: list[str] = []
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "role": self.role, "pid": self.pid, "since": self.since}
+    def as_dict(self, last_seen: float) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "pid": self.pid,
+            "patterns": self.patterns,
+            "since": self.since,
+            "last_seen": last_seen,
+        }
 
 
 class ControlPlane:
-    """Serves control commands on a bound ROUTER socket.
+    """Serves control commands and tool calls on a bound ROUTER socket.
+
+    The socket must have ``ROUTER_MANDATORY`` set, so that a message for a peer that is
+    gone or full is counted instead of vanishing.
 
     Args:
         router: the bound ROUTER socket.
-        announce: what HELLO tells clients (endpoints, limits); ``version`` is added.
+        tools: the tool router.
+        announce: what HELLO tells clients (endpoints, limits); version and heartbeat
+            are added.
         stats: returns the broker's counters for STATS.
         log: a structlog logger.
+        heartbeat: seconds between heartbeats.
+        liveness: missed heartbeats after which a peer is dead.
+        clock: monotonic seconds; ``wall``: Unix seconds.
     """
 
     def __init__(
         self,
         router: zmq.Socket[bytes],
         *,
+        tools: ToolRouter,
         announce: dict[str, Any],
         stats: Callable[[], dict[str, Any]],
         log: Any,
-        clock: Callable[[], float] = time.time,
+        heartbeat: float = 1.0,
+        liveness: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._router = router
-        self._announce = {"version": VERSION, **announce}
+        self.tools = tools
+        self._announce = {
+            "version": VERSION,
+            **announce,
+            "heartbeat": heartbeat,
+            "liveness": liveness,
+        }
         self._stats = stats
         self._log = log
+        self._heartbeat = heartbeat
+        self._liveness = liveness
         self._clock = clock
+        self._wall = wall
         self.peers: dict[bytes, Peer] = {}
         self.drops = DropCounter(log)
+        self._next_check = clock() + heartbeat
+        self._tool_commands: dict[bytes, Callable[[bytes, bytes, bytes], None]] = {
+            CALL: tools.on_call,
+            CANCEL: tools.on_cancel,
+            RESULT: tools.on_result,
+            FAIL: tools.on_fail,
+            PROGRESS: tools.on_progress,
+        }
 
-    def serve(self, budget: int = 100) -> None:
-        """Answer up to ``budget`` waiting control messages."""
+    def serve(self, budget: int = 1000) -> None:
+        """Handle up to ``budget`` waiting messages."""
+        router, peers, tool_commands = self._router, self.peers, self._tool_commands
+        now = self._clock()
         for _ in range(budget):
             try:
-                frames = self._router.recv_multipart(_NOBLOCK)
+                frames = recv_frames(router)
             except zmq.Again:
                 return
-            identity, rest = frames[0], frames[1:]
-            try:
-                command, body = decode_control(rest)
-            except ProtocolError as exc:
-                self.drops.drop(exc.reason, str(exc), plane="control")
-                self._reply(identity, ERROR_COMMAND, {"code": "MALFORMED", "message": str(exc)})
+            identity, command = frames[0], frames[1] if len(frames) > 1 else b""
+            peer = peers.get(identity)
+            if peer is not None:
+                peer.seen = now
+            handle = tool_commands.get(command)
+            if handle is not None and len(frames) > 2:
+                if len(frames) != 4:
+                    self.drops.drop("frames", f"{command!r} with {len(frames) - 1} frames")
+                elif command in _WORKER_COMMANDS and identity not in self.tools.workers:
+                    self.drops.drop("unknown_worker", f"{command!r} from a worker not ready")
+                    self.send(identity, encode_control(RESET, {}))
+                else:
+                    handle(identity, frames[2], frames[3])
                 continue
-            handler = self._commands.get(command)
-            if handler is None:
-                message = f"unknown command {command[:32]!r}"
-                self.drops.drop("command", message, plane="control")
-                error = {"code": "UNKNOWN_COMMAND", "message": message, "rid": body.get("rid")}
+            self._control(identity, frames[1:])
+
+    def _control(self, identity: bytes, frames: list[bytes]) -> None:
+        try:
+            command, body = decode_control(frames)
+        except ProtocolError as exc:
+            self.drops.drop(exc.reason, str(exc), plane="control")
+            self._reply(identity, ERROR_COMMAND, {"code": "MALFORMED", "message": str(exc)})
+            return
+        handler = self._commands.get(command)
+        if handler is None:
+            message = f"unknown command {command[:32]!r}"
+            self.drops.drop("command", message, plane="control")
+            error = {"code": "UNKNOWN_COMMAND", "message": message, "rid": body.get("rid")}
+            self._reply(identity, ERROR_COMMAND, error)
+            return
+        handler(self, identity, body)
+
+    def tick(self) -> float:
+        """Expire silent peers, time out calls; returns when to call again (monotonic)."""
+        now = self._clock()
+        if now >= self._next_check:
+            self._next_check = now + self._heartbeat / 2
+            limit = self._heartbeat * self._liveness
+            for identity in [i for i, p in self.peers.items() if now - p.seen > limit]:
+                self._forget(identity, "went silent")
+        next_deadline = self.tools.tick()
+        if next_deadline is None:
+            return self._next_check
+        return min(self._next_check, next_deadline)
+
+    def send(self, identity: bytes, frames: list[bytes]) -> bool:
+        """Send to a peer; count and return False if it is gone or its queue is full."""
+        try:
+            send_frames(self._router, [identity, *frames])
+        except zmq.Again:
+            self.drops.drop("peer_full", "a peer's queue is full", plane="control")
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.drops.drop("unroutable", "a peer is gone", plane="control")
+            return False
+        return True
+
+    def _reply(self, identity: bytes, command: bytes, body: dict[str, Any]) -> None:
+        self.send(identity, encode_control(command, body))
+
+    def _forget(self, identity: bytes, reason: str) -> None:
+        peer = self.peers.pop(identity, None)
+        if peer is not None and reason != "left":
+            self._log.info("peer gone", peer=peer.name, role=peer.role, reason=reason)
+        self.tools.worker_gone(identity, reason)
+        self.tools.client_gone(identity)
+
+    def _introduce(self, identity: bytes, body: dict[str, Any], role: str) -> Peer | None:
+        """The peer for ``identity``, made or updated from a HELLO or READY body; None
+        (and an error sent) when the table is full."""
+        peer = self.peers.get(identity)
+        pid = body.get("pid")
+        name = str(body.get("name", "?"))[:200]
+        if peer is None:
+            if len(self.peers) >= MAX_PEERS:
+                message = f"the broker already has {MAX_PEERS} peers"
+                self.drops.drop("peers", message, plane="control", peer=name)
+                error = {"code": "TOO_MANY_PEERS", "message": message, "rid": body.get("rid")}
                 self._reply(identity, ERROR_COMMAND, error)
-                continue
-            handler(self, identity, body)
+                return None
+            peer = Peer(name, role, None, self._wall(), self._clock())
+            self.peers[identity] = peer
+        peer.name, peer.role = name, role
+        peer.pid = pid if isinstance(pid, int) else None
+        return peer
+
+    # --- commands ----------------------------------------------------------------
 
     def _hello(self, identity: bytes, body: dict[str, Any]) -> None:
         version = body.get("version")
@@ -96,30 +236,98 @@ class ControlPlane:
             error = {"code": "VERSION_MISMATCH", "message": message, "version": VERSION}
             self._reply(identity, ERROR_COMMAND, {**error, "rid": body.get("rid")})
             return
-        name = str(body.get("name", "?"))
-        role = str(body.get("role", "client"))
-        pid = body.get("pid")
-        if len(self.peers) >= MAX_PEERS:  # no liveness yet (issue 4): forget the oldest
-            del self.peers[next(iter(self.peers))]
-        self.peers[identity] = Peer(
-            name, role, pid if isinstance(pid, int) else None, self._clock()
-        )
-        self._log.debug("hello", peer=name, role=role, pid=pid)
+        peer = self._introduce(identity, body, str(body.get("role", "client"))[:32])
+        if peer is None:
+            return
+        self._set_patterns(peer, body)
+        self._log.debug("hello", peer=peer.name, role=peer.role, pid=peer.pid)
         self._reply(identity, HELLO, {**self._announce, "rid": body.get("rid")})
+
+    def _announce_patterns(self, identity: bytes, body: dict[str, Any]) -> None:
+        peer = self.peers.get(identity)
+        if peer is not None:
+            self._set_patterns(peer, body)
+
+    @staticmethod
+    def _set_patterns(peer: Peer, body: dict[str, Any]) -> None:
+        patterns = body.get("patterns")
+        if isinstance(patterns, list):
+            peer.patterns = [str(p)[:1024] for p in patterns[:MAX_PATTERNS]]
+
+    def _ready(self, identity: bytes, body: dict[str, Any]) -> None:
+        rid = body.get("rid")
+        error = self.tools.ready(identity, body)
+        if error is not None:
+            self.drops.drop("ready", error, plane="control")
+            self._reply(
+                identity, ERROR_COMMAND, {"code": "INVALID_READY", "message": error, "rid": rid}
+            )
+            return
+        if self._introduce(identity, body, "worker") is not None:
+            self._reply(identity, READY, {"rid": rid})
+
+    def _drain(self, identity: bytes, body: dict[str, Any]) -> None:
+        self.tools.drain(identity)
+        self._reply(identity, DRAIN, {"rid": body.get("rid")})
+
+    def _bye(self, identity: bytes, body: dict[str, Any]) -> None:
+        self._forget(identity, "left")
+
+    def _heartbeat_command(self, identity: bytes, body: dict[str, Any]) -> None:
+        known = identity in self.peers
+        self._reply(identity, HEARTBEAT if known else RESET, {})
 
     def _stats_command(self, identity: bytes, body: dict[str, Any]) -> None:
         snap = self._stats()
         snap["control_drops"] = dict(self.drops.counts)
-        snap["peers"] = [p.as_dict() for p in self.peers.values()]
+        snap["tool_drops"] = dict(self.tools.drops.counts)
+        snap["tool_calls"] = dict(self.tools.counts)
+        snap["peers"] = [p.as_dict(self._wall_of(p.seen)) for p in self.peers.values()]
         snap["rid"] = body.get("rid")
         snap["pid"] = os.getpid()
         self._reply(identity, STATS, snap)
 
-    def _reply(self, identity: bytes, command: bytes, body: dict[str, Any]) -> None:
-        # A ROUTER drops silently what it cannot route or queue (peer gone, queue full).
-        self._router.send_multipart([identity, *encode_control(command, body)], _NOBLOCK)
+    def _directory(self, identity: bytes, body: dict[str, Any]) -> None:
+        actors: list[dict[str, Any]] = []
+        clients: list[dict[str, Any]] = []
+        for peer in self.peers.values():
+            if peer.role != "worker":
+                entry = peer.as_dict(self._wall_of(peer.seen))
+                (actors if peer.role == "actor" else clients).append(entry)
+        workers = []
+        for wid, worker in self.tools.workers.items():
+            known = self.peers.get(wid)
+            seen = self._wall_of(known.seen) if known is not None else self._wall()
+            workers.append(
+                {
+                    "name": worker.name,
+                    "pid": worker.pid,
+                    "tools": sorted(worker.slots),
+                    "in_flight": len(worker.calls),
+                    "draining": worker.draining,
+                    "since": known.since if known is not None else seen,
+                    "last_seen": seen,
+                }
+            )
+        reply = {
+            "actors": actors,
+            "clients": clients,
+            "workers": workers,
+            "tools": self.tools.snapshot(),
+            "rid": body.get("rid"),
+        }
+        self._reply(identity, DIRECTORY, reply)
+
+    def _wall_of(self, monotonic: float) -> float:
+        return self._wall() - (self._clock() - monotonic)
 
     _commands: ClassVar[dict[bytes, Callable[[ControlPlane, bytes, dict[str, Any]], None]]] = {
         HELLO: _hello,
         STATS: _stats_command,
+        DIRECTORY: _directory,
+        ANNOUNCE: _announce_patterns,
+        READY: _ready,
+        DRAIN: _drain,
+        BYE: _bye,
+        HEARTBEAT: _heartbeat_command,
     }

@@ -15,7 +15,7 @@ from loom.errors import BrokerUnavailableError
 from loom.logs import get_logger
 from loom.protocol import HELLO, VERSION
 
-ROLES = ("analyst", "trader", "ticker")
+ROLES = ("worker", "analyst", "trader", "ticker")
 
 
 async def wait_for_broker(address: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -76,7 +76,7 @@ async def run_demo(address: str, duration: float) -> int:
         log.info(
             "demo running",
             broker=address,
-            actors=list(ROLES),
+            children=list(ROLES),
             hint=f"in another terminal: loom tap 'market.**' --broker {address}",
         )
         with contextlib.suppress(TimeoutError):

@@ -1,4 +1,4 @@
-"""``loom``: the operator's command line (pub, tap, stats, demo)."""
+"""``loom``: the operator's command line (pub, tap, stats, worker, list, call, demo)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from loom.actor import Actor, Event
 from loom.actor.link import query
+from loom.cli import tools as tool_commands
 from loom.cli.demo import run_demo
 from loom.config import broker_address
 from loom.errors import LoomError
@@ -22,6 +23,9 @@ EXAMPLES = """examples:
   loom tap 'market.price.*'                   # print matching events as they pass
   loom pub market.price.BTC '{"price": 1}'    # publish one event
   loom stats                                  # the broker's counters as JSON
+  loom worker my_tools.py                     # serve the @tool functions in a file
+  loom list                                   # live actors, workers and tools
+  loom call demo.stats '{"values": [1, 2]}'   # call a tool, print the result
 """
 
 
@@ -80,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: loom stats --broker ipc:///tmp/loom.sock",
     )
 
+    tool_commands.add_parsers(commands, common)
+
     demo = commands.add_parser(
         "demo",
         parents=[common],
@@ -97,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = args.log_level or ("info" if args.command == "demo" else "warning")
+    level = args.log_level or ("info" if args.command in ("demo", "worker") else "warning")
     configure_logging(json=args.log_json, level=level, stream=sys.stderr)
     broker = broker_address(args.broker)
     try:
@@ -114,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "stats":
             print(json.dumps(asyncio.run(_stats(broker, args.timeout)), indent=2, default=repr))
+        elif args.command == "worker":
+            return tool_commands.run_worker(args, broker)
+        elif args.command == "list":
+            return asyncio.run(tool_commands.list_mesh(args, broker))
+        elif args.command == "call":
+            return asyncio.run(tool_commands.call_tool(args, broker))
         else:
             return asyncio.run(run_demo(broker, args.duration))
     except LoomError as exc:

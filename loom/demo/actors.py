@@ -1,4 +1,5 @@
-"""The demo's actors: a price ticker, an analyst that answers quotes, a trader."""
+"""The demo's actors: a price ticker, an analyst that answers quotes, a trader; the
+analyst and the trader call the demo worker's tools (``loom.demo.tools``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import random
 from typing import Any
 
-from loom import Actor, Event, on
+from loom import Actor, Event, ToolError, on
 
 SYMBOLS = ("BTC", "ETH", "SOL")
 
@@ -38,15 +39,26 @@ class Analyst(Actor):
 
     async def on_start(self) -> None:
         self.last: dict[str, float] = {}
+        self.history: dict[str, list[float]] = {}
 
     @on("market.price.*")
     async def price(self, event: Event) -> None:
         symbol, price = event.data["symbol"], event.data["price"]
         previous = self.last.get(symbol)
         self.last[symbol] = price
+        history = self.history.setdefault(symbol, [])
+        history.append(price)
         if previous and abs(price / previous - 1) >= 0.005:
             move = round(100 * (price / previous - 1), 2)
             await self.emit(f"market.alert.{symbol}", {"symbol": symbol, "move_pct": move})
+        if len(history) == 10:  # every 10 prices, a summary computed by the demo.stats tool
+            self.history[symbol] = []
+            try:
+                summary = await self.tool("demo.stats", values=history, timeout=2.0)
+            except ToolError as exc:  # no worker yet, or it is away: the analyst goes on
+                self.log.info("no summary", symbol=symbol, code=exc.code, error=str(exc))
+                return
+            await self.emit(f"market.summary.{symbol}", {"symbol": symbol, **summary})
 
     @on("quote.get")
     def quote(self, event: Event) -> dict[str, Any]:
@@ -77,7 +89,17 @@ class Trader(Actor):
                 self.log.info("no quote", symbol=symbol, error=str(exc))
                 continue
             action = self._rng.choice(("buy", "hold", "sell"))
-            self.position[symbol] += {"buy": 1, "hold": 0, "sell": -1}[action]
+            position = self.position[symbol]
+            try:  # the demo.risk tool keeps the position within its limit
+                check = await self.tool(
+                    "demo.risk", symbol=symbol, position=position, action=action, timeout=2.0
+                )
+            except ToolError as exc:
+                self.log.info("no risk check", symbol=symbol, code=exc.code, error=str(exc))
+                continue
+            if not check["allowed"]:
+                action = "hold"
+            self.position[symbol] = check["position_after"]
             await self.emit(
                 "trade.decision",
                 {

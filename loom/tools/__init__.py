@@ -1,3 +1,18 @@
-"""Tool declarations, workers and their sandbox (arrives with the tool plane, issue 3)."""
+"""Tools: ``@tool`` functions served by ``Worker`` processes, called through the broker."""
 
-__all__: list[str] = []
+from loom.tools.client import ActorInfo, Directory, ToolClient, ToolInfo, WorkerInfo
+from loom.tools.tool import Tool, ToolContext, tool
+from loom.tools.worker import Worker, WorkerStats
+
+__all__ = [
+    "ActorInfo",
+    "Directory",
+    "Tool",
+    "ToolClient",
+    "ToolContext",
+    "ToolInfo",
+    "Worker",
+    "WorkerInfo",
+    "WorkerStats",
+    "tool",
+]

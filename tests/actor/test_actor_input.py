@@ -19,7 +19,7 @@ import zmq
 from conftest import make_header, until
 
 from loom import Actor, Event, ProtocolError
-from loom.protocol import HELLO, VERSION, decode_control, encode_control
+from loom.protocol import HEARTBEAT, HELLO, VERSION, decode_control, encode_control
 
 
 class Permissive:
@@ -57,13 +57,17 @@ class Permissive:
         try:
             while True:
                 identity, *frames = router.recv_multipart()
-                command, _ = decode_control(frames)
-                assert command == HELLO
+                command, asked = decode_control(frames)
+                if command != HELLO:  # heartbeats, BYE: answered as a broker would
+                    if command == HEARTBEAT:
+                        router.send_multipart([identity, *encode_control(HEARTBEAT, {})])
+                    continue
                 body = {
                     "version": VERSION,
                     "pub": self.announce_pub,
                     "sub": self.sub,
                     "max_payload": 1 << 20,
+                    "rid": asked.get("rid"),
                 }
                 router.send_multipart([identity, *encode_control(HELLO, body)])
         except zmq.ContextTerminated:

@@ -1,13 +1,10 @@
-"""The Loom wire protocol: the one module that turns frames into objects and back.
+"""The pub/sub plane's envelope: ``[topic, header, payload]`` frames <-> objects.
 
 Pub/sub plane, every message is three frames: ``[topic, header, payload]``.
 
 * ``topic``: UTF-8, dot-separated, non-empty tokens.
 * ``header``: a msgpack array, :class:`Envelope` field order, version first.
 * ``payload``: msgpack bytes (or raw bytes when the header names a content type).
-
-Control plane (the broker's ROUTER), every message is ``[command, body]`` where
-``command`` is an ASCII word and ``body`` a msgpack map.
 
 ``docs/protocol.md`` is the normative description; keep the two in step.
 """
@@ -36,6 +33,8 @@ __all__ = [
     "ERROR",
     "EVENT",
     "HEADER_FIELDS",
+    "MAX_HOPS",
+    "MAX_TOPIC_BYTES",
     "REPLY",
     "REQUEST",
     "VERSION",
@@ -43,15 +42,14 @@ __all__ = [
     "IdSource",
     "Kind",
     "check_header",
-    "decode_control",
     "decode_header",
     "decode_payload",
     "decode_topic",
-    "encode_control",
     "encode_header",
     "encode_payload",
     "encode_topic",
     "pack_header",
+    "raw_send",
     "recv_message",
     "send_message",
 ]
@@ -329,32 +327,3 @@ def send_message(
     raw_send(sock, topic, flags | _SNDMORE)
     raw_send(sock, header, _SNDMORE)
     raw_send(sock, payload, 0)
-
-
-# --- control plane -----------------------------------------------------------------
-
-HELLO = b"HELLO"
-STATS = b"STATS"
-ERROR_COMMAND = b"ERROR"
-
-
-def encode_control(command: bytes, body: dict[str, Any]) -> list[bytes]:
-    """Frames of a control message (without the ROUTER's identity frame)."""
-    return [command, _packb(body)]
-
-
-def decode_control(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
-    """Parse ``[command, body]``.
-
-    Raises:
-        ProtocolError: wrong frame count or a body that is not a msgpack map.
-    """
-    if len(frames) != 2:
-        raise ProtocolError("frames", f"control message has {len(frames)} frames, expected 2")
-    try:
-        body = _unpackb(frames[1], strict_map_key=False)
-    except Exception as exc:
-        raise ProtocolError("body", f"control body is not msgpack: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ProtocolError("body", "control body is not a map")
-    return frames[0], body

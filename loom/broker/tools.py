@@ -1,0 +1,508 @@
+"""The tool router: Majordomo over the broker's ROUTER, with leases and bounded queues.
+
+Per tool, the worker slots with free capacity are kept least recently used first; a call
+goes to the first, or waits in the tool's bounded queue. Every call has a deadline; a
+worker's PROGRESS pushes it out by the call's timeout (the lease), so a slow tool and a
+dead worker differ. When a worker dies or leaves, its idempotent calls are dispatched
+again and the others answered WORKER_LOST.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from loom.errors import ProtocolError
+from loom.logs import DropCounter
+from loom.protocol import (
+    CALL,
+    CANCEL,
+    FAIL,
+    PROGRESS,
+    RESULT,
+    decode_call,
+    decode_failure,
+    decode_ref,
+    encode_failure,
+    encode_ref,
+)
+
+__all__ = ["ToolRouter"]
+
+Send = Callable[[bytes, list[bytes]], bool]
+"""Sends frames to a peer identity; False if it could not be routed or queued."""
+
+_packb = msgpack.packb
+
+
+class Slot:
+    """One worker's capacity for one tool."""
+
+    __slots__ = ("busy", "capacity", "last_used", "tool", "worker")
+
+    def __init__(self, worker: WorkerState, tool: str, capacity: int) -> None:
+        self.worker = worker
+        self.tool = tool
+        self.capacity = capacity
+        self.busy = 0
+        self.last_used = 0.0
+
+
+class WorkerState:
+    """A worker that said READY."""
+
+    __slots__ = ("calls", "draining", "identity", "name", "pid", "since", "slots")
+
+    def __init__(self, identity: bytes, name: str, pid: int | None, since: float) -> None:
+        self.identity = identity
+        self.name = name
+        self.pid = pid
+        self.since = since
+        self.slots: dict[str, Slot] = {}
+        self.calls: dict[int, Call] = {}
+        """Calls running there, by token, including those whose caller no longer waits."""
+        self.draining = False
+
+
+class ToolEntry:
+    """A tool: its announced spec, the workers serving it, its queue and counters."""
+
+    __slots__ = ("calls", "errors", "free", "name", "queue", "slots", "spec", "timeouts")
+
+    def __init__(self, name: str, spec: dict[str, Any]) -> None:
+        self.name = name
+        self.spec = spec
+        self.slots: dict[bytes, Slot] = {}
+        self.free: list[Slot] = []
+        """Slots with free capacity, least recently used first."""
+        self.queue: deque[Call] = deque()
+        self.calls = 0
+        self.errors = 0
+        self.timeouts = 0
+
+    @property
+    def idempotent(self) -> bool:
+        return bool(self.spec.get("idempotent"))
+
+
+class Call:
+    """A call from its arrival until its caller has an answer (and its worker is done)."""
+
+    __slots__ = (
+        "answered",
+        "args",
+        "attempts",
+        "call_id",
+        "client",
+        "deadline",
+        "slot",
+        "timeout",
+        "token",
+        "tool",
+        "trace",
+    )
+
+    def __init__(  # noqa: PLR0917 - one slotted record, built in one place
+        self,
+        token: int,
+        client: bytes,
+        call_id: int,
+        tool: str,
+        args: bytes,
+        timeout: float,
+        deadline: float,
+        trace: bytes | None,
+    ) -> None:
+        self.token = token
+        self.client = client
+        self.call_id = call_id
+        self.tool = tool
+        self.args = args
+        self.timeout = timeout
+        self.deadline = deadline
+        self.trace = trace
+        self.slot: Slot | None = None
+        self.attempts = 0
+        self.answered = False
+
+
+class ToolRouter:
+    """Routes tool calls between clients and workers on one ROUTER socket.
+
+    Args:
+        send: sends frames to an identity (the control plane's, which counts failures).
+        log: a structlog logger.
+        default_timeout: a call's timeout when neither the caller nor the tool gives one.
+        max_queue: calls waiting per tool before new ones get OVERLOADED.
+        max_attempts: dispatches of an idempotent call before WORKER_LOST.
+        max_payload: largest arguments or result forwarded, bytes.
+        clock: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        log: Any,
+        default_timeout: float = 30.0,
+        max_queue: int = 1000,
+        max_attempts: int = 3,
+        max_payload: int = 1 << 20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._send = send
+        self._log = log
+        self.default_timeout = default_timeout
+        self.max_queue = max_queue
+        self.max_attempts = max_attempts
+        self.max_payload = max_payload
+        self._clock = clock
+        self.tools: dict[str, ToolEntry] = {}
+        self.workers: dict[bytes, WorkerState] = {}
+        self._live: dict[int, Call] = {}
+        """Calls whose caller still waits, by token."""
+        self._by_client: dict[bytes, dict[int, Call]] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._tokens = 0
+        self.drops = DropCounter(log)
+        self.counts = {"calls": 0, "results": 0, "failures": 0, "late": 0, "redispatched": 0}
+
+    # --- workers -----------------------------------------------------------------
+
+    def ready(self, identity: bytes, body: dict[str, Any]) -> str | None:
+        """A worker announces (or re-announces) its tools; returns an error message if the
+        announcement is invalid."""
+        specs = body.get("tools")
+        if not isinstance(specs, list) or not all(_valid_spec(s) for s in specs):
+            return "READY needs tools: [{name: str, schema: map, concurrency: int >= 1, ...}]"
+        now = self._clock()
+        worker = self.workers.get(identity)
+        if worker is None:
+            pid = body.get("pid")
+            name = str(body.get("name", "worker"))
+            worker = WorkerState(identity, name, pid if isinstance(pid, int) else None, now)
+            self.workers[identity] = worker
+        for spec in specs:
+            name, capacity = spec["name"], spec["concurrency"]
+            entry = self.tools.get(name)
+            if entry is None:
+                entry = self.tools[name] = ToolEntry(name, spec)
+            elif entry.spec.get("schema") != spec["schema"]:
+                self._log.warning("tool schema changed", tool=name, worker=worker.name)
+            entry.spec = spec
+            slot = worker.slots.get(name)
+            if slot is None:
+                slot = worker.slots[name] = Slot(worker, name, capacity)
+                entry.slots[identity] = slot
+            slot.capacity = capacity
+            self._make_free(entry, slot)
+            self._pump(entry)
+        self._log.info("worker ready", worker=worker.name, tools=[s["name"] for s in specs])
+        return None
+
+    def drain(self, identity: bytes) -> None:
+        """Send the worker no more calls (it is shutting down)."""
+        worker = self.workers.get(identity)
+        if worker is None:
+            return
+        worker.draining = True
+        for name, slot in worker.slots.items():
+            free = self.tools[name].free
+            if slot in free:
+                free.remove(slot)
+        self._log.info("worker draining", worker=worker.name, in_flight=len(worker.calls))
+
+    def worker_gone(self, identity: bytes, reason: str) -> None:
+        """A worker left or died: retry its idempotent calls, fail the others."""
+        worker = self.workers.pop(identity, None)
+        if worker is None:
+            return
+        now = self._clock()
+        for name, slot in worker.slots.items():
+            entry = self.tools[name]
+            entry.slots.pop(identity, None)
+            if slot in entry.free:
+                entry.free.remove(slot)
+        lost = [call for call in worker.calls.values() if not call.answered]
+        for call in lost:
+            call.slot = None
+            owner = self.tools.get(call.tool)
+            if owner is None or not owner.idempotent:
+                why = "not idempotent"
+            elif call.attempts >= self.max_attempts or call.deadline <= now:
+                why = "no retry left"
+            else:
+                self.counts["redispatched"] += 1
+                owner.queue.appendleft(call)
+                self._pump(owner)
+                continue
+            message = f"worker {worker.name} {reason} running {call.tool} ({why})"
+            self._answer_fail(call, "WORKER_LOST", message)
+        for name in list(worker.slots):
+            entry = self.tools[name]
+            if not entry.slots and not entry.queue:
+                del self.tools[name]
+        level = self._log.info if reason == "left" else self._log.warning
+        level("worker gone", worker=worker.name, reason=reason, calls_lost=len(lost))
+
+    def client_gone(self, identity: bytes) -> None:
+        """A caller left or died: cancel its calls."""
+        for call in list(self._by_client.get(identity, {}).values()):
+            self._cancel_call(call)
+        self._by_client.pop(identity, None)
+
+    # --- messages ----------------------------------------------------------------
+
+    def on_call(self, client: bytes, meta: bytes, args: bytes) -> None:
+        try:
+            call_id, name, timeout, trace = decode_call(meta)
+        except ProtocolError as exc:
+            self._malformed(client, meta, exc)
+            return
+        self.counts["calls"] += 1
+        if len(args) > self.max_payload:
+            message = f"arguments of {len(args)} bytes exceed the limit of {self.max_payload}"
+            self._reply_fail(client, call_id, "TOO_LARGE", message)
+            return
+        entry = self.tools.get(name)
+        if entry is None:
+            self._reply_fail(client, call_id, "UNKNOWN_TOOL", f"no worker serves {name!r}")
+            return
+        if not entry.free and len(entry.queue) >= self.max_queue:
+            message = f"{name}: every worker is busy and {len(entry.queue)} calls wait"
+            self._reply_fail(client, call_id, "OVERLOADED", message)
+            return
+        timeout = float(timeout or entry.spec.get("timeout") or self.default_timeout)
+        self._tokens += 1
+        now = self._clock()
+        call = Call(self._tokens, client, call_id, name, args, timeout, now + timeout, trace)
+        self._live[call.token] = call
+        self._by_client.setdefault(client, {})[call_id] = call
+        heapq.heappush(self._deadlines, (call.deadline, call.token))
+        if entry.free:
+            self._dispatch(entry, call, now)
+        else:
+            entry.queue.append(call)
+
+    def on_cancel(self, client: bytes, meta: bytes, _: bytes) -> None:
+        try:
+            call_id = decode_ref(meta)
+        except ProtocolError as exc:
+            self.drops.drop(exc.reason, str(exc), plane="tools")
+            return
+        call = self._by_client.get(client, {}).get(call_id)
+        if call is not None:
+            self._cancel_call(call)
+
+    def on_result(self, worker_id: bytes, meta: bytes, body: bytes) -> None:
+        call = self._finished(worker_id, meta)
+        if call is None:
+            return
+        if len(body) > self.max_payload:
+            message = f"{call.tool}'s result of {len(body)} bytes exceeds {self.max_payload}"
+            self.drops.drop("too_large", message, plane="tools")
+            self._answer_fail(call, "TOO_LARGE", message)
+            return
+        self.counts["results"] += 1
+        self._answer(call, RESULT, body)
+
+    def on_fail(self, worker_id: bytes, meta: bytes, body: bytes) -> None:
+        call = self._finished(worker_id, meta)
+        if call is None:
+            return
+        try:
+            code: str = decode_failure(body)["code"]
+        except ProtocolError as exc:
+            self.drops.drop(exc.reason, str(exc), plane="tools")
+            self._answer_fail(call, "MALFORMED", f"worker sent an unreadable failure: {exc}")
+            return
+        self._count_failure(call, code)
+        self._answer(call, FAIL, body)
+
+    def on_progress(self, worker_id: bytes, meta: bytes, body: bytes) -> None:
+        worker = self.workers.get(worker_id)
+        try:
+            token = decode_ref(meta)
+        except ProtocolError as exc:
+            self.drops.drop(exc.reason, str(exc), plane="tools")
+            return
+        call = worker.calls.get(token) if worker is not None else None
+        if call is None or call.answered:
+            return
+        call.deadline = max(call.deadline, self._clock() + call.timeout)
+        self._send(call.client, encode_ref(PROGRESS, call.call_id, body))
+
+    def tick(self) -> float | None:
+        """Answer TIMEOUT to calls past their deadline; returns the next deadline, if any."""
+        now = self._clock()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, token = heapq.heappop(deadlines)
+            call = self._live.get(token)
+            if call is None:
+                continue
+            if call.deadline > now:  # extended by progress
+                heapq.heappush(deadlines, (call.deadline, token))
+                continue
+            entry = self.tools.get(call.tool)
+            if call.slot is None:
+                if entry is not None and call in entry.queue:
+                    entry.queue.remove(call)
+                    if not entry.slots and not entry.queue:  # its last worker went away
+                        del self.tools[call.tool]
+                message = f"{call.tool}: no worker was free within {call.timeout:g}s"
+            else:
+                self._send(call.slot.worker.identity, encode_ref(CANCEL, call.token))
+                message = f"{call.tool}: no result or progress within {call.timeout:g}s"
+            self._answer_fail(call, "TIMEOUT", message)
+        return deadlines[0][0] if deadlines else None
+
+    # --- internals ---------------------------------------------------------------
+
+    def _dispatch(self, entry: ToolEntry, call: Call, now: float) -> None:
+        free = entry.free
+        slot = free.pop(0)
+        slot.busy += 1
+        slot.last_used = now
+        if slot.busy < slot.capacity:
+            free.append(slot)  # now the most recently used
+        call.slot = slot
+        call.attempts += 1
+        worker = slot.worker
+        worker.calls[call.token] = call
+        meta = _packb((call.token, call.tool, call.timeout, call.trace))
+        if not self._send(worker.identity, [CALL, meta, call.args]):
+            self.worker_gone(worker.identity, "unreachable")
+
+    def _pump(self, entry: ToolEntry) -> None:
+        """Dispatch queued calls while some worker of the tool has room."""
+        now = self._clock()
+        queue = entry.queue
+        while queue and entry.free:
+            self._dispatch(entry, queue.popleft(), now)
+
+    def _make_free(self, entry: ToolEntry, slot: Slot) -> None:
+        if slot.busy < slot.capacity and not slot.worker.draining and slot not in entry.free:
+            bisect.insort(entry.free, slot, key=_last_used)
+
+    def _finished(self, worker_id: bytes, meta: bytes) -> Call | None:
+        """The call a worker's RESULT or FAIL ends, freeing its slot; None if nobody waits."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            self.drops.drop("unknown_worker", "answer from a worker that is not ready")
+            return None
+        try:
+            token = decode_ref(meta)
+        except ProtocolError as exc:
+            self.drops.drop(exc.reason, str(exc), plane="tools", worker=worker.name)
+            return None
+        call = worker.calls.pop(token, None)
+        if call is None:
+            self.drops.drop("unknown_call", f"answer for unknown call {token}", worker=worker.name)
+            return None
+        slot = call.slot
+        if slot is not None:
+            slot.busy -= 1
+            entry = self.tools.get(slot.tool)
+            if entry is not None:
+                self._make_free(entry, slot)
+                self._pump(entry)
+        if call.answered:
+            self.counts["late"] += 1
+            return None
+        return call
+
+    def _answer(self, call: Call, command: bytes, body: bytes) -> None:
+        call.answered = True
+        self._live.pop(call.token, None)
+        calls = self._by_client.get(call.client)
+        if calls is not None:
+            calls.pop(call.call_id, None)
+            if not calls:
+                del self._by_client[call.client]
+        entry = self.tools.get(call.tool)
+        if entry is not None:
+            entry.calls += 1
+        self._send(call.client, encode_ref(command, call.call_id, body))
+
+    def _answer_fail(self, call: Call, code: str, message: str) -> None:
+        self._count_failure(call, code)
+        self._answer(call, FAIL, encode_failure(code, message, tool=call.tool))
+
+    def _count_failure(self, call: Call, code: str) -> None:
+        self.counts["failures"] += 1
+        entry = self.tools.get(call.tool)
+        if entry is not None:
+            entry.errors += 1
+            if code == "TIMEOUT":
+                entry.timeouts += 1
+
+    def _reply_fail(self, client: bytes, call_id: int, code: str, message: str) -> None:
+        self.counts["failures"] += 1
+        self._send(client, encode_ref(FAIL, call_id, encode_failure(code, message)))
+
+    def _cancel_call(self, call: Call) -> None:
+        if call.answered:
+            return
+        call.answered = True  # nobody waits for an answer any more
+        self._live.pop(call.token, None)
+        self._by_client.get(call.client, {}).pop(call.call_id, None)
+        if call.slot is None:
+            entry = self.tools.get(call.tool)
+            if entry is not None and call in entry.queue:
+                entry.queue.remove(call)
+        else:
+            self._send(call.slot.worker.identity, encode_ref(CANCEL, call.token))
+
+    def _malformed(self, client: bytes, meta: bytes, exc: ProtocolError) -> None:
+        self.drops.drop(exc.reason, str(exc), plane="tools")
+        try:
+            call_id = decode_ref(meta)
+        except ProtocolError:
+            return  # nothing to answer to
+        self._reply_fail(client, call_id, "MALFORMED", str(exc))
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The tools for the directory."""
+        return [
+            {
+                "name": entry.name,
+                "description": entry.spec.get("description") or "",
+                "schema": entry.spec.get("schema") or {},
+                "returns": entry.spec.get("returns"),
+                "timeout": entry.spec.get("timeout"),
+                "idempotent": entry.idempotent,
+                "workers": [slot.worker.name for slot in entry.slots.values()],
+                "capacity": sum(slot.capacity for slot in entry.slots.values()),
+                "in_flight": sum(slot.busy for slot in entry.slots.values()),
+                "queued": len(entry.queue),
+                "calls": entry.calls,
+                "errors": entry.errors,
+            }
+            for entry in self.tools.values()
+        ]
+
+
+def _last_used(slot: Slot) -> float:
+    return slot.last_used
+
+
+def _valid_spec(spec: Any) -> bool:
+    if not isinstance(spec, dict):
+        return False
+    concurrency = spec.get("concurrency")
+    timeout = spec.get("timeout")
+    return (
+        isinstance(spec.get("name"), str)
+        and bool(spec["name"])
+        and isinstance(spec.get("schema"), dict)
+        and type(concurrency) is int
+        and concurrency >= 1
+        and (timeout is None or (type(timeout) in (int, float) and timeout > 0))
+    )

@@ -1,0 +1,151 @@
+"""``loom worker``, ``loom list``, ``loom call``: the tool plane from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from loom.errors import ToolError
+from loom.tools import Directory, ToolClient, Worker
+from loom.tools.loader import load_tools
+
+
+def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add the tool plane's subcommands to ``loom``'s parser."""
+    worker = commands.add_parser(
+        "worker",
+        parents=[common],
+        help="serve the @tool functions of a file or module",
+        epilog="examples:\n  loom worker my_tools.py\n  loom worker loom.demo.tools:TOOLS",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker.add_argument("target", metavar="PATH_OR_MODULE[:attr]")
+    worker.add_argument("--name", help="the worker's name in the directory")
+    worker.add_argument(
+        "--grace", type=float, default=10.0, help="seconds to finish calls on SIGTERM (10)"
+    )
+
+    listing = commands.add_parser(
+        "list",
+        parents=[common],
+        help="print the live actors, workers and tools",
+        epilog="example: loom list --json",
+    )
+    listing.add_argument("--json", action="store_true", help="the directory as JSON")
+
+    call = commands.add_parser(
+        "call",
+        parents=[common],
+        help="call a tool and print its result as JSON",
+        epilog="example: loom call demo.stats '{\"values\": [1, 2, 3]}'",
+    )
+    call.add_argument("tool")
+    call.add_argument("args", nargs="?", default="{}", help="arguments as a JSON object")
+    call.add_argument(
+        "--call-timeout", type=float, default=None, help="the call's timeout (default: the tool's)"
+    )
+    call.add_argument("--progress", action="store_true", help="print progress reports to stderr")
+
+
+def run_worker(args: argparse.Namespace, broker: str) -> int:
+    tools = load_tools(args.target)
+    Worker(
+        tools, broker=broker, name=args.name, grace=args.grace, connect_timeout=args.timeout
+    ).run()
+    return 0
+
+
+async def list_mesh(args: argparse.Namespace, broker: str) -> int:
+    async with await ToolClient.connect(broker, name="loom-list", timeout=args.timeout) as client:
+        directory = await client.directory(args.timeout)
+    if args.json:
+        print(json.dumps(directory.model_dump(by_alias=True), indent=2))
+    else:
+        print(format_directory(directory))
+    return 0
+
+
+async def call_tool(args: argparse.Namespace, broker: str) -> int:
+    try:
+        params = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        print(f"loom call: arguments are not JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(params, dict):
+        print("loom call: arguments must be a JSON object", file=sys.stderr)
+        return 2
+
+    def progress(data: Any) -> None:
+        print(f"progress: {json.dumps(data, default=repr)}", file=sys.stderr, flush=True)
+
+    async with await ToolClient.connect(broker, name="loom-call", timeout=args.timeout) as client:
+        try:
+            result = await client.call(
+                args.tool,
+                params,
+                timeout=args.call_timeout,
+                on_progress=progress if args.progress else None,
+            )
+        except ToolError as exc:
+            print(f"loom call: {exc.code}: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(result, default=repr, ensure_ascii=False))
+    return 0
+
+
+def format_directory(directory: Directory, now: float | None = None) -> str:
+    """The directory as three plain-text tables."""
+    now = time.time() if now is None else now
+    actors = [
+        (a.name, str(a.pid or "-"), " ".join(a.patterns) or "-", _ago(now - a.last_seen))
+        for a in directory.actors
+    ]
+    workers = [
+        (
+            w.name,
+            str(w.pid or "-"),
+            " ".join(w.tools),
+            str(w.in_flight),
+            "draining" if w.draining else "ready",
+            _ago(now - w.last_seen),
+        )
+        for w in directory.workers
+    ]
+    tools = [
+        (
+            t.name,
+            str(len(t.workers)),
+            f"{t.in_flight}/{t.capacity}",
+            str(t.queued),
+            str(t.calls),
+            str(t.errors),
+            (t.description.splitlines() or [""])[0][:60],
+        )
+        for t in directory.tools
+    ]
+    return "\n\n".join(
+        (
+            _table(("ACTOR", "PID", "PATTERNS", "SEEN"), actors),
+            _table(("WORKER", "PID", "TOOLS", "IN FLIGHT", "STATE", "SEEN"), workers),
+            _table(("TOOL", "WORKERS", "BUSY", "QUEUED", "CALLS", "ERRORS", "DESCRIPTION"), tools),
+        )
+    )
+
+
+def _ago(seconds: float) -> str:
+    return f"{max(seconds, 0):.1f}s ago"
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    if not rows:
+        return f"{header[0]}S: none"
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in (header, *rows)
+    ]
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,254 @@
+"""The broker's ROUTER: control commands and tool calls, frames <-> objects.
+
+Every message a peer's DEALER sends or receives starts with a ``command`` frame, an ASCII
+word. Two layouts follow it:
+
+* control commands: ``[command, body]``, ``body`` a msgpack map (``rid`` echoed);
+* tool calls (``CALL``, ``CANCEL``, ``RESULT``, ``FAIL``, ``PROGRESS``):
+  ``[command, meta, body]``, ``meta`` a small msgpack array whose first item is the call's
+  id, ``body`` msgpack (arguments, result, failure map, progress data) or empty.
+
+``docs/protocol.md`` is the normative description; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import zmq
+from pydantic_core import to_jsonable_python
+
+from loom.errors import EncodeError, PayloadTooLargeError, ProtocolError
+from loom.protocol.envelope import DEFAULT_MAX_PAYLOAD, raw_send
+
+__all__ = [
+    "ANNOUNCE",
+    "BYE",
+    "CALL",
+    "CANCEL",
+    "CONTROL_COMMANDS",
+    "DIRECTORY",
+    "DRAIN",
+    "ERROR_CODES",
+    "ERROR_COMMAND",
+    "FAIL",
+    "HEARTBEAT",
+    "HELLO",
+    "PROGRESS",
+    "READY",
+    "RESET",
+    "RESULT",
+    "STATS",
+    "TOOL_COMMANDS",
+    "decode_call",
+    "decode_control",
+    "decode_failure",
+    "decode_ref",
+    "decode_value",
+    "encode_call",
+    "encode_control",
+    "encode_failure",
+    "encode_ref",
+    "encode_value",
+    "recv_frames",
+    "send_frames",
+]
+
+# --- control commands: [command, msgpack map] --------------------------------------
+
+HELLO = b"HELLO"
+STATS = b"STATS"
+ERROR_COMMAND = b"ERROR"
+DIRECTORY = b"DIRECTORY"
+ANNOUNCE = b"ANNOUNCE"
+"""actor -> broker: the patterns it subscribes to (for the directory)."""
+READY = b"READY"
+"""worker -> broker: the tools it serves; broker -> worker: accepted."""
+DRAIN = b"DRAIN"
+"""worker -> broker: send me no more calls; broker -> worker: none will come."""
+BYE = b"BYE"
+"""peer -> broker: leaving now (calls still on a worker are lost)."""
+HEARTBEAT = b"HEARTBEAT"
+"""peer -> broker each interval; the broker answers each one."""
+RESET = b"RESET"
+"""broker -> peer: I do not know you (restarted, or declared you dead): introduce yourself."""
+
+CONTROL_COMMANDS = frozenset(
+    (HELLO, STATS, ERROR_COMMAND, DIRECTORY, ANNOUNCE, READY, DRAIN, BYE, HEARTBEAT, RESET)
+)
+
+# --- tool calls: [command, msgpack array meta, body] --------------------------------
+
+CALL = b"CALL"
+"""client -> broker ``[id, tool, timeout, trace]``; broker -> worker ``[token, tool, timeout,
+trace]``; body: the arguments map."""
+CANCEL = b"CANCEL"
+RESULT = b"RESULT"
+FAIL = b"FAIL"
+PROGRESS = b"PROGRESS"
+
+TOOL_COMMANDS = frozenset((CALL, CANCEL, RESULT, FAIL, PROGRESS))
+
+ERROR_CODES = (
+    "UNKNOWN_TOOL",
+    "INVALID_PARAMS",
+    "TIMEOUT",
+    "WORKER_LOST",
+    "TOOL_ERROR",
+    "OVERLOADED",
+    "CANCELLED",
+    "TOO_LARGE",
+    "MALFORMED",
+    "BROKER_LOST",
+)
+"""Codes a ``FAIL`` carries; ``docs/protocol.md`` says when each is used."""
+
+_packb = msgpack.packb
+_unpackb = msgpack.unpackb
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+
+
+def encode_control(command: bytes, body: dict[str, Any]) -> list[bytes]:
+    """Frames of a control message (without the ROUTER's identity frame)."""
+    return [command, _packb(body)]
+
+
+def decode_control(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
+    """Parse ``[command, body]``.
+
+    Raises:
+        ProtocolError: wrong frame count or a body that is not a msgpack map.
+    """
+    if len(frames) != 2:
+        raise ProtocolError("frames", f"control message has {len(frames)} frames, expected 2")
+    try:
+        body = _unpackb(frames[1], strict_map_key=False)
+    except Exception as exc:
+        raise ProtocolError("body", f"control body is not msgpack: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError("body", "control body is not a map")
+    return frames[0], body
+
+
+def encode_call(
+    call_id: int, tool: str, timeout: float | None, trace: bytes | None, args: bytes
+) -> list[bytes]:
+    """A ``CALL``'s frames; ``args`` is an already encoded msgpack map."""
+    return [CALL, _packb((call_id, tool, timeout, trace)), args]
+
+
+def decode_call(meta: bytes) -> tuple[int, str, float | None, bytes | None]:
+    """``(id, tool, timeout, trace)`` from a ``CALL``'s meta frame.
+
+    Raises:
+        ProtocolError: not an array of that shape (``reason == "meta"``).
+    """
+    try:
+        call_id, tool, timeout, trace = _unpackb(meta, use_list=False)
+    except Exception as exc:
+        raise ProtocolError("meta", f"CALL meta is not [id, tool, timeout, trace]: {exc}") from exc
+    if type(call_id) is not int or type(tool) is not str:
+        raise ProtocolError("meta", "CALL id must be an int and tool a string")
+    if timeout is not None and (type(timeout) not in (int, float) or timeout <= 0):
+        raise ProtocolError("meta", f"CALL timeout must be a positive number, not {timeout!r}")
+    if trace is not None and type(trace) is not bytes:
+        raise ProtocolError("meta", "CALL trace must be bytes")
+    return call_id, tool, timeout, trace
+
+
+def encode_ref(command: bytes, ref: int, body: bytes = b"") -> list[bytes]:
+    """``[command, [ref], body]``: a CANCEL, RESULT, FAIL or PROGRESS for call ``ref``."""
+    return [command, _packb((ref,)), body]
+
+
+def decode_ref(meta: bytes) -> int:
+    """The call id (or broker token) a tool message's meta frame starts with.
+
+    Raises:
+        ProtocolError: not an array starting with an int (``reason == "meta"``).
+    """
+    try:
+        fields = _unpackb(meta, use_list=False)
+    except Exception as exc:
+        raise ProtocolError("meta", f"meta is not msgpack: {exc}") from exc
+    if type(fields) is not tuple or not fields or type(fields[0]) is not int:
+        raise ProtocolError("meta", "meta must be an array starting with the call id")
+    ref: int = fields[0]
+    return ref
+
+
+def encode_value(value: Any, limit: int = DEFAULT_MAX_PAYLOAD) -> bytes:
+    """Encode a tool's arguments or result. Beyond msgpack's types, anything pydantic can
+    make JSON-able (models, dataclasses, datetimes, paths, sets...) is converted first.
+
+    Raises:
+        EncodeError: the value cannot be encoded.
+        PayloadTooLargeError: the encoding is larger than ``limit`` bytes.
+    """
+    try:
+        data: bytes = _packb(value, default=to_jsonable_python)
+    except Exception as exc:
+        raise EncodeError(f"cannot encode {type(value).__name__}: {exc}") from exc
+    if len(data) > limit:
+        raise PayloadTooLargeError(len(data), limit)
+    return data
+
+
+def decode_value(body: bytes) -> Any:
+    """Decode a tool message body (``None`` when empty).
+
+    Raises:
+        ProtocolError: not msgpack (``reason == "body"``).
+    """
+    if not body:
+        return None
+    try:
+        return _unpackb(body, strict_map_key=False)
+    except Exception as exc:
+        raise ProtocolError("body", f"body is not msgpack: {exc}") from exc
+
+
+def encode_failure(code: str, message: str, **details: Any) -> bytes:
+    """A ``FAIL`` body: ``{"code", "message", ...details}`` (``type`` for TOOL_ERROR,
+    ``errors`` for INVALID_PARAMS, ``tool``)."""
+    return _packb({"code": code, "message": message, **details}, default=str)  # type: ignore[no-any-return]
+
+
+def decode_failure(body: bytes) -> dict[str, Any]:
+    """A ``FAIL`` body as a map with at least ``code`` and ``message`` strings.
+
+    Raises:
+        ProtocolError: not a msgpack map (``reason == "body"``).
+    """
+    info = decode_value(body)
+    if not isinstance(info, dict):
+        raise ProtocolError("body", "FAIL body is not a map")
+    info["code"] = str(info.get("code", "TOOL_ERROR"))
+    info["message"] = str(info.get("message", ""))
+    return info
+
+
+def recv_frames(sock: zmq.Socket[bytes], flags: int = _NOBLOCK) -> list[bytes]:
+    """Receive every frame of one message (``Frame.more``: cheaper than ``RCVMORE``).
+
+    Raises:
+        zmq.Again: nothing to receive (with ``NOBLOCK``).
+    """
+    recv = sock.recv
+    frame = recv(flags, False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = recv(0, False)
+        frames.append(frame.bytes)
+    return frames
+
+
+def send_frames(sock: zmq.Socket[bytes], frames: list[bytes], flags: int = _NOBLOCK) -> None:
+    """Send one message (raises ``zmq.Again`` when it cannot be queued with ``NOBLOCK``)."""
+    first = flags  # once the first frame is queued, zmq takes the rest of the message
+    for frame in frames[:-1]:
+        raw_send(sock, frame, first | _SNDMORE)
+        first = 0
+    raw_send(sock, frames[-1], first)

@@ -1,0 +1,257 @@
+"""A peer's control channel to the broker: one DEALER socket at the control endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zmq
+
+from loom.errors import BrokerUnavailableError, ProtocolError, VersionMismatchError
+from loom.logs import DropCounter
+from loom.protocol import (
+    BYE,
+    ERROR_COMMAND,
+    HEARTBEAT,
+    HELLO,
+    RESET,
+    TOOL_COMMANDS,
+    VERSION,
+    decode_control,
+    encode_control,
+    recv_frames,
+    send_frames,
+)
+
+__all__ = ["Session"]
+
+ToolHandler = Callable[[bytes, bytes], None]
+"""Called with a tool message's ``meta`` and ``body`` frames."""
+
+_BATCH = 1000
+
+
+class Session:
+    """One DEALER to the broker's control endpoint, read on the event loop.
+
+    It says HELLO (version check; learns the endpoints and the heartbeat interval), then
+    heartbeats every interval; the broker answers each one. When the broker has been silent
+    for ``liveness`` intervals, ``on_lost`` runs. When it speaks again (it came back, or
+    says RESET because it does not know us), the session says HELLO again and runs
+    ``on_restored``, where the owner re-announces itself (a worker its tools).
+
+    Tool messages (``CALL``, ``RESULT``...) go to ``handlers`` by command; control answers
+    resolve ``ask`` by their ``rid``.
+
+    Args:
+        address: the broker's control endpoint.
+        context: the zmq context the socket is made in.
+        name: the peer's name in HELLO and the directory.
+        role: ``actor``, ``worker`` or ``client``.
+        log: a structlog logger.
+        hello: extra HELLO fields, computed at each HELLO (an actor's patterns).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        context: zmq.Context[Any],
+        *,
+        name: str,
+        role: str,
+        log: Any,
+        hello: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.address = address
+        self.name = name
+        self.role = role
+        self.hello: dict[str, Any] = {}
+        """The broker's last HELLO answer (endpoints, limits, heartbeat)."""
+        self.handlers: dict[bytes, ToolHandler] = {}
+        self.on_lost: Callable[[], None] | None = None
+        self.on_restored: Callable[[], Awaitable[None]] | None = None
+        self.lost = False
+        self.drops = DropCounter(log)
+        self._context = context
+        self._log = log
+        self._hello_extra = hello
+        self._sock: zmq.Socket[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._asks: dict[int, asyncio.Future[tuple[bytes, dict[str, Any]]]] = {}
+        self._rid = 0
+        self._heard = 0.0
+        self._beat: asyncio.Task[None] | None = None
+        self._rejoin: asyncio.Task[None] | None = None
+
+    @property
+    def interval(self) -> float:
+        """Seconds between heartbeats, as the broker announced."""
+        return float(self.hello.get("heartbeat", 1.0))
+
+    @property
+    def liveness(self) -> int:
+        """Missed intervals after which a silent peer counts as dead."""
+        return int(self.hello.get("liveness", 3))
+
+    async def open(self, timeout: float) -> dict[str, Any]:
+        """Connect, say HELLO, start heartbeating; returns the broker's HELLO answer.
+
+        Raises:
+            BrokerUnavailableError: no answer within ``timeout`` seconds.
+            VersionMismatchError: the broker speaks another protocol version.
+            ProtocolError: the broker answered something unreadable.
+        """
+        self._loop = asyncio.get_running_loop()
+        context: zmq.Context[Any] = zmq.Context.shadow(self._context.underlying)
+        sock = self._sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(self.address)
+        self._loop.add_reader(sock.FD, self._on_readable)
+        self._loop.call_soon(self._on_readable)  # the fd is edge-triggered
+        try:
+            await self._say_hello(timeout)
+        except BaseException:
+            self.close(bye=False)
+            raise
+        self._beat = self._loop.create_task(self._heartbeat(), name=f"loom-heartbeat-{self.name}")
+        return self.hello
+
+    async def _say_hello(self, timeout: float) -> None:
+        body = {"version": VERSION, "name": self.name, "role": self.role, "pid": os.getpid()}
+        if self._hello_extra is not None:
+            body.update(self._hello_extra())
+        command, reply = await self.ask(HELLO, body, timeout)
+        if command == ERROR_COMMAND:
+            if reply.get("code") == "VERSION_MISMATCH":
+                raise VersionMismatchError(VERSION, reply.get("version"))
+            raise ProtocolError("hello", f"broker refused HELLO: {reply.get('message')}")
+        endpoints_ok = all(isinstance(reply.get(key), str) for key in ("pub", "sub"))
+        if command != HELLO or not endpoints_ok:
+            raise ProtocolError("hello", f"unexpected answer to HELLO: {command!r}")
+        self.hello = reply
+
+    async def ask(
+        self, command: bytes, body: dict[str, Any], timeout: float
+    ) -> tuple[bytes, dict[str, Any]]:
+        """Send a control command and wait for the answer carrying its ``rid``.
+
+        Returns:
+            The answer's command (``ERROR`` when the broker refused) and body.
+
+        Raises:
+            BrokerUnavailableError: no answer within ``timeout`` seconds.
+        """
+        assert self._loop is not None
+        self._rid += 1
+        rid = self._rid
+        fut: asyncio.Future[tuple[bytes, dict[str, Any]]] = self._loop.create_future()
+        self._asks[rid] = fut
+        try:
+            self.send(encode_control(command, {**body, "rid": rid}))
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            raise BrokerUnavailableError(
+                f"no broker answered {command.decode()} at {self.address} within {timeout:g}s"
+            ) from None
+        finally:
+            self._asks.pop(rid, None)
+
+    def send(self, frames: list[bytes]) -> bool:
+        """Queue one message for the broker; False when the socket cannot take it now."""
+        if self._sock is None:
+            return False
+        try:
+            send_frames(self._sock, frames)
+        except zmq.Again:
+            return False
+        return True
+
+    def tell(self, command: bytes, body: dict[str, Any] | None = None) -> bool:
+        """Send a control command that expects no answer."""
+        return self.send(encode_control(command, body or {}))
+
+    def close(self, *, bye: bool = True) -> None:
+        """Stop heartbeating, say BYE (the broker forgets us at once), close the socket."""
+        for task in (self._beat, self._rejoin):
+            if task is not None:
+                task.cancel()
+        self._beat = self._rejoin = None
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        if bye:
+            with contextlib.suppress(zmq.ZMQError):
+                send_frames(sock, encode_control(BYE, {}))
+        if self._loop is not None:
+            self._loop.remove_reader(sock.FD)
+        sock.close()
+        for fut in self._asks.values():
+            if not fut.done():
+                fut.cancel()
+
+    async def _heartbeat(self) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        while True:
+            await asyncio.sleep(self.interval)
+            self.tell(HEARTBEAT)
+            silent = loop.time() - self._heard
+            if not self.lost and silent > self.interval * self.liveness:
+                self.lost = True
+                self._log.warning("broker lost", broker=self.address, silent_s=round(silent, 2))
+                if self.on_lost is not None:
+                    self.on_lost()
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(_BATCH):
+            try:
+                frames = recv_frames(sock)
+            except zmq.Again:
+                return
+            self._heard = self._loop.time() if self._loop is not None else 0.0
+            try:
+                self._dispatch(frames)
+            except ProtocolError as exc:
+                self.drops.drop(exc.reason, str(exc), plane="control")
+        assert self._loop is not None
+        self._loop.call_soon(self._on_readable)
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        command = frames[0]
+        if self.lost or command == RESET:
+            self._restore(command == RESET)
+        if command in TOOL_COMMANDS:
+            handler = self.handlers.get(command)
+            if len(frames) != 3 or handler is None:
+                raise ProtocolError("frames", f"unexpected {command[:16]!r} ({len(frames)} frames)")
+            handler(frames[1], frames[2])
+            return
+        command, body = decode_control(frames)
+        rid = body.get("rid")
+        fut = self._asks.get(rid) if isinstance(rid, int) else None
+        if fut is not None and not fut.done():
+            fut.set_result((command, body))
+
+    def _restore(self, reset: bool) -> None:
+        """The broker speaks again: say HELLO again (it may not know us), then re-announce."""
+        was_lost, self.lost = self.lost, False
+        if was_lost:
+            self._log.info("broker back", broker=self.address, reset=reset)
+        if self._rejoin is None or self._rejoin.done():
+            assert self._loop is not None
+            self._rejoin = self._loop.create_task(self._hello_again())
+
+    async def _hello_again(self) -> None:
+        try:
+            await self._say_hello(timeout=max(self.interval * self.liveness, 1.0))
+            if self.on_restored is not None:
+                await self.on_restored()
+        except (BrokerUnavailableError, ProtocolError) as exc:
+            self._log.warning("cannot rejoin the broker", error=str(exc))

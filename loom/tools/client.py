@@ -1,0 +1,304 @@
+"""``ToolClient``: call tools through the broker (what ``Actor.tool`` and ``loom call`` use)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from pydantic import BaseModel, Field
+
+from loom.config import DEFAULT_BROKER
+from loom.errors import (
+    BrokerLostError,
+    ClosedError,
+    ProtocolError,
+    ToolError,
+    ToolTimeoutError,
+    tool_error,
+)
+from loom.logs import get_logger
+from loom.protocol import (
+    CANCEL,
+    DEFAULT_MAX_PAYLOAD,
+    DIRECTORY,
+    FAIL,
+    PROGRESS,
+    RESULT,
+    decode_failure,
+    decode_ref,
+    decode_value,
+    encode_call,
+    encode_ref,
+    encode_value,
+)
+from loom.session import Session
+
+__all__ = ["ActorInfo", "Directory", "ToolClient", "ToolInfo", "WorkerInfo"]
+
+ProgressCallback = Callable[[Any], Any]
+
+
+class ActorInfo(BaseModel):
+    """A live actor (or client) the broker knows."""
+
+    name: str
+    role: str
+    pid: int | None = None
+    patterns: list[str] = Field(default_factory=list)
+    since: float
+    last_seen: float
+
+
+class WorkerInfo(BaseModel):
+    """A live worker: its tools and the calls it runs now."""
+
+    name: str
+    pid: int | None = None
+    tools: list[str]
+    in_flight: int
+    draining: bool
+    since: float
+    last_seen: float
+
+
+class ToolInfo(BaseModel):
+    """A tool some worker announced, with its schema and counters."""
+
+    name: str
+    description: str = ""
+    schema_: dict[str, Any] = Field(alias="schema")
+    returns: dict[str, Any] | None = None
+    timeout: float | None = None
+    idempotent: bool = False
+    workers: list[str]
+    capacity: int
+    in_flight: int
+    queued: int
+    calls: int
+    errors: int
+
+
+class Directory(BaseModel):
+    """What the broker knows of the mesh at one moment."""
+
+    actors: list[ActorInfo]
+    clients: list[ActorInfo] = Field(default_factory=list)
+    """Peers that said HELLO but are not actors (``loom call``, scripts)."""
+    workers: list[WorkerInfo]
+    tools: list[ToolInfo]
+
+    def tool(self, name: str) -> ToolInfo | None:
+        """The tool called ``name``, if any worker serves it."""
+        return next((t for t in self.tools if t.name == name), None)
+
+
+class _Pending:
+    __slots__ = ("future", "on_progress", "timeout", "timer", "tool")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        tool: str,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.future = future
+        self.tool = tool
+        self.timeout = timeout
+        self.on_progress = on_progress
+        self.timer: asyncio.Timeout | None = None
+
+
+def _margin(timeout: float) -> float:
+    """How long past a call's timeout the client waits for the broker's own TIMEOUT."""
+    return 0.5 + 0.1 * timeout
+
+
+class ToolClient:
+    """Calls tools over a :class:`Session`.
+
+    The broker enforces every call's deadline; the client keeps its own, a little later,
+    in case the broker itself goes silent (then ``BrokerLostError`` comes sooner, from the
+    session's heartbeats).
+
+    Args:
+        session: an open session to the broker.
+        max_payload: the largest arguments map the broker accepts, bytes.
+    """
+
+    def __init__(self, session: Session, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.session = session
+        self.max_payload = max_payload
+        self.late = 0
+        """Answers that arrived for calls no longer waiting (cancelled, timed out)."""
+        self._pending: dict[int, _Pending] = {}
+        self._ids = 0
+        self._owned: tuple[zmq.Context[Any], Session] | None = None
+        session.handlers[RESULT] = self._on_result
+        session.handlers[FAIL] = self._on_fail
+        session.handlers[PROGRESS] = self._on_progress
+        session.on_lost = self._on_lost
+
+    @classmethod
+    async def connect(
+        cls, broker: str = DEFAULT_BROKER, *, name: str = "client", timeout: float = 5.0
+    ) -> ToolClient:
+        """A client with its own context and session; close it with ``close()`` (or use
+        ``async with``).
+
+        Raises:
+            BrokerUnavailableError: the broker did not answer within ``timeout`` seconds.
+            VersionMismatchError: the broker speaks another protocol version.
+        """
+        context: zmq.Context[Any] = zmq.Context()
+        session = Session(broker, context, name=name, role="client", log=get_logger("loom.client"))
+        try:
+            hello = await session.open(timeout)
+        except BaseException:
+            context.term()
+            raise
+        client = cls(session, max_payload=int(hello.get("max_payload", DEFAULT_MAX_PAYLOAD)))
+        client._owned = (context, session)
+        return client
+
+    async def __aenter__(self) -> ToolClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Fail the calls still waiting with ``ClosedError``; close what ``connect`` opened."""
+        self.fail_all(ClosedError("the tool client was closed"))
+        if self._owned is not None:
+            context, session = self._owned
+            self._owned = None
+            session.close()
+            context.term()
+
+    async def call(
+        self,
+        tool: str,
+        args: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        trace: bytes | None = None,
+    ) -> Any:
+        """Call ``tool`` with ``args`` and return its result.
+
+        Args:
+            tool: the tool's name.
+            args: its arguments, by name.
+            timeout: seconds the call may run without progress (default: the tool's own).
+            on_progress: called with each progress report's data.
+            trace: the trace id the call belongs to.
+
+        Raises:
+            ToolError: a subclass per code (``UnknownToolError``, ``InvalidParamsError``,
+                ``ToolTimeoutError``, ``WorkerLostError``, ``ToolFailedError``,
+                ``OverloadedError``, ``CallCancelledError``, ``ResultTooLargeError``,
+                ``BrokerLostError``).
+            EncodeError, PayloadTooLargeError: ``args`` cannot be sent.
+            ClosedError: the client was closed while waiting.
+
+        Cancelling the awaiting task cancels the call on its worker.
+        """
+        body = encode_value(args if args is not None else {}, self.max_payload)
+        self._ids += 1
+        call_id = self._ids
+        loop = asyncio.get_running_loop()
+        entry = _Pending(loop.create_future(), tool, timeout, on_progress)
+        self._pending[call_id] = entry
+        frames = encode_call(call_id, tool, timeout, trace, body)
+        try:
+            if timeout is None:
+                if not self.session.send(frames):
+                    await self._send_waiting(frames)
+                return await entry.future
+            async with asyncio.timeout(timeout + _margin(timeout)) as entry.timer:
+                if not self.session.send(frames):
+                    await self._send_waiting(frames)
+                return await entry.future
+        except ToolError:
+            raise
+        except TimeoutError:
+            self.session.send(encode_ref(CANCEL, call_id))
+            raise ToolTimeoutError(
+                f"{tool}: no answer from the broker within {timeout:g}s", tool=tool
+            ) from None
+        except asyncio.CancelledError:
+            self.session.send(encode_ref(CANCEL, call_id))
+            raise
+        finally:
+            self._pending.pop(call_id, None)
+
+    async def directory(self, timeout: float = 5.0) -> Directory:
+        """What the broker knows: live actors, workers, and tools with their schemas.
+
+        Raises:
+            BrokerUnavailableError: no answer within ``timeout`` seconds.
+        """
+        command, body = await self.session.ask(DIRECTORY, {}, timeout)
+        if command != DIRECTORY:
+            raise ProtocolError("directory", f"unexpected answer {command!r}: {body}")
+        return Directory.model_validate(body)
+
+    def fail_all(self, error: Exception) -> None:
+        """Fail every waiting call with ``error``."""
+        for entry in self._pending.values():
+            if not entry.future.done():
+                entry.future.set_exception(error)
+        self._pending.clear()
+
+    async def _send_waiting(self, frames: list[bytes]) -> None:
+        delay = 0.0005
+        while not self.session.send(frames):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _on_lost(self) -> None:
+        if self._pending:
+            self.fail_all(BrokerLostError(f"the broker at {self.session.address} went silent"))
+
+    def _take(self, meta: bytes) -> _Pending | None:
+        entry = self._pending.pop(decode_ref(meta), None)
+        if entry is None or entry.future.done():
+            self.late += 1
+            return None
+        return entry
+
+    def _on_result(self, meta: bytes, body: bytes) -> None:
+        entry = self._take(meta)
+        if entry is not None:
+            try:
+                entry.future.set_result(decode_value(body))
+            except ProtocolError as exc:
+                entry.future.set_exception(exc)
+
+    def _on_fail(self, meta: bytes, body: bytes) -> None:
+        entry = self._take(meta)
+        if entry is not None:
+            try:
+                info = decode_failure(body)
+            except ProtocolError as exc:
+                entry.future.set_exception(exc)
+                return
+            code, message = info.pop("code"), info.pop("message")
+            info.pop("tool", None)
+            entry.future.set_exception(tool_error(code, message, tool=entry.tool, **info))
+
+    def _on_progress(self, meta: bytes, body: bytes) -> None:
+        entry = self._pending.get(decode_ref(meta))
+        if entry is None:
+            return
+        if entry.timer is not None and entry.timeout is not None:
+            loop = asyncio.get_running_loop()
+            entry.timer.reschedule(loop.time() + entry.timeout + _margin(entry.timeout))
+        if entry.on_progress is not None:
+            try:
+                entry.on_progress(decode_value(body))
+            except Exception as exc:  # the caller's callback: log it, the call goes on
+                get_logger("loom.client").warning("on_progress failed", exc_info=exc)
