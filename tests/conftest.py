@@ -25,6 +25,9 @@ from loom.protocol import STATS, VERSION, Envelope, encode_header
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 ACTORS = HERE / "actors"
+SAMPLE_TOOLS = str(HERE / "workers" / "sample.py")
+HEARTBEAT = 0.2
+"""Seconds, for the ``mesh`` broker; a peer is dead after 3 missed heartbeats (0.6 s)."""
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
@@ -165,6 +168,25 @@ def broker(spawn: Callable[..., Proc], endpoint: str) -> Iterator[str]:
     proc = start_broker(spawn, endpoint)
     yield endpoint
     assert proc.stop() == 0, proc.output
+
+
+@pytest.fixture
+def mesh(spawn: Callable[..., Proc], endpoint: str) -> Iterator[str]:
+    """A broker with a fast heartbeat (``HEARTBEAT``); yields its endpoint, checks it
+    exits 0."""
+    proc = start_broker(spawn, endpoint, "--heartbeat", str(HEARTBEAT))
+    yield endpoint
+    assert proc.stop() == 0, proc.output
+
+
+def start_worker(
+    spawn: Callable[..., Proc], broker: str, name: str, *extra: str, target: str = SAMPLE_TOOLS
+) -> Proc:
+    """``loom worker TARGET`` as a child process, once it says it is ready."""
+    command = [sys.executable, "-m", "loom.cli.main", "worker", target, "--broker", broker]
+    proc = spawn(*command, "--name", name, *extra)
+    proc.wait_line("worker ready")
+    return proc
 
 
 def spawn_actor(spawn: Callable[..., Proc], script: str, endpoint: str, *args: str) -> Proc:

@@ -1,4 +1,4 @@
-"""The `loom` command line against a real broker: pub, tap, stats, demo."""
+"""The `loom` command line against a real broker: pub, tap, stats, worker, list, call, demo."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Proc, free_tcp_endpoint, wait_for
+from conftest import Proc, free_tcp_endpoint, spawn_actor, start_worker, wait_for
 
 LOOM = [sys.executable, "-m", "loom.cli.main"]
 
@@ -85,12 +85,46 @@ def test_bad_input_and_missing_broker_fail_clearly(broker: str, short_tmp: Path)
     assert invalid.returncode == 1 and "empty or wildcard token" in invalid.stderr
 
 
+def test_call_prints_results_and_fails_with_the_code(mesh: str, spawn: Callable[..., Proc]) -> None:
+    """`loom call` prints the JSON result; a failure exits 1 naming the code."""
+    start_worker(spawn, mesh, "w1")
+    ok = loom("call", "sample.add", '{"a": 1, "b": 2}', "--broker", mesh)
+    assert (ok.returncode, ok.stdout) == (0, "3\n"), ok.stderr
+    unknown = loom("call", "sample.nope", "--broker", mesh)
+    assert unknown.returncode == 1 and "UNKNOWN_TOOL: no worker serves" in unknown.stderr
+    invalid = loom("call", "sample.add", '{"a": "x"}', "--broker", mesh)
+    assert invalid.returncode == 1
+    assert "INVALID_PARAMS: invalid arguments for sample.add: a: Input" in invalid.stderr
+    crawl = loom(
+        "call", "sample.crawl", '{"steps": 2, "interval": 0.1}', "--progress", "--broker", mesh
+    )
+    assert crawl.stdout == "2\n" and 'progress: {"step": 2}' in crawl.stderr
+    assert loom("call", "sample.add", "[1]", "--broker", mesh).returncode == 2
+
+
+def test_list_shows_actors_workers_and_tools(mesh: str, spawn: Callable[..., Proc]) -> None:
+    """`loom list` prints the live actors, workers and tools; `--json` the directory."""
+    start_worker(spawn, mesh, "w1")
+    spawn_actor(spawn, "echo", mesh)
+    listing = loom("list", "--broker", mesh)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert any(line.split()[:1] == ["echo"] and "ping.*" in line for line in lines), lines
+    assert any(line.startswith("w1 ") and "sample.add" in line for line in lines), lines
+    assert any(line.startswith("sample.add ") and "Add two integers." in line for line in lines)
+    directory = json.loads(loom("list", "--json", "--broker", mesh).stdout)
+    assert {t["name"] for t in directory["tools"]} >= {"sample.add", "sample.crawl"}
+    add = next(t for t in directory["tools"] if t["name"] == "sample.add")
+    assert add["schema"]["required"] == ["a"] and add["workers"] == ["w1"]
+
+
 @pytest.mark.parametrize("how", ["duration", "sigint"])
 @pytest.mark.timeout(90)
 def test_demo_runs_and_leaves_no_process(
     spawn: Callable[..., Proc], short_tmp: Path, how: str
 ) -> None:
-    """`loom demo` runs a broker and actors that talk; it stops them all and exits 0."""
+    """`loom demo` runs a broker, actors and a tool worker that talk (a trade decision
+    needs the demo.risk tool); it stops them all and exits 0."""
     args = [*LOOM, "demo", "--broker", f"ipc://{short_tmp}/demo"]
     demo = spawn(*args, "--duration", "8") if how == "duration" else spawn(*args)
     parent = psutil.Process(demo.pid)

@@ -97,7 +97,7 @@ class Tool:
             raise ToolDefinitionError(f"tool {self.name!r}: timeout must be positive")
         self.timeout = timeout
         self.idempotent = idempotent
-        self.concurrency = concurrency or (8 if self.is_async else 1)
+        self.concurrency = concurrency if concurrency is not None else 8 if self.is_async else 1
         if self.concurrency < 1:
             raise ToolDefinitionError(f"tool {self.name!r}: concurrency must be at least 1")
         summary, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
