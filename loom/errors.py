@@ -208,7 +208,9 @@ _BY_CODE: dict[str, type[ToolError]] = {
 }
 
 
-def tool_error(code: str, message: str, *, tool: str = "", **details: Any) -> ToolError:
+def tool_error(
+    code: str, message: str, *, tool: str = "", details: dict[str, Any] | None = None
+) -> ToolError:
     """The ``ToolError`` subclass for a wire ``code`` (the base class for codes it does not
     know, with ``.code`` set to that code)."""
     cls = _BY_CODE.get(code)

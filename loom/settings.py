@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 
 from loom.config import DEFAULT_BROKER
 from loom.errors import LoomError
-from loom.protocol import DEFAULT_MAX_PAYLOAD
+from loom.protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_TIMEOUT
 
 __all__ = ["BrokerSettings", "ConfigError", "LogSettings", "Settings", "load_settings"]
 
@@ -39,6 +39,7 @@ class BrokerSettings(_Section):
     call_timeout: PositiveFloat = 30.0
     max_queue: PositiveInt = 1000
     max_attempts: PositiveInt = 3
+    max_call_timeout: PositiveFloat = Field(default=DEFAULT_MAX_TIMEOUT, allow_inf_nan=False)
 
 
 class LogSettings(_Section):

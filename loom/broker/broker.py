@@ -12,7 +12,7 @@ from loom.broker.control import ControlPlane
 from loom.broker.pubsub import PubSubProxy
 from loom.broker.tools import ToolRouter
 from loom.logs import get_logger
-from loom.protocol import DEFAULT_MAX_PAYLOAD
+from loom.protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_TIMEOUT
 
 __all__ = ["Broker", "derive_endpoints"]
 
@@ -56,6 +56,7 @@ class Broker:
         call_timeout: a tool call's timeout when neither caller nor tool sets one.
         max_queue: tool calls waiting per tool before OVERLOADED.
         max_attempts: dispatches of an idempotent call whose workers keep dying.
+        max_call_timeout: the longest timeout a tool call gets, whatever it asks.
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class Broker:
         call_timeout: float = 30.0,
         max_queue: int = 1000,
         max_attempts: int = 3,
+        max_call_timeout: float = DEFAULT_MAX_TIMEOUT,
     ) -> None:
         self.endpoint = endpoint
         self.name = name
@@ -85,6 +87,7 @@ class Broker:
         self._call_timeout = call_timeout
         self._max_queue = max_queue
         self._max_attempts = max_attempts
+        self._max_call_timeout = max_call_timeout
         self._stopping = threading.Event()
         self._log = get_logger("loom.broker", broker=name)
         self.endpoints: dict[str, str] = {}
@@ -131,6 +134,7 @@ class Broker:
             max_queue=self._max_queue,
             max_attempts=self._max_attempts,
             max_payload=self._max_payload,
+            max_timeout=self._max_call_timeout,
         )
         control = self.control = ControlPlane(
             router,

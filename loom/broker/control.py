@@ -111,6 +111,7 @@ class ControlPlane:
             **announce,
             "heartbeat": heartbeat,
             "liveness": liveness,
+            "max_call_timeout": tools.max_timeout,
         }
         self._stats = stats
         self._log = log
@@ -172,6 +173,8 @@ class ControlPlane:
 
     def tick(self) -> float:
         """Expire silent peers, time out calls; returns when to call again (monotonic)."""
+        for identity in list(self.tools.doomed):
+            self._forget(identity, "unreachable")
         now = self._clock()
         if now >= self._next_check:
             self._next_check = now + self._heartbeat / 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from loom.logs import DropCounter
 from loom.protocol import (
     CALL,
     CANCEL,
+    DEFAULT_MAX_TIMEOUT,
     FAIL,
     PROGRESS,
     RESULT,
@@ -142,6 +144,7 @@ class ToolRouter:
         max_queue: calls waiting per tool before new ones get OVERLOADED.
         max_attempts: dispatches of an idempotent call before WORKER_LOST.
         max_payload: largest arguments or result forwarded, bytes.
+        max_timeout: the longest timeout a call gets, whatever it asks for.
         clock: monotonic seconds.
     """
 
@@ -154,6 +157,7 @@ class ToolRouter:
         max_queue: int = 1000,
         max_attempts: int = 3,
         max_payload: int = 1 << 20,
+        max_timeout: float = DEFAULT_MAX_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
@@ -162,6 +166,7 @@ class ToolRouter:
         self.max_queue = max_queue
         self.max_attempts = max_attempts
         self.max_payload = max_payload
+        self.max_timeout = max_timeout
         self._clock = clock
         self.tools: dict[str, ToolEntry] = {}
         self.workers: dict[bytes, WorkerState] = {}
@@ -170,6 +175,9 @@ class ToolRouter:
         self._by_client: dict[bytes, dict[int, Call]] = {}
         self._deadlines: list[tuple[float, int]] = []
         self._tokens = 0
+        self.doomed: set[bytes] = set()
+        """Workers a send failed to reach: the control plane forgets them at its next tick
+        (not in the middle of the dispatch that noticed)."""
         self.drops = DropCounter(log)
         self.counts = {"calls": 0, "results": 0, "failures": 0, "late": 0, "redispatched": 0}
 
@@ -201,6 +209,8 @@ class ToolRouter:
                 slot = worker.slots[name] = Slot(worker, name, capacity)
                 entry.slots[identity] = slot
             slot.capacity = capacity
+            if slot.busy >= capacity and slot in entry.free:  # capacity lowered
+                entry.free.remove(slot)
             self._make_free(entry, slot)
             self._pump(entry)
         self._log.info("worker ready", worker=worker.name, tools=[s["name"] for s in specs])
@@ -223,12 +233,14 @@ class ToolRouter:
         worker = self.workers.pop(identity, None)
         if worker is None:
             return
+        self.doomed.discard(identity)
         now = self._clock()
         for name, slot in worker.slots.items():
-            entry = self.tools[name]
-            entry.slots.pop(identity, None)
-            if slot in entry.free:
-                entry.free.remove(slot)
+            served = self.tools.get(name)
+            if served is not None:
+                served.slots.pop(identity, None)
+                if slot in served.free:
+                    served.free.remove(slot)
         lost = [call for call in worker.calls.values() if not call.answered]
         for call in lost:
             call.slot = None
@@ -239,15 +251,14 @@ class ToolRouter:
                 why = "no retry left"
             else:
                 self.counts["redispatched"] += 1
+                self._renew_token(call)  # the old run may go on somewhere: never confuse them
                 owner.queue.appendleft(call)
                 self._pump(owner)
                 continue
             message = f"worker {worker.name} {reason} running {call.tool} ({why})"
             self._answer_fail(call, "WORKER_LOST", message)
-        for name in list(worker.slots):
-            entry = self.tools[name]
-            if not entry.slots and not entry.queue:
-                del self.tools[name]
+        for name in worker.slots:
+            self._drop_if_unserved(name)
         level = self._log.info if reason == "left" else self._log.warning
         level("worker gone", worker=worker.name, reason=reason, calls_lost=len(lost))
 
@@ -255,7 +266,6 @@ class ToolRouter:
         """A caller left or died: cancel its calls."""
         for call in list(self._by_client.get(identity, {}).values()):
             self._cancel_call(call)
-        self._by_client.pop(identity, None)
 
     # --- messages ----------------------------------------------------------------
 
@@ -279,12 +289,13 @@ class ToolRouter:
             self._reply_fail(client, call_id, "OVERLOADED", message)
             return
         timeout = float(timeout or entry.spec.get("timeout") or self.default_timeout)
+        timeout = min(timeout, self.max_timeout)
         self._tokens += 1
         now = self._clock()
         call = Call(self._tokens, client, call_id, name, args, timeout, now + timeout, trace)
         self._live[call.token] = call
         self._by_client.setdefault(client, {})[call_id] = call
-        heapq.heappush(self._deadlines, (call.deadline, call.token))
+        self._push_deadline(call)
         if entry.free:
             self._dispatch(entry, call, now)
         else:
@@ -316,6 +327,11 @@ class ToolRouter:
         call = self._finished(worker_id, meta)
         if call is None:
             return
+        if len(body) > self.max_payload:
+            message = f"{call.tool}'s failure of {len(body)} bytes exceeds {self.max_payload}"
+            self.drops.drop("too_large", message, plane="tools")
+            self._answer_fail(call, "TOO_LARGE", message)
+            return
         try:
             code: str = decode_failure(body)["code"]
         except ProtocolError as exc:
@@ -335,6 +351,9 @@ class ToolRouter:
         call = worker.calls.get(token) if worker is not None else None
         if call is None or call.answered:
             return
+        if len(body) > self.max_payload:
+            self.drops.drop("too_large", f"progress of {len(body)} bytes", plane="tools")
+            body = b""
         call.deadline = max(call.deadline, self._clock() + call.timeout)
         self._send(call.client, encode_ref(PROGRESS, call.call_id, body))
 
@@ -354,13 +373,16 @@ class ToolRouter:
             if call.slot is None:
                 if entry is not None and call in entry.queue:
                     entry.queue.remove(call)
-                    if not entry.slots and not entry.queue:  # its last worker went away
-                        del self.tools[call.tool]
                 message = f"{call.tool}: no worker was free within {call.timeout:g}s"
             else:
                 self._send(call.slot.worker.identity, encode_ref(CANCEL, call.token))
                 message = f"{call.tool}: no result or progress within {call.timeout:g}s"
             self._answer_fail(call, "TIMEOUT", message)
+            self._drop_if_unserved(call.tool)
+        if len(deadlines) > 2 * len(self._live) + 1000:  # answered calls' entries pile up
+            self._deadlines = [(c.deadline, t) for t, c in self._live.items()]
+            heapq.heapify(self._deadlines)
+            deadlines = self._deadlines
         return deadlines[0][0] if deadlines else None
 
     # --- internals ---------------------------------------------------------------
@@ -378,7 +400,7 @@ class ToolRouter:
         worker.calls[call.token] = call
         meta = _packb((call.token, call.tool, call.timeout, call.trace))
         if not self._send(worker.identity, [CALL, meta, call.args]):
-            self.worker_gone(worker.identity, "unreachable")
+            self.doomed.add(worker.identity)  # its calls are retried or failed at the tick
 
     def _pump(self, entry: ToolEntry) -> None:
         """Dispatch queued calls while some worker of the tool has room."""
@@ -419,13 +441,7 @@ class ToolRouter:
         return call
 
     def _answer(self, call: Call, command: bytes, body: bytes) -> None:
-        call.answered = True
-        self._live.pop(call.token, None)
-        calls = self._by_client.get(call.client)
-        if calls is not None:
-            calls.pop(call.call_id, None)
-            if not calls:
-                del self._by_client[call.client]
+        self._settle(call)
         entry = self.tools.get(call.tool)
         if entry is not None:
             entry.calls += 1
@@ -447,18 +463,43 @@ class ToolRouter:
         self.counts["failures"] += 1
         self._send(client, encode_ref(FAIL, call_id, encode_failure(code, message)))
 
+    def _settle(self, call: Call) -> None:
+        """Nobody waits for ``call`` any more: forget it everywhere but on its worker."""
+        call.answered = True
+        self._live.pop(call.token, None)
+        calls = self._by_client.get(call.client)
+        if calls is not None:
+            calls.pop(call.call_id, None)
+            if not calls:
+                del self._by_client[call.client]
+
     def _cancel_call(self, call: Call) -> None:
         if call.answered:
             return
-        call.answered = True  # nobody waits for an answer any more
-        self._live.pop(call.token, None)
-        self._by_client.get(call.client, {}).pop(call.call_id, None)
+        self._settle(call)
         if call.slot is None:
             entry = self.tools.get(call.tool)
             if entry is not None and call in entry.queue:
                 entry.queue.remove(call)
+                self._drop_if_unserved(call.tool)
         else:
             self._send(call.slot.worker.identity, encode_ref(CANCEL, call.token))
+
+    def _drop_if_unserved(self, name: str) -> None:
+        """Forget a tool no worker serves once no call waits for it (UNKNOWN_TOOL again)."""
+        entry = self.tools.get(name)
+        if entry is not None and not entry.slots and not entry.queue:
+            del self.tools[name]
+
+    def _push_deadline(self, call: Call) -> None:
+        heapq.heappush(self._deadlines, (call.deadline, call.token))
+
+    def _renew_token(self, call: Call) -> None:
+        self._live.pop(call.token, None)
+        self._tokens += 1
+        call.token = self._tokens
+        self._live[call.token] = call
+        self._push_deadline(call)
 
     def _malformed(self, client: bytes, meta: bytes, exc: ProtocolError) -> None:
         self.drops.drop(exc.reason, str(exc), plane="tools")
@@ -504,5 +545,8 @@ def _valid_spec(spec: Any) -> bool:
         and isinstance(spec.get("schema"), dict)
         and type(concurrency) is int
         and concurrency >= 1
-        and (timeout is None or (type(timeout) in (int, float) and timeout > 0))
+        and (timeout is None or (type(timeout) in (int, float) and 0 < timeout < math.inf))
+        and isinstance(spec.get("description", ""), str | None)
+        and isinstance(spec.get("returns"), dict | None)
+        and isinstance(spec.get("idempotent", False), bool)
     )

@@ -13,6 +13,7 @@ word. Two layouts follow it:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgpack
@@ -28,6 +29,7 @@ __all__ = [
     "CALL",
     "CANCEL",
     "CONTROL_COMMANDS",
+    "DEFAULT_MAX_TIMEOUT",
     "DIRECTORY",
     "DRAIN",
     "ERROR_CODES",
@@ -68,7 +70,8 @@ READY = b"READY"
 DRAIN = b"DRAIN"
 """worker -> broker: send me no more calls; broker -> worker: none will come."""
 BYE = b"BYE"
-"""peer -> broker: leaving now (calls still on a worker are lost)."""
+"""peer -> broker: leaving now. A worker's unfinished calls are dispatched again
+(idempotent) or answered WORKER_LOST; a client's are cancelled."""
 HEARTBEAT = b"HEARTBEAT"
 """peer -> broker each interval; the broker answers each one."""
 RESET = b"RESET"
@@ -89,6 +92,10 @@ FAIL = b"FAIL"
 PROGRESS = b"PROGRESS"
 
 TOOL_COMMANDS = frozenset((CALL, CANCEL, RESULT, FAIL, PROGRESS))
+
+DEFAULT_MAX_TIMEOUT = 3600.0
+"""The longest timeout (seconds) a broker grants a call unless configured otherwise; a call
+asking for more gets this much. Progress reports extend a call past it."""
 
 ERROR_CODES = (
     "UNKNOWN_TOOL",
@@ -151,7 +158,7 @@ def decode_call(meta: bytes) -> tuple[int, str, float | None, bytes | None]:
         raise ProtocolError("meta", f"CALL meta is not [id, tool, timeout, trace]: {exc}") from exc
     if type(call_id) is not int or type(tool) is not str:
         raise ProtocolError("meta", "CALL id must be an int and tool a string")
-    if timeout is not None and (type(timeout) not in (int, float) or timeout <= 0):
+    if timeout is not None and not (type(timeout) in (int, float) and 0 < timeout < math.inf):
         raise ProtocolError("meta", f"CALL timeout must be a positive number, not {timeout!r}")
     if trace is not None and type(trace) is not bytes:
         raise ProtocolError("meta", "CALL trace must be bytes")

@@ -22,6 +22,7 @@ from loom.logs import get_logger
 from loom.protocol import (
     CANCEL,
     DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_TIMEOUT,
     DIRECTORY,
     FAIL,
     PROGRESS,
@@ -113,15 +114,16 @@ class _Pending:
 
 def _margin(timeout: float) -> float:
     """How long past a call's timeout the client waits for the broker's own TIMEOUT."""
-    return 0.5 + 0.1 * timeout
+    return 0.5 + 0.1 * min(timeout, 60.0)
 
 
 class ToolClient:
     """Calls tools over a :class:`Session`.
 
-    The broker enforces every call's deadline; the client keeps its own, a little later,
-    in case the broker itself goes silent (then ``BrokerLostError`` comes sooner, from the
-    session's heartbeats).
+    The broker enforces every call's deadline. The client keeps its own, a little later
+    (the broker's longest timeout when the call gives none), restarted by each progress
+    report, in case the broker cannot answer; a broker that goes silent or forgets this
+    client (RESET) fails the waiting calls with ``BrokerLostError`` sooner.
 
     Args:
         session: an open session to the broker.
@@ -131,6 +133,8 @@ class ToolClient:
     def __init__(self, session: Session, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         self.session = session
         self.max_payload = max_payload
+        self.max_timeout = float(session.hello.get("max_call_timeout", DEFAULT_MAX_TIMEOUT))
+        """The longest timeout the broker grants a call (its HELLO says)."""
         self.late = 0
         """Answers that arrived for calls no longer waiting (cancelled, timed out)."""
         self._pending: dict[int, _Pending] = {}
@@ -192,7 +196,9 @@ class ToolClient:
         Args:
             tool: the tool's name.
             args: its arguments, by name.
-            timeout: seconds the call may run without progress (default: the tool's own).
+            timeout: seconds the call may take from now; each progress report pushes the
+                deadline to ``timeout`` seconds after it (default: the tool's own, else the
+                broker's).
             on_progress: called with each progress report's data.
             trace: the trace id the call belongs to.
 
@@ -207,27 +213,29 @@ class ToolClient:
         Cancelling the awaiting task cancels the call on its worker.
         """
         body = encode_value(args if args is not None else {}, self.max_payload)
+        if self.session.closed:
+            raise ClosedError("the tool client is closed")
         self._ids += 1
         call_id = self._ids
         loop = asyncio.get_running_loop()
-        entry = _Pending(loop.create_future(), tool, timeout, on_progress)
+        # The broker answers TIMEOUT on time; this timer only guards against a broker that
+        # cannot (gone quiet, or never answering): it allows the longest timeout the
+        # broker grants when none is given, and every progress report restarts it.
+        limit = timeout if timeout is not None else self.max_timeout
+        entry = _Pending(loop.create_future(), tool, limit, on_progress)
         self._pending[call_id] = entry
         frames = encode_call(call_id, tool, timeout, trace, body)
         try:
-            if timeout is None:
+            async with asyncio.timeout(limit + _margin(limit)) as entry.timer:
                 if not self.session.send(frames):
-                    await self._send_waiting(frames)
-                return await entry.future
-            async with asyncio.timeout(timeout + _margin(timeout)) as entry.timer:
-                if not self.session.send(frames):
-                    await self._send_waiting(frames)
+                    await self._send_waiting(frames, entry)
                 return await entry.future
         except ToolError:
             raise
         except TimeoutError:
             self.session.send(encode_ref(CANCEL, call_id))
             raise ToolTimeoutError(
-                f"{tool}: no answer from the broker within {timeout:g}s", tool=tool
+                f"{tool}: no answer from the broker within {limit:g}s", tool=tool
             ) from None
         except asyncio.CancelledError:
             self.session.send(encode_ref(CANCEL, call_id))
@@ -253,9 +261,13 @@ class ToolClient:
                 entry.future.set_exception(error)
         self._pending.clear()
 
-    async def _send_waiting(self, frames: list[bytes]) -> None:
+    async def _send_waiting(self, frames: list[bytes], entry: _Pending) -> None:
         delay = 0.0005
         while not self.session.send(frames):
+            if entry.future.done():  # failed meanwhile (closed, broker lost)
+                return
+            if self.session.closed:
+                raise ClosedError("the tool client was closed")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
@@ -287,16 +299,17 @@ class ToolClient:
                 entry.future.set_exception(exc)
                 return
             code, message = info.pop("code"), info.pop("message")
-            info.pop("tool", None)
-            entry.future.set_exception(tool_error(code, message, tool=entry.tool, **info))
+            details = {str(key): value for key, value in info.items() if key != "tool"}
+            entry.future.set_exception(tool_error(code, message, tool=entry.tool, details=details))
 
     def _on_progress(self, meta: bytes, body: bytes) -> None:
         entry = self._pending.get(decode_ref(meta))
         if entry is None:
             return
-        if entry.timer is not None and entry.timeout is not None:
+        timer = entry.timer
+        if timer is not None and entry.timeout is not None and not timer.expired():
             loop = asyncio.get_running_loop()
-            entry.timer.reschedule(loop.time() + entry.timeout + _margin(entry.timeout))
+            timer.reschedule(loop.time() + entry.timeout + _margin(entry.timeout))
         if entry.on_progress is not None:
             try:
                 entry.on_progress(decode_value(body))

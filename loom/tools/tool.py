@@ -30,7 +30,9 @@ class ToolContext:
     Attributes:
         call: the broker's token for this call (unique per broker run).
         tool: the tool's name.
-        timeout: the call's lease in seconds: progress must come at least this often.
+        timeout: the call's timeout in seconds. The deadline runs from the call's arrival
+            at the broker (time queued counts); each progress report moves it to
+            ``timeout`` seconds after the report.
     """
 
     __slots__ = ("_cancelled", "_last", "_report", "call", "timeout", "tool")
@@ -52,9 +54,10 @@ class ToolContext:
         return self._cancelled
 
     def progress(self, data: Any = None) -> None:
-        """Report progress: extends the call's lease by its timeout and passes ``data``
-        (anything msgpack-able) to the caller. Safe from the tool's thread. Reports closer
-        than 50 ms apart are folded into one."""
+        """Report progress: moves the call's deadline to ``timeout`` seconds from now and
+        passes ``data`` (anything msgpack-able) to the caller. Safe from the tool's
+        thread. A report less than 50 ms after the one before is dropped (data and all):
+        report the final state with the result, not with progress."""
         now = time.monotonic()
         if now - self._last >= _PROGRESS_EVERY:
             self._last = now
@@ -71,8 +74,9 @@ class Tool:
     Attributes:
         name: the tool's name on the mesh (``fs.read``).
         description: what it does, for people and models (the docstring's text).
-        timeout: seconds a call may run without reporting progress (``None``: the
-            broker's default).
+        timeout: seconds a call may take, counted from its arrival at the broker; each
+            progress report moves the deadline to ``timeout`` seconds after it (``None``:
+            the broker's default).
         idempotent: a call may be run again on another worker when its worker dies.
         concurrency: how many calls one worker runs at once.
     """
@@ -218,7 +222,7 @@ def tool(
 
     Args:
         name: the tool's name (default ``module.function``).
-        timeout: seconds a call may run without reporting progress.
+        timeout: seconds a call may take; each progress report restarts the count.
         idempotent: the call may be retried on another worker if its worker dies.
         concurrency: calls one worker runs at once (default 8 for ``async def``, 1 for
             ``def``, which runs in a thread).

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -124,13 +126,26 @@ class Worker:
         self._pool = ThreadPoolExecutor(max(threads, 1), thread_name_prefix="loom-tool")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        self._backlog: collections.deque[list[bytes]] = collections.deque()
+        self._flusher: asyncio.Task[None] | None = None
+        self._stuck = 0
+        """``def`` tools abandoned at stop, still running in their threads."""
 
     # --- lifecycle ---------------------------------------------------------------
 
     def run(self) -> None:
-        """Start, serve until SIGINT or SIGTERM, drain, stop. Blocks; for scripts."""
+        """Start, serve until SIGINT or SIGTERM, drain, stop. Blocks; for scripts.
+
+        A ``def`` tool still running after the grace period cannot be interrupted (it is
+        a thread); the process then ends with ``os._exit(0)`` rather than wait for it.
+        """
         self.broker = broker_address(self.broker)
         asyncio.run(self._serve())
+        if self._stuck:
+            self.log.warning("exiting with tool threads still running", threads=self._stuck)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -177,6 +192,8 @@ class Worker:
 
     async def _announce(self) -> None:
         assert self._session is not None
+        if self._draining:  # a broker that forgot us while we drain: stay forgotten
+            return
         body = {
             "name": self.name,
             "pid": os.getpid(),
@@ -205,9 +222,14 @@ class Worker:
         left = list(self._running)
         self._abandoned.update(left)
         for token in left:
-            self._running[token].task.cancel()
+            running = self._running[token]
+            running.context.cancel()
+            running.task.cancel()
+            self._stuck += not running.tool.is_async
         if left:
             self.log.warning("calls left to the broker", calls=len(left))
+        if self._flusher is not None:  # answers still waiting for room on the link
+            await asyncio.wait({self._flusher}, timeout=1.0)
         self._close()
         self.log.info("worker stopped", **self.stats.as_dict())
 
@@ -267,13 +289,9 @@ class Worker:
         except Exception as exc:
             self.stats.failed += 1
             self.log.warning("tool failed", tool=tool.name, exc_info=exc)
-            self._fail(
-                token,
-                "TOOL_ERROR",
-                f"{type(exc).__name__}: {exc}",
-                type=type(exc).__name__,
-                remote_message=str(exc),
-            )
+            text = _truncate(str(exc))
+            name = type(exc).__name__
+            self._fail(token, "TOOL_ERROR", f"{name}: {text}", type=name, remote_message=text)
             return
         finally:
             self._running.pop(token, None)
@@ -331,9 +349,32 @@ class Worker:
         self._send(encode_ref(FAIL, token, encode_failure(code, message, **details)))
 
     def _send(self, frames: list[bytes]) -> None:
-        if self._session is None or not self._session.send(frames):
-            self.log.warning("answer not sent: the link to the broker is full or closed")
+        """Send an answer; when the link is full, keep it (in order) and retry: a lost
+        answer would hold the call's slot at the broker until the worker leaves."""
+        if self._session is None:
+            self.log.warning("answer not sent: the worker is closed")
+        elif self._backlog or not self._session.send(frames):
+            self._backlog.append(frames)
+            if self._flusher is None and self._loop is not None:
+                self._flusher = self._loop.create_task(self._flush_backlog())
+
+    async def _flush_backlog(self) -> None:
+        delay = 0.001
+        try:
+            while self._backlog and self._session is not None:
+                if self._session.send(self._backlog[0]):
+                    self._backlog.popleft()
+                    delay = 0.001
+                else:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+        finally:
+            self._flusher = None
 
     def _drop(self, exc: ProtocolError) -> None:
         if self._session is not None:
             self._session.drops.drop(exc.reason, str(exc), plane="tools")
+
+
+def _truncate(text: str, limit: int = 4096) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

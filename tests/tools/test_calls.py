@@ -85,6 +85,30 @@ def test_invalid_params_unknown_tool_and_tool_errors_are_typed(
     with_client(mesh, body)
 
 
+def test_many_calls_in_flight_all_complete(mesh: str, spawn: Callable[..., Proc]) -> None:
+    """3000 calls, 32 in flight at a time, from an actor: every one is answered right
+    (the session reads its socket even when a send consumed the wake-up)."""
+    start_worker(spawn, mesh, "w1")
+
+    async def body() -> None:
+        actor = Actor(name="pipeliner", broker=mesh)
+        await actor.start()
+        try:
+            todo = iter(range(3000))
+            results: dict[int, int] = {}
+
+            async def lane() -> None:
+                for i in todo:
+                    results[i] = await actor.tool("sample.add", a=i, b=1, timeout=10)
+
+            await asyncio.gather(*(lane() for _ in range(32)))
+            assert results == {i: i + 1 for i in range(3000)}
+        finally:
+            await actor.stop()
+
+    asyncio.run(body())
+
+
 def test_calls_spread_least_recently_used_over_three_workers(
     mesh: str, spawn: Callable[..., Proc]
 ) -> None:

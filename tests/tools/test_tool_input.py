@@ -104,8 +104,8 @@ def test_oversized_results_and_malformed_worker_frames_are_survived(
 
 
 def test_malformed_calls_are_answered(spawn: Callable[..., Proc], endpoint: str) -> None:
-    """A CALL with a bad meta gets MALFORMED when its id can be read; non-map arguments
-    get INVALID_PARAMS from the worker."""
+    """A CALL with a bad meta (or a timeout that is not a positive finite number) gets
+    MALFORMED when its id can be read; non-map arguments get INVALID_PARAMS."""
     broker = start_broker(spawn, endpoint)
     start_worker(spawn, endpoint, "w1")
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
@@ -124,4 +124,7 @@ def test_malformed_calls_are_answered(spawn: Callable[..., Proc], endpoint: str)
         not_a_map = ask([CALL, msgpack.packb([8, "sample.add", 5, None]), msgpack.packb([1])])
         assert not_a_map["code"] == "INVALID_PARAMS" and "must be a map" in not_a_map["message"]
         assert not_a_map["id"] == 8
+        for n, timeout in enumerate((float("nan"), float("inf"), -1.0, 0)):
+            answer = ask([CALL, msgpack.packb([9 + n, "sample.add", timeout, None]), b"\x80"])
+            assert answer["code"] == "MALFORMED" and "timeout" in answer["message"]
     assert broker.stop() == 0
