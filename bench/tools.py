@@ -34,7 +34,14 @@ import zmq
 from loom import Actor, ToolClient, Worker, tool
 from loom.broker import Broker
 from loom.logs import configure_logging
-from loom.protocol import RESULT, decode_call, encode_call, encode_ref, recv_frames
+from loom.protocol import (
+    RESULT,
+    decode_call,
+    encode_call,
+    encode_ref,
+    recv_frames,
+    send_frames,
+)
 
 Call = Callable[[int], Awaitable[Any]]
 
@@ -53,16 +60,14 @@ def raw_server(endpoint: str, ready: Any) -> None:
     router = ctx.socket(zmq.ROUTER)
     router.bind(endpoint)
     ready.set()
-    signal.signal(signal.SIGTERM, lambda *_: ctx.term())
     packb, unpackb = msgpack.packb, msgpack.unpackb
     with contextlib.suppress(zmq.ContextTerminated):
         while True:
             identity, _, meta, body = recv_frames(router, 0)
             call_id, _, _, _ = decode_call(meta)
             args = unpackb(body)
-            router.send_multipart(
-                [identity, *encode_ref(RESULT, call_id, packb(args["a"] + args["b"]))]
-            )
+            reply = encode_ref(RESULT, call_id, packb(args["a"] + args["b"]))
+            send_frames(router, [identity, *reply], 0)
 
 
 def raw_client(endpoint: str, sequential: int, pipelined: int, window: int, results: Any) -> None:
@@ -72,10 +77,10 @@ def raw_client(endpoint: str, sequential: int, pipelined: int, window: int, resu
     packb, unpackb = msgpack.packb, msgpack.unpackb
 
     def send(i: int) -> None:
-        dealer.send_multipart(encode_call(i, "bench.add", 5.0, None, packb({"a": i, "b": 1})))
+        send_frames(dealer, encode_call(i, "bench.add", 5.0, None, packb({"a": i, "b": 1})), 0)
 
     def receive() -> int:
-        command, _, body = dealer.recv_multipart()
+        command, _, body = recv_frames(dealer, 0)
         assert command == RESULT
         return int(unpackb(body))
 
@@ -203,7 +208,7 @@ def scenario(kind: str, endpoint: str, args: argparse.Namespace) -> tuple[list[i
         latencies, rate = results.get(timeout=300)
     finally:
         client.join(10)
-        for proc in (client, *servers):
+        for proc in (client, *reversed(servers)):  # the worker leaves before the broker
             if proc.is_alive():
                 proc.terminate()
             proc.join(10)
