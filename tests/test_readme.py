@@ -1,11 +1,18 @@
-"""The README's two commands are the ones CI and a newcomer run."""
+"""The README: its two commands are the ones CI and a newcomer run; its examples run."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).parent.parent
+from conftest import ROOT, Proc, start_worker
+
+README = ROOT / "README.md"
+LOOM = [sys.executable, "-m", "loom.cli.main"]
 
 
 def _commands() -> list[str]:
@@ -25,3 +32,22 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     """.ci/run contains the README's test command as one line."""
     _, check = _commands()
     assert check in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_readme_tool_example_runs(
+    mesh: str, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """The README's `my_tools.py` is served by `loom worker` and answers `loom call`."""
+    source = re.search(r"```python\n# my_tools.py\n(.*?)```", README.read_text(), re.DOTALL)
+    assert source is not None
+    (tmp_path / "my_tools.py").write_text(source.group(1))
+    start_worker(spawn, mesh, "readme", target=str(tmp_path / "my_tools.py"))
+    call = subprocess.run(
+        [*LOOM, "call", "files.count_lines", json.dumps({"path": str(README)}), "--broker", mesh],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert call.returncode == 0, call.stderr
+    assert int(call.stdout) == len(README.read_text().splitlines())
