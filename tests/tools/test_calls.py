@@ -16,6 +16,7 @@ from conftest import Proc, start_worker, until
 
 from loom import (
     Actor,
+    CallCancelledError,
     InvalidParamsError,
     OverloadedError,
     ToolClient,
@@ -65,7 +66,8 @@ def test_call_returns_the_result_and_the_schema_is_announced(
 def test_invalid_params_unknown_tool_and_tool_errors_are_typed(
     mesh: str, spawn: Callable[..., Proc]
 ) -> None:
-    """INVALID_PARAMS names the field, UNKNOWN_TOOL the tool, TOOL_ERROR the remote type."""
+    """INVALID_PARAMS names the field, UNKNOWN_TOOL the tool, TOOL_ERROR the remote type;
+    a tool cancelled from within answers CANCELLED."""
     start_worker(spawn, mesh, "w1")
 
     async def body(client: ToolClient) -> None:
@@ -80,6 +82,9 @@ def test_invalid_params_unknown_tool_and_tool_errors_are_typed(
         with pytest.raises(ToolFailedError, match="ValueError: broken on purpose") as failed:
             await client.call("sample.boom", {"message": "broken on purpose"})
         assert failed.value.type_name == "ValueError" and failed.value.code == "TOOL_ERROR"
+        with pytest.raises(CallCancelledError) as cancelled:
+            await client.call("sample.gives_up")
+        assert cancelled.value.code == "CANCELLED"
         assert await client.call("sample.add", {"a": 1}) == 2  # and the worker goes on
 
     with_client(mesh, body)

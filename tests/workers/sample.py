@@ -85,3 +85,9 @@ def blob(size: int) -> bytes:
 def boom(message: str) -> None:
     """Raise ValueError(message)."""
     raise ValueError(message)
+
+
+@tool(name="sample.gives_up")
+async def gives_up() -> None:
+    """Cancelled from within (a task it awaited was cancelled): answers CANCELLED."""
+    raise asyncio.CancelledError
