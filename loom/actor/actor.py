@@ -15,35 +15,25 @@ from loom.actor.event import Event, current_event
 from loom.actor.link import Link
 from loom.actor.patterns import Pattern, Router
 from loom.actor.receiver import Receiver
+from loom.actor.verbs import Verbs
 from loom.config import DEFAULT_BROKER, broker_address
 from loom.errors import (
     BrokerUnavailableError,
     ClosedError,
-    HopLimitError,
-    NoReplyToError,
-    RequestTimeoutError,
 )
 from loom.logs import DropCounter, get_logger
 from loom.protocol import (
     ANNOUNCE,
     DEFAULT_MAX_PAYLOAD,
-    EVENT,
-    MAX_HOPS,
     REPLY,
-    REQUEST,
     IdSource,
-    encode_payload,
-    encode_topic,
-    pack_header,
-    send_message,
 )
-from loom.tools.client import Directory, ToolClient
+from loom.tools.client import ToolClient
 
 __all__ = ["Actor", "ActorStats", "on"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _PATTERNS_ATTR = "__loom_patterns__"
-_MAX_TOPIC_CACHE = 10_000
 
 
 def on(*patterns: str) -> Callable[[F], F]:
@@ -76,7 +66,7 @@ class ActorStats:
         self.drops = drops
 
 
-class Actor:
+class Actor(Verbs):
     """A long-running process on the mesh.
 
     Args:
@@ -399,190 +389,3 @@ class Actor:
             self._pending.pop(probe_id, None)
             if sock is not None and self._running:
                 sock.unsubscribe(topic.encode())
-
-    # --- verbs -------------------------------------------------------------------
-
-    async def emit(self, topic: str, data: Any = None, *, thread: str | None = None) -> None:
-        """Publish an event.
-
-        A coroutine so that a broker that cannot keep up slows the sender down instead
-        of losing the event (backpressure); it returns at once when there is room.
-
-        Raises:
-            ClosedError: the actor is not running.
-            TopicError: the topic is invalid.
-            EncodeError: ``data`` cannot be encoded with msgpack.
-            PayloadTooLargeError: the encoded data exceeds the broker's limit.
-            HopLimitError: emitted too many handlers deep (a loop, most likely).
-        """
-        frames = self._frames(topic, EVENT, data, thread=thread)
-        if not self._write(frames):
-            await self._write_waiting(frames)
-
-    async def request(
-        self, topic: str, data: Any = None, *, timeout: float = 5.0, thread: str | None = None
-    ) -> Any:
-        """Publish a request and return the first reply's data.
-
-        Raises:
-            RequestTimeoutError: no reply within ``timeout`` seconds (a ``TimeoutError``).
-            RemoteError: the responding handler raised.
-            ClosedError: the actor stopped while waiting.
-            TopicError, EncodeError, PayloadTooLargeError: as for ``emit``.
-        """
-        mid = self.ids.next()
-        frames = self._frames(
-            topic,
-            REQUEST,
-            data,
-            mid=mid,
-            reply_to=self._inbox,
-            deadline=time.time() + timeout,
-            thread=thread,
-        )
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[mid] = fut
-        try:
-            async with asyncio.timeout(timeout):
-                if not self._write(frames):
-                    await self._write_waiting(frames)
-                return await fut
-        except TimeoutError:
-            raise RequestTimeoutError(f"no reply on {topic!r} within {timeout:g}s") from None
-        finally:
-            self._pending.pop(mid, None)
-
-    async def reply(self, event: Event, data: Any) -> None:
-        """Answer a request (a handler may also just return the answer).
-
-        Raises:
-            NoReplyToError: ``event`` is not a request.
-            EncodeError, PayloadTooLargeError: as for ``emit``.
-        """
-        await self._answer(event, REPLY, data)
-
-    async def _answer(self, event: Event, kind: int, data: Any) -> None:
-        envelope = event.envelope
-        if envelope.reply_to is None:
-            raise NoReplyToError(f"event on {event.topic!r} from {event.sender!r} is not a request")
-        frames = self._frames(envelope.reply_to, kind, data, correlation_id=envelope.id)
-        event.replied = True
-        if not self._write(frames):
-            await self._write_waiting(frames)
-
-    async def tool(
-        self,
-        name: str,
-        args: dict[str, Any] | None = None,
-        /,
-        *,
-        timeout: float | None = None,
-        on_progress: Callable[[Any], Any] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Call the tool ``name`` on some worker and return its result.
-
-        Arguments go as a dict, as keywords, or both (keywords win). A tool parameter
-        called ``timeout`` or ``on_progress`` must go in the dict.
-
-        Args:
-            timeout: seconds the call may run without reporting progress (default: the
-                tool's own, else the broker's).
-            on_progress: called with the data of each progress report.
-
-        Raises:
-            ToolError: a subclass per failure code: ``UnknownToolError``,
-                ``InvalidParamsError``, ``ToolTimeoutError``, ``WorkerLostError``,
-                ``ToolFailedError``, ``OverloadedError``, ``CallCancelledError``,
-                ``ResultTooLargeError``, ``BrokerLostError``.
-            ClosedError: the actor is not running, or stopped while waiting.
-            EncodeError, PayloadTooLargeError: the arguments cannot be sent.
-
-        Cancelling the awaiting task cancels the call on the worker.
-        """
-        if self._tools is None or not self._accepting:
-            raise ClosedError(f"actor {self.name!r} is not running")
-        if kwargs:
-            args = {**(args or {}), **kwargs}
-        parent = current_event.get()
-        trace = None if parent is None else parent.envelope.trace_id
-        return await self._tools.call(
-            name, args, timeout=timeout, on_progress=on_progress, trace=trace
-        )
-
-    async def directory(self, timeout: float = 5.0) -> Directory:
-        """What the broker knows now: live actors, workers, tools with their schemas.
-
-        Raises:
-            ClosedError: the actor is not running.
-            BrokerUnavailableError: no answer within ``timeout`` seconds.
-        """
-        if self._tools is None:
-            raise ClosedError(f"actor {self.name!r} is not running")
-        return await self._tools.directory(timeout)
-
-    def _frames(
-        self,
-        topic: str,
-        kind: int,
-        data: Any,
-        *,
-        mid: bytes | None = None,
-        correlation_id: bytes | None = None,
-        reply_to: str | None = None,
-        deadline: float | None = None,
-        thread: str | None = None,
-        probe: bool = False,
-    ) -> tuple[bytes, bytes, bytes]:
-        if not (self._accepting or (probe and self._running)):
-            raise ClosedError(f"actor {self.name!r} is not running")
-        topic_frame = self._topics.get(topic)
-        if topic_frame is None:
-            topic_frame = encode_topic(topic)
-            if len(self._topics) < _MAX_TOPIC_CACHE:
-                self._topics[topic] = topic_frame
-        payload = encode_payload(data, self._max_payload)
-        if mid is None:
-            mid = self.ids.next()
-        parent = current_event.get()
-        if parent is None:
-            hops, trace, parent_id = 0, mid, None
-        else:
-            penv = parent.envelope
-            hops = penv.hops + 1
-            if hops > MAX_HOPS:
-                raise HopLimitError(f"emit on {topic!r} is {hops} handlers deep (limit {MAX_HOPS})")
-            trace, parent_id = penv.trace_id or mid, penv.id
-            if thread is None:
-                thread = penv.thread_id
-        header = pack_header(
-            kind,
-            mid,
-            self.name,
-            time.time(),
-            correlation_id,
-            reply_to,
-            thread,
-            deadline,
-            hops,
-            trace,
-            parent_id,
-        )
-        return topic_frame, header, payload
-
-    def _write(self, frames: tuple[bytes, bytes, bytes]) -> bool:
-        try:
-            send_message(self._pub, *frames)
-        except zmq.Again:
-            return False
-        return True
-
-    async def _write_waiting(self, frames: tuple[bytes, bytes, bytes]) -> None:
-        delay = 0.0005
-        while True:
-            await asyncio.sleep(delay)
-            if not self._running:
-                raise ClosedError(f"actor {self.name!r} stopped while sending")
-            if self._write(frames):
-                return
-            delay = min(delay * 2, 0.05)

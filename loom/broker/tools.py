@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import math
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
+from loom.broker.tool_records import Call, Slot, ToolEntry, WorkerState, last_used, valid_spec
 from loom.errors import ProtocolError
 from loom.logs import DropCounter
 from loom.protocol import (
@@ -41,97 +40,6 @@ Send = Callable[[bytes, list[bytes]], bool]
 """Sends frames to a peer identity; False if it could not be routed or queued."""
 
 _packb = msgpack.packb
-
-
-class Slot:
-    """One worker's capacity for one tool."""
-
-    __slots__ = ("busy", "capacity", "last_used", "tool", "worker")
-
-    def __init__(self, worker: WorkerState, tool: str, capacity: int) -> None:
-        self.worker = worker
-        self.tool = tool
-        self.capacity = capacity
-        self.busy = 0
-        self.last_used = 0.0
-
-
-class WorkerState:
-    """A worker that said READY."""
-
-    __slots__ = ("calls", "draining", "identity", "name", "pid", "since", "slots")
-
-    def __init__(self, identity: bytes, name: str, pid: int | None, since: float) -> None:
-        self.identity = identity
-        self.name = name
-        self.pid = pid
-        self.since = since
-        self.slots: dict[str, Slot] = {}
-        self.calls: dict[int, Call] = {}
-        """Calls running there, by token, including those whose caller no longer waits."""
-        self.draining = False
-
-
-class ToolEntry:
-    """A tool: its announced spec, the workers serving it, its queue and counters."""
-
-    __slots__ = ("calls", "errors", "free", "name", "queue", "slots", "spec", "timeouts")
-
-    def __init__(self, name: str, spec: dict[str, Any]) -> None:
-        self.name = name
-        self.spec = spec
-        self.slots: dict[bytes, Slot] = {}
-        self.free: list[Slot] = []
-        """Slots with free capacity, least recently used first."""
-        self.queue: deque[Call] = deque()
-        self.calls = 0
-        self.errors = 0
-        self.timeouts = 0
-
-    @property
-    def idempotent(self) -> bool:
-        return bool(self.spec.get("idempotent"))
-
-
-class Call:
-    """A call from its arrival until its caller has an answer (and its worker is done)."""
-
-    __slots__ = (
-        "answered",
-        "args",
-        "attempts",
-        "call_id",
-        "client",
-        "deadline",
-        "slot",
-        "timeout",
-        "token",
-        "tool",
-        "trace",
-    )
-
-    def __init__(  # noqa: PLR0917 - one slotted record, built in one place
-        self,
-        token: int,
-        client: bytes,
-        call_id: int,
-        tool: str,
-        args: bytes,
-        timeout: float,
-        deadline: float,
-        trace: bytes | None,
-    ) -> None:
-        self.token = token
-        self.client = client
-        self.call_id = call_id
-        self.tool = tool
-        self.args = args
-        self.timeout = timeout
-        self.deadline = deadline
-        self.trace = trace
-        self.slot: Slot | None = None
-        self.attempts = 0
-        self.answered = False
 
 
 class ToolRouter:
@@ -187,7 +95,7 @@ class ToolRouter:
         """A worker announces (or re-announces) its tools; returns an error message if the
         announcement is invalid."""
         specs = body.get("tools")
-        if not isinstance(specs, list) or not all(_valid_spec(s) for s in specs):
+        if not isinstance(specs, list) or not all(valid_spec(s) for s in specs):
             return "READY needs tools: [{name: str, schema: map, concurrency: int >= 1, ...}]"
         now = self._clock()
         worker = self.workers.get(identity)
@@ -411,7 +319,7 @@ class ToolRouter:
 
     def _make_free(self, entry: ToolEntry, slot: Slot) -> None:
         if slot.busy < slot.capacity and not slot.worker.draining and slot not in entry.free:
-            bisect.insort(entry.free, slot, key=_last_used)
+            bisect.insort(entry.free, slot, key=last_used)
 
     def _finished(self, worker_id: bytes, meta: bytes) -> Call | None:
         """The call a worker's RESULT or FAIL ends, freeing its slot; None if nobody waits."""
@@ -528,25 +436,3 @@ class ToolRouter:
             }
             for entry in self.tools.values()
         ]
-
-
-def _last_used(slot: Slot) -> float:
-    return slot.last_used
-
-
-def _valid_spec(spec: Any) -> bool:
-    if not isinstance(spec, dict):
-        return False
-    concurrency = spec.get("concurrency")
-    timeout = spec.get("timeout")
-    return (
-        isinstance(spec.get("name"), str)
-        and bool(spec["name"])
-        and isinstance(spec.get("schema"), dict)
-        and type(concurrency) is int
-        and concurrency >= 1
-        and (timeout is None or (type(timeout) in (int, float) and 0 < timeout < math.inf))
-        and isinstance(spec.get("description", ""), str | None)
-        and isinstance(spec.get("returns"), dict | None)
-        and isinstance(spec.get("idempotent", False), bool)
-    )

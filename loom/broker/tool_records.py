@@ -1,0 +1,122 @@
+"""The tool router's records: worker slots, workers, tools, calls (plain slotted classes)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+__all__ = ["Call", "Slot", "ToolEntry", "WorkerState", "last_used", "valid_spec"]
+
+
+class Slot:
+    """One worker's capacity for one tool."""
+
+    __slots__ = ("busy", "capacity", "last_used", "tool", "worker")
+
+    def __init__(self, worker: WorkerState, tool: str, capacity: int) -> None:
+        self.worker = worker
+        self.tool = tool
+        self.capacity = capacity
+        self.busy = 0
+        self.last_used = 0.0
+
+
+class WorkerState:
+    """A worker that said READY."""
+
+    __slots__ = ("calls", "draining", "identity", "name", "pid", "since", "slots")
+
+    def __init__(self, identity: bytes, name: str, pid: int | None, since: float) -> None:
+        self.identity = identity
+        self.name = name
+        self.pid = pid
+        self.since = since
+        self.slots: dict[str, Slot] = {}
+        self.calls: dict[int, Call] = {}
+        """Calls running there, by token, including those whose caller no longer waits."""
+        self.draining = False
+
+
+class ToolEntry:
+    """A tool: its announced spec, the workers serving it, its queue and counters."""
+
+    __slots__ = ("calls", "errors", "free", "name", "queue", "slots", "spec", "timeouts")
+
+    def __init__(self, name: str, spec: dict[str, Any]) -> None:
+        self.name = name
+        self.spec = spec
+        self.slots: dict[bytes, Slot] = {}
+        self.free: list[Slot] = []
+        """Slots with free capacity, least recently used first."""
+        self.queue: deque[Call] = deque()
+        self.calls = 0
+        self.errors = 0
+        self.timeouts = 0
+
+    @property
+    def idempotent(self) -> bool:
+        return bool(self.spec.get("idempotent"))
+
+
+class Call:
+    """A call from its arrival until its caller has an answer (and its worker is done)."""
+
+    __slots__ = (
+        "answered",
+        "args",
+        "attempts",
+        "call_id",
+        "client",
+        "deadline",
+        "slot",
+        "timeout",
+        "token",
+        "tool",
+        "trace",
+    )
+
+    def __init__(  # noqa: PLR0917 - one slotted record, built in one place
+        self,
+        token: int,
+        client: bytes,
+        call_id: int,
+        tool: str,
+        args: bytes,
+        timeout: float,
+        deadline: float,
+        trace: bytes | None,
+    ) -> None:
+        self.token = token
+        self.client = client
+        self.call_id = call_id
+        self.tool = tool
+        self.args = args
+        self.timeout = timeout
+        self.deadline = deadline
+        self.trace = trace
+        self.slot: Slot | None = None
+        self.attempts = 0
+        self.answered = False
+
+
+def last_used(slot: Slot) -> float:
+    return slot.last_used
+
+
+def valid_spec(spec: Any) -> bool:
+    if not isinstance(spec, dict):
+        return False
+    concurrency = spec.get("concurrency")
+    timeout = spec.get("timeout")
+    return (
+        isinstance(spec.get("name"), str)
+        and bool(spec["name"])
+        and isinstance(spec.get("schema"), dict)
+        and type(concurrency) is int
+        and concurrency >= 1
+        and (timeout is None or (type(timeout) in (int, float) and 0 < timeout < math.inf))
+        and isinstance(spec.get("description", ""), str | None)
+        and isinstance(spec.get("returns"), dict | None)
+        and isinstance(spec.get("idempotent", False), bool)
+    )
