@@ -44,9 +44,10 @@ class Session:
 
     It says HELLO (version check; learns the endpoints and the heartbeat interval), then
     heartbeats every interval; the broker answers each one. When the broker has been silent
-    for ``liveness`` intervals, ``on_lost`` runs. When it speaks again (it came back, or
-    says RESET because it does not know us), the session says HELLO again and runs
-    ``on_restored``, where the owner re-announces itself (a worker its tools).
+    for ``liveness`` intervals, the ``lost_hooks`` run. When it speaks again (it came
+    back, or says RESET because it does not know us), the session says HELLO again and
+    runs the ``restored_hooks``, where owners re-announce themselves (a worker its tools,
+    an actor follows the pub/sub endpoints a restarted broker announces).
 
     Tool messages (``CALL``, ``RESULT``...) go to ``handlers`` by command; control answers
     resolve ``ask`` by their ``rid``.
@@ -76,8 +77,8 @@ class Session:
         self.hello: dict[str, Any] = {}
         """The broker's last HELLO answer (endpoints, limits, heartbeat)."""
         self.handlers: dict[bytes, ToolHandler] = {}
-        self.on_lost: Callable[[], None] | None = None
-        self.on_restored: Callable[[], Awaitable[None]] | None = None
+        self.lost_hooks: list[Callable[[], None]] = []
+        self.restored_hooks: list[Callable[[], Awaitable[None]]] = []
         self.lost = False
         self.drops = DropCounter(log)
         self._context = context
@@ -222,8 +223,7 @@ class Session:
             if not self.lost and silent > self.interval * self.liveness:
                 self.lost = True
                 self._log.warning("broker lost", broker=self.address, silent_s=round(silent, 2))
-                if self.on_lost is not None:
-                    self.on_lost()
+                self._run_lost_hooks()
 
     def _on_readable(self) -> None:
         self._reading = False
@@ -262,16 +262,23 @@ class Session:
         if fut is not None and not fut.done():
             fut.set_result((command, body))
 
+    def _run_lost_hooks(self) -> None:
+        for hook in self.lost_hooks:
+            try:
+                hook()
+            except Exception:  # one owner's bug must not keep the others uninformed
+                self._log.exception("lost hook failed")
+
     def _restore(self, reset: bool) -> None:
         """The broker speaks again: say HELLO again (it may not know us), then re-announce.
 
-        Calls in flight are failed first (``on_lost``): a broker that was silent this long
-        or forgot us has cancelled or lost them."""
+        Calls in flight are failed first (the lost hooks): a broker that was silent this
+        long or forgot us has cancelled or lost them."""
         was_lost, self.lost = self.lost, False
         if was_lost:
             self._log.info("broker back", broker=self.address, reset=reset)
-        elif self.on_lost is not None:  # RESET without a silence: it forgot us all the same
-            self.on_lost()
+        else:  # RESET without a silence: it forgot us all the same
+            self._run_lost_hooks()
         if self._rejoin is None or self._rejoin.done():
             assert self._loop is not None
             self._rejoin = self._loop.create_task(self._hello_again())
@@ -279,7 +286,7 @@ class Session:
     async def _hello_again(self) -> None:
         try:
             await self._say_hello(timeout=max(self.interval * self.liveness, 1.0))
-            if self.on_restored is not None:
-                await self.on_restored()
+            for hook in self.restored_hooks:
+                await hook()
         except (BrokerUnavailableError, ProtocolError) as exc:
             self._log.warning("cannot rejoin the broker", error=str(exc))

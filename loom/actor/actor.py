@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import zmq
@@ -17,10 +17,7 @@ from loom.actor.patterns import Pattern, Router
 from loom.actor.receiver import Receiver
 from loom.actor.verbs import Verbs
 from loom.config import DEFAULT_BROKER, broker_address
-from loom.errors import (
-    BrokerUnavailableError,
-    ClosedError,
-)
+from loom.errors import BrokerUnavailableError, ClosedError, LoomError
 from loom.logs import DropCounter, get_logger
 from loom.protocol import (
     ANNOUNCE,
@@ -112,6 +109,7 @@ class Actor(Verbs):
         self._max_payload = DEFAULT_MAX_PAYLOAD
         self._link: Link | None = None
         self._tools: ToolClient | None = None
+        self._hook_tasks: set[asyncio.Task[None]] = set()
         self._running = False
         """The sockets are usable (probes may go out)."""
         self._own_context = False
@@ -128,6 +126,16 @@ class Actor(Verbs):
 
     async def on_stop(self) -> None:
         """Runs when the actor stops, while it can still emit. Override it."""
+
+    async def on_link_lost(self) -> None:
+        """Runs when the broker has been silent for ~3 heartbeats; tool calls waiting
+        have failed with ``BrokerLostError``. Events emitted meanwhile may be lost.
+        Override it."""
+
+    async def on_link_restored(self) -> None:
+        """Runs when the broker answers again (restarted, perhaps on new ports): the
+        actor has said HELLO again, followed the endpoints it announces, and confirmed
+        its subscriptions. Override it."""
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -209,6 +217,8 @@ class Actor(Verbs):
         hello = await link.open(self._connect_timeout)
         self._max_payload = int(hello.get("max_payload", DEFAULT_MAX_PAYLOAD))
         self._tools = ToolClient(link.session, max_payload=self._max_payload)
+        link.session.lost_hooks.append(self._link_lost)
+        link.session.restored_hooks.append(self._link_restored)
         assert link.sub is not None and link.pub is not None and link.inbox is not None
         self._sub, self._pub = link.sub, link.pub
         for prefix in self._router.prefixes():
@@ -226,6 +236,32 @@ class Actor(Verbs):
         )
         self._receiver.open()
         self._running = True
+
+    def _link_lost(self) -> None:
+        if self._state == "running":
+            task = asyncio.get_running_loop().create_task(self._hook(self.on_link_lost))
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_tasks.discard)
+
+    async def _link_restored(self) -> None:
+        link = self._link
+        if link is None or self._state != "running":
+            return
+        try:
+            moved = link.follow()
+            await self._confirm()
+            await self._confirm(inbox=True)
+        except LoomError as exc:
+            self.log.warning("could not restore the link", error=str(exc))
+            return
+        self.log.info("link restored", endpoints_moved=moved)
+        await self._hook(self.on_link_restored)
+
+    async def _hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await hook()
+        except Exception:
+            self.log.exception("hook failed", hook=hook.__name__)
 
     def _check_abort(self) -> None:
         if self._abort:

@@ -116,6 +116,8 @@ class Link:
         self.pub: zmq.Socket[bytes] | None = None
         self.sub: zmq.Socket[bytes] | None = None
         self.inbox: zmq.Socket[bytes] | None = None
+        self._pub_at = ""
+        self._sub_at = ""
 
     async def open(self, timeout: float) -> dict[str, Any]:
         """Say HELLO, then connect the publisher and the two subscribers (events, inbox) to
@@ -137,9 +139,11 @@ class Link:
                 sock.setsockopt(zmq.LINGER, 1000)
                 sock.setsockopt(zmq.SNDHWM, self._hwm)
                 sock.setsockopt(zmq.RCVHWM, self._hwm)
-            pub.connect(announced_endpoint(self.hello["pub"], self.address))
-            sub.connect(announced_endpoint(self.hello["sub"], self.address))
-            inbox.connect(announced_endpoint(self.hello["sub"], self.address))
+            self._pub_at = announced_endpoint(self.hello["pub"], self.address)
+            self._sub_at = announced_endpoint(self.hello["sub"], self.address)
+            pub.connect(self._pub_at)
+            sub.connect(self._sub_at)
+            inbox.connect(self._sub_at)
         except (zmq.ZMQError, TypeError, ValueError) as exc:
             for sock in sockets:
                 sock.close(linger=0)
@@ -147,6 +151,33 @@ class Link:
             raise ProtocolError("hello", f"broker announced unusable endpoints: {exc}") from exc
         self.pub, self.sub, self.inbox = pub, sub, inbox
         return self.hello
+
+    def follow(self) -> bool:
+        """After the session said HELLO again: connect to the pub/sub endpoints the broker
+        announces now, if they moved (a broker restarted on new TCP ports). SUB sockets
+        send their subscriptions again on the new connection. True if anything moved.
+
+        Raises:
+            ProtocolError: the announced endpoints are unusable.
+        """
+        hello = self.session.hello
+        try:
+            pub_at = announced_endpoint(hello["pub"], self.address)
+            sub_at = announced_endpoint(hello["sub"], self.address)
+            moved = False
+            if self.pub is not None and pub_at != self._pub_at:
+                self.pub.disconnect(self._pub_at)
+                self.pub.connect(pub_at)
+                self._pub_at, moved = pub_at, True
+            if self.sub is not None and self.inbox is not None and sub_at != self._sub_at:
+                for sock in (self.sub, self.inbox):
+                    sock.disconnect(self._sub_at)
+                    sock.connect(sub_at)
+                self._sub_at, moved = sub_at, True
+        except (zmq.ZMQError, KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError("hello", f"broker announced unusable endpoints: {exc}") from exc
+        self.hello = hello
+        return moved
 
     def close(self, linger: float = 1.0) -> None:
         """Say BYE and close the sockets; unsent messages get up to ``linger`` seconds at

@@ -147,6 +147,7 @@ class Broker:
             },
             stats=self.proxy.snapshot,
             log=self._log,
+            events=self._system_event,
             heartbeat=self._heartbeat,
             liveness=self._liveness,
         )
@@ -192,6 +193,10 @@ class Broker:
                         self._internal_error()
         finally:
             self._close()
+
+    def _system_event(self, topic: str, data: dict[str, Any]) -> None:
+        assert self.proxy is not None
+        self.proxy.publish(topic, data, sender=self.name)
 
     def _internal_error(self) -> None:
         self.internal_errors += 1

@@ -43,6 +43,8 @@ from loom.protocol import (
 __all__ = ["ControlPlane", "Peer"]
 
 MAX_PEERS = 10_000
+ROLES = frozenset(("actor", "worker", "client"))
+"""A HELLO's role is one of these (anything else counts as ``client``)."""
 MAX_PATTERNS = 1000
 _WORKER_COMMANDS = frozenset((RESULT, FAIL, PROGRESS))
 
@@ -50,7 +52,7 @@ _WORKER_COMMANDS = frozenset((RESULT, FAIL, PROGRESS))
 class Peer:
     """A client, actor or worker that introduced itself (HELLO or READY)."""
 
-    __slots__ = ("name", "patterns", "pid", "role", "seen", "since")
+    __slots__ = ("joined", "name", "patterns", "pid", "role", "seen", "since")
 
     def __init__(self, name: str, role: str, pid: int | None, since: float, seen: float) -> None:
         self.name = name
@@ -61,6 +63,8 @@ class Peer:
         self.seen = seen
         """Monotonic seconds when it was last heard."""
         self.patterns: list[str] = []
+        self.joined = False
+        """``$sys.<role>.joined`` was published (a worker's waits for its READY)."""
 
     def as_dict(self, last_seen: float) -> dict[str, Any]:
         return {
@@ -86,6 +90,7 @@ class ControlPlane:
             are added.
         stats: returns the broker's counters for STATS.
         log: a structlog logger.
+        events: publishes the broker's ``$sys.*`` events (topic, data).
         heartbeat: seconds between heartbeats.
         liveness: missed heartbeats after which a peer is dead.
         clock: monotonic seconds; ``wall``: Unix seconds.
@@ -99,6 +104,7 @@ class ControlPlane:
         announce: dict[str, Any],
         stats: Callable[[], dict[str, Any]],
         log: Any,
+        events: Callable[[str, dict[str, Any]], None] | None = None,
         heartbeat: float = 1.0,
         liveness: int = 3,
         clock: Callable[[], float] = time.monotonic,
@@ -115,6 +121,7 @@ class ControlPlane:
         }
         self._stats = stats
         self._log = log
+        self._events = events
         self._heartbeat = heartbeat
         self._liveness = liveness
         self._clock = clock
@@ -205,8 +212,11 @@ class ControlPlane:
 
     def _forget(self, identity: bytes, reason: str) -> None:
         peer = self.peers.pop(identity, None)
-        if peer is not None and reason != "left":
-            self._log.info("peer gone", peer=peer.name, role=peer.role, reason=reason)
+        if peer is not None:
+            if reason != "left":
+                self._log.info("peer gone", peer=peer.name, role=peer.role, reason=reason)
+            if peer.joined:
+                self._publish(f"$sys.{peer.role}.left", peer, reason=reason)
         self.tools.worker_gone(identity, reason)
         self.tools.client_gone(identity)
 
@@ -239,9 +249,12 @@ class ControlPlane:
             error = {"code": "VERSION_MISMATCH", "message": message, "version": VERSION}
             self._reply(identity, ERROR_COMMAND, {**error, "rid": body.get("rid")})
             return
-        peer = self._introduce(identity, body, str(body.get("role", "client"))[:32])
+        role = str(body.get("role", "client"))
+        peer = self._introduce(identity, body, role if role in ROLES else "client")
         if peer is None:
             return
+        if not peer.joined and peer.role != "worker":
+            self._publish(f"$sys.{peer.role}.joined", peer)
         self._set_patterns(peer, body)
         self._log.debug("hello", peer=peer.name, role=peer.role, pid=peer.pid)
         self._reply(identity, HELLO, {**self._announce, "rid": body.get("rid")})
@@ -266,8 +279,12 @@ class ControlPlane:
                 identity, ERROR_COMMAND, {"code": "INVALID_READY", "message": error, "rid": rid}
             )
             return
-        if self._introduce(identity, body, "worker") is not None:
+        peer = self._introduce(identity, body, "worker")
+        if peer is not None:
             self._reply(identity, READY, {"rid": rid})
+            if not peer.joined:
+                tools = sorted(self.tools.workers[identity].slots)
+                self._publish("$sys.worker.joined", peer, tools=tools)
 
     def _drain(self, identity: bytes, body: dict[str, Any]) -> None:
         self.tools.drain(identity)
@@ -320,6 +337,11 @@ class ControlPlane:
             "rid": body.get("rid"),
         }
         self._reply(identity, DIRECTORY, reply)
+
+    def _publish(self, topic: str, peer: Peer, **extra: Any) -> None:
+        peer.joined = True
+        if self._events is not None:
+            self._events(topic, {"name": peer.name, "pid": peer.pid, **extra})
 
     def _wall_of(self, monotonic: float) -> float:
         return self._wall() - (self._clock() - monotonic)

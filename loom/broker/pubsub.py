@@ -20,7 +20,18 @@ import zmq
 
 from loom.errors import ProtocolError
 from loom.logs import DropCounter
-from loom.protocol import check_header, decode_topic, raw_send, recv_message
+from loom.protocol import (
+    EVENT,
+    IdSource,
+    check_header,
+    decode_topic,
+    encode_payload,
+    encode_topic,
+    pack_header,
+    raw_send,
+    recv_message,
+    send_message,
+)
 
 __all__ = ["PubSubProxy", "TopicStats"]
 
@@ -112,6 +123,7 @@ class PubSubProxy:
         self.stats = TopicStats(max_topics)
         self.drops = DropCounter(log)
         self.subscriptions: set[bytes] = set()
+        self._ids = IdSource()
         xpub.setsockopt(zmq.XPUB_NODROP, 1)
         xpub.setsockopt(zmq.SNDTIMEO, max(1, int(stall_timeout * 1000)))
         xsub.send(b"\x01")  # subscribe-all: publishers send everything, the XPUB filters
@@ -201,6 +213,21 @@ class PubSubProxy:
         self._shed_until = 0.0
         self._xpub.setsockopt(_XPUB_NODROP, 1)
         self._log.info("shedding over: lossless delivery again")
+
+    def publish(self, topic: str, data: Any, sender: str) -> None:
+        """Publish the broker's own event (``$sys.*``) to subscribers. Never blocks the
+        broker: a subscriber whose queue is full misses it (counted as ``stalled``)."""
+        frame = encode_topic(topic)
+        mid = self._ids.next()
+        header = pack_header(EVENT, mid, sender, time.time(), None, None, None, None, 0, mid, None)
+        row = self.stats.row(frame)
+        row[PUBLISHED] += 1
+        try:
+            send_message(self._xpub, frame, header, encode_payload(data))
+        except zmq.Again:
+            self._drop(row, DROPPED, "stalled", "a subscriber's queue is full", frame)
+            return
+        row[FORWARDED] += 1
 
     def read_subscriptions(self) -> None:
         """Track the prefixes subscribers hold (the XPUB reports first-sub/last-unsub)."""

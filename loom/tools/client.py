@@ -143,7 +143,7 @@ class ToolClient:
         session.handlers[RESULT] = self._on_result
         session.handlers[FAIL] = self._on_fail
         session.handlers[PROGRESS] = self._on_progress
-        session.on_lost = self._on_lost
+        session.lost_hooks.append(self._on_lost)
 
     @classmethod
     async def connect(

@@ -179,7 +179,7 @@ class Worker:
         )
         session.handlers[CALL] = self._on_call
         session.handlers[CANCEL] = self._on_cancel
-        session.on_restored = self._announce
+        session.restored_hooks.append(self._announce)
         hello = await session.open(self._connect_timeout)
         self._session = session
         self._max_payload = int(hello.get("max_payload", DEFAULT_MAX_PAYLOAD))
