@@ -26,6 +26,7 @@ __all__ = [
     "RemoteError",
     "RequestTimeoutError",
     "ResultTooLargeError",
+    "TargetError",
     "ToolDefinitionError",
     "ToolError",
     "ToolFailedError",
@@ -107,6 +108,10 @@ class HopLimitError(LoomError):
 
 class NoReplyToError(LoomError, ValueError):
     """``reply`` was called for an event that is not a request."""
+
+
+class TargetError(LoomError, ValueError):
+    """A ``PATH_OR_MODULE[:attr]`` cannot be imported or does not name what it should."""
 
 
 class ToolDefinitionError(LoomError, TypeError):

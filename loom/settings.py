@@ -7,15 +7,38 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from loom.config import DEFAULT_BROKER
 from loom.errors import LoomError
 from loom.protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_TIMEOUT
 
-__all__ = ["BrokerSettings", "ConfigError", "LogSettings", "Settings", "load_settings"]
+__all__ = [
+    "BrokerSettings",
+    "ChildSettings",
+    "ConfigError",
+    "LogSettings",
+    "RunSettings",
+    "Settings",
+    "SupervisorSettings",
+    "load_run_settings",
+    "load_settings",
+]
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(LoomError, ValueError):
@@ -56,6 +79,57 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
 
 
+class SupervisorSettings(_Section):
+    """``[supervisor]``: how ``loom run`` restarts and stops its children."""
+
+    run_broker: bool = True
+    """Start the broker of ``[broker]`` as the first child (else use one running there)."""
+    max_restarts: NonNegativeInt = 5
+    """A child restarted more than this many times ..."""
+    within: PositiveFloat = 60.0
+    """... within this many seconds is given up on, and ``loom run`` stops and fails."""
+    backoff: PositiveFloat = 0.5
+    """Seconds before the first restart; doubled for each restart in the window."""
+    max_backoff: PositiveFloat = 30.0
+    grace: PositiveFloat = 10.0
+    """Seconds a child gets to exit after SIGTERM before it is killed."""
+    status_every: NonNegativeFloat = 10.0
+    """Seconds between status tables (0: only when something changes)."""
+
+
+class ChildSettings(_Section):
+    """One ``[[actor]]`` or ``[[worker]]``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    target: str = Field(min_length=1)
+    """``path/to/script.py:ClassName`` or ``module:ClassName`` (an actor); a file or
+    module, optionally ``:ATTR``, whose ``@tool`` functions a worker serves."""
+    restart: Literal["always", "on-failure", "never"] = "always"
+    """``on-failure``: not after a clean exit (code 0); ``never``: run once."""
+    grace: PositiveFloat | None = None
+    """Overrides ``[supervisor] grace`` for this child."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment variables."""
+
+
+class RunSettings(_Section):
+    """A ``loom run`` file: the broker, the actors and workers, and the supervisor."""
+
+    broker: BrokerSettings = BrokerSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
+    log: LogSettings = LogSettings()
+    actors: list[ChildSettings] = Field(default_factory=list, alias="actor")
+    workers: list[ChildSettings] = Field(default_factory=list, alias="worker")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RunSettings:
+        names = [child.name for child in (*self.workers, *self.actors)]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"child names must be unique: {', '.join(repeated)}")
+        return self
+
+
 def load_settings(path: str | Path) -> Settings:
     """Parse and validate a settings file.
 
@@ -63,6 +137,19 @@ def load_settings(path: str | Path) -> Settings:
         ConfigError: the file cannot be read, is not TOML, or a key is unknown or invalid;
             the message names the file and the key.
     """
+    return _load(path, Settings)
+
+
+def load_run_settings(path: str | Path) -> RunSettings:
+    """Parse and validate a ``loom run`` file.
+
+    Raises:
+        ConfigError: as for :func:`load_settings`.
+    """
+    return _load(path, RunSettings)
+
+
+def _load(path: str | Path, model: type[M]) -> M:
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -71,7 +158,7 @@ def load_settings(path: str | Path) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     try:
-        return Settings.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"

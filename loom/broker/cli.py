@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-queue", type=int, help="tool calls waiting per tool (default 1000)")
     parser.add_argument(
+        "--max-attempts", type=int, help="dispatches of an idempotent call (default 3)"
+    )
+    parser.add_argument(
+        "--max-call-timeout", type=float, help="the longest call timeout granted (default 3600)"
+    )
+    parser.add_argument(
         "--log-json", action="store_true", default=None, help="log one JSON object per line"
     )
     parser.add_argument("--log-level", help="debug, info, warning, error")
@@ -75,6 +81,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "liveness": args.liveness,
         "call_timeout": args.call_timeout,
         "max_queue": args.max_queue,
+        "max_attempts": args.max_attempts,
+        "max_call_timeout": args.max_call_timeout,
     }
     log = {"json": args.log_json, "level": args.log_level}
     try:

@@ -213,8 +213,9 @@ class ControlPlane:
     def _forget(self, identity: bytes, reason: str) -> None:
         peer = self.peers.pop(identity, None)
         if peer is not None:
-            if reason != "left":
-                self._log.info("peer gone", peer=peer.name, role=peer.role, reason=reason)
+            if reason != "left":  # one-shot clients (probes, loom list) just go quiet
+                level = self._log.debug if peer.role == "client" else self._log.info
+                level("peer gone", peer=peer.name, role=peer.role, reason=reason)
             if peer.joined:
                 self._publish(f"$sys.{peer.role}.left", peer, reason=reason)
         self.tools.worker_gone(identity, reason)

@@ -11,6 +11,7 @@ from typing import Any
 
 from loom.actor import Actor, Event
 from loom.actor.link import query
+from loom.cli import run as run_commands
 from loom.cli import tools as tool_commands
 from loom.cli.demo import run_demo
 from loom.config import broker_address
@@ -26,6 +27,7 @@ EXAMPLES = """examples:
   loom worker my_tools.py                     # serve the @tool functions in a file
   loom list                                   # live actors, workers and tools
   loom call demo.stats '{"values": [1, 2]}'   # call a tool, print the result
+  loom run configs/mesh.toml                  # start and supervise a whole mesh
 """
 
 
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     tool_commands.add_parsers(commands, common)
+    run_commands.add_parsers(commands, common)
 
     demo = commands.add_parser(
         "demo",
@@ -103,7 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = args.log_level or ("info" if args.command in ("demo", "worker") else "warning")
+    if args.command == "run":  # it configures logging from its file
+        try:
+            return run_commands.run_mesh(args)
+        except LoomError as exc:
+            print(f"loom run: {exc}", file=sys.stderr)
+            return 2
+    level = args.log_level or ("info" if args.command in ("demo", "worker", "actor") else "warning")
     configure_logging(json=args.log_json, level=level, stream=sys.stderr)
     broker = broker_address(args.broker)
     try:
@@ -120,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "stats":
             print(json.dumps(asyncio.run(_stats(broker, args.timeout)), indent=2, default=repr))
+        elif args.command == "actor":
+            return run_commands.run_actor(args, broker)
         elif args.command == "worker":
             return tool_commands.run_worker(args, broker)
         elif args.command == "list":

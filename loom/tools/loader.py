@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from loom.errors import ToolDefinitionError
+from loom.loader import import_target
 from loom.tools.tool import Tool
 
 __all__ = ["load_tools"]
@@ -24,7 +20,7 @@ def load_tools(target: str) -> list[Tool]:
             missing, or no tool is found.
     """
     where, _, attr = target.partition(":")
-    module = _import(where)
+    module = import_target(where, ToolDefinitionError)
     if attr:
         try:
             found: Any = getattr(module, attr)
@@ -40,24 +36,3 @@ def load_tools(target: str) -> list[Tool]:
     if not tools:
         raise ToolDefinitionError(f"{target}: no @tool functions found")
     return tools
-
-
-def _import(where: str) -> ModuleType:
-    if where.endswith(".py") or "/" in where:
-        path = Path(where)
-        name = path.stem
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None or not path.is_file():
-            raise ToolDefinitionError(f"{where}: no such Python file")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            del sys.modules[name]
-            raise ToolDefinitionError(f"{where}: import failed: {exc!r}") from exc
-        return module
-    try:
-        return importlib.import_module(where)
-    except Exception as exc:
-        raise ToolDefinitionError(f"{where}: import failed: {exc!r}") from exc

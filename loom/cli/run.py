@@ -1,0 +1,128 @@
+"""``loom run FILE.toml`` (supervise a whole mesh) and ``loom actor TARGET`` (run one actor)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from typing import Any
+
+from loom.actor.link import query
+from loom.errors import BrokerUnavailableError
+from loom.loader import load_actor
+from loom.logs import configure_logging, get_logger
+from loom.protocol import HELLO, VERSION
+from loom.settings import BrokerSettings, RunSettings, load_run_settings
+from loom.supervisor import Child, ChildSpec, Supervisor
+
+LOOM = [sys.executable, "-m", "loom.cli.main"]
+
+
+def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``run`` and ``actor`` to ``loom``'s parser."""
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="start and supervise the broker, actors and workers a TOML file lists",
+        epilog="example: loom run configs/mesh.toml   (see that file for every key)",
+    )
+    run.add_argument("file", help="a run file: [broker], [supervisor], [[actor]], [[worker]]")
+    actor = commands.add_parser(
+        "actor",
+        parents=[common],
+        help="run one Actor subclass from a file or module",
+        epilog="example: loom actor my_agents.py:Planner --name planner",
+    )
+    actor.add_argument("target", metavar="PATH_OR_MODULE[:ClassName]")
+    actor.add_argument("--name", help="the actor's name (default: the class's)")
+
+
+def run_actor(args: argparse.Namespace, broker: str) -> int:
+    """Run the actor class ``args.target`` names until SIGINT/SIGTERM. The class must
+    accept ``name=`` and ``broker=`` keywords, as ``Actor`` does."""
+    cls = load_actor(args.target)
+    cls(name=args.name, broker=broker).run()
+    return 0
+
+
+def run_mesh(args: argparse.Namespace) -> int:
+    """Load the run file, start the children, supervise until SIGINT/SIGTERM."""
+    settings = load_run_settings(args.file)
+    configure_logging(
+        json=args.log_json or settings.log.json_lines,
+        level=args.log_level or settings.log.level,
+        stream=sys.stderr,
+    )
+    if args.broker:
+        settings = settings.model_copy(
+            update={"broker": settings.broker.model_copy(update={"endpoint": args.broker})}
+        )
+    supervisor = Supervisor(
+        child_specs(settings, log_json=args.log_json or settings.log.json_lines),
+        log=get_logger("loom.run"),
+        max_restarts=settings.supervisor.max_restarts,
+        within=settings.supervisor.within,
+        backoff=settings.supervisor.backoff,
+        max_backoff=settings.supervisor.max_backoff,
+        status_every=settings.supervisor.status_every,
+    )
+    return asyncio.run(_supervise(supervisor))
+
+
+async def _supervise(supervisor: Supervisor) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, supervisor.stop)
+    return await supervisor.run()
+
+
+def child_specs(settings: RunSettings, *, log_json: bool = False) -> list[ChildSpec]:
+    """The children of a run file, in start order: broker, workers, actors."""
+    endpoint = settings.broker.endpoint
+    sup = settings.supervisor
+    logs = ["--log-json"] if log_json else []
+    specs = []
+    if sup.run_broker:
+        argv = [sys.executable, "-m", "loom.broker", *broker_flags(settings.broker), *logs]
+        specs.append(ChildSpec("broker", "broker", argv, grace=sup.grace, ready=_broker_ready))
+    for worker in settings.workers:
+        grace = worker.grace or sup.grace
+        argv = [*LOOM, "worker", worker.target, "--broker", endpoint, "--name", worker.name]
+        argv += ["--grace", str(grace), *logs]
+        specs.append(
+            ChildSpec(worker.name, "worker", argv, worker.restart, grace + 2.0, worker.env)
+        )
+    for actor in settings.actors:
+        argv = [*LOOM, "actor", actor.target, "--broker", endpoint, "--name", actor.name, *logs]
+        grace = (actor.grace or sup.grace) + 2.0  # the actor's own stop() takes up to 5 s
+        specs.append(ChildSpec(actor.name, "actor", argv, actor.restart, grace, actor.env))
+    return specs
+
+
+def broker_flags(broker: BrokerSettings) -> list[str]:
+    """``loom-broker`` flags that reproduce ``broker``."""
+    flags = []
+    for key, value in broker.model_dump().items():
+        flags += [f"--{key.replace('_', '-')}", str(value)]
+    return flags
+
+
+async def _broker_ready(child: Child, timeout: float = 15.0) -> None:
+    """Wait until the broker child answers HELLO.
+
+    Raises:
+        BrokerUnavailableError: it exited, or did not answer within ``timeout`` seconds.
+    """
+    endpoint = child.spec.argv[child.spec.argv.index("--endpoint") + 1]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await query(endpoint, HELLO, {"version": VERSION, "name": "loom-run"}, timeout=0.3)
+            return
+        except BrokerUnavailableError:
+            if child.proc is None or child.proc.returncode is not None:
+                raise BrokerUnavailableError("the broker exited") from None
+            if time.monotonic() > deadline:
+                raise
