@@ -316,3 +316,29 @@ def test_an_actor_calls_tools_and_appears_in_the_directory(
             await actor.stop()
 
     asyncio.run(body())
+
+
+def test_a_stopped_worker_loses_its_call_to_another(
+    mesh: str, spawn: Callable[..., Proc], short_tmp: Path
+) -> None:
+    """SIGSTOP the worker running an idempotent call: after ~3 silent heartbeats the call
+    runs elsewhere; resumed with SIGCONT, the worker rejoins and serves again."""
+    workers = {w.pid: w for w in (start_worker(spawn, mesh, f"w{i}") for i in range(2))}
+    marker = short_tmp / "started"
+
+    async def body(client: ToolClient) -> None:
+        await until_workers(client, 2)
+        args = {"marker": str(marker), "seconds": 1.0}
+        call = asyncio.ensure_future(client.call("sample.hold_idempotent", args, timeout=20))
+        first = (await until(lambda: marker_pids(marker)))[0]
+        os.kill(first, signal.SIGSTOP)
+        try:
+            assert await call != first
+        finally:
+            os.kill(first, signal.SIGCONT)
+        await until_workers(client, 2)  # it rejoined (RESET, then READY again)
+        pids = {await client.call("sample.whoami") for _ in range(4)}
+        assert pids == set(workers)
+
+    with_client(mesh, body)
+    assert any("broker back" in w.output for w in workers.values())
