@@ -14,6 +14,7 @@ __all__ = [
     "BrokerUnavailableError",
     "CallCancelledError",
     "ClosedError",
+    "DurableError",
     "EncodeError",
     "HopLimitError",
     "InvalidParamsError",
@@ -108,6 +109,10 @@ class HopLimitError(LoomError):
 
 class NoReplyToError(LoomError, ValueError):
     """``reply`` was called for an event that is not a request."""
+
+
+class DurableError(LoomError):
+    """The broker cannot keep durable events: it has no data_dir, or its log is full."""
 
 
 class TargetError(LoomError, ValueError):

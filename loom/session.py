@@ -77,6 +77,9 @@ class Session:
         self.hello: dict[str, Any] = {}
         """The broker's last HELLO answer (endpoints, limits, heartbeat)."""
         self.handlers: dict[bytes, ToolHandler] = {}
+        self.streams: dict[bytes, Callable[[list[bytes]], None]] = {}
+        """Handlers of durable-topic messages (PUBACK, DELIVER), given the frames after
+        the command."""
         self.lost_hooks: list[Callable[[], None]] = []
         self.restored_hooks: list[Callable[[], Awaitable[None]]] = []
         self.lost = False
@@ -250,6 +253,10 @@ class Session:
         command = frames[0]
         if self.lost or command == RESET:
             self._restore(command == RESET)
+        stream = self.streams.get(command)
+        if stream is not None:
+            stream(frames[1:])
+            return
         if command in TOOL_COMMANDS:
             handler = self.handlers.get(command)
             if len(frames) != 3 or handler is None:

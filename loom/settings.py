@@ -63,6 +63,11 @@ class BrokerSettings(_Section):
     max_queue: PositiveInt = 1000
     max_attempts: PositiveInt = 3
     max_call_timeout: PositiveFloat = Field(default=DEFAULT_MAX_TIMEOUT, allow_inf_nan=False)
+    data_dir: str | None = None
+    """Where the durable topics' LMDB log lives; without it, durable emits are refused."""
+    durable_map_size: PositiveInt = 1 << 30
+    durable_max_age: NonNegativeFloat = 0.0
+    durable_max_bytes: NonNegativeInt = 0
 
 
 class LogSettings(_Section):

@@ -19,6 +19,7 @@ def test_top_level_exports() -> None:
         "CallCancelledError",
         "ClosedError",
         "Directory",
+        "DurableError",
         "EncodeError",
         "Event",
         "HopLimitError",

@@ -14,6 +14,7 @@ import psutil
 import pytest
 from conftest import ACTORS, SAMPLE_TOOLS, Proc, wait_for
 
+from loom import Actor
 from loom.tools import ToolClient
 
 LOOM = [sys.executable, "-m", "loom.cli.main"]
@@ -117,3 +118,42 @@ def test_run_names_the_bad_key(short_tmp: Path) -> None:
     )
     assert result.returncode == 2
     assert f"{config}: actor.0.restart: Input should be 'always'" in result.stderr
+
+
+@pytest.mark.timeout(90)
+def test_a_restarted_actor_resumes_its_durable_subscription(
+    spawn: Callable[..., Proc], short_tmp: Path
+) -> None:
+    """SIGKILL a durable subscriber under `loom run`: it is restarted and gets every event
+    published meanwhile (at least once: the few handled just before the kill may repeat)."""
+    audit = short_tmp / "audit.txt"
+    config = run_file(
+        short_tmp,
+        f'[[actor]]\nname = "auditor"\ntarget = "{ACTORS}/durable_sub.py:Auditor"\n'
+        f'env = {{ LOOM_TEST_AUDIT_FILE = "{audit}" }}\n',
+    )
+    text = config.read_text().replace(
+        "heartbeat = 0.2", f'heartbeat = 0.2\ndata_dir = "{short_tmp}/data"'
+    )
+    config.write_text(text)
+    endpoint = f"ipc://{short_tmp}/mesh"
+    run = spawn(*LOOM, "run", str(config))
+    first = wait_for(lambda: directory(endpoint)["actors"].get("auditor"), timeout=20)
+
+    def handled() -> set[int]:
+        return {int(line) for line in audit.read_text().split()} if audit.exists() else set()
+
+    async def publish(numbers: range) -> None:
+        publisher = Actor(name="publisher", broker=endpoint)
+        await publisher.start()
+        for i in numbers:
+            await publisher.emit(f"orders.{i % 2}", i, qos="reliable")
+        await publisher.stop()
+
+    asyncio.run(publish(range(100)))
+    wait_for(lambda: handled() == set(range(100)))
+    psutil.Process(first).kill()
+    asyncio.run(publish(range(100, 200)))
+    wait_for(lambda: handled() == set(range(200)), timeout=30)
+    assert directory(endpoint)["actors"]["auditor"] != first
+    assert run.stop(signal.SIGTERM, timeout=30) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import signal
 import time
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 
 import zmq
 
+from loom.actor.durable import Durability
 from loom.actor.event import Event, current_event
 from loom.actor.link import Link
 from loom.actor.patterns import Pattern, Router
@@ -33,8 +35,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 _PATTERNS_ATTR = "__loom_patterns__"
 
 
-def on(*patterns: str) -> Callable[[F], F]:
+def on(*patterns: str, durable: str | None = None) -> Callable[[F], F]:
     """Bind an actor method (sync or async) to one or more topic patterns.
+
+    With ``durable="NAME"`` the method gets the *durable* events of those patterns
+    through the subscription NAME (kept by the broker while the actor is away; the
+    broker needs a ``data_dir``), instead of live events.
 
     Raises:
         PatternError: a pattern is invalid (at class definition).
@@ -43,7 +49,8 @@ def on(*patterns: str) -> Callable[[F], F]:
         Pattern(text)
 
     def bind(fn: F) -> F:
-        setattr(fn, _PATTERNS_ATTR, (*getattr(fn, _PATTERNS_ATTR, ()), *patterns))
+        tagged = tuple((text, durable) for text in patterns)
+        setattr(fn, _PATTERNS_ATTR, (*getattr(fn, _PATTERNS_ATTR, ()), *tagged))
         return fn
 
     return bind
@@ -52,7 +59,7 @@ def on(*patterns: str) -> Callable[[F], F]:
 class ActorStats:
     """What an actor counted: handled events, handler errors, drops by reason."""
 
-    __slots__ = ("drops", "errors", "expired", "handled", "late_replies", "unmatched")
+    __slots__ = ("dropped", "drops", "errors", "expired", "handled", "late_replies", "unmatched")
 
     def __init__(self, drops: DropCounter) -> None:
         self.handled = 0
@@ -61,6 +68,14 @@ class ActorStats:
         self.late_replies = 0
         self.expired = 0
         self.drops = drops
+        self.dropped: dict[str, int] = {}
+        """Events this actor dropped by topic (``realtime`` and ``background`` emits)."""
+
+    def drop_topic(self, topic: str, reason: str) -> None:
+        """Count one event dropped on ``topic`` (at most 10 000 topics, then ``(other)``)."""
+        key = topic if topic in self.dropped or len(self.dropped) < 10_000 else "(other)"
+        self.dropped[key] = self.dropped.get(key, 0) + 1
+        self.drops.drop(reason, "the link is full: event dropped", topic=topic)
 
 
 class Actor(Verbs):
@@ -109,6 +124,11 @@ class Actor(Verbs):
         self._max_payload = DEFAULT_MAX_PAYLOAD
         self._link: Link | None = None
         self._tools: ToolClient | None = None
+        self._streams: dict[str, Router[tuple[Callable[[Event], Any], bool]]] = {}
+        """Durable subscriptions: handlers by subscription name."""
+        self._durability: Durability | None = None
+        self._background: collections.deque[tuple[bytes, bytes, bytes]] = collections.deque()
+        self._background_task: asyncio.Task[None] | None = None
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self._running = False
         """The sockets are usable (probes may go out)."""
@@ -116,8 +136,9 @@ class Actor(Verbs):
         self._probes = 0
         names = dict.fromkeys(n for k in reversed(type(self).__mro__) for n in vars(k))
         for attr in names:  # definition order, base classes first; overrides win
-            for pattern in getattr(getattr(type(self), attr, None), _PATTERNS_ATTR, ()):
-                self._bind(pattern, getattr(self, attr))
+            tagged = getattr(getattr(type(self), attr, None), _PATTERNS_ATTR, ())
+            for pattern, durable in tagged:
+                self._bind(pattern, getattr(self, attr), durable)
 
     # --- hooks -------------------------------------------------------------------
 
@@ -190,6 +211,9 @@ class Actor(Verbs):
                 await self._confirm()
                 await self._confirm(inbox=True)
                 self._check_abort()
+                if self._streams:
+                    assert self._durability is not None
+                    await self._durability.announce(self._connect_timeout)
                 self._accepting = True
                 self.log.info("actor started", broker=self.broker, id=self.id)
                 try:
@@ -233,6 +257,14 @@ class Actor(Verbs):
             answer=self._answer,
             log=self.log,
             size=self._mailbox_size,
+            handled=self._on_handled,
+        )
+        self._durability = Durability(
+            link.session,
+            routes=self._streams,
+            enqueue=self._receiver.enqueue,
+            drops=self.stats.drops,
+            log=self.log,
         )
         self._receiver.open()
         self._running = True
@@ -251,6 +283,9 @@ class Actor(Verbs):
             moved = link.follow()
             await self._confirm()
             await self._confirm(inbox=True)
+            if self._durability is not None:
+                await self._durability.resend()
+                await self._durability.announce(self._connect_timeout)
         except LoomError as exc:
             self.log.warning("could not restore the link", error=str(exc))
             return
@@ -322,6 +357,9 @@ class Actor(Verbs):
             self._accepting = False  # verbs fail from here on; the flush still runs
             self._fail_pending()
             if flush and receiver is not None and self._running:
+                await self._flush_background(max(grace, 1.0))
+                if self._durability is not None:
+                    await self._durability.flush(max(grace, 1.0))
                 await self._flush(max(grace, 1.0))
         finally:
             self._fail_pending()
@@ -333,7 +371,7 @@ class Actor(Verbs):
             if self._link is not None:
                 self._link.close()
                 self._link = None
-            self._tools = None
+            self._tools = self._durability = None
             if self._own_context and self._context is not None:
                 self._context.term()  # the flush made the broker hold what we sent
                 self._context = None
@@ -348,25 +386,47 @@ class Actor(Verbs):
         if self._tools is not None:
             self._tools.fail_all(closed)
 
-    async def subscribe(self, pattern: str, handler: Callable[[Event], Any]) -> None:
+    async def subscribe(
+        self, pattern: str, handler: Callable[[Event], Any], *, durable: str | None = None
+    ) -> None:
         """Bind ``handler`` to ``pattern`` now; once this returns the subscription holds.
+        ``durable="NAME"``: durable events through subscription NAME (see :func:`on`).
 
         Raises:
             PatternError: the pattern is invalid.
             BrokerUnavailableError: a running actor's broker did not confirm in time.
+            DurableError: the broker keeps no durable events.
         """
         if self._state == "stopping":
             raise ClosedError(f"actor {self.name!r} is stopping")
-        compiled = self._bind(pattern, handler)
+        compiled = self._bind(pattern, handler, durable)
+        if durable is not None:
+            if self._running and self._durability is not None:
+                await self._durability.announce(self._connect_timeout, [durable])
+            return
         if self._running:
             self._sub.subscribe(compiled.prefix)
             await self._confirm()
             if self._link is not None:
                 self._link.session.tell(ANNOUNCE, {"patterns": self._router.patterns()})
 
-    def _bind(self, pattern: str, handler: Callable[[Event], Any]) -> Pattern:
+    def _bind(
+        self, pattern: str, handler: Callable[[Event], Any], durable: str | None = None
+    ) -> Pattern:
         is_async = inspect.iscoroutinefunction(handler)
-        return self._router.add(pattern, (handler, is_async))
+        router = self._router if durable is None else self._streams.setdefault(durable, Router())
+        return router.add(pattern, (handler, is_async))
+
+    async def _flush_background(self, timeout: float) -> None:
+        task = self._background_task
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout)
+            if self._background:
+                self.log.warning("background events not sent", events=len(self._background))
+
+    def _on_handled(self, event: Event) -> None:
+        if self._durability is not None:
+            self._durability.on_handled(event)
 
     async def _flush(self, timeout: float) -> None:
         """Make sure what this actor published has reached the broker.

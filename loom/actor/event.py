@@ -17,15 +17,27 @@ class Event:
         topic: the topic it was published on.
         data: the decoded payload.
         envelope: the full header.
+        seq: for an event of a durable subscription, its sequence number in the broker's
+            log (else ``None``).
+        stream: the durable subscription's name (else ``None``).
     """
 
-    __slots__ = ("data", "envelope", "replied", "topic")
+    __slots__ = ("data", "envelope", "replied", "seq", "stream", "topic")
 
-    def __init__(self, topic: str, data: Any, envelope: Envelope) -> None:
+    def __init__(
+        self,
+        topic: str,
+        data: Any,
+        envelope: Envelope,
+        seq: int | None = None,
+        stream: str | None = None,
+    ) -> None:
         self.topic = topic
         self.data = data
         self.envelope = envelope
         self.replied = False
+        self.seq = seq
+        self.stream = stream
 
     @property
     def sender(self) -> str:

@@ -56,6 +56,8 @@ class Receiver:
         answer: publishes a reply or error for a request event (the actor's verb).
         log: the actor's logger.
         size: the mailbox's capacity, in events.
+        handled: called after an event of a durable subscription is handled (or skipped
+            as expired), to acknowledge it.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class Receiver:
         answer: Callable[[Event, int, Any], Awaitable[None]],
         log: Any,
         size: int,
+        handled: Callable[[Event], None] | None = None,
     ) -> None:
         self._events = events
         self._inbox = inbox
@@ -78,6 +81,7 @@ class Receiver:
         self._reply = answer
         self._log = log
         self._size = size
+        self._handled = handled
         self._mailbox: deque[tuple[Event, tuple[Handler, ...]]] = deque()
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -131,6 +135,11 @@ class Receiver:
         left = len(self._mailbox)
         self._mailbox.clear()
         return left
+
+    def enqueue(self, event: Event, handlers: tuple[Handler, ...]) -> None:
+        """Queue an event that did not come from the SUB sockets (a durable delivery)."""
+        self._mailbox.append((event, handlers))
+        self._wake.set()
 
     def close(self) -> None:
         """Stop reading both sockets."""
@@ -228,12 +237,14 @@ class Receiver:
             deadline = event.envelope.deadline
             if deadline is not None and deadline < time.time():
                 self._stats.expired += 1
-                continue
-            for handler, is_async in handlers:
-                if is_async:
-                    await run(event, handler)
-                elif (follow := run_sync(event, handler)) is not None:
-                    await follow
+            else:
+                for handler, is_async in handlers:
+                    if is_async:
+                        await run(event, handler)
+                    elif (follow := run_sync(event, handler)) is not None:
+                        await follow
+            if event.stream is not None and self._handled is not None:
+                self._handled(event)
 
     def _run_sync(self, event: Event, handler: Callable[[Event], Any]) -> Awaitable[None] | None:
         """Run a plain ``def`` handler; return what is left to await (a reply), if any.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from typing import Any
 
 import zmq
 
+from loom.actor.durable import Durability
 from loom.actor.event import Event, current_event
 from loom.errors import ClosedError, HopLimitError, NoReplyToError, RequestTimeoutError
 from loom.protocol import (
@@ -27,6 +29,7 @@ from loom.tools.client import Directory, ToolClient
 __all__ = ["Verbs"]
 
 _MAX_TOPIC_CACHE = 10_000
+_BACKGROUND_LIMIT = 100_000
 
 
 class Verbs:
@@ -45,12 +48,26 @@ class Verbs:
     _max_payload: int
     _pub: zmq.Socket[bytes]
     _tools: ToolClient | None
+    _durability: Durability | None
+    _background: collections.deque[tuple[bytes, bytes, bytes]]
+    _background_task: asyncio.Task[None] | None
+    stats: Any
 
-    async def emit(self, topic: str, data: Any = None, *, thread: str | None = None) -> None:
-        """Publish an event.
+    async def emit(
+        self, topic: str, data: Any = None, *, thread: str | None = None, qos: str = "standard"
+    ) -> None:
+        """Publish an event, with a quality of service (``docs/qos.md``):
 
-        A coroutine so that a broker that cannot keep up slows the sender down instead
-        of losing the event (backpressure); it returns at once when there is room.
+        - ``standard``: not lost between here and the broker; when the broker cannot keep
+          up, ``emit`` waits (backpressure). It returns at once when there is room.
+        - ``realtime``: never waits; when the link is full the event is dropped and
+          counted per topic (``stats.dropped``).
+        - ``reliable``: the broker logs it (durable; it needs a ``data_dir``) before
+          forwarding it, and acknowledges it; ``emit`` waits while 1000 events await
+          acknowledgement, and unacknowledged ones are sent again after a broker restart
+          (the broker drops the copies).
+        - ``background``: queued here (up to 100 000, then dropped and counted) and sent
+          when the link has room, after everything else.
 
         Raises:
             ClosedError: the actor is not running.
@@ -58,10 +75,48 @@ class Verbs:
             EncodeError: ``data`` cannot be encoded with msgpack.
             PayloadTooLargeError: the encoded data exceeds the broker's limit.
             HopLimitError: emitted too many handlers deep (a loop, most likely).
+            ValueError: an unknown ``qos``.
         """
-        frames = self._frames(topic, EVENT, data, thread=thread)
-        if not self._write(frames):
-            await self._write_waiting(frames)
+        if qos == "standard":
+            frames = self._frames(topic, EVENT, data, thread=thread)
+            if not self._write(frames):
+                await self._write_waiting(frames)
+        elif qos == "realtime":
+            if not self._write(self._frames(topic, EVENT, data, thread=thread)):
+                self.stats.drop_topic(topic, "realtime")
+        elif qos == "reliable":
+            mid = self.ids.next()
+            frames = self._frames(topic, EVENT, data, thread=thread, mid=mid)
+            assert self._durability is not None
+            await self._durability.publish(mid, *frames)
+        elif qos == "background":
+            frames = self._frames(topic, EVENT, data, thread=thread)
+            if len(self._background) >= _BACKGROUND_LIMIT:
+                self.stats.drop_topic(topic, "background")
+                return
+            self._background.append(frames)
+            if self._background_task is None:
+                self._background_task = asyncio.get_running_loop().create_task(
+                    self._send_background()
+                )
+        else:
+            raise ValueError(f"qos must be standard, realtime, reliable or background: {qos!r}")
+
+    async def _send_background(self) -> None:
+        """Send background events while the link has room; yield to everything else."""
+        queue = self._background
+        try:
+            while queue and self._running:
+                for _ in range(64):
+                    if not queue or not self._write(queue[0]):
+                        break
+                    queue.popleft()
+                else:
+                    await asyncio.sleep(0)
+                    continue
+                await asyncio.sleep(0.001 if queue else 0)
+        finally:
+            self._background_task = None
 
     async def request(
         self, topic: str, data: Any = None, *, timeout: float = 5.0, thread: str | None = None

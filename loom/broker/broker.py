@@ -9,6 +9,7 @@ from typing import Any
 import zmq
 
 from loom.broker.control import ControlPlane
+from loom.broker.durable import DurableLog, DurablePlane
 from loom.broker.pubsub import PubSubProxy
 from loom.broker.tools import ToolRouter
 from loom.logs import get_logger
@@ -57,6 +58,10 @@ class Broker:
         max_queue: tool calls waiting per tool before OVERLOADED.
         max_attempts: dispatches of an idempotent call whose workers keep dying.
         max_call_timeout: the longest timeout a tool call gets, whatever it asks.
+        data_dir: where the durable topics' LMDB log lives (``None``: no durable topics).
+        durable_map_size: the log's largest size, bytes.
+        durable_max_age: seconds durable events are kept (0: forever).
+        durable_max_bytes: the log's size beyond which the oldest events go (0: no cap).
     """
 
     def __init__(
@@ -74,6 +79,10 @@ class Broker:
         max_queue: int = 1000,
         max_attempts: int = 3,
         max_call_timeout: float = DEFAULT_MAX_TIMEOUT,
+        data_dir: str | None = None,
+        durable_map_size: int = 1 << 30,
+        durable_max_age: float = 0.0,
+        durable_max_bytes: int = 0,
     ) -> None:
         self.endpoint = endpoint
         self.name = name
@@ -88,6 +97,8 @@ class Broker:
         self._max_queue = max_queue
         self._max_attempts = max_attempts
         self._max_call_timeout = max_call_timeout
+        self._data_dir = data_dir
+        self._durable_options = (durable_map_size, durable_max_age, durable_max_bytes)
         self._stopping = threading.Event()
         self._log = get_logger("loom.broker", broker=name)
         self.endpoints: dict[str, str] = {}
@@ -136,9 +147,23 @@ class Broker:
             max_payload=self._max_payload,
             max_timeout=self._max_call_timeout,
         )
+        log = None
+        if self._data_dir is not None:
+            map_size, max_age, max_bytes = self._durable_options
+            log = DurableLog(
+                self._data_dir, map_size=map_size, max_age=max_age, max_bytes=max_bytes
+            )
+        durable = DurablePlane(
+            log,
+            send=send,
+            forward=self.proxy.forward,
+            logger=self._log,
+            max_payload=self._max_payload,
+        )
         control = self.control = ControlPlane(
             router,
             tools=tools,
+            durable=durable,
             announce={
                 "broker": self.name,
                 "pub": self.endpoints["pub"],
@@ -212,6 +237,8 @@ class Broker:
 
     def _close(self) -> None:
         totals = self.stats().get("totals", {})
+        if self.control is not None:
+            self.control.durable.close()
         for sock in self._sockets:
             sock.close(linger=0)
         self._sockets.clear()

@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-call-timeout", type=float, help="the longest call timeout granted (default 3600)"
     )
+    parser.add_argument("--data-dir", help="directory of the durable topics' LMDB log")
+    parser.add_argument("--durable-map-size", type=int, help="largest log size, bytes (1 GiB)")
+    parser.add_argument("--durable-max-age", type=float, help="seconds events are kept (0: ever)")
+    parser.add_argument("--durable-max-bytes", type=int, help="log bytes kept (0: no cap)")
     parser.add_argument(
         "--log-json", action="store_true", default=None, help="log one JSON object per line"
     )
@@ -83,6 +87,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "max_queue": args.max_queue,
         "max_attempts": args.max_attempts,
         "max_call_timeout": args.max_call_timeout,
+        "data_dir": args.data_dir,
+        "durable_map_size": args.durable_map_size,
+        "durable_max_age": args.durable_max_age,
+        "durable_max_bytes": args.durable_max_bytes,
     }
     log = {"json": args.log_json, "level": args.log_level}
     try:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import zmq
 
+from loom.broker.durable import DurablePlane
 from loom.broker.tools import ToolRouter
 from loom.errors import ProtocolError
 from loom.logs import DropCounter
@@ -22,14 +23,18 @@ from loom.protocol import (
     BYE,
     CALL,
     CANCEL,
+    DACK,
     DIRECTORY,
     DRAIN,
+    DSUB,
     ERROR_COMMAND,
     FAIL,
     HEARTBEAT,
     HELLO,
     PROGRESS,
+    PUBLISH,
     READY,
+    REPLAY,
     RESET,
     RESULT,
     STATS,
@@ -86,6 +91,7 @@ class ControlPlane:
     Args:
         router: the bound ROUTER socket.
         tools: the tool router.
+        durable: the durable topics' plane.
         announce: what HELLO tells clients (endpoints, limits); version and heartbeat
             are added.
         stats: returns the broker's counters for STATS.
@@ -101,6 +107,7 @@ class ControlPlane:
         router: zmq.Socket[bytes],
         *,
         tools: ToolRouter,
+        durable: DurablePlane,
         announce: dict[str, Any],
         stats: Callable[[], dict[str, Any]],
         log: Any,
@@ -112,6 +119,7 @@ class ControlPlane:
     ) -> None:
         self._router = router
         self.tools = tools
+        self.durable = durable
         self._announce = {
             "version": VERSION,
             **announce,
@@ -138,7 +146,14 @@ class ControlPlane:
         }
 
     def serve(self, budget: int = 1000) -> None:
-        """Handle up to ``budget`` waiting messages."""
+        """Handle up to ``budget`` waiting messages; durable events received are committed
+        as one batch at the end, then forwarded and acknowledged."""
+        try:
+            self._serve(budget)
+        finally:
+            self.durable.flush()
+
+    def _serve(self, budget: int) -> None:
         router, peers, tool_commands = self._router, self.peers, self._tool_commands
         now = self._clock()
         for _ in range(budget):
@@ -150,6 +165,9 @@ class ControlPlane:
             peer = peers.get(identity)
             if peer is not None:
                 peer.seen = now
+            if command == PUBLISH:
+                self.durable.on_publish(identity, frames[2:])
+                continue
             handle = tool_commands.get(command)
             if handle is not None and len(frames) > 2:
                 if len(frames) != 4:
@@ -188,6 +206,7 @@ class ControlPlane:
             limit = self._heartbeat * self._liveness
             for identity in [i for i, p in self.peers.items() if now - p.seen > limit]:
                 self._forget(identity, "went silent")
+        self.durable.tick(now)
         next_deadline = self.tools.tick()
         if next_deadline is None:
             return self._next_check
@@ -220,6 +239,7 @@ class ControlPlane:
                 self._publish(f"$sys.{peer.role}.left", peer, reason=reason)
         self.tools.worker_gone(identity, reason)
         self.tools.client_gone(identity)
+        self.durable.gone(identity)
 
     def _introduce(self, identity: bytes, body: dict[str, Any], role: str) -> Peer | None:
         """The peer for ``identity``, made or updated from a HELLO or READY body; None
@@ -303,6 +323,7 @@ class ControlPlane:
         snap["control_drops"] = dict(self.drops.counts)
         snap["tool_drops"] = dict(self.tools.drops.counts)
         snap["tool_calls"] = dict(self.tools.counts)
+        snap["durable"] = self.durable.snapshot()
         snap["peers"] = [p.as_dict(self._wall_of(p.seen)) for p in self.peers.values()]
         snap["rid"] = body.get("rid")
         snap["pid"] = os.getpid()
@@ -344,6 +365,19 @@ class ControlPlane:
         if self._events is not None:
             self._events(topic, {"name": peer.name, "pid": peer.pid, **extra})
 
+    def _durable_subscribe(self, identity: bytes, body: dict[str, Any]) -> None:
+        answer = self.durable.subscribe(identity, body)
+        command = ERROR_COMMAND if "code" in answer else DSUB
+        self._reply(identity, command, {**answer, "rid": body.get("rid")})
+
+    def _durable_ack(self, identity: bytes, body: dict[str, Any]) -> None:
+        self.durable.ack(identity, body)
+
+    def _replay(self, identity: bytes, body: dict[str, Any]) -> None:
+        answer = self.durable.replay(body)
+        command = ERROR_COMMAND if "code" in answer else REPLAY
+        self._reply(identity, command, {**answer, "rid": body.get("rid")})
+
     def _wall_of(self, monotonic: float) -> float:
         return self._wall() - (self._clock() - monotonic)
 
@@ -356,4 +390,7 @@ class ControlPlane:
         DRAIN: _drain,
         BYE: _bye,
         HEARTBEAT: _heartbeat_command,
+        DSUB: _durable_subscribe,
+        DACK: _durable_ack,
+        REPLAY: _replay,
     }

@@ -217,15 +217,19 @@ class PubSubProxy:
     def publish(self, topic: str, data: Any, sender: str) -> None:
         """Publish the broker's own event (``$sys.*``) to subscribers. Never blocks the
         broker: a subscriber whose queue is full misses it (counted as ``stalled``)."""
-        frame = encode_topic(topic)
         mid = self._ids.next()
         header = pack_header(EVENT, mid, sender, time.time(), None, None, None, None, 0, mid, None)
-        row = self.stats.row(frame)
+        self.forward(encode_topic(topic), header, encode_payload(data))
+
+    def forward(self, topic: bytes, header: bytes, payload: bytes) -> None:
+        """Send one already validated message to live subscribers (a durable event once
+        logged, a ``$sys`` event), without blocking: a full subscriber misses it, counted."""
+        row = self.stats.row(topic)
         row[PUBLISHED] += 1
         try:
-            send_message(self._xpub, frame, header, encode_payload(data))
+            send_message(self._xpub, topic, header, payload)
         except zmq.Again:
-            self._drop(row, DROPPED, "stalled", "a subscriber's queue is full", frame)
+            self._drop(row, DROPPED, "stalled", "a subscriber's queue is full", topic)
             return
         row[FORWARDED] += 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import signal
 import sys
@@ -17,13 +18,14 @@ from loom.cli.demo import run_demo
 from loom.config import broker_address
 from loom.errors import LoomError
 from loom.logs import configure_logging
-from loom.protocol import STATS
+from loom.protocol import REPLAY, STATS, decode_header, decode_payload
 
 EXAMPLES = """examples:
   loom demo                                   # a broker and demo actors, until Ctrl-C
   loom tap 'market.price.*'                   # print matching events as they pass
   loom pub market.price.BTC '{"price": 1}'    # publish one event
   loom stats                                  # the broker's counters as JSON
+  loom replay 'orders.**' --since 100         # durable events logged after #100
   loom worker my_tools.py                     # serve the @tool functions in a file
   loom list                                   # live actors, workers and tools
   loom call demo.stats '{"values": [1, 2]}'   # call a tool, print the result
@@ -62,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pub.add_argument("topic")
     pub.add_argument(
+        "--qos",
+        choices=("standard", "realtime", "reliable", "background"),
+        default="standard",
+        help="reliable: logged by the broker (durable) and acknowledged",
+    )
+    pub.add_argument(
         "data", nargs="?", default="null", help="the event's data as JSON (default: null)"
     )
 
@@ -87,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     tool_commands.add_parsers(commands, common)
+    replay_parser = commands.add_parser(
+        "replay",
+        parents=[common],
+        help="print past durable events",
+        epilog="examples:\n  loom replay 'orders.**' --since 1200\n"
+        "  loom replay 'orders.**' --since 2026-11-21T10:00:00 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay_parser.add_argument("pattern", nargs="?", default="**")
+    replay_parser.add_argument(
+        "--since", default="0", help="a sequence number (after it) or an ISO time (from it)"
+    )
+    replay_parser.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+    replay_parser.add_argument("--json", action="store_true", help="one JSON object per event")
     run_commands.add_parsers(commands, common)
 
     demo = commands.add_parser(
@@ -122,13 +144,15 @@ def main(argv: list[str] | None = None) -> int:
             except json.JSONDecodeError as exc:
                 print(f"loom pub: data is not JSON: {exc}", file=sys.stderr)
                 return 2
-            asyncio.run(_pub(broker, args.topic, data, args.timeout))
+            asyncio.run(_pub(broker, args.topic, data, args.timeout, args.qos))
         elif args.command == "tap":
             asyncio.run(
                 _tap(broker, args.pattern, args.timeout, as_json=args.json, count=args.count)
             )
         elif args.command == "stats":
             print(json.dumps(asyncio.run(_stats(broker, args.timeout)), indent=2, default=repr))
+        elif args.command == "replay":
+            return asyncio.run(replay(args, broker))
         elif args.command == "actor":
             return run_commands.run_actor(args, broker)
         elif args.command == "worker":
@@ -145,11 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _pub(broker: str, topic: str, data: Any, timeout: float) -> None:
+async def _pub(broker: str, topic: str, data: Any, timeout: float, qos: str) -> None:
     actor = Actor(name="loom-pub", broker=broker, connect_timeout=timeout)
     await actor.start()
     try:
-        await actor.emit(topic, data)
+        await actor.emit(topic, data, qos=qos)
     finally:
         await actor.stop()
 
@@ -204,6 +228,45 @@ async def _tap(broker: str, pattern: str, timeout: float, *, as_json: bool, coun
 
 async def _stats(broker: str, timeout: float) -> dict[str, Any]:
     return (await query(broker, STATS, timeout=timeout))[1]
+
+
+async def replay(args: argparse.Namespace, broker: str) -> int:
+    """Page through the broker's durable log, printing what matches."""
+    since: dict[str, Any]
+    if args.since.isdigit():
+        since = {"since": int(args.since)}
+    else:
+        try:
+            moment = datetime.datetime.fromisoformat(args.since)
+        except ValueError:
+            print(f"loom replay: --since {args.since!r}: not a number or ISO time", file=sys.stderr)
+            return 2
+        if moment.tzinfo is None:
+            moment = moment.astimezone()
+        since = {"since_time": moment.timestamp()}
+    shown = 0
+    while True:
+        command, body = await query(
+            broker, REPLAY, {"pattern": args.pattern, "limit": 1000, **since}, args.timeout
+        )
+        if command != REPLAY:
+            print(f"loom replay: {body.get('code')}: {body.get('message')}", file=sys.stderr)
+            return 1
+        for seq, when, topic, header, payload in body["events"]:
+            envelope = decode_header(header)
+            event = Event(topic.decode(), decode_payload(payload, envelope.content_type), envelope)
+            line = format_event(event, as_json=args.json)
+            if args.json:
+                line = json.dumps({"seq": seq, "logged": when, **json.loads(line)})
+            else:
+                line = f"{seq} {line}"
+            print(line, flush=True)
+            shown += 1
+            if args.limit and shown >= args.limit:
+                return 0
+        if not body["events"] or body["next"] >= body["last_seq"]:
+            return 0
+        since = {"since": body["next"], **{k: v for k, v in since.items() if k == "since_time"}}
 
 
 if __name__ == "__main__":

@@ -29,16 +29,22 @@ __all__ = [
     "CALL",
     "CANCEL",
     "CONTROL_COMMANDS",
+    "DACK",
     "DEFAULT_MAX_TIMEOUT",
+    "DELIVER",
     "DIRECTORY",
     "DRAIN",
+    "DSUB",
     "ERROR_CODES",
     "ERROR_COMMAND",
     "FAIL",
     "HEARTBEAT",
     "HELLO",
     "PROGRESS",
+    "PUBACK",
+    "PUBLISH",
     "READY",
+    "REPLAY",
     "RESET",
     "RESULT",
     "STATS",
@@ -77,9 +83,40 @@ HEARTBEAT = b"HEARTBEAT"
 RESET = b"RESET"
 """broker -> peer: I do not know you (restarted, or declared you dead): introduce yourself."""
 
+DSUB = b"DSUB"
+"""actor -> broker ``{name, patterns}``: stream me durable events from my last ack."""
+DACK = b"DACK"
+"""actor -> broker ``{name, seq}``: handled everything up to ``seq`` (cumulative)."""
+REPLAY = b"REPLAY"
+"""client -> broker ``{pattern, since, since_time, limit}``: past durable events."""
+
 CONTROL_COMMANDS = frozenset(
-    (HELLO, STATS, ERROR_COMMAND, DIRECTORY, ANNOUNCE, READY, DRAIN, BYE, HEARTBEAT, RESET)
+    (
+        HELLO,
+        STATS,
+        ERROR_COMMAND,
+        DIRECTORY,
+        ANNOUNCE,
+        READY,
+        DRAIN,
+        BYE,
+        HEARTBEAT,
+        RESET,
+        DSUB,
+        DACK,
+        REPLAY,
+    )
 )
+
+# --- durable topics: [command, ...frames] ------------------------------------------
+
+PUBLISH = b"PUBLISH"
+"""peer -> broker ``[PUBLISH, topic, header, payload]``: log, then forward, then PUBACK."""
+PUBACK = b"PUBACK"
+"""broker -> peer ``[PUBACK, [id, seq, error], b""]``; ``error`` nil, ``NO_STORE`` or
+``STORE_FULL`` (then ``seq`` is nil)."""
+DELIVER = b"DELIVER"
+"""broker -> durable subscriber ``[DELIVER, [seq, name], topic, header, payload]``."""
 
 # --- tool calls: [command, msgpack array meta, body] --------------------------------
 

@@ -1,0 +1,437 @@
+"""Durable topics: an LMDB log with sequence numbers, and a stream per durable subscriber.
+
+The broker appends each durable event to the log under the next sequence number (one
+write transaction per batch, committed before anything is forwarded or acknowledged),
+remembers its message id (a publisher that re-sends after a reconnect is acknowledged
+again, not logged twice), and keeps, per durable subscriber name, the last sequence it
+acknowledged. A subscriber's stream sends what it has not acknowledged, in order, from
+the log, at most ``window`` unacknowledged at a time: catch-up and live are one path.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+from loom.actor.patterns import Pattern
+from loom.errors import LoomError, PatternError, ProtocolError
+from loom.logs import DropCounter
+from loom.protocol import DELIVER, PUBACK, check_header, decode_topic
+
+__all__ = ["DurableLog", "DurablePlane", "StoreFullError", "Streams"]
+
+Send = Callable[[bytes, list[bytes]], bool]
+Forward = Callable[[bytes, bytes, bytes], None]
+_MAX_REPLAY = 1000
+
+_SEQ = struct.Struct(">Q")
+
+
+class StoreFullError(LoomError):
+    """The durable log's map (or the disk) is full: nothing was written."""
+
+
+class DurableLog:
+    """The LMDB environment of one broker's durable topics.
+
+    Args:
+        path: a directory (created if missing).
+        map_size: the largest size the log may reach, bytes.
+        max_age: seconds an event is kept (0: forever).
+        max_bytes: the log's payload bytes beyond which the oldest events go (0: no cap).
+        clock: Unix seconds.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        map_size: int = 1 << 30,
+        max_age: float = 0.0,
+        max_bytes: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=4, subdir=True)
+        self._log = self.env.open_db(b"log")
+        self._ids = self.env.open_db(b"ids")
+        self._cursors = self.env.open_db(b"cursors")
+        self._max_age = max_age
+        self._max_bytes = max_bytes
+        self._clock = clock
+        with self.env.begin() as txn:
+            cursor = txn.cursor(self._log)
+            self.last_seq = _SEQ.unpack(cursor.key())[0] if cursor.last() else 0
+            self.first_seq = _SEQ.unpack(cursor.key())[0] if cursor.first() else 0
+        self.bytes = self._measure()
+
+    def append(self, events: list[tuple[bytes, bytes, bytes, bytes]]) -> list[tuple[int, bool]]:
+        """Log ``(id, topic, header, payload)`` events in one transaction.
+
+        Returns:
+            Per event, its sequence number and whether it is new (False: its id was
+            logged before, under that number).
+
+        Raises:
+            StoreFullError: the map or the disk is full; nothing of the batch is written.
+        """
+        seq = self.last_seq
+        out: list[tuple[int, bool]] = []
+        added = 0
+        now = self._clock()
+        try:
+            with self.env.begin(write=True) as txn:
+                seen: dict[bytes, int] = {}
+                for mid, topic, header, payload in events:
+                    known = seen.get(mid)
+                    if known is None:
+                        raw = txn.get(mid, db=self._ids)
+                        known = _SEQ.unpack(raw)[0] if raw is not None else None
+                    if known is not None:
+                        out.append((known, False))
+                        continue
+                    seq += 1
+                    record = msgpack.packb((topic, header, payload, now))
+                    txn.put(_SEQ.pack(seq), record, db=self._log, append=True)
+                    txn.put(mid, _SEQ.pack(seq), db=self._ids)
+                    seen[mid] = seq
+                    added += len(record)
+                    out.append((seq, True))
+        except (lmdb.MapFullError, lmdb.DiskError) as exc:
+            raise StoreFullError(f"durable log is full: {exc}") from exc
+        self.last_seq = seq
+        self.first_seq = self.first_seq or (1 if seq else 0)
+        self.bytes += added
+        return out
+
+    def read(self, after: int, limit: int) -> Iterator[tuple[int, bytes, bytes, bytes, float]]:
+        """Up to ``limit`` events with sequence numbers above ``after``, in order."""
+        with self.env.begin() as txn:
+            cursor = txn.cursor(self._log)
+            if not cursor.set_range(_SEQ.pack(after + 1)):
+                return
+            for count, (key, value) in enumerate(cursor):
+                if count >= limit:
+                    return
+                topic, header, payload, when = msgpack.unpackb(value)
+                yield _SEQ.unpack(key)[0], topic, header, payload, when
+
+    def acked(self, name: str) -> int:
+        """The last sequence number subscriber ``name`` acknowledged (0: none)."""
+        with self.env.begin() as txn:
+            raw = txn.get(name.encode(), db=self._cursors)
+        return _SEQ.unpack(raw)[0] if raw is not None else 0
+
+    def save_acks(self, acks: dict[str, int]) -> None:
+        """Persist subscribers' acknowledged positions (one transaction).
+
+        Raises:
+            StoreFullError: the map or the disk is full.
+        """
+        try:
+            with self.env.begin(write=True) as txn:
+                for name, seq in acks.items():
+                    txn.put(name.encode(), _SEQ.pack(seq), db=self._cursors)
+        except (lmdb.MapFullError, lmdb.DiskError) as exc:
+            raise StoreFullError(f"durable log is full: {exc}") from exc
+
+    def trim(self) -> int:
+        """Drop the oldest events past the age and size limits; returns how many."""
+        if not (self._max_age or self._max_bytes):
+            return 0
+        cutoff = self._clock() - self._max_age if self._max_age else None
+        dropped = 0
+        with self.env.begin(write=True) as txn:
+            cursor = txn.cursor(self._log)
+            while cursor.first():
+                _, header, _, when = msgpack.unpackb(cursor.value())
+                too_old = cutoff is not None and when < cutoff
+                too_big = bool(self._max_bytes) and self.bytes > self._max_bytes
+                if not (too_old or too_big):
+                    break
+                self.bytes -= len(cursor.value())
+                mid = msgpack.unpackb(header)[2]  # Envelope.id
+                txn.delete(mid, db=self._ids)
+                cursor.delete()
+                dropped += 1
+            self.first_seq = _SEQ.unpack(cursor.key())[0] if cursor.first() else 0
+        return dropped
+
+    def _measure(self) -> int:
+        with self.env.begin() as txn:
+            return sum(len(value) for _, value in txn.cursor(self._log))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "bytes": self.bytes,
+            "map_size": self.env.info()["map_size"],
+        }
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class Stream:
+    """One durable subscriber: its patterns, where it is, who receives."""
+
+    __slots__ = ("acked", "dirty", "identity", "name", "patterns", "sent")
+
+    def __init__(self, name: str, identity: bytes, patterns: list[Pattern], acked: int) -> None:
+        self.name = name
+        self.identity = identity
+        self.patterns = patterns
+        self.acked = acked
+        self.sent = acked
+        """The last sequence number examined for sending."""
+        self.dirty = False
+        """``acked`` moved since it was last persisted."""
+
+    def wants(self, topic: str) -> bool:
+        return any(p.matches(topic) for p in self.patterns)
+
+
+class Streams:
+    """The durable subscribers and their flow control.
+
+    Args:
+        log: the durable log.
+        send: sends frames to a peer identity; False if it cannot now.
+        window: unacknowledged events a subscriber may hold.
+    """
+
+    def __init__(
+        self, log: DurableLog, send: Callable[[bytes, list[bytes]], bool], *, window: int = 1000
+    ) -> None:
+        self.log = log
+        self._send = send
+        self.window = window
+        self.streams: dict[str, Stream] = {}
+
+    def subscribe(self, name: str, identity: bytes, patterns: list[str]) -> Stream:
+        """Start (or take over) stream ``name`` from its last acknowledged event.
+
+        Raises:
+            PatternError: a pattern is invalid.
+        """
+        compiled = [Pattern(p) for p in patterns]
+        old = self.streams.get(name)
+        acked = old.acked if old is not None else self.log.acked(name)
+        stream = self.streams[name] = Stream(name, identity, compiled, acked)
+        self.pump(stream)
+        return stream
+
+    def ack(self, name: str, identity: bytes, seq: int) -> None:
+        stream = self.streams.get(name)
+        if stream is None or stream.identity != identity or seq <= stream.acked:
+            return
+        stream.acked = min(seq, stream.sent)
+        stream.dirty = True
+        self.pump(stream)
+
+    def pump_all(self) -> None:
+        for stream in self.streams.values():
+            self.pump(stream)
+
+    def pump(self, stream: Stream) -> None:
+        """Send what the window allows: the events after ``sent`` that match."""
+        log = self.log
+        while stream.sent < log.last_seq and stream.sent - stream.acked < self.window:
+            room = self.window - (stream.sent - stream.acked)
+            batch = list(log.read(stream.sent, room))
+            if not batch:
+                return
+            for seq, topic, header, payload, _ in batch:
+                if stream.wants(topic.decode()):
+                    meta = msgpack.packb((seq, stream.name))
+                    if not self._send(stream.identity, [DELIVER, meta, topic, header, payload]):
+                        return  # the subscriber is gone or full: resume on its next ack
+                stream.sent = seq
+
+    def gone(self, identity: bytes) -> None:
+        """A subscriber's session ended: keep its position, stop sending."""
+        leaving = [n for n, s in self.streams.items() if s.identity == identity]
+        if leaving:
+            self.save()
+        for name in leaving:
+            del self.streams[name]
+
+    def save(self) -> None:
+        """Persist the positions that moved.
+
+        Raises:
+            StoreFullError: the map or the disk is full.
+        """
+        dirty = {s.name: s.acked for s in self.streams.values() if s.dirty}
+        if dirty:
+            self.log.save_acks(dirty)
+            for stream in self.streams.values():
+                stream.dirty = False
+
+
+class DurablePlane:
+    """The broker's durable topics: PUBLISH batches, DSUB/DACK streams, REPLAY.
+
+    Args:
+        log: the durable log, or None (then every PUBLISH is answered ``NO_STORE``).
+        send: sends frames to a peer identity.
+        forward: hands a committed event to the pub/sub plane (live subscribers).
+        log_: a structlog logger.
+        max_payload: largest payload accepted, bytes.
+        window: unacknowledged events a durable subscriber may hold.
+    """
+
+    def __init__(
+        self,
+        log: DurableLog | None,
+        *,
+        send: Send,
+        forward: Forward,
+        logger: Any,
+        max_payload: int,
+        window: int = 1000,
+    ) -> None:
+        self.log = log
+        self._send = send
+        self._forward = forward
+        self._logger = logger
+        self._max_payload = max_payload
+        self.streams = Streams(log, send, window=window) if log is not None else None
+        self._batch: list[tuple[bytes, bytes, bytes, bytes, bytes]] = []
+        self.drops = DropCounter(logger)
+        self.counts = {"published": 0, "duplicates": 0, "refused": 0, "trimmed": 0}
+        self._next_save = 0.0
+
+    def on_publish(self, identity: bytes, frames: list[bytes]) -> None:
+        """Queue a PUBLISH for the batch; bad ones are counted and answered."""
+        if len(frames) != 3:
+            self.drops.drop("frames", f"PUBLISH with {len(frames)} frames", plane="durable")
+            return
+        topic, header, payload = frames
+        try:
+            decode_topic(topic)
+            mid = check_header(header)[2]
+        except ProtocolError as exc:
+            self.drops.drop(exc.reason, str(exc), plane="durable")
+            return
+        if not isinstance(mid, bytes):
+            self.drops.drop("header", "PUBLISH header id is not bytes", plane="durable")
+            return
+        if len(payload) > self._max_payload:
+            self.drops.drop("oversized", f"durable payload of {len(payload)} bytes")
+            self._ack(identity, mid, None, "TOO_LARGE")
+            return
+        if self.log is None:
+            self._ack(identity, mid, None, "NO_STORE")
+            return
+        self._batch.append((identity, mid, topic, header, payload))
+
+    def flush(self) -> None:
+        """Commit the batch (one transaction), then forward and acknowledge it."""
+        batch, self._batch = self._batch, []
+        if not batch or self.log is None or self.streams is None:
+            return
+        try:
+            results = self.log.append([(mid, t, h, p) for _, mid, t, h, p in batch])
+        except StoreFullError as exc:
+            self.counts["refused"] += len(batch)
+            self._logger.error("durable events refused", error=str(exc), events=len(batch))
+            for identity, mid, *_ in batch:
+                self._ack(identity, mid, None, "STORE_FULL")
+            return
+        for (identity, mid, topic, header, payload), (seq, new) in zip(batch, results, strict=True):
+            if new:
+                self.counts["published"] += 1
+                self._forward(topic, header, payload)
+            else:
+                self.counts["duplicates"] += 1
+            self._ack(identity, mid, seq, None)
+        self.streams.pump_all()
+
+    def _ack(self, identity: bytes, mid: bytes, seq: int | None, error: str | None) -> None:
+        self._send(identity, [PUBACK, msgpack.packb((mid, seq, error)), b""])
+
+    def subscribe(self, identity: bytes, body: dict[str, Any]) -> dict[str, Any]:
+        """DSUB: the answer's body (``acked``, or an error ``code`` and ``message``)."""
+        name, patterns = body.get("name"), body.get("patterns")
+        if self.streams is None:
+            return {"code": "NO_STORE", "message": "this broker has no data_dir"}
+        if not isinstance(name, str) or not name or not isinstance(patterns, list):
+            return {"code": "MALFORMED", "message": "DSUB needs name: str, patterns: [str]"}
+        try:
+            stream = self.streams.subscribe(name[:200], identity, [str(p) for p in patterns])
+        except PatternError as exc:
+            return {"code": "MALFORMED", "message": str(exc)}
+        return {"acked": stream.acked, "last_seq": self.log.last_seq if self.log else 0}
+
+    def ack(self, identity: bytes, body: dict[str, Any]) -> None:
+        name, seq = body.get("name"), body.get("seq")
+        if self.streams is not None and isinstance(name, str) and type(seq) is int:
+            self.streams.ack(name, identity, seq)
+
+    def replay(self, body: dict[str, Any]) -> dict[str, Any]:
+        """REPLAY: up to ``limit`` events matching ``pattern`` after ``since`` (a sequence
+        number) or at/after ``since_time``; ``next`` continues."""
+        if self.log is None:
+            return {"code": "NO_STORE", "message": "this broker has no data_dir"}
+        try:
+            pattern = Pattern(str(body.get("pattern", "**")))
+        except PatternError as exc:
+            return {"code": "MALFORMED", "message": str(exc)}
+        since, since_time = body.get("since", 0), body.get("since_time")
+        limit = min(int(body.get("limit", 100)), _MAX_REPLAY)
+        after = since if type(since) is int else 0
+        events: list[list[Any]] = []
+        while len(events) < limit:
+            chunk = list(self.log.read(after, _MAX_REPLAY))
+            if not chunk:
+                break
+            for seq, topic, header, payload, when in chunk:
+                after = seq
+                ok_time = not isinstance(since_time, int | float) or when >= since_time
+                if ok_time and pattern.matches(topic.decode()):
+                    events.append([seq, when, topic, header, payload])
+                    if len(events) >= limit:
+                        break
+        return {"events": events, "next": after, "last_seq": self.log.last_seq}
+
+    def gone(self, identity: bytes) -> None:
+        if self.streams is not None:
+            self.streams.gone(identity)
+
+    def tick(self, now: float) -> None:
+        """Persist moved ack positions about once a second; trim the log."""
+        if self.streams is None or self.log is None or now < self._next_save:
+            return
+        self._next_save = now + 1.0
+        try:
+            self.streams.save()
+            self.counts["trimmed"] += self.log.trim()
+        except StoreFullError as exc:
+            self._logger.error("cannot save durable positions", error=str(exc))
+
+    def snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = {**self.counts, "drops": dict(self.drops.counts)}
+        if self.log is not None and self.streams is not None:
+            snap["log"] = self.log.stats()
+            snap["subscribers"] = {
+                name: {"acked": st.acked, "sent": st.sent}
+                for name, st in self.streams.streams.items()
+            }
+        return snap
+
+    def close(self) -> None:
+        if self.streams is not None:
+            try:
+                self.streams.save()
+            except StoreFullError:
+                self._logger.exception("cannot save durable positions at close")
+        if self.log is not None:
+            self.log.close()

@@ -1,0 +1,177 @@
+"""Durable topics: the broker's LMDB log, durable subscriptions, replay, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import Proc, broker_stats, spawn_actor, start_broker, until, wait_for
+
+from loom import Actor, DurableError, Event
+
+LOOM = [sys.executable, "-m", "loom.cli.main"]
+
+
+class Keeper(Actor):
+    """A durable subscriber `audit` on `orders.*` that keeps what it handles."""
+
+    def __init__(self, broker: str) -> None:
+        super().__init__(name="keeper", broker=broker)
+        self.got: list[int] = []
+        self.seqs: list[int] = []
+
+    async def on_start(self) -> None:
+        await self.subscribe("orders.*", self.keep, durable="audit")
+
+    def keep(self, event: Event) -> None:
+        assert event.seq is not None and event.stream == "audit"
+        self.got.append(event.data)
+        self.seqs.append(event.seq)
+
+
+def durable_broker(spawn: Callable[..., Proc], endpoint: str, data: Path, *extra: str) -> Proc:
+    return start_broker(spawn, endpoint, "--heartbeat", "0.2", "--data-dir", str(data), *extra)
+
+
+def test_a_durable_subscriber_gets_what_it_missed_then_live(
+    spawn: Callable[..., Proc], endpoint: str, short_tmp: Path
+) -> None:
+    """Events logged before a subscriber first starts, and while it is stopped, reach it
+    when it (re)starts, in order, once; then live ones."""
+    durable_broker(spawn, endpoint, short_tmp / "data")
+
+    async def body() -> None:
+        publisher = Actor(name="publisher", broker=endpoint)
+        await publisher.start()
+        for i in range(300):
+            await publisher.emit(f"orders.{i % 3}", i, qos="reliable")
+        await publisher.emit("other.topic", -1, qos="reliable")
+        keeper = Keeper(endpoint)
+        await keeper.start()
+        await until(lambda: len(keeper.got) == 300)
+        await keeper.stop()
+        for i in range(300, 500):
+            await publisher.emit(f"orders.{i % 3}", i, qos="reliable")
+        again = Keeper(endpoint)
+        await again.start()
+        await until(lambda: len(again.got) == 200)
+        await publisher.emit("orders.0", 500, qos="reliable")
+        await until(lambda: len(again.got) == 201)
+        assert keeper.got == list(range(300))
+        assert again.got == list(range(300, 501))
+        assert again.seqs == sorted(again.seqs) and again.seqs[0] > keeper.seqs[-1]
+        await again.stop()
+        await publisher.stop()
+
+    asyncio.run(body())
+    replayed = subprocess.run(
+        [*LOOM, "replay", "orders.*", "--since", "298", "--json", "--broker", endpoint],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    lines = [json.loads(line) for line in replayed.stdout.splitlines()]
+    assert [(e["seq"], e["data"]) for e in lines[:3]] == [(299, 298), (300, 299), (302, 300)]
+    assert len(lines) == 203 and lines[-1]["data"] == 500
+
+
+@pytest.mark.timeout(90)
+def test_killing_the_broker_mid_stream_loses_and_repeats_nothing(
+    spawn: Callable[..., Proc], endpoint: str, short_tmp: Path
+) -> None:
+    """SIGKILL the broker while 2000 durable events stream from a publisher process to a
+    subscriber; restart it on the same data: the subscriber handles each exactly once."""
+    data = short_tmp / "data"
+    first = durable_broker(spawn, endpoint, data)
+
+    async def body() -> None:
+        keeper = Keeper(endpoint)
+        await keeper.start()
+        publisher = await asyncio.to_thread(spawn_actor, spawn, "durable_pub", endpoint, "2000")
+        await until(lambda: len(keeper.got) >= 300, timeout=20)
+        os.kill(first.pid, signal.SIGKILL)
+        await asyncio.to_thread(durable_broker, spawn, endpoint, data)
+        await until(lambda: len(keeper.got) >= 2000, timeout=40)
+        await asyncio.to_thread(publisher.wait_line, "published 2000, unacknowledged 0", 30)
+        await asyncio.sleep(0)  # let anything late arrive (none should)
+        assert sorted(keeper.got) == list(range(2000))  # each exactly once
+        assert keeper.seqs == sorted(keeper.seqs)
+        assert keeper._durability is not None
+        await keeper.stop()
+
+    asyncio.run(body())
+    stats = broker_stats(endpoint)["durable"]
+    assert stats["log"]["last_seq"] == 2000
+
+
+def test_without_a_data_dir_durable_use_fails_clearly(broker: str) -> None:
+    """A durable subscription raises DurableError; reliable emits are counted as refused."""
+
+    async def body() -> None:
+        with pytest.raises(DurableError, match="no data_dir"):
+            await Keeper(broker).start()
+        publisher = Actor(name="publisher", broker=broker)
+        await publisher.start()
+        await publisher.emit("orders.1", 1, qos="reliable")
+        await until(lambda: publisher.stats.drops.counts.get("durable_no_store") == 1)
+        await publisher.stop()
+
+    asyncio.run(body())
+
+
+def test_a_full_log_refuses_events_and_keeps_what_it_has(
+    spawn: Callable[..., Proc], endpoint: str, short_tmp: Path
+) -> None:
+    """With a tiny map, events past the limit are refused (STORE_FULL, counted); the broker
+    keeps serving and the log it has stays readable."""
+    durable_broker(spawn, endpoint, short_tmp / "data", "--durable-map-size", str(256 * 1024))
+
+    async def body() -> None:
+        publisher = Actor(name="publisher", broker=endpoint)
+        await publisher.start()
+        for i in range(400):
+            await publisher.emit("orders.big", {"i": i, "pad": "x" * 2000}, qos="reliable")
+        assert publisher._durability is not None
+        await publisher._durability.flush(10)
+        refused = publisher.stats.drops.counts.get("durable_store_full", 0)
+        assert 0 < refused < 400
+        await publisher.stop()
+
+    asyncio.run(body())
+    stats = wait_for(lambda: broker_stats(endpoint)["durable"])
+    assert stats["refused"] > 0 and stats["log"]["last_seq"] == stats["published"]
+    replayed = subprocess.run(
+        [*LOOM, "replay", "orders.*", "--broker", endpoint],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert len(replayed.stdout.splitlines()) == stats["published"]
+
+
+def test_retention_by_size_drops_the_oldest(
+    spawn: Callable[..., Proc], endpoint: str, short_tmp: Path
+) -> None:
+    """Past durable_max_bytes the oldest events go; replay starts later."""
+    durable_broker(spawn, endpoint, short_tmp / "data", "--durable-max-bytes", "20000")
+
+    async def body() -> None:
+        publisher = Actor(name="publisher", broker=endpoint)
+        await publisher.start()
+        for i in range(200):
+            await publisher.emit("orders.x", {"i": i, "pad": "x" * 400}, qos="reliable")
+        await publisher.stop()
+
+    asyncio.run(body())
+    stats = wait_for(lambda: (d := broker_stats(endpoint)["durable"])["trimmed"] and d)
+    assert stats["log"]["bytes"] <= 20000 and stats["log"]["first_seq"] > 1
+    assert stats["log"]["last_seq"] == 200
