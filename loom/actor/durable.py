@@ -136,11 +136,12 @@ class Durability:
             delay = min(delay * 2, 0.05)
 
     def _on_puback(self, frames: list[bytes]) -> None:
-        mid, _, error = msgpack.unpackb(frames[0])
-        self.sent_at.pop(mid, None)
-        if self.unacked.pop(mid, None) is not None and error is not None:
-            self.refused += 1
-            self._drops.drop(f"durable_{str(error).lower()}", f"the broker refused: {error}")
+        for mid, _, error in msgpack.unpackb(frames[0]):
+            self.sent_at.pop(mid, None)
+            if self.unacked.pop(mid, None) is not None and error is not None:
+                self.refused += 1
+                reason = f"durable_{str(error).lower()}"
+                self._drops.drop(reason, f"the broker refused: {error}")
         if len(self.unacked) <= self.window // 2:
             self._room.set()
         if not self.unacked:

@@ -206,11 +206,13 @@ class ControlPlane:
             limit = self._heartbeat * self._liveness
             for identity in [i for i, p in self.peers.items() if now - p.seen > limit]:
                 self._forget(identity, "went silent")
+        self.durable.flush()
         self.durable.tick(now)
-        next_deadline = self.tools.tick()
-        if next_deadline is None:
-            return self._next_check
-        return min(self._next_check, next_deadline)
+        wakes = [self._next_check]
+        for wake in (self.tools.tick(), self.durable.due()):
+            if wake is not None:
+                wakes.append(wake)
+        return min(wakes)
 
     def send(self, identity: bytes, frames: list[bytes]) -> bool:
         """Send to a peer; count and return False if it is gone or its queue is full."""

@@ -113,8 +113,8 @@ CONTROL_COMMANDS = frozenset(
 PUBLISH = b"PUBLISH"
 """peer -> broker ``[PUBLISH, topic, header, payload]``: log, then forward, then PUBACK."""
 PUBACK = b"PUBACK"
-"""broker -> peer ``[PUBACK, [id, seq, error], b""]``; ``error`` nil, ``NO_STORE`` or
-``STORE_FULL`` (then ``seq`` is nil)."""
+"""broker -> peer ``[PUBACK, [[id, seq, error], ...], b""]``, one per publisher and
+commit; ``error`` nil, ``NO_STORE``, ``TOO_LARGE`` or ``STORE_FULL`` (then ``seq`` is nil)."""
 DELIVER = b"DELIVER"
 """broker -> durable subscriber ``[DELIVER, [seq, name], topic, header, payload]``."""
 
