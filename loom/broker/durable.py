@@ -37,7 +37,8 @@ _SEQ = struct.Struct(">Q")
 
 
 class StoreFullError(LoomError):
-    """The durable log's map (or the disk) is full: nothing was written."""
+    """The durable log cannot take a write (its map or the disk is full, or the disk
+    fails): the transaction is aborted, nothing of it is written."""
 
 
 class DurableLog:
@@ -84,7 +85,7 @@ class DurableLog:
         Raises:
             StoreFullError: the map or the disk is full; nothing of the batch is written.
         """
-        seq = self.last_seq
+        seq = previous = self.last_seq
         out: list[tuple[int, bool]] = []
         added = 0
         now = self._clock()
@@ -106,10 +107,11 @@ class DurableLog:
                     seen[mid] = seq
                     added += len(record)
                     out.append((seq, True))
-        except (lmdb.MapFullError, lmdb.DiskError) as exc:
+        except lmdb.Error as exc:  # map full, disk full (ENOSPC), I/O error
             raise StoreFullError(f"durable log is full: {exc}") from exc
         self.last_seq = seq
-        self.first_seq = self.first_seq or (1 if seq else 0)
+        if not self.first_seq and seq > previous:  # the log was empty
+            self.first_seq = previous + 1
         self.bytes += added
         return out
 
@@ -141,7 +143,7 @@ class DurableLog:
             with self.env.begin(write=True) as txn:
                 for name, seq in acks.items():
                     txn.put(name.encode(), _SEQ.pack(seq), db=self._cursors)
-        except (lmdb.MapFullError, lmdb.DiskError) as exc:
+        except lmdb.Error as exc:  # map full, disk full (ENOSPC), I/O error
             raise StoreFullError(f"durable log is full: {exc}") from exc
 
     def trim(self) -> int:

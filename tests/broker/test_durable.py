@@ -175,3 +175,21 @@ def test_retention_by_size_drops_the_oldest(
     stats = wait_for(lambda: (d := broker_stats(endpoint)["durable"])["trimmed"] and d)
     assert stats["log"]["bytes"] <= 20000 and stats["log"]["first_seq"] > 1
     assert stats["log"]["last_seq"] == 200
+
+
+def test_retention_by_age_drops_old_events(
+    spawn: Callable[..., Proc], endpoint: str, short_tmp: Path
+) -> None:
+    """Events older than durable_max_age go (checked about once a second)."""
+    durable_broker(spawn, endpoint, short_tmp / "data", "--durable-max-age", "0.5")
+
+    async def body() -> None:
+        publisher = Actor(name="publisher", broker=endpoint)
+        await publisher.start()
+        for i in range(50):
+            await publisher.emit("orders.x", i, qos="reliable")
+        await publisher.stop()
+
+    asyncio.run(body())
+    stats = wait_for(lambda: (d := broker_stats(endpoint)["durable"])["trimmed"] == 50 and d)
+    assert stats["log"]["first_seq"] == 0 and stats["log"]["last_seq"] == 50
