@@ -406,6 +406,7 @@ class Actor(Verbs):
             return
         if self._running:
             self._sub.subscribe(compiled.prefix)
+            self._kick()
             await self._confirm()
             if self._link is not None:
                 self._link.session.tell(ANNOUNCE, {"patterns": self._router.patterns()})
@@ -423,6 +424,12 @@ class Actor(Verbs):
             await asyncio.wait({task}, timeout=timeout)
             if self._background:
                 self.log.warning("background events not sent", events=len(self._background))
+
+    def _kick(self) -> None:
+        """A setsockopt on the events socket may consume its fd's edge (as a send can,
+        docs/decisions.md #11): have the receiver look at the socket once."""
+        if self._receiver is not None:
+            self._receiver.kick()
 
     def _on_handled(self, event: Event) -> None:
         if self._durability is not None:
@@ -462,6 +469,7 @@ class Actor(Verbs):
             self._probes += 1
             topic, sock = f"$probe.{self.id}.{self._probes}", self._sub
             sock.subscribe(topic.encode())
+            self._kick()
         probe_id = self.ids.next()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[probe_id] = fut
@@ -485,3 +493,4 @@ class Actor(Verbs):
             self._pending.pop(probe_id, None)
             if sock is not None and self._running:
                 sock.unsubscribe(topic.encode())
+                self._kick()

@@ -136,6 +136,11 @@ class Receiver:
         self._mailbox.clear()
         return left
 
+    def kick(self) -> None:
+        """Read the events socket once soon, whatever its fd says."""
+        if self._reading and not self._paused:
+            self._loop.call_soon(self._on_events)
+
     def enqueue(self, event: Event, handlers: tuple[Handler, ...]) -> None:
         """Queue an event that did not come from the SUB sockets (a durable delivery)."""
         self._mailbox.append((event, handlers))
