@@ -11,7 +11,7 @@ from typing import Any
 import zmq
 import zmq.backend
 
-from loom.errors import BrokerUnavailableError, ProtocolError, VersionMismatchError
+from loom.errors import BrokerUnavailableError, LoomError, ProtocolError, VersionMismatchError
 from loom.logs import DropCounter
 from loom.protocol import (
     BYE,
@@ -291,9 +291,13 @@ class Session:
             self._rejoin = self._loop.create_task(self._hello_again())
 
     async def _hello_again(self) -> None:
-        try:
-            await self._say_hello(timeout=max(self.interval * self.liveness, 1.0))
-            for hook in self.restored_hooks:
-                await hook()
-        except (BrokerUnavailableError, ProtocolError) as exc:
-            self._log.warning("cannot rejoin the broker", error=str(exc))
+        """HELLO, then the restored hooks; on failure, again every interval while open."""
+        while self._sock is not None:
+            try:
+                await self._say_hello(timeout=max(self.interval * self.liveness, 1.0))
+                for hook in self.restored_hooks:
+                    await hook()
+                return
+            except LoomError as exc:
+                self._log.warning("cannot rejoin the broker yet", error=str(exc))
+            await asyncio.sleep(self.interval)

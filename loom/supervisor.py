@@ -132,7 +132,9 @@ class Supervisor:
                     break
                 started = asyncio.get_running_loop().create_future()
                 keepers.append(asyncio.create_task(self._keep(child, started)))
-                await started  # in order: the next one starts once this one is ready
+                stopping = asyncio.ensure_future(self._stopping.wait())
+                await asyncio.wait({started, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()  # in order: the next one starts once this one is ready
             await self._stopping.wait()
         finally:
             self._stopping.set()
@@ -148,9 +150,20 @@ class Supervisor:
     async def _keep(self, child: Child, started: asyncio.Future[None]) -> None:
         spec = child.spec
         while not self._stopping.is_set():
-            child.proc = await asyncio.create_subprocess_exec(
-                *spec.argv, env={**os.environ, **spec.env}, start_new_session=True
-            )
+            try:
+                child.proc = await asyncio.create_subprocess_exec(
+                    *spec.argv, env={**os.environ, **spec.env}, start_new_session=True
+                )
+            except (OSError, ValueError) as exc:  # cannot spawn: as good as a crash
+                self._log.error("cannot start child", child=spec.name, error=str(exc))
+                if not started.done():
+                    started.set_result(None)
+                if not await self._restart_or_give_up(child):
+                    return
+                continue
+            if self._stopping.is_set():  # stopped while it was being spawned
+                await self._terminate(child)
+                return
             child.state = "running"
             self._log.info("child started", child=spec.name, pid=child.proc.pid)
             if not started.done():
@@ -165,19 +178,26 @@ class Supervisor:
                 child.state = "exited"
                 self.print_status()
                 return
-            now = self._clock()
-            child.recent.append(now)
-            while child.recent and child.recent[0] < now - self._within:
-                child.recent.popleft()
-            if len(child.recent) > self._max_restarts:
-                self._give_up(child, f"{len(child.recent)} restarts within {self._within:g}s")
+            if not await self._restart_or_give_up(child):
                 return
-            delay = min(self._backoff * 2 ** (len(child.recent) - 1), self._max_backoff)
-            child.state = "backoff"
-            self.print_status()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
-            child.restarts += 1
+
+    async def _restart_or_give_up(self, child: Child) -> bool:
+        """Count a restart in the window; give up past the intensity, else back off.
+        Returns whether to start the child again."""
+        now = self._clock()
+        child.recent.append(now)
+        while child.recent and child.recent[0] < now - self._within:
+            child.recent.popleft()
+        if len(child.recent) > self._max_restarts:
+            self._give_up(child, f"{len(child.recent)} restarts within {self._within:g}s")
+            return False
+        delay = min(self._backoff * 2 ** (len(child.recent) - 1), self._max_backoff)
+        child.state = "backoff"
+        self.print_status()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        child.restarts += 1
+        return not self._stopping.is_set()
 
     async def _wait_ready(self, child: Child, started: asyncio.Future[None]) -> None:
         try:

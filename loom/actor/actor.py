@@ -287,8 +287,8 @@ class Actor(Verbs):
                 await self._durability.resend()
                 await self._durability.announce(self._connect_timeout)
         except LoomError as exc:
-            self.log.warning("could not restore the link", error=str(exc))
-            return
+            self.log.warning("could not restore the link yet", error=str(exc))
+            raise  # the session tries again
         self.log.info("link restored", endpoints_moved=moved)
         await self._hook(self.on_link_restored)
 
@@ -371,6 +371,8 @@ class Actor(Verbs):
             if self._link is not None:
                 self._link.close()
                 self._link = None
+            if self._durability is not None:
+                self._durability.close()
             self._tools = self._durability = None
             if self._own_context and self._context is not None:
                 self._context.term()  # the flush made the broker hold what we sent

@@ -89,6 +89,7 @@ class Durability:
         self.refused = 0
         self._to_ack: dict[str, int] = {}
         self._since_ack = 0
+        self._closed = False
         self._ack_timer: asyncio.TimerHandle | None = None
         session.streams[PUBACK] = self._on_puback
         session.streams[DELIVER] = self._on_deliver
@@ -104,6 +105,8 @@ class Durability:
         if len(self.unacked) >= self.window:
             self._room.clear()  # set again at half the window: acks come in batches
             await self._room.wait()
+        if self._closed:
+            raise ClosedError("the actor's link is closed")
         message = [PUBLISH, topic, header, payload]
         self.unacked[mid] = message
         self.sent_at[mid] = time.monotonic()
@@ -179,8 +182,12 @@ class Durability:
             command, answer = await self._session.ask(DSUB, body, timeout)
             if command == ERROR_COMMAND:
                 raise DurableError(f"durable subscription {name!r}: {answer.get('message')}")
-            self.delivered.setdefault(name, int(answer.get("acked", 0)))
-            self.handled.setdefault(name, int(answer.get("acked", 0)))
+            acked, last = int(answer.get("acked", 0)), int(answer.get("last_seq", 0))
+            if last < self.delivered.get(name, 0):  # a new log (data_dir wiped): start over
+                self.delivered[name] = self.handled[name] = acked
+            else:
+                self.delivered[name] = max(self.delivered.get(name, 0), acked)
+                self.handled[name] = max(self.handled.get(name, 0), acked)
 
     def _on_deliver(self, frames: list[bytes]) -> None:
         if len(frames) != 4:
@@ -225,7 +232,21 @@ class Durability:
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
-        for name, seq in self._to_ack.items():
-            self._session.tell(DACK, {"name": name, "seq": seq})
-        self._to_ack.clear()
+        unsent = {
+            name: seq
+            for name, seq in self._to_ack.items()
+            if not self._session.tell(DACK, {"name": name, "seq": seq})
+        }
+        self._to_ack = unsent  # a full link: try again soon (acks are cumulative)
         self._since_ack = 0
+        if unsent and not self._session.closed:
+            self._schedule_ack()
+
+    def close(self) -> None:
+        """The link is closing: wake publishers waiting for room (they fail)."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        self._closed = True
+        self._room.set()
+        self._empty.set()

@@ -115,6 +115,12 @@ class Broker:
             ValueError: an unsupported transport.
         """
         pub_at, sub_at = derive_endpoints(self.endpoint)
+        log = None
+        if self._data_dir is not None:  # before binding: peers get answers at once
+            map_size, max_age, max_bytes = self._durable_options
+            log = DurableLog(
+                self._data_dir, map_size=map_size, max_age=max_age, max_bytes=max_bytes
+            )
         router = self._socket(zmq.ROUTER)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable answers are counted, not lost
         router.bind(self.endpoint)
@@ -147,12 +153,6 @@ class Broker:
             max_payload=self._max_payload,
             max_timeout=self._max_call_timeout,
         )
-        log = None
-        if self._data_dir is not None:
-            map_size, max_age, max_bytes = self._durable_options
-            log = DurableLog(
-                self._data_dir, map_size=map_size, max_age=max_age, max_bytes=max_bytes
-            )
         durable = DurablePlane(
             log,
             send=send,

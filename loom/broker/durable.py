@@ -10,8 +10,10 @@ the log, at most ``window`` unacknowledged at a time: catch-up and live are one 
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,14 @@ Forward = Callable[[bytes, bytes, bytes], None]
 Ack = tuple[bytes, int | None, str | None]
 """(message id, sequence number, error code)"""
 _MAX_REPLAY = 1000
+_MAX_REPLAY_SCAN = 20_000
+"""Log records one REPLAY examines at most (it answers ``next`` to go on)."""
+_MAX_REPLAY_BYTES = 4 << 20
+_MAX_ID = 64
+_MAX_NAME = 200
+"""Bytes of a durable subscription name (LMDB keys stop at 511)."""
+_MAX_STREAMS = 10_000
+_MAX_STREAM_PATTERNS = 100
 _BATCH_MAX = 1000
 
 _SEQ = struct.Struct(">Q")
@@ -66,14 +76,18 @@ class DurableLog:
         self._log = self.env.open_db(b"log")
         self._ids = self.env.open_db(b"ids")
         self._cursors = self.env.open_db(b"cursors")
+        self._meta = self.env.open_db(b"meta")
         self._max_age = max_age
         self._max_bytes = max_bytes
         self._clock = clock
         with self.env.begin() as txn:
             cursor = txn.cursor(self._log)
-            self.last_seq = _SEQ.unpack(cursor.key())[0] if cursor.last() else 0
+            last_key = _SEQ.unpack(cursor.key())[0] if cursor.last() else 0
+            stored = txn.get(b"last_seq", db=self._meta)
+            # numbers are never reused, even when retention emptied the log
+            self.last_seq = max(last_key, _SEQ.unpack(stored)[0] if stored else 0)
             self.first_seq = _SEQ.unpack(cursor.key())[0] if cursor.first() else 0
-        self.bytes = self._measure()
+            self.bytes = sum(len(value) for _, value in cursor)
 
     def append(self, events: list[tuple[bytes, bytes, bytes, bytes]]) -> list[tuple[int, bool]]:
         """Log ``(id, topic, header, payload)`` events in one transaction.
@@ -101,12 +115,14 @@ class DurableLog:
                         out.append((known, False))
                         continue
                     seq += 1
-                    record = msgpack.packb((topic, header, payload, now))
-                    txn.put(_SEQ.pack(seq), record, db=self._log, append=True)
+                    record = msgpack.packb((topic, header, payload, now, mid))
+                    if not txn.put(_SEQ.pack(seq), record, db=self._log, append=True):
+                        raise StoreFullError(f"sequence {seq} is already logged (shared data_dir?)")
                     txn.put(mid, _SEQ.pack(seq), db=self._ids)
                     seen[mid] = seq
                     added += len(record)
                     out.append((seq, True))
+                txn.put(b"last_seq", _SEQ.pack(seq), db=self._meta)
         except lmdb.Error as exc:  # map full, disk full (ENOSPC), I/O error
             raise StoreFullError(f"durable log is full: {exc}") from exc
         self.last_seq = seq
@@ -124,7 +140,7 @@ class DurableLog:
             for count, (key, value) in enumerate(cursor):
                 if count >= limit:
                     return
-                topic, header, payload, when = msgpack.unpackb(value)
+                topic, header, payload, when, _ = msgpack.unpackb(value)
                 yield _SEQ.unpack(key)[0], topic, header, payload, when
 
     def acked(self, name: str) -> int:
@@ -146,31 +162,37 @@ class DurableLog:
         except lmdb.Error as exc:  # map full, disk full (ENOSPC), I/O error
             raise StoreFullError(f"durable log is full: {exc}") from exc
 
-    def trim(self) -> int:
-        """Drop the oldest events past the age and size limits; returns how many."""
+    def trim(self, limit: int = 10_000) -> int:
+        """Drop the oldest events past the age and size limits, at most ``limit`` per
+        call (the broker calls it every second); returns how many.
+
+        Raises:
+            StoreFullError: the log cannot be written.
+        """
         if not (self._max_age or self._max_bytes):
             return 0
         cutoff = self._clock() - self._max_age if self._max_age else None
-        dropped = 0
-        with self.env.begin(write=True) as txn:
-            cursor = txn.cursor(self._log)
-            while cursor.first():
-                _, header, _, when = msgpack.unpackb(cursor.value())
-                too_old = cutoff is not None and when < cutoff
-                too_big = bool(self._max_bytes) and self.bytes > self._max_bytes
-                if not (too_old or too_big):
-                    break
-                self.bytes -= len(cursor.value())
-                mid = msgpack.unpackb(header)[2]  # Envelope.id
-                txn.delete(mid, db=self._ids)
-                cursor.delete()
-                dropped += 1
-            self.first_seq = _SEQ.unpack(cursor.key())[0] if cursor.first() else 0
+        dropped = freed = 0
+        try:
+            with self.env.begin(write=True) as txn:
+                cursor = txn.cursor(self._log)
+                while dropped < limit and cursor.first():
+                    value = cursor.value()
+                    when, mid = msgpack.unpackb(value)[3:5]
+                    too_old = cutoff is not None and when < cutoff
+                    too_big = bool(self._max_bytes) and self.bytes - freed > self._max_bytes
+                    if not (too_old or too_big):
+                        break
+                    freed += len(value)
+                    txn.delete(mid, db=self._ids)
+                    cursor.delete()
+                    dropped += 1
+                first = _SEQ.unpack(cursor.key())[0] if cursor.first() else 0
+        except lmdb.Error as exc:
+            raise StoreFullError(f"durable log cannot be trimmed: {exc}") from exc
+        self.bytes -= freed  # only once committed
+        self.first_seq = first
         return dropped
-
-    def _measure(self) -> int:
-        with self.env.begin() as txn:
-            return sum(len(value) for _, value in txn.cursor(self._log))
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -187,20 +209,34 @@ class DurableLog:
 class Stream:
     """One durable subscriber: its patterns, where it is, who receives."""
 
-    __slots__ = ("acked", "dirty", "identity", "name", "patterns", "sent")
+    __slots__ = ("acked", "dirty", "identity", "inflight", "name", "patterns", "sent")
 
     def __init__(self, name: str, identity: bytes, patterns: list[Pattern], acked: int) -> None:
         self.name = name
         self.identity = identity
         self.patterns = patterns
         self.acked = acked
+        """Everything up to here is handled (or did not match)."""
         self.sent = acked
         """The last sequence number examined for sending."""
+        self.inflight: deque[int] = deque()
+        """Sequence numbers delivered and not yet acknowledged (the window)."""
         self.dirty = False
         """``acked`` moved since it was last persisted."""
 
     def wants(self, topic: str) -> bool:
         return any(p.matches(topic) for p in self.patterns)
+
+    def settle(self, seq: int) -> None:
+        """Deliveries up to ``seq`` are acknowledged; with none left in flight, what was
+        examined since (events that did not match) counts as acknowledged too."""
+        inflight = self.inflight
+        while inflight and inflight[0] <= seq:
+            inflight.popleft()
+        position = inflight[0] - 1 if inflight else self.sent
+        if position > self.acked:
+            self.acked = position
+            self.dirty = True
 
 
 class Streams:
@@ -209,7 +245,7 @@ class Streams:
     Args:
         log: the durable log.
         send: sends frames to a peer identity; False if it cannot now.
-        window: unacknowledged events a subscriber may hold.
+        window: deliveries a subscriber may hold unacknowledged.
     """
 
     def __init__(
@@ -230,15 +266,15 @@ class Streams:
         old = self.streams.get(name)
         acked = old.acked if old is not None else self.log.acked(name)
         stream = self.streams[name] = Stream(name, identity, compiled, acked)
+        stream.dirty = old is not None and old.dirty
         self.pump(stream)
         return stream
 
     def ack(self, name: str, identity: bytes, seq: int) -> None:
         stream = self.streams.get(name)
-        if stream is None or stream.identity != identity or seq <= stream.acked:
+        if stream is None or stream.identity != identity:
             return
-        stream.acked = min(seq, stream.sent)
-        stream.dirty = True
+        stream.settle(min(seq, stream.sent))
         self.pump(stream)
 
     def pump_all(self) -> None:
@@ -246,25 +282,32 @@ class Streams:
             self.pump(stream)
 
     def pump(self, stream: Stream) -> None:
-        """Send what the window allows: the events after ``sent`` that match."""
-        log = self.log
-        while stream.sent < log.last_seq and stream.sent - stream.acked < self.window:
-            room = self.window - (stream.sent - stream.acked)
-            batch = list(log.read(stream.sent, room))
+        """Send what the window allows: the events after ``sent`` that match. Events
+        that do not match take no room; with nothing in flight they count as handled."""
+        log, window = self.log, self.window
+        while stream.sent < log.last_seq and len(stream.inflight) < window:
+            batch = list(log.read(stream.sent, window))
             if not batch:
-                return
+                stream.sent = log.last_seq  # a gap (retention): nothing left to examine
+                break
             for seq, topic, header, payload, _ in batch:
                 if stream.wants(topic.decode()):
+                    if len(stream.inflight) >= window:
+                        break
                     meta = msgpack.packb((seq, stream.name))
                     if not self._send(stream.identity, [DELIVER, meta, topic, header, payload]):
-                        return  # the subscriber is gone or full: resume on its next ack
+                        return  # gone or full: the next ack, or the tick, resumes it
+                    stream.inflight.append(seq)
                 stream.sent = seq
+        if not stream.inflight:
+            stream.settle(stream.sent)
 
     def gone(self, identity: bytes) -> None:
         """A subscriber's session ended: keep its position, stop sending."""
         leaving = [n for n, s in self.streams.items() if s.identity == identity]
         if leaving:
-            self.save()
+            with contextlib.suppress(StoreFullError):  # logged at the tick; may repeat events
+                self.save()
         for name in leaving:
             del self.streams[name]
 
@@ -334,8 +377,10 @@ class DurablePlane:
         except ProtocolError as exc:
             self.drops.drop(exc.reason, str(exc), plane="durable")
             return
-        if not isinstance(mid, bytes):
-            self.drops.drop("header", "PUBLISH header id is not bytes", plane="durable")
+        if not isinstance(mid, bytes) or not 1 <= len(mid) <= _MAX_ID:
+            self.drops.drop("header", "PUBLISH header id is not 1-64 bytes", plane="durable")
+            if isinstance(mid, bytes) and len(mid) <= _MAX_ID:
+                self._ack(identity, mid, None, "MALFORMED")
             return
         if len(payload) > self._max_payload:
             self.drops.drop("oversized", f"durable payload of {len(payload)} bytes")
@@ -410,10 +455,18 @@ class DurablePlane:
         name, patterns = body.get("name"), body.get("patterns")
         if self.streams is None:
             return {"code": "NO_STORE", "message": "this broker has no data_dir"}
-        if not isinstance(name, str) or not name or not isinstance(patterns, list):
-            return {"code": "MALFORMED", "message": "DSUB needs name: str, patterns: [str]"}
+        if (
+            not isinstance(name, str)
+            or not 1 <= len(name.encode()) <= _MAX_NAME
+            or not isinstance(patterns, list)
+            or not 1 <= len(patterns) <= _MAX_STREAM_PATTERNS
+        ):
+            message = f"DSUB needs name: 1-{_MAX_NAME} bytes, patterns: 1-100 patterns"
+            return {"code": "MALFORMED", "message": message}
+        if name not in self.streams.streams and len(self.streams.streams) >= _MAX_STREAMS:
+            return {"code": "TOO_MANY", "message": f"{_MAX_STREAMS} durable subscriptions"}
         try:
-            stream = self.streams.subscribe(name[:200], identity, [str(p) for p in patterns])
+            stream = self.streams.subscribe(name, identity, [str(p) for p in patterns])
         except PatternError as exc:
             return {"code": "MALFORMED", "message": str(exc)}
         return {"acked": stream.acked, "last_seq": self.log.last_seq if self.log else 0}
@@ -432,20 +485,25 @@ class DurablePlane:
             pattern = Pattern(str(body.get("pattern", "**")))
         except PatternError as exc:
             return {"code": "MALFORMED", "message": str(exc)}
-        since, since_time = body.get("since", 0), body.get("since_time")
-        limit = min(int(body.get("limit", 100)), _MAX_REPLAY)
-        after = since if type(since) is int else 0
+        since, since_time, limit = body.get("since", 0), body.get("since_time"), body.get("limit")
+        limit = limit if type(limit) is int and 0 < limit <= _MAX_REPLAY else _MAX_REPLAY
+        after = since if type(since) is int and 0 <= since < 2**63 else 0
+        after = max(after, self.log.first_seq - 1)
         events: list[list[Any]] = []
-        while len(events) < limit:
+        scanned = size = 0
+        while len(events) < limit and scanned < _MAX_REPLAY_SCAN and size < _MAX_REPLAY_BYTES:
             chunk = list(self.log.read(after, _MAX_REPLAY))
             if not chunk:
+                after = self.log.last_seq
                 break
             for seq, topic, header, payload, when in chunk:
                 after = seq
+                scanned += 1
                 ok_time = not isinstance(since_time, int | float) or when >= since_time
                 if ok_time and pattern.matches(topic.decode()):
                     events.append([seq, when, topic, header, payload])
-                    if len(events) >= limit:
+                    size += len(payload) + len(header)
+                    if len(events) >= limit or size >= _MAX_REPLAY_BYTES:
                         break
         return {"events": events, "next": after, "last_seq": self.log.last_seq}
 
@@ -458,11 +516,12 @@ class DurablePlane:
         if self.streams is None or self.log is None or now < self._next_save:
             return
         self._next_save = now + 1.0
+        self.streams.pump_all()  # streams a full peer queue paused, on a quiet mesh
         try:
             self.streams.save()
             self.counts["trimmed"] += self.log.trim()
         except StoreFullError as exc:
-            self._logger.error("cannot save durable positions", error=str(exc))
+            self._logger.error("cannot save durable positions or trim", error=str(exc))
 
     def snapshot(self) -> dict[str, Any]:
         snap: dict[str, Any] = {**self.counts, "drops": dict(self.drops.counts)}

@@ -264,7 +264,7 @@ async def replay(args: argparse.Namespace, broker: str) -> int:
             shown += 1
             if args.limit and shown >= args.limit:
                 return 0
-        if not body["events"] or body["next"] >= body["last_seq"]:
+        if body["next"] >= body["last_seq"]:
             return 0
         since = {"since": body["next"], **{k: v for k, v in since.items() if k == "since_time"}}
 

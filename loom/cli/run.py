@@ -105,7 +105,8 @@ def broker_flags(broker: BrokerSettings) -> list[str]:
     """``loom-broker`` flags that reproduce ``broker``."""
     flags = []
     for key, value in broker.model_dump().items():
-        flags += [f"--{key.replace('_', '-')}", str(value)]
+        if value is not None:  # an unset option stays unset (data_dir: no durable log)
+            flags += [f"--{key.replace('_', '-')}", str(value)]
     return flags
 
 

@@ -11,10 +11,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import msgpack
 import pytest
-from conftest import Proc, broker_stats, spawn_actor, start_broker, until, wait_for
+import zmq
+from conftest import Proc, broker_stats, make_header, spawn_actor, start_broker, until, wait_for
 
 from loom import Actor, DurableError, Event
+from loom.protocol import PUBACK, PUBLISH
 
 LOOM = [sys.executable, "-m", "loom.cli.main"]
 
@@ -193,3 +196,79 @@ def test_retention_by_age_drops_old_events(
     asyncio.run(body())
     stats = wait_for(lambda: (d := broker_stats(endpoint)["durable"])["trimmed"] == 50 and d)
     assert stats["log"]["first_seq"] == 0 and stats["log"]["last_seq"] == 50
+
+
+def test_a_sparse_subscription_is_not_stalled_by_other_topics(
+    spawn: Callable[..., Proc], endpoint: str, short_tmp: Path
+) -> None:
+    """Events of other topics take no room in a durable subscriber's window: 1500 of them,
+    then 3 it wants, and it gets the 3."""
+    durable_broker(spawn, endpoint, short_tmp / "data")
+
+    async def body() -> None:
+        publisher = Actor(name="publisher", broker=endpoint)
+        await publisher.start()
+        for i in range(1500):
+            await publisher.emit("metrics.cpu", i, qos="reliable")
+        for i in range(3):
+            await publisher.emit("orders.1", i, qos="reliable")
+        keeper = Keeper(endpoint)
+        await keeper.start()
+        await until(lambda: len(keeper.got) == 3)
+        assert keeper.seqs == [1501, 1502, 1503]
+        await keeper.stop()
+        await publisher.stop()
+
+    asyncio.run(body())
+
+
+def test_sequence_numbers_are_never_reused(
+    spawn: Callable[..., Proc], endpoint: str, short_tmp: Path
+) -> None:
+    """Retention empties the log, the broker restarts: new events continue the numbering,
+    so a subscriber that acknowledged the old ones gets the new ones."""
+    data = short_tmp / "data"
+    first = durable_broker(spawn, endpoint, data, "--durable-max-age", "0.3")
+
+    async def publish(numbers: range) -> None:
+        publisher = Actor(name="publisher", broker=endpoint)
+        await publisher.start()
+        for i in numbers:
+            await publisher.emit("orders.1", i, qos="reliable")
+        await publisher.stop()
+
+    async def read(count: int) -> list[int]:
+        keeper = Keeper(endpoint)
+        await keeper.start()
+        await until(lambda: len(keeper.got) == count)
+        await keeper.stop()
+        return keeper.seqs
+
+    asyncio.run(publish(range(5)))
+    assert asyncio.run(read(5)) == [1, 2, 3, 4, 5]
+    wait_for(lambda: broker_stats(endpoint)["durable"]["trimmed"] == 5)
+    assert first.stop() == 0
+    durable_broker(spawn, endpoint, data, "--durable-max-age", "60")
+    asyncio.run(publish(range(5, 8)))
+    assert asyncio.run(read(3)) == [6, 7, 8]
+
+
+def test_a_bad_message_id_is_refused_alone(
+    spawn: Callable[..., Proc], endpoint: str, short_tmp: Path
+) -> None:
+    """A PUBLISH whose header id is empty is answered MALFORMED; the events around it in
+    the same batch are logged."""
+    durable_broker(spawn, endpoint, short_tmp / "data")
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+        sock.linger = 0
+        sock.connect(endpoint)
+        for mid in (b"a" * 16, b"", b"b" * 16):
+            sock.send_multipart([PUBLISH, b"orders.1", make_header(id=mid), msgpack.packb(1)])
+        answers: dict[bytes, tuple[int | None, str | None]] = {}
+        while len(answers) < 3:
+            assert sock.poll(5000), answers
+            command, meta, _ = sock.recv_multipart()
+            assert command == PUBACK
+            answers.update({mid: (seq, error) for mid, seq, error in msgpack.unpackb(meta)})
+    assert answers[b""] == (None, "MALFORMED")
+    assert answers[b"a" * 16] == (1, None) and answers[b"b" * 16] == (2, None)
