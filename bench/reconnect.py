@@ -25,8 +25,7 @@ from pathlib import Path
 
 import zmq
 
-from loom.actor.link import query
-from loom.errors import BrokerUnavailableError
+from loom.actor.link import wait_for_broker
 from loom.protocol import HELLO, VERSION, decode_control, encode_control
 from loom.tools import ToolClient
 
@@ -38,14 +37,6 @@ WORKER = [PY, "-m", "loom.cli.main", "worker", str(ROOT / "tests/workers/sample.
 def start_broker(endpoint: str, heartbeat: float) -> subprocess.Popen[bytes]:
     args = [PY, "-m", "loom.broker", "--endpoint", endpoint, "--heartbeat", str(heartbeat)]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-async def answers(endpoint: str) -> bool:
-    try:
-        await query(endpoint, HELLO, {"version": VERSION, "name": "bench"}, timeout=0.2)
-    except BrokerUnavailableError:
-        return False
-    return True
 
 
 async def peers(endpoint: str) -> int:
@@ -88,8 +79,7 @@ def raw_rejoin(endpoint: str) -> float:
 
 
 async def until_answers(endpoint: str) -> None:
-    while not await answers(endpoint):
-        await asyncio.sleep(0.005)
+    await wait_for_broker(endpoint, timeout=30)
 
 
 def one_run(endpoint: str, args: argparse.Namespace) -> float:

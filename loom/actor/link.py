@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,10 +11,17 @@ import zmq
 import zmq.asyncio
 
 from loom.errors import BrokerUnavailableError, ProtocolError
-from loom.protocol import decode_control, encode_control
+from loom.protocol import HELLO, VERSION, decode_control, encode_control
 from loom.session import Session
 
-__all__ = ["Link", "announced_endpoint", "control_request", "query"]
+__all__ = [
+    "Link",
+    "announced_endpoint",
+    "broker_answers",
+    "control_request",
+    "query",
+    "wait_for_broker",
+]
 
 _WILDCARD_HOSTS = ("*", "0.0.0.0", "[::]", "::")
 
@@ -75,6 +83,34 @@ async def query(
         return await control_request(context, address, command, body or {}, timeout)
     finally:
         context.term()
+
+
+async def broker_answers(address: str, timeout: float = 0.3) -> bool:
+    """Whether a broker answers HELLO at ``address`` within ``timeout`` seconds."""
+    try:
+        await query(address, HELLO, {"version": VERSION, "name": "probe"}, timeout=timeout)
+    except BrokerUnavailableError:
+        return False
+    return True
+
+
+async def wait_for_broker(
+    address: str, timeout: float, exited: Callable[[], bool] = lambda: False
+) -> None:
+    """Wait until a broker answers HELLO at ``address``.
+
+    Args:
+        exited: tells whether the process meant to serve there has exited (stop early).
+
+    Raises:
+        BrokerUnavailableError: it exited, or did not answer within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not await broker_answers(address):
+        if exited():
+            raise BrokerUnavailableError(f"the broker meant for {address} exited")
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(f"the broker at {address} did not answer in {timeout:g}s")
 
 
 class Link:

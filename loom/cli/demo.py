@@ -7,37 +7,13 @@ import contextlib
 import signal
 import subprocess
 import sys
-import time
 
 from loom.actor import Actor, Event
-from loom.actor.link import query
+from loom.actor.link import broker_answers, wait_for_broker
 from loom.errors import BrokerUnavailableError
 from loom.logs import get_logger
-from loom.protocol import HELLO, VERSION
 
 ROLES = ("worker", "analyst", "trader", "ticker")
-
-
-async def wait_for_broker(address: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """Wait until the broker at ``address`` answers HELLO.
-
-    Raises:
-        BrokerUnavailableError: it exited or did not answer within ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while not await _answers(address):
-        if proc.poll() is not None:
-            raise BrokerUnavailableError(f"the broker exited with code {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise BrokerUnavailableError(f"the broker at {address} did not answer in {timeout:g}s")
-
-
-async def _answers(address: str) -> bool:
-    try:
-        await query(address, HELLO, {"version": VERSION, "name": "demo"}, timeout=0.3)
-    except BrokerUnavailableError:
-        return False
-    return True
 
 
 def stop_children(children: list[subprocess.Popen[bytes]], grace: float = 5.0) -> None:
@@ -55,7 +31,7 @@ def stop_children(children: list[subprocess.Popen[bytes]], grace: float = 5.0) -
 async def run_demo(address: str, duration: float) -> int:
     """Run the demo until ``duration`` seconds pass (0: forever) or SIGINT/SIGTERM."""
     log = get_logger("loom.demo")
-    if await _answers(address):
+    if await broker_answers(address):
         log.error("a broker already answers at this address; pass --broker ADDR", broker=address)
         return 1
     python = sys.executable
@@ -66,7 +42,8 @@ async def run_demo(address: str, duration: float) -> int:
         loop.add_signal_handler(sig, stopping.set)
     feed = Actor(name="demo-feed", broker=address)
     try:
-        await wait_for_broker(address, children[0], timeout=10.0)
+        broker = children[0]
+        await wait_for_broker(address, 10.0, exited=lambda: broker.poll() is not None)
         await feed.subscribe("**", _show)
         await feed.start()
         for role in ROLES:

@@ -6,14 +6,11 @@ import argparse
 import asyncio
 import signal
 import sys
-import time
 from typing import Any
 
-from loom.actor.link import query
-from loom.errors import BrokerUnavailableError
+from loom.actor.link import wait_for_broker
 from loom.loader import load_actor
 from loom.logs import configure_logging, get_logger
-from loom.protocol import HELLO, VERSION
 from loom.settings import BrokerSettings, RunSettings, load_run_settings
 from loom.supervisor import Child, ChildSpec, Supervisor
 
@@ -110,20 +107,14 @@ def broker_flags(broker: BrokerSettings) -> list[str]:
     return flags
 
 
-async def _broker_ready(child: Child, timeout: float = 15.0) -> None:
+async def _broker_ready(child: Child) -> None:
     """Wait until the broker child answers HELLO.
 
     Raises:
-        BrokerUnavailableError: it exited, or did not answer within ``timeout`` seconds.
+        BrokerUnavailableError: it exited, or did not answer within 15 seconds.
     """
     endpoint = child.spec.argv[child.spec.argv.index("--endpoint") + 1]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await query(endpoint, HELLO, {"version": VERSION, "name": "loom-run"}, timeout=0.3)
-            return
-        except BrokerUnavailableError:
-            if child.proc is None or child.proc.returncode is not None:
-                raise BrokerUnavailableError("the broker exited") from None
-            if time.monotonic() > deadline:
-                raise
+    proc = child.proc
+    await wait_for_broker(
+        endpoint, 15.0, exited=lambda: proc is None or proc.returncode is not None
+    )
