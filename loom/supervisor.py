@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 import psutil
 
+from loom.tables import format_table
+
 __all__ = ["Child", "ChildSpec", "Supervisor"]
 
 Ready = Callable[["Child"], Awaitable[None]]
@@ -245,7 +247,8 @@ class Supervisor:
 
     def print_status(self) -> None:
         """One table: each child's name, kind, state, pid, restarts, CPU and RSS."""
-        rows = [("CHILD", "KIND", "STATE", "PID", "RESTARTS", "CPU%", "RSS MiB")]
+        header = ("CHILD", "KIND", "STATE", "PID", "RESTARTS", "CPU%", "RSS MiB")
+        rows = []
         for child in self.children:
             cpu, rss = child.usage()
             pid = child.pid
@@ -260,7 +263,5 @@ class Supervisor:
                     f"{rss:.1f}",
                 )
             )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-        self._out.write("\n".join(line.rstrip() for line in lines) + "\n")
+        self._out.write(format_table(header, rows) + "\n")
         self._out.flush()

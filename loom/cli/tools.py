@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from loom.errors import ToolError
+from loom.tables import format_table
 from loom.tools import Directory, ToolClient, Worker
 from loom.tools.loader import load_tools
 
@@ -141,11 +142,4 @@ def _ago(seconds: float) -> str:
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    if not rows:
-        return f"{header[0]}S: none"
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in (header, *rows)
-    ]
-    return "\n".join(line.rstrip() for line in lines)
+    return format_table(header, rows) if rows else f"{header[0]}S: none"
