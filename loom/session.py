@@ -11,7 +11,13 @@ from typing import Any
 import zmq
 import zmq.backend
 
-from loom.errors import BrokerUnavailableError, LoomError, ProtocolError, VersionMismatchError
+from loom.errors import (
+    BrokerUnavailableError,
+    ClosedError,
+    LoomError,
+    ProtocolError,
+    VersionMismatchError,
+)
 from loom.logs import DropCounter
 from loom.protocol import (
     BYE,
@@ -191,6 +197,27 @@ class Session:
                 self._reading = True
                 assert self._loop is not None
                 self._loop.call_soon(self._on_readable)
+        return True
+
+    async def send_waiting(
+        self, frames: list[bytes], *, abandon: Callable[[], bool] | None = None
+    ) -> bool:
+        """Send, waiting (with a growing backoff) while the socket cannot take it.
+
+        Returns:
+            True once queued; False if ``abandon()`` became true first.
+
+        Raises:
+            ClosedError: the session closed meanwhile.
+        """
+        delay = 0.0005
+        while not self.send(frames):
+            if abandon is not None and abandon():
+                return False
+            if self._sock is None:
+                raise ClosedError(f"the session to {self.address} is closed")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
         return True
 
     def tell(self, command: bytes, body: dict[str, Any] | None = None) -> bool:

@@ -111,7 +111,7 @@ class Durability:
         self.unacked[mid] = message
         self.sent_at[mid] = time.monotonic()
         self._empty.clear()
-        await self._send(message)
+        await self._session.send_waiting(message)
         if self._retry is None:
             self._retry = asyncio.get_running_loop().create_task(self._resend_stale())
 
@@ -126,17 +126,9 @@ class Durability:
                     if now - self.sent_at.get(mid, now) >= _RESEND_AFTER:
                         self.sent_at[mid] = now
                         self.resent += 1
-                        await self._send(message)
+                        await self._session.send_waiting(message)
         finally:
             self._retry = None
-
-    async def _send(self, message: list[bytes]) -> None:
-        delay = 0.0005
-        while not self._session.send(message):
-            if self._session.closed:
-                raise ClosedError("the actor's link is closed")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
 
     def _on_puback(self, frames: list[bytes]) -> None:
         for mid, _, error in msgpack.unpackb(frames[0]):
@@ -155,7 +147,7 @@ class Durability:
         now = time.monotonic()
         for mid, message in list(self.unacked.items()):
             self.sent_at[mid] = now
-            await self._send(message)
+            await self._session.send_waiting(message)
 
     async def flush(self, timeout: float) -> int:
         """Wait until every durable event is acknowledged; returns how many are not."""

@@ -227,8 +227,8 @@ class ToolClient:
         frames = encode_call(call_id, tool, timeout, trace, body)
         try:
             async with asyncio.timeout(limit + _margin(limit)) as entry.timer:
-                if not self.session.send(frames):
-                    await self._send_waiting(frames, entry)
+                if not self.session.send(frames):  # full: wait, unless the call fails meanwhile
+                    await self.session.send_waiting(frames, abandon=entry.future.done)
                 return await entry.future
         except ToolError:
             raise
@@ -260,16 +260,6 @@ class ToolClient:
             if not entry.future.done():
                 entry.future.set_exception(error)
         self._pending.clear()
-
-    async def _send_waiting(self, frames: list[bytes], entry: _Pending) -> None:
-        delay = 0.0005
-        while not self.session.send(frames):
-            if entry.future.done():  # failed meanwhile (closed, broker lost)
-                return
-            if self.session.closed:
-                raise ClosedError("the tool client was closed")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
 
     def _on_lost(self) -> None:
         if self._pending:
