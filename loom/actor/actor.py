@@ -406,9 +406,8 @@ class Actor(Verbs):
             if self._running and self._durability is not None:
                 await self._durability.announce(self._connect_timeout, [durable])
             return
-        if self._running:
-            self._sub.subscribe(compiled.prefix)
-            self._kick()
+        if self._running and self._receiver is not None:
+            self._receiver.subscribe(compiled.prefix)
             await self._confirm()
             if self._link is not None:
                 self._link.session.tell(ANNOUNCE, {"patterns": self._router.patterns()})
@@ -426,12 +425,6 @@ class Actor(Verbs):
             await asyncio.wait({task}, timeout=timeout)
             if self._background:
                 self.log.warning("background events not sent", events=len(self._background))
-
-    def _kick(self) -> None:
-        """A setsockopt on the events socket may consume its fd's edge (as a send can,
-        docs/decisions.md #11): have the receiver look at the socket once."""
-        if self._receiver is not None:
-            self._receiver.kick()
 
     def _on_handled(self, event: Event) -> None:
         if self._durability is not None:
@@ -466,12 +459,11 @@ class Actor(Verbs):
         if receiver is None:
             raise ClosedError(f"actor {self.name!r} is not running")
         if inbox:
-            topic, sock = self._inbox, None
+            topic = self._inbox
         else:
             self._probes += 1
-            topic, sock = f"$probe.{self.id}.{self._probes}", self._sub
-            sock.subscribe(topic.encode())
-            self._kick()
+            topic = f"$probe.{self.id}.{self._probes}"
+            receiver.subscribe(topic.encode())
         probe_id = self.ids.next()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[probe_id] = fut
@@ -493,6 +485,5 @@ class Actor(Verbs):
             fut.result()  # ClosedError if stop() failed it
         finally:
             self._pending.pop(probe_id, None)
-            if sock is not None and self._running:
-                sock.unsubscribe(topic.encode())
-                self._kick()
+            if not inbox and self._running:
+                receiver.unsubscribe(topic.encode())

@@ -136,8 +136,18 @@ class Receiver:
         self._mailbox.clear()
         return left
 
-    def kick(self) -> None:
-        """Read the events socket once soon, whatever its fd says."""
+    def subscribe(self, prefix: bytes) -> None:
+        """Subscribe the events socket to ``prefix`` (the receiver owns its reading)."""
+        self._events.subscribe(prefix)
+        self._look()
+
+    def unsubscribe(self, prefix: bytes) -> None:
+        self._events.unsubscribe(prefix)
+        self._look()
+
+    def _look(self) -> None:
+        """A setsockopt may consume the fd's edge of a message that arrived meanwhile (as
+        a send can, docs/decisions.md #11): read the socket once, whatever the fd says."""
         if self._reading and not self._paused:
             self._loop.call_soon(self._on_events)
 
