@@ -202,7 +202,7 @@ class Broker:
             while not self._stopping.is_set():
                 timeout = 200
                 try:
-                    wake = control.tick()  # timers: dead peers, call deadlines
+                    wake = control.tick()  # dead peers, call deadlines, durable commits
                     timeout = min(200, max(0, int((wake - time.monotonic()) * 1000) + 1))
                 except Exception:
                     self._internal_error()

@@ -51,7 +51,6 @@ MAX_PEERS = 10_000
 ROLES = frozenset(("actor", "worker", "client"))
 """A HELLO's role is one of these (anything else counts as ``client``)."""
 MAX_PATTERNS = 1000
-_WORKER_COMMANDS = frozenset((RESULT, FAIL, PROGRESS))
 
 
 class Peer:
@@ -146,14 +145,8 @@ class ControlPlane:
         }
 
     def serve(self, budget: int = 1000) -> None:
-        """Handle up to ``budget`` waiting messages; durable events received are committed
-        as one batch at the end, then forwarded and acknowledged."""
-        try:
-            self._serve(budget)
-        finally:
-            self.durable.flush()
-
-    def _serve(self, budget: int) -> None:
+        """Handle up to ``budget`` waiting messages. Durable events received are batched;
+        ``tick`` commits the batch (then forwards and acknowledges it)."""
         router, peers, tool_commands = self._router, self.peers, self._tool_commands
         now = self._clock()
         for _ in range(budget):
@@ -172,9 +165,6 @@ class ControlPlane:
             if handle is not None and len(frames) > 2:
                 if len(frames) != 4:
                     self.drops.drop("frames", f"{command!r} with {len(frames) - 1} frames")
-                elif command in _WORKER_COMMANDS and identity not in self.tools.workers:
-                    self.drops.drop("unknown_worker", f"{command!r} from a worker not ready")
-                    self.send(identity, encode_control(RESET, {}))
                 else:
                     handle(identity, frames[2], frames[3])
                 continue
@@ -197,9 +187,11 @@ class ControlPlane:
         handler(self, identity, body)
 
     def tick(self) -> float:
-        """Expire silent peers, time out calls; returns when to call again (monotonic)."""
-        for identity in list(self.tools.doomed):
-            self._forget(identity, "unreachable")
+        """Expire silent peers, time out calls, commit the durable batch when it is due;
+        returns when to call again (monotonic). The broker calls it after every poll."""
+        if self.tools.doomed:
+            for identity in list(self.tools.doomed):
+                self._forget(identity, "unreachable")
         now = self._clock()
         if now >= self._next_check:
             self._next_check = now + self._heartbeat / 2
@@ -208,11 +200,11 @@ class ControlPlane:
                 self._forget(identity, "went silent")
         self.durable.flush()
         self.durable.tick(now)
-        wakes = [self._next_check]
-        for wake in (self.tools.tick(), self.durable.due()):
-            if wake is not None:
-                wakes.append(wake)
-        return min(wakes)
+        wake = self._next_check
+        for other in (self.tools.tick(), self.durable.due()):
+            if other is not None and other < wake:
+                wake = other
+        return wake
 
     def send(self, identity: bytes, frames: list[bytes]) -> bool:
         """Send to a peer; count and return False if it is gone or its queue is full."""

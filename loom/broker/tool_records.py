@@ -41,7 +41,7 @@ class WorkerState:
 class ToolEntry:
     """A tool: its announced spec, the workers serving it, its queue and counters."""
 
-    __slots__ = ("calls", "errors", "free", "name", "queue", "slots", "spec", "timeouts")
+    __slots__ = ("calls", "errors", "free", "name", "queue", "slots", "spec")
 
     def __init__(self, name: str, spec: dict[str, Any]) -> None:
         self.name = name
@@ -52,7 +52,6 @@ class ToolEntry:
         self.queue: deque[Call] = deque()
         self.calls = 0
         self.errors = 0
-        self.timeouts = 0
 
     @property
     def idempotent(self) -> bool:

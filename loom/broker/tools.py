@@ -26,10 +26,12 @@ from loom.protocol import (
     DEFAULT_MAX_TIMEOUT,
     FAIL,
     PROGRESS,
+    RESET,
     RESULT,
     decode_call,
     decode_failure,
     decode_ref,
+    encode_control,
     encode_failure,
     encode_ref,
 )
@@ -220,43 +222,35 @@ class ToolRouter:
             self._cancel_call(call)
 
     def on_result(self, worker_id: bytes, meta: bytes, body: bytes) -> None:
-        call = self._finished(worker_id, meta)
+        call = self._finished(worker_id, meta, body, "result")
         if call is None:
-            return
-        if len(body) > self.max_payload:
-            message = f"{call.tool}'s result of {len(body)} bytes exceeds {self.max_payload}"
-            self.drops.drop("too_large", message, plane="tools")
-            self._answer_fail(call, "TOO_LARGE", message)
             return
         self.counts["results"] += 1
         self._answer(call, RESULT, body)
 
     def on_fail(self, worker_id: bytes, meta: bytes, body: bytes) -> None:
-        call = self._finished(worker_id, meta)
+        call = self._finished(worker_id, meta, body, "failure")
         if call is None:
             return
-        if len(body) > self.max_payload:
-            message = f"{call.tool}'s failure of {len(body)} bytes exceeds {self.max_payload}"
-            self.drops.drop("too_large", message, plane="tools")
-            self._answer_fail(call, "TOO_LARGE", message)
-            return
         try:
-            code: str = decode_failure(body)["code"]
+            decode_failure(body)  # validates it is a failure map
         except ProtocolError as exc:
             self.drops.drop(exc.reason, str(exc), plane="tools")
             self._answer_fail(call, "MALFORMED", f"worker sent an unreadable failure: {exc}")
             return
-        self._count_failure(call, code)
+        self._count_failure(call)
         self._answer(call, FAIL, body)
 
     def on_progress(self, worker_id: bytes, meta: bytes, body: bytes) -> None:
-        worker = self.workers.get(worker_id)
+        worker = self._worker(worker_id)
+        if worker is None:
+            return
         try:
             token = decode_ref(meta)
         except ProtocolError as exc:
             self.drops.drop(exc.reason, str(exc), plane="tools")
             return
-        call = worker.calls.get(token) if worker is not None else None
+        call = worker.calls.get(token)
         if call is None or call.answered:
             return
         if len(body) > self.max_payload:
@@ -321,11 +315,20 @@ class ToolRouter:
         if slot.busy < slot.capacity and not slot.worker.draining and slot not in entry.free:
             bisect.insort(entry.free, slot, key=last_used)
 
-    def _finished(self, worker_id: bytes, meta: bytes) -> Call | None:
-        """The call a worker's RESULT or FAIL ends, freeing its slot; None if nobody waits."""
+    def _worker(self, worker_id: bytes) -> WorkerState | None:
+        """The worker a RESULT, FAIL or PROGRESS comes from; one the broker does not know
+        (restarted, or declared dead) is counted and told to introduce itself (RESET)."""
         worker = self.workers.get(worker_id)
         if worker is None:
-            self.drops.drop("unknown_worker", "answer from a worker that is not ready")
+            self.drops.drop("unknown_worker", "a message from a worker that is not ready")
+            self._send(worker_id, encode_control(RESET, {}))
+        return worker
+
+    def _finished(self, worker_id: bytes, meta: bytes, body: bytes, what: str) -> Call | None:
+        """The call a worker's RESULT or FAIL ends, freeing its slot; None if nobody waits
+        for it (or it was answered TOO_LARGE here)."""
+        worker = self._worker(worker_id)
+        if worker is None:
             return None
         try:
             token = decode_ref(meta)
@@ -346,6 +349,11 @@ class ToolRouter:
         if call.answered:
             self.counts["late"] += 1
             return None
+        if len(body) > self.max_payload:
+            message = f"{call.tool}'s {what} of {len(body)} bytes exceeds {self.max_payload}"
+            self.drops.drop("too_large", message, plane="tools")
+            self._answer_fail(call, "TOO_LARGE", message)
+            return None
         return call
 
     def _answer(self, call: Call, command: bytes, body: bytes) -> None:
@@ -356,16 +364,14 @@ class ToolRouter:
         self._send(call.client, encode_ref(command, call.call_id, body))
 
     def _answer_fail(self, call: Call, code: str, message: str) -> None:
-        self._count_failure(call, code)
+        self._count_failure(call)
         self._answer(call, FAIL, encode_failure(code, message, tool=call.tool))
 
-    def _count_failure(self, call: Call, code: str) -> None:
+    def _count_failure(self, call: Call) -> None:
         self.counts["failures"] += 1
         entry = self.tools.get(call.tool)
         if entry is not None:
             entry.errors += 1
-            if code == "TIMEOUT":
-                entry.timeouts += 1
 
     def _reply_fail(self, client: bytes, call_id: int, code: str, message: str) -> None:
         self.counts["failures"] += 1
