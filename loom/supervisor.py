@@ -55,7 +55,6 @@ class Child:
         self.restarts = 0
         self.recent: deque[float] = deque()
         """When it was restarted, within the intensity window."""
-        self.last_code: int | None = None
         self._ps: psutil.Process | None = None
 
     @property
@@ -172,7 +171,7 @@ class Supervisor:
                 await self._wait_ready(child, started)
             else:  # a restart
                 self.print_status()
-            child.last_code = code = await child.proc.wait()
+            code = await child.proc.wait()
             if self._stopping.is_set():
                 return
             self._log.warning("child exited", child=spec.name, code=code)
@@ -235,7 +234,6 @@ class Supervisor:
             await proc.wait()
         with contextlib.suppress(ProcessLookupError):  # its own children, if any are left
             os.killpg(proc.pid, signal.SIGKILL)
-        child.last_code = proc.returncode
         child.state = "failed" if child is self.gave_up else "stopped"
 
     async def _status_loop(self) -> None:
