@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,17 @@ async def until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {condition}")
         await asyncio.sleep(0.005)
+    return value
+
+
+async def eventually(probe: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
+    """Await ``probe()`` until it returns something truthy, with a deadline (for
+    conditions that need a round trip, such as asking the broker's directory)."""
+    deadline = time.monotonic() + timeout
+    while not (value := await probe()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {probe}")
+        await asyncio.sleep(0.01)
     return value
 
 

@@ -7,10 +7,17 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import HEARTBEAT, Proc, spawn_actor, start_broker, start_worker, until
+from conftest import (
+    HEARTBEAT,
+    Proc,
+    eventually,
+    spawn_actor,
+    start_broker,
+    start_worker,
+    until,
+)
 
 from loom import Actor, BrokerLostError, Event
 
@@ -96,15 +103,14 @@ def test_everyone_rejoins_a_restarted_broker(
             await asyncio.to_thread(start_broker, spawn, endpoint, *heartbeat)
             await until(lambda: watcher.restored == 1, timeout=10)
 
-            async def everyone() -> Any:
+            async def everyone() -> bool:
                 directory = await watcher.directory()
                 names = {a.name for a in directory.actors} | {w.name for w in directory.workers}
                 return names >= {"watcher", "echo", "w1"}
 
-            deadline = asyncio.get_running_loop().time() + 10
-            while not await everyone():
-                assert asyncio.get_running_loop().time() < deadline, "peers did not rejoin"
-                await asyncio.sleep(0.05)
+            await eventually(everyone)
+            # listed once it said HELLO; its subscriptions hold once it says this:
+            await asyncio.to_thread(echo.wait_line, "link restored")
             reply = await watcher.request("ping.b", 2, timeout=5)
             assert reply == {"ok": True, "data": 2, "from": "echo"}
             assert await watcher.tool("sample.add", a=1, b=1) == 2

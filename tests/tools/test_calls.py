@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Proc, start_worker, until
+from conftest import Proc, eventually, start_worker, until
 
 from loom import (
     Actor,
@@ -132,10 +132,7 @@ async def until_workers(client: ToolClient, count: int) -> None:
     async def enough() -> bool:
         return len((await client.directory()).workers) == count
 
-    deadline = time.monotonic() + 10
-    while not await enough():
-        assert time.monotonic() < deadline, "workers did not all announce"
-        await asyncio.sleep(0.02)
+    await eventually(enough)
 
 
 @pytest.mark.parametrize("idempotent", [True, False])
@@ -172,14 +169,11 @@ def test_worker_killed_mid_call(
 
 
 async def running_worker(client: ToolClient, workers: dict[int, Proc]) -> int:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for worker in (await client.directory()).workers:
-            if worker.in_flight:
-                assert worker.pid is not None
-                return worker.pid
-        await asyncio.sleep(0.02)
-    raise AssertionError("no worker took the call")
+    async def busy() -> int | None:
+        return next((w.pid for w in (await client.directory()).workers if w.in_flight), None)
+
+    pid: int = await eventually(busy)
+    return pid
 
 
 def test_progress_keeps_a_slow_tool_alive_past_its_timeout(
@@ -216,14 +210,13 @@ def test_cancelling_the_caller_cancels_the_call_on_the_worker(
         with pytest.raises(asyncio.CancelledError):
             await call
         await until(lambda: marker.read_text() == "cancelled")
-        deadline = time.monotonic() + 5  # the worker's CANCELLED frees the slot
-        while True:
+
+        async def freed() -> bool:  # the worker's CANCELLED frees the slot
             tool = (await client.directory()).tool("sample.wait_cancel")
             assert tool is not None
-            if tool.in_flight == 0:
-                break
-            assert time.monotonic() < deadline, "the slot was not freed"
-            await asyncio.sleep(0.01)
+            return tool.in_flight == 0
+
+        await eventually(freed, timeout=5)
 
     with_client(mesh, body)
 
