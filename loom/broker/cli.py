@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from loom.broker.broker import Broker
 from loom.config import broker_address
 from loom.logs import configure_logging, get_logger
-from loom.settings import ConfigError, Settings, load_settings
+from loom.settings import BrokerSettings, ConfigError, Settings, load_settings
 
 EXAMPLES = """examples:
   loom-broker                                   # tcp://127.0.0.1:7700 or $LOOM_BROKER
@@ -75,23 +75,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ConfigError: the config file or a flag's value is invalid.
     """
     base = load_settings(args.config) if args.config else Settings()
-    broker = {
-        "endpoint": broker_address(args.endpoint, fallback=base.broker.endpoint),
-        "max_payload": args.max_payload,
-        "stall_timeout": args.stall_timeout,
-        "hwm": args.hwm,
-        "name": args.name,
-        "heartbeat": args.heartbeat,
-        "liveness": args.liveness,
-        "call_timeout": args.call_timeout,
-        "max_queue": args.max_queue,
-        "max_attempts": args.max_attempts,
-        "max_call_timeout": args.max_call_timeout,
-        "data_dir": args.data_dir,
-        "durable_map_size": args.durable_map_size,
-        "durable_max_age": args.durable_max_age,
-        "durable_max_bytes": args.durable_max_bytes,
-    }
+    broker = {field: getattr(args, field) for field in BrokerSettings.model_fields}  # one flag each
+    broker["endpoint"] = broker_address(args.endpoint, fallback=base.broker.endpoint)
     log = {"json": args.log_json, "level": args.log_level}
     try:
         return Settings.model_validate(

@@ -178,12 +178,14 @@ async def _pub(broker: str, topic: str, data: Any, timeout: float, qos: str) -> 
         await actor.stop()
 
 
-def format_event(event: Event, *, as_json: bool) -> str:
-    """One line for ``loom tap``: ``topic sender data`` or a JSON object."""
+def format_event(event: Event, *, as_json: bool, **extra: Any) -> str:
+    """One line for ``loom tap`` (and ``loom replay``, whose ``extra`` fields lead):
+    ``topic sender data`` or a JSON object with the header fields."""
     if as_json:
         env = event.envelope
         return json.dumps(
             {
+                **extra,
                 "topic": event.topic,
                 "sender": event.sender,
                 "id": event.id,
@@ -197,9 +199,9 @@ def format_event(event: Event, *, as_json: bool) -> str:
             default=repr,
             ensure_ascii=False,
         )
-    return (
-        f"{event.topic} {event.sender} {json.dumps(event.data, default=repr, ensure_ascii=False)}"
-    )
+    lead = "".join(f"{value} " for value in extra.values())
+    data = json.dumps(event.data, default=repr, ensure_ascii=False)
+    return f"{lead}{event.topic} {event.sender} {data}"
 
 
 async def _tap(broker: str, pattern: str, timeout: float, *, as_json: bool, count: int) -> None:
@@ -232,9 +234,9 @@ async def _stats(broker: str, timeout: float) -> dict[str, Any]:
 
 async def replay(args: argparse.Namespace, broker: str) -> int:
     """Page through the broker's durable log, printing what matches."""
-    since: dict[str, Any]
+    after, since_time = 0, None
     if args.since.isdigit():
-        since = {"since": int(args.since)}
+        after = int(args.since)
     else:
         try:
             moment = datetime.datetime.fromisoformat(args.since)
@@ -243,11 +245,14 @@ async def replay(args: argparse.Namespace, broker: str) -> int:
             return 2
         if moment.tzinfo is None:
             moment = moment.astimezone()
-        since = {"since_time": moment.timestamp()}
+        since_time = moment.timestamp()
     shown = 0
     while True:
         command, body = await query(
-            broker, REPLAY, {"pattern": args.pattern, "limit": 1000, **since}, args.timeout
+            broker,
+            REPLAY,
+            {"pattern": args.pattern, "limit": 1000, "since": after, "since_time": since_time},
+            args.timeout,
         )
         if command != REPLAY:
             print(f"loom replay: {body.get('code')}: {body.get('message')}", file=sys.stderr)
@@ -255,18 +260,16 @@ async def replay(args: argparse.Namespace, broker: str) -> int:
         for seq, when, topic, header, payload in body["events"]:
             envelope = decode_header(header)
             event = Event(topic.decode(), decode_payload(payload, envelope.content_type), envelope)
-            line = format_event(event, as_json=args.json)
             if args.json:
-                line = json.dumps({"seq": seq, "logged": when, **json.loads(line)})
+                print(format_event(event, as_json=True, seq=seq, logged=when), flush=True)
             else:
-                line = f"{seq} {line}"
-            print(line, flush=True)
+                print(format_event(event, as_json=False, seq=seq), flush=True)
             shown += 1
             if args.limit and shown >= args.limit:
                 return 0
         if body["next"] >= body["last_seq"]:
             return 0
-        since = {"since": body["next"], **{k: v for k, v in since.items() if k == "since_time"}}
+        after = body["next"]
 
 
 if __name__ == "__main__":
