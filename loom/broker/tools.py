@@ -204,7 +204,10 @@ class ToolRouter:
         now = self._clock()
         call = Call(self._tokens, client, call_id, name, args, timeout, now + timeout, trace)
         self._live[call.token] = call
-        self._by_client.setdefault(client, {})[call_id] = call
+        calls = self._by_client.get(client)
+        if calls is None:  # not setdefault: that builds a dict on every call
+            calls = self._by_client[client] = {}
+        calls[call_id] = call
         self._push_deadline(call)
         if entry.free:
             self._dispatch(entry, call, now)
