@@ -29,8 +29,10 @@ __all__ = [
     "ResultTooLargeError",
     "TargetError",
     "ToolDefinitionError",
+    "ToolDeniedError",
     "ToolError",
     "ToolFailedError",
+    "ToolLimitError",
     "ToolTimeoutError",
     "TopicError",
     "UnknownToolError",
@@ -196,6 +198,24 @@ class ResultTooLargeError(ToolError, ValueError):
     code = "TOO_LARGE"
 
 
+class ToolLimitError(ToolError):
+    """The call's sandboxed process went past a limit of its policy and was stopped;
+    ``limit`` says which (``cpu_seconds``, ``memory_mb``, ``wall_seconds``, ``processes``,
+    ``file_size_mb``, ``open_files``) or ``crashed`` when it died of a signal."""
+
+    code = "LIMIT_EXCEEDED"
+
+    @property
+    def limit(self) -> str:
+        return str(self.details.get("limit", ""))
+
+
+class ToolDeniedError(ToolError, PermissionError):
+    """The tool needs approval, and an approver said no or nobody answered in time."""
+
+    code = "DENIED"
+
+
 class BrokerLostError(ToolError, ConnectionError):
     """The broker stopped answering while the call was in flight."""
 
@@ -213,6 +233,8 @@ _BY_CODE: dict[str, type[ToolError]] = {
         OverloadedError,
         CallCancelledError,
         ResultTooLargeError,
+        ToolLimitError,
+        ToolDeniedError,
         BrokerLostError,
     )
 }

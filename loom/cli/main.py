@@ -13,6 +13,7 @@ from typing import Any
 from loom.actor import Actor, Event
 from loom.actor.link import query
 from loom.cli import run as run_commands
+from loom.cli import sandbox as sandbox_commands
 from loom.cli import tools as tool_commands
 from loom.cli.demo import run_demo
 from loom.config import broker_address
@@ -30,6 +31,7 @@ EXAMPLES = """examples:
   loom list                                   # live actors, workers and tools
   loom call demo.stats '{"values": [1, 2]}'   # call a tool, print the result
   loom run configs/mesh.toml                  # start and supervise a whole mesh
+  loom sandbox check                          # the tool sandbox's layers on this host
 """
 
 
@@ -110,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay_parser.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
     replay_parser.add_argument("--json", action="store_true", help="one JSON object per event")
     run_commands.add_parsers(commands, common)
+    sandbox_commands.add_parsers(commands, common)
 
     demo = commands.add_parser(
         "demo",
@@ -161,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(tool_commands.list_mesh(args, broker))
         elif args.command == "call":
             return asyncio.run(tool_commands.call_tool(args, broker))
+        elif args.command == "sandbox":
+            return asyncio.run(sandbox_commands.run_sandbox(args))
         else:
             return asyncio.run(run_demo(broker, args.duration))
     except LoomError as exc:

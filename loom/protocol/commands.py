@@ -145,6 +145,8 @@ ERROR_CODES = (
     "TOO_LARGE",
     "MALFORMED",
     "BROKER_LOST",
+    "LIMIT_EXCEEDED",
+    "DENIED",
 )
 """Codes a ``FAIL`` carries; ``docs/protocol.md`` says when each is used."""
 

@@ -6,11 +6,13 @@ import inspect
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, overload
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from loom.errors import InvalidParamsError, ToolDefinitionError
+from loom.tools.sandbox.policy import Sandbox
 
 __all__ = ["Tool", "ToolContext", "tool"]
 
@@ -33,16 +35,28 @@ class ToolContext:
         timeout: the call's timeout in seconds. The deadline runs from the call's arrival
             at the broker (time queued counts); each progress report moves it to
             ``timeout`` seconds after the report.
+        sandbox: the tool's effective sandbox policy (``None``: not sandboxed).
+        jail: the tool's working directory when it has a policy (the process's current
+            directory when it runs sandboxed), else ``None``.
     """
 
-    __slots__ = ("_cancelled", "_last", "_report", "call", "timeout", "tool")
+    __slots__ = ("_cancelled", "_last", "_report", "call", "jail", "sandbox", "timeout", "tool")
 
     def __init__(
-        self, call: int, tool: str, timeout: float, report: Callable[[int, Any], None]
+        self,
+        call: int,
+        tool: str,
+        timeout: float,
+        report: Callable[[int, Any], None],
+        *,
+        sandbox: Sandbox | None = None,
+        jail: Path | None = None,
     ) -> None:
         self.call = call
         self.tool = tool
         self.timeout = timeout
+        self.sandbox = sandbox
+        self.jail = jail
         self._report = report
         self._cancelled = False
         self._last = 0.0
@@ -79,6 +93,9 @@ class Tool:
             the broker's default).
         idempotent: a call may be run again on another worker when its worker dies.
         concurrency: how many calls one worker runs at once.
+        sandbox: the policy its calls run under (``None``: in the worker's process, unless
+            the worker sandboxes every tool).
+        approval: each call waits for a person's (or an approver actor's) yes first.
     """
 
     def __init__(
@@ -89,8 +106,12 @@ class Tool:
         timeout: float | None = None,
         idempotent: bool = False,
         concurrency: int | None = None,
+        sandbox: Sandbox | None = None,
+        approval: bool = False,
     ) -> None:
         self.fn = fn
+        self.sandbox = sandbox
+        self.approval = approval
         self.is_async = inspect.iscoroutinefunction(fn)
         self.name = name or f"{fn.__module__}.{fn.__name__}"
         if not _NAME.match(self.name):
@@ -160,6 +181,8 @@ class Tool:
             "timeout": self.timeout,
             "idempotent": self.idempotent,
             "concurrency": self.concurrency,
+            "sandboxed": self.sandbox is not None,
+            "approval": self.approval,
         }
 
     def bind(self, args: Any) -> dict[str, Any]:
@@ -203,6 +226,8 @@ def tool(
     timeout: float | None = None,
     idempotent: bool = False,
     concurrency: int | None = None,
+    sandbox: Sandbox | None = None,
+    approval: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -214,6 +239,8 @@ def tool(
     timeout: float | None = None,
     idempotent: bool = False,
     concurrency: int | None = None,
+    sandbox: Sandbox | None = None,
+    approval: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a function (``def`` or ``async def``) a tool, bare or with options.
 
@@ -226,18 +253,25 @@ def tool(
         idempotent: the call may be retried on another worker if its worker dies.
         concurrency: calls one worker runs at once (default 8 for ``async def``, 1 for
             ``def``, which runs in a thread).
+        sandbox: run each call in a sandboxed process under this policy.
+        approval: each call waits for an approver's yes; no answer in time means DENIED.
 
     Raises:
         ToolDefinitionError: a parameter cannot be described, or an option is invalid.
     """
-    options = {"name": name, "timeout": timeout, "idempotent": idempotent}
-    if fn is not None:
-        return Tool(fn, concurrency=concurrency, **options)  # type: ignore[arg-type]
 
     def make(function: Callable[..., Any]) -> Tool:
-        return Tool(function, concurrency=concurrency, **options)  # type: ignore[arg-type]
+        return Tool(
+            function,
+            name=name,
+            timeout=timeout,
+            idempotent=idempotent,
+            concurrency=concurrency,
+            sandbox=sandbox,
+            approval=approval,
+        )
 
-    return make
+    return make if fn is None else make(fn)
 
 
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:

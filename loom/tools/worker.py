@@ -6,11 +6,14 @@ import asyncio
 import collections
 import functools
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -23,6 +26,7 @@ from loom.errors import (
     LoomError,
     PayloadTooLargeError,
     ProtocolError,
+    ToolError,
 )
 from loom.logs import get_logger
 from loom.protocol import (
@@ -42,6 +46,8 @@ from loom.protocol import (
     encode_value,
 )
 from loom.session import Session
+from loom.tools.sandbox.host import probe_host
+from loom.tools.sandbox.runner import SandboxRunner
 from loom.tools.tool import Tool, ToolContext
 
 __all__ = ["Worker", "WorkerStats"]
@@ -87,6 +93,8 @@ class Worker:
         context: the zmq context; a private one by default.
         grace: seconds ``stop()`` (and SIGTERM) lets calls in flight finish.
         connect_timeout: seconds ``start()`` waits for the broker.
+        jail: the working directory of sandboxed tools whose policy names none
+            (default: a temporary directory, removed when the worker stops).
 
     Raises:
         ToolDefinitionError: a function cannot be made a tool.
@@ -102,6 +110,7 @@ class Worker:
         context: zmq.Context[Any] | None = None,
         grace: float = 10.0,
         connect_timeout: float = 10.0,
+        jail: Path | None = None,
     ) -> None:
         self.tools: dict[str, Tool] = {}
         for item in tools:
@@ -130,6 +139,10 @@ class Worker:
         self._flusher: asyncio.Task[None] | None = None
         self._stuck = 0
         """``def`` tools abandoned at stop, still running in their threads."""
+        self._jail = jail
+        self._own_jail: Path | None = None
+        self._sandboxes: dict[str, SandboxRunner] = {}
+        """Tool name -> the sandbox that runs it (one per policy and jail)."""
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -184,11 +197,41 @@ class Worker:
         self._session = session
         self._max_payload = int(hello.get("max_payload", DEFAULT_MAX_PAYLOAD))
         try:
+            await self._start_sandboxes()
             await self._announce()
         except BaseException:
+            await self._close_sandboxes()
             self._close()
             raise
         self.log.info("worker ready", broker=self.broker, tools=sorted(self.tools))
+
+    async def _start_sandboxes(self) -> None:
+        """One launcher per distinct (policy, jail), started before the tools are
+        announced so a host that cannot confine them fails the start, not a call."""
+        groups: dict[tuple[str, Path], list[Tool]] = {}
+        for item in self.tools.values():
+            if item.sandbox is None:
+                continue
+            jail = item.sandbox.fs.jail or self._jail
+            if jail is None:
+                self._own_jail = Path(tempfile.mkdtemp(prefix="loom-jail-"))
+                jail = self._jail = self._own_jail
+            groups.setdefault((item.sandbox.model_dump_json(), jail.resolve()), []).append(item)
+        host = probe_host() if groups else None
+        for (_, jail), members in groups.items():
+            assert host is not None and members[0].sandbox is not None
+            runner = SandboxRunner(
+                members,
+                members[0].sandbox,
+                jail,
+                host,
+                max_payload=self._max_payload,
+                progress=self._relay_progress,
+            )
+            for member in members:
+                self._sandboxes[member.name] = runner
+        runners = {id(r): r for r in self._sandboxes.values()}.values()
+        await asyncio.gather(*(runner.start() for runner in runners))
 
     async def _announce(self) -> None:
         assert self._session is not None
@@ -225,13 +268,22 @@ class Worker:
             running = self._running[token]
             running.context.cancel()
             running.task.cancel()
-            self._stuck += not running.tool.is_async
+            self._stuck += not running.tool.is_async and running.tool.name not in self._sandboxes
         if left:
             self.log.warning("calls left to the broker", calls=len(left))
         if self._flusher is not None:  # answers still waiting for room on the link
             await asyncio.wait({self._flusher}, timeout=1.0)
+        await self._close_sandboxes()
         self._close()
         self.log.info("worker stopped", **self.stats.as_dict())
+
+    async def _close_sandboxes(self) -> None:
+        runners = {id(r): r for r in self._sandboxes.values()}.values()
+        await asyncio.gather(*(runner.close() for runner in runners))
+        self._sandboxes.clear()
+        if self._own_jail is not None:
+            shutil.rmtree(self._own_jail, ignore_errors=True)
+            self._own_jail = None
 
     def _close(self) -> None:
         if self._session is not None:
@@ -256,7 +308,8 @@ class Worker:
             self._fail(token, "UNKNOWN_TOOL", f"this worker does not serve {name!r}")
             return
         try:
-            kwargs = tool.bind(decode_value(body))
+            args = decode_value(body)
+            kwargs = tool.bind(args)
         except ProtocolError as exc:
             self._fail(token, "MALFORMED", str(exc))
             return
@@ -265,10 +318,15 @@ class Worker:
             self._fail(token, "INVALID_PARAMS", str(exc), **exc.details)
             return
         context = ToolContext(token, name, timeout or 0.0, self._report)
-        if tool.context_param is not None:
-            kwargs[tool.context_param] = context
         assert self._loop is not None
-        task = self._loop.create_task(self._run(token, tool, kwargs, context))
+        sandbox = self._sandboxes.get(name)
+        if sandbox is not None:
+            run = self._run_sandboxed(token, tool, sandbox, args, context)
+            task = self._loop.create_task(run)
+        else:
+            if tool.context_param is not None:
+                kwargs[tool.context_param] = context
+            task = self._loop.create_task(self._run(token, tool, kwargs, context))
         self._running[token] = _Running(tool, task, context)
 
     async def _run(
@@ -313,6 +371,35 @@ class Worker:
         self.stats.succeeded += 1
         self._send(encode_ref(RESULT, token, data))
 
+    async def _run_sandboxed(
+        self, token: int, tool: Tool, sandbox: SandboxRunner, args: Any, context: ToolContext
+    ) -> None:
+        try:
+            data = await sandbox.call(token, tool, args, context)
+        except asyncio.CancelledError:
+            if token not in self._abandoned:
+                self.stats.cancelled += 1
+                self._fail(token, "CANCELLED", f"{tool.name} was cancelled")
+            return
+        except ToolError as exc:
+            self.stats.failed += 1
+            self._fail(token, exc.code, str(exc), **exc.details)
+            return
+        except LoomError as exc:  # the sandbox could not start again
+            self.stats.failed += 1
+            self.log.error("sandbox unavailable", tool=tool.name, error=str(exc))
+            name = type(exc).__name__
+            self._fail(token, "TOOL_ERROR", f"{name}: {exc}", type=name, remote_message=str(exc))
+            return
+        finally:
+            self._running.pop(token, None)
+        self.stats.succeeded += 1
+        self._send(encode_ref(RESULT, token, data))
+
+    def _relay_progress(self, token: int, body: bytes) -> None:
+        if token in self._running:
+            self._send(encode_ref(PROGRESS, token, body))
+
     def _on_cancel(self, meta: bytes, body: bytes) -> None:
         try:
             token = decode_ref(meta)
@@ -323,7 +410,7 @@ class Worker:
         if running is None:
             return  # finished meanwhile: its answer is on the way
         running.context.cancel()
-        if running.tool.is_async:
+        if running.tool.is_async or running.tool.name in self._sandboxes:
             running.task.cancel()
         # a thread cannot be interrupted: the tool sees context.cancelled, and its answer
         # becomes CANCELLED when it returns

@@ -1,0 +1,46 @@
+"""Frames between a worker and its sandbox launcher, and the launcher and a call's
+process: a stream of msgpack arrays over a pipe (``[kind, ...]``).
+
+Worker -> launcher: ``["call", id, tool, args, timeout]``, ``["cancel", id]``.
+Launcher -> worker: ``["ready", report]``, ``["progress", id, data]``,
+``["result", id, data]`` and ``["fail", id, code, message, details]`` (``data``: an
+encoded msgpack value, passed through as bytes).
+A call's process -> launcher: the same three without the id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+
+__all__ = ["FrameReader", "pack_frame"]
+
+_MAX_FRAME = 64 * 1024 * 1024
+
+
+def pack_frame(*items: Any) -> bytes:
+    """One frame: ``items`` as a msgpack array."""
+    return msgpack.packb(items, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+class FrameReader:
+    """Reassembles frames from the chunks a pipe delivers."""
+
+    def __init__(self) -> None:
+        self._unpacker = msgpack.Unpacker(
+            raw=False, use_list=True, max_buffer_size=_MAX_FRAME, strict_map_key=False
+        )
+
+    def feed(self, chunk: bytes) -> Iterator[list[Any]]:
+        """The complete frames ``chunk`` finishes.
+
+        Raises:
+            ValueError: the stream is not msgpack arrays (the peer is broken).
+        """
+        self._unpacker.feed(chunk)
+        for frame in self._unpacker:
+            if not isinstance(frame, list) or not frame:
+                raise ValueError(f"pipe frame is not an array: {frame!r:.80}")
+            yield frame
