@@ -57,6 +57,11 @@ class ToolEntry:
     def idempotent(self) -> bool:
         return bool(self.spec.get("idempotent"))
 
+    @property
+    def approval(self) -> bool:
+        """Each call waits for an approver's yes."""
+        return self.spec.get("approval") is True
+
 
 class Call:
     """A call from its arrival until its caller has an answer (and its worker is done)."""

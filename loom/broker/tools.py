@@ -436,6 +436,8 @@ class ToolRouter:
                 "returns": entry.spec.get("returns"),
                 "timeout": entry.spec.get("timeout"),
                 "idempotent": entry.idempotent,
+                "approval": entry.approval,
+                "sandbox": _string_map(entry.spec.get("sandbox")),
                 "workers": [slot.worker.name for slot in entry.slots.values()],
                 "capacity": sum(slot.capacity for slot in entry.slots.values()),
                 "in_flight": sum(slot.busy for slot in entry.slots.values()),
@@ -445,3 +447,12 @@ class ToolRouter:
             }
             for entry in self.tools.values()
         ]
+
+
+def _string_map(value: Any) -> dict[str, str] | None:
+    """A worker's sandbox report, if it is a map of strings (else nothing)."""
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return value
+    return None

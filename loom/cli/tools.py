@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from loom.errors import ToolError
@@ -28,6 +29,11 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     worker.add_argument("--name", help="the worker's name in the directory")
     worker.add_argument(
         "--grace", type=float, default=10.0, help="seconds to finish calls on SIGTERM (10)"
+    )
+    worker.add_argument(
+        "--jail",
+        type=Path,
+        help="working directory of sandboxed tools (default: a temporary one per run)",
     )
 
     listing = commands.add_parser(
@@ -55,7 +61,12 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 def run_worker(args: argparse.Namespace, broker: str) -> int:
     tools = load_tools(args.target)
     Worker(
-        tools, broker=broker, name=args.name, grace=args.grace, connect_timeout=args.timeout
+        tools,
+        broker=broker,
+        name=args.name,
+        grace=args.grace,
+        connect_timeout=args.timeout,
+        jail=args.jail.resolve() if args.jail else None,
     ).run()
     return 0
 

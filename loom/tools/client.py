@@ -73,6 +73,10 @@ class ToolInfo(BaseModel):
     returns: dict[str, Any] | None = None
     timeout: float | None = None
     idempotent: bool = False
+    approval: bool = False
+    """Calls wait for an approver's yes (``loom approve``)."""
+    sandbox: dict[str, str] | None = None
+    """The layers confining the tool's calls, as its worker reported them."""
     workers: list[str]
     capacity: int
     in_flight: int

@@ -181,7 +181,6 @@ class Tool:
             "timeout": self.timeout,
             "idempotent": self.idempotent,
             "concurrency": self.concurrency,
-            "sandboxed": self.sandbox is not None,
             "approval": self.approval,
         }
 

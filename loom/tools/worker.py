@@ -240,11 +240,16 @@ class Worker:
         body = {
             "name": self.name,
             "pid": os.getpid(),
-            "tools": [t.spec() for t in self.tools.values()],
+            "tools": [self._spec(t) for t in self.tools.values()],
         }
         command, reply = await self._session.ask(READY, body, self._connect_timeout)
         if command != READY:
             raise ProtocolError("ready", f"broker refused the tools: {reply.get('message')}")
+
+    def _spec(self, item: Tool) -> dict[str, Any]:
+        """A tool's READY spec; a sandboxed tool's carries the layers that confine it."""
+        sandbox = self._sandboxes.get(item.name)
+        return {**item.spec(), "sandbox": sandbox.report if sandbox is not None else None}
 
     async def stop(self, grace: float | None = None) -> None:
         """Take no more calls, let those in flight finish (up to ``grace`` seconds, default

@@ -1,0 +1,237 @@
+"""The escape suite: real `loom worker` processes whose tools try to break out.
+
+Each test names the layer that stops the attempt on this host. Where a host lacks a layer
+(the report in the directory says so), the test checks the weaker guarantee that is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Proc
+
+from loom import ToolClient
+from loom.errors import ToolError, ToolLimitError
+
+ESCAPE_TOOLS = str(Path(__file__).parent.parent / "workers" / "escape.py")
+SECRET = "loom-test-secret-3141"
+
+
+class Sandboxed:
+    """A broker and an escape-tools worker; ``call`` runs one tool call."""
+
+    def __init__(self, broker: str, worker: Proc, jail: Path) -> None:
+        self.broker = broker
+        self.worker = worker
+        self.jail = jail
+        self.report: dict[str, str] = self.run(self._report)
+
+    async def _report(self, client: ToolClient) -> dict[str, str]:
+        info = (await client.directory()).tool("escape.read")
+        assert info is not None and info.sandbox is not None
+        return info.sandbox
+
+    def run(self, body: Callable[[ToolClient], Any]) -> Any:
+        async def go() -> Any:
+            async with await ToolClient.connect(self.broker, name="escape-test") as client:
+                return await body(client)
+
+        return asyncio.run(go())
+
+    def call(self, tool: str, **args: Any) -> Any:
+        return self.run(lambda client: client.call(tool, args, timeout=20))
+
+    def applied(self, layer: str, part: str = "") -> bool:
+        state = self.report.get(layer, "unavailable")
+        return not state.startswith(("unavailable", "refused")) and part in state
+
+
+@pytest.fixture
+def sandboxed(mesh: str, spawn: Callable[..., Proc], tmp_path: Path) -> Sandboxed:
+    jail = tmp_path / "jail"
+    command = [sys.executable, "-m", "loom.cli.main", "worker", ESCAPE_TOOLS, "--broker", mesh]
+    worker = spawn(*command, "--name", "escapee", "--jail", str(jail), env={"SECRET": SECRET})
+    worker.wait_line("worker ready")
+    return Sandboxed(mesh, worker, jail)
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    path = tmp_path / "outside.txt"
+    path.write_text("not for tools")
+    return path
+
+
+def test_a_call_runs_in_the_jail_with_a_cleared_environment(sandboxed: Sandboxed) -> None:
+    """The tool's cwd is the jail, its environment holds only the allowlist, its uid is not
+    root's (a user namespace), and it is not the worker's process."""
+    where = sandboxed.call("escape.whoami")
+    assert where["cwd"] == str(sandboxed.jail)
+    assert set(where["env"]) <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "TZ"}
+    assert where["pid"] != sandboxed.worker.popen.pid
+    if sandboxed.applied("userns"):
+        assert where["uid"] == 65534
+
+
+def test_reading_a_file_outside_the_jail_is_refused(sandboxed: Sandboxed, outside: Path) -> None:
+    """Landlock refuses to open a file outside the jail and the read-only system paths."""
+    result = sandboxed.call("escape.read", path=str(outside))
+    if sandboxed.applied("landlock", "fs"):
+        assert result == "EACCES"
+    else:  # weaker: file permissions only
+        assert result in ("ok", "EACCES")
+    assert sandboxed.call("escape.read", path="/usr/lib/os-release") == "ok"  # read-only paths
+
+
+def test_writing_outside_the_jail_is_refused(sandboxed: Sandboxed, outside: Path) -> None:
+    """Landlock refuses writes outside the jail, even to a system path it may read."""
+    target = outside.with_name("written.txt")
+    result = sandboxed.call("escape.write", path=str(target))
+    assert sandboxed.call("escape.write", path="inside.txt") == "ok"
+    assert (sandboxed.jail / "inside.txt").read_text() == "escaped"
+    if sandboxed.applied("landlock", "fs"):
+        assert result == "EACCES" and not target.exists()
+        assert sandboxed.call("escape.write", path="/usr/lib/loom-escape") == "EACCES"
+
+
+def test_a_symlink_out_of_the_jail_leads_nowhere(sandboxed: Sandboxed, outside: Path) -> None:
+    """A symlink in the jail pointing outside: reading or writing through it is refused by
+    Landlock, which checks the file reached, not the path written."""
+    (sandboxed.jail / "link").symlink_to(outside)
+    read = sandboxed.call("escape.read", path="link")
+    write = sandboxed.call("escape.write", path="link")
+    if sandboxed.applied("landlock", "fs"):
+        assert read == "EACCES" and write == "EACCES"
+        assert outside.read_text() == "not for tools"
+
+
+def test_opening_a_tcp_connection_is_refused(sandboxed: Sandboxed) -> None:
+    """With no network in the policy, seccomp refuses the socket itself (EPERM); with
+    sockets allowed but one port listed, Landlock refuses connect() to any other port."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        result = sandboxed.call("escape.tcp", port=port)
+        loopback = sandboxed.call("escape.tcp_loopback", port=port)
+    if sandboxed.applied("seccomp"):
+        assert result == "EPERM"
+    elif sandboxed.applied("netns", "private"):  # weaker: an empty network namespace
+        assert result in ("ECONNREFUSED", "ENETUNREACH")
+    if sandboxed.applied("landlock", "tcp"):
+        assert loopback == "EACCES"
+
+
+def test_connecting_to_a_unix_socket_outside_is_refused(sandboxed: Sandboxed) -> None:
+    """Landlock does not cover connect() on a socket file; seccomp refuses AF_UNIX."""
+    path = Path(f"/tmp/loom-escape-{os.getpid()}.sock")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen()
+        try:
+            result = sandboxed.call("escape.unix", path=str(path))
+        finally:
+            path.unlink()
+    if sandboxed.applied("seccomp"):
+        assert result == "EPERM"
+
+
+def test_a_fork_bomb_is_bounded(sandboxed: Sandboxed) -> None:
+    """Forking stops at the policy's 8 processes for a normal user (RLIMIT_NPROC, counted
+    in the call's own user namespace). Root is exempt from RLIMIT_NPROC: there the pids
+    cgroup of the sandbox (4 + 8 per concurrent call) stops it. The children die with the
+    call, and the sandbox keeps serving."""
+    result = sandboxed.call("escape.fork_bomb")
+    assert result["error"] == "EAGAIN"
+    if os.getuid() != 0 and sandboxed.applied("userns"):
+        assert result["started"] < 8
+    elif sandboxed.applied("cgroup"):
+        assert result["started"] <= 12 - 2  # the launcher and the call itself count
+    else:  # weaker: nothing but the wall-clock limit and the group kill
+        assert result["started"] <= 1000
+    assert sandboxed.call("escape.whoami")["pid"] > 0
+
+
+def test_unbounded_memory_is_refused(sandboxed: Sandboxed) -> None:
+    """Allocations past the policy's 512 MiB fail (RLIMIT_AS): LIMIT_EXCEEDED memory_mb."""
+    with pytest.raises(ToolLimitError) as caught:
+        sandboxed.call("escape.memory")
+    assert caught.value.limit == "memory_mb"
+
+
+def test_a_spinning_call_is_killed_at_its_cpu_limit(sandboxed: Sandboxed) -> None:
+    """RLIMIT_CPU kills a call past its 1 s of CPU: LIMIT_EXCEEDED cpu_seconds."""
+    with pytest.raises(ToolLimitError) as caught:
+        sandboxed.call("escape.spin")
+    assert caught.value.limit == "cpu_seconds"
+
+
+def test_a_hanging_call_is_killed_at_its_wall_clock_limit(sandboxed: Sandboxed) -> None:
+    """A call that sleeps uses no CPU: the launcher kills its process group after 3 s."""
+    with pytest.raises(ToolLimitError) as caught:
+        sandboxed.call("escape.hang")
+    assert caught.value.limit == "wall_seconds"
+
+
+def test_a_file_past_the_size_limit_is_refused(sandboxed: Sandboxed) -> None:
+    """RLIMIT_FSIZE (1 MiB here) stops a larger write: EFBIG, or the call is stopped."""
+    try:
+        result = sandboxed.call("escape.big_file")
+    except ToolLimitError as exc:
+        assert exc.limit == "file_size_mb"
+    else:
+        assert result == "EFBIG"
+    assert (sandboxed.jail / "big").stat().st_size <= 1 << 20
+
+
+def test_signalling_the_parent_is_refused(sandboxed: Sandboxed) -> None:
+    """SIGKILL to the worker, the launcher and -1 (everyone) is refused (Landlock's signal
+    scope, and seccomp for these pids); the worker keeps serving."""
+    worker = sandboxed.worker.popen.pid
+    result = sandboxed.call("escape.signal", pids=[worker])
+    assert set(result.values()) == {"EPERM"}
+    assert sandboxed.worker.popen.poll() is None
+    assert sandboxed.call("escape.whoami")["pid"] > 0
+
+
+def test_the_parents_environment_stays_secret(sandboxed: Sandboxed) -> None:
+    """The secret in the worker's environment is neither inherited (cleared environment)
+    nor readable in /proc (Landlock: /proc is not in the policy; and ptrace scoping)."""
+    worker = sandboxed.worker.popen.pid
+    found = sandboxed.call("escape.secret", name="SECRET", worker_pid=worker)
+    assert found["here"] == "absent"
+    if sandboxed.applied("landlock", "fs"):
+        assert found["launcher"] == "EACCES" and found["worker"] == "EACCES"
+
+
+def test_a_failed_call_leaves_the_sandbox_serving(sandboxed: Sandboxed) -> None:
+    """After every kind of kill, the next call still runs (a fresh process per call)."""
+    with pytest.raises(ToolError):
+        sandboxed.call("escape.spin")
+    assert sandboxed.call("escape.whoami")["cwd"] == str(sandboxed.jail)
+
+
+def test_sandbox_check_reports_layers_and_blocks_every_probe() -> None:
+    """`loom sandbox check` prints the layers and exits 0: every escape probe was blocked."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "loom.cli.main", "sandbox", "check", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    import json
+
+    report = json.loads(done.stdout)
+    assert {"rlimits", "env", "landlock", "seccomp", "userns"} <= set(report["layers"])
+    assert all(value.startswith("blocked") for value in report["escapes"].values())
