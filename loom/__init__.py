@@ -2,6 +2,7 @@
 
 from loom.actor import Actor, Event, on
 from loom.errors import (
+    ApprovalError,
     BrokerLostError,
     BrokerUnavailableError,
     CallCancelledError,
@@ -20,8 +21,10 @@ from loom.errors import (
     RequestTimeoutError,
     ResultTooLargeError,
     ToolDefinitionError,
+    ToolDeniedError,
     ToolError,
     ToolFailedError,
+    ToolLimitError,
     ToolTimeoutError,
     TopicError,
     UnknownToolError,
@@ -30,12 +33,14 @@ from loom.errors import (
 )
 from loom.protocol import VERSION as PROTOCOL_VERSION
 from loom.tools import Directory, Tool, ToolClient, ToolContext, Worker, tool
+from loom.tools.sandbox import Sandbox
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PROTOCOL_VERSION",
     "Actor",
+    "ApprovalError",
     "BrokerLostError",
     "BrokerUnavailableError",
     "CallCancelledError",
@@ -55,12 +60,15 @@ __all__ = [
     "RemoteError",
     "RequestTimeoutError",
     "ResultTooLargeError",
+    "Sandbox",
     "Tool",
     "ToolClient",
     "ToolContext",
     "ToolDefinitionError",
+    "ToolDeniedError",
     "ToolError",
     "ToolFailedError",
+    "ToolLimitError",
     "ToolTimeoutError",
     "TopicError",
     "UnknownToolError",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ApprovalError",
     "BrokerLostError",
     "BrokerUnavailableError",
     "CallCancelledError",
@@ -214,6 +215,10 @@ class ToolDeniedError(ToolError, PermissionError):
     """The tool needs approval, and an approver said no or nobody answered in time."""
 
     code = "DENIED"
+
+
+class ApprovalError(LoomError, LookupError):
+    """No call waits for approval under that id (decided, expired or cancelled)."""
 
 
 class BrokerLostError(ToolError, ConnectionError):

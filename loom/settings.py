@@ -68,6 +68,10 @@ class BrokerSettings(_Section):
     durable_map_size: PositiveInt = 1 << 30
     durable_max_age: NonNegativeFloat = 0.0
     durable_max_bytes: NonNegativeInt = 0
+    approval_timeout: PositiveFloat = 120.0
+    """Seconds a call to a tool that needs approval waits before it is DENIED."""
+    require_approval: tuple[str, ...] = ()
+    """Tool name patterns (``fnmatch``) whose calls need approval, whatever workers say."""
 
 
 class LogSettings(_Section):

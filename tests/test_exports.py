@@ -6,6 +6,7 @@ import loom
 import loom.actor
 import loom.broker
 import loom.tools
+import loom.tools.sandbox
 from loom import errors
 
 
@@ -14,6 +15,7 @@ def test_top_level_exports() -> None:
     assert set(loom.__all__) == {
         "PROTOCOL_VERSION",
         "Actor",
+        "ApprovalError",
         "BrokerLostError",
         "BrokerUnavailableError",
         "CallCancelledError",
@@ -33,12 +35,15 @@ def test_top_level_exports() -> None:
         "RemoteError",
         "RequestTimeoutError",
         "ResultTooLargeError",
+        "Sandbox",
         "Tool",
         "ToolClient",
         "ToolContext",
         "ToolDefinitionError",
+        "ToolDeniedError",
         "ToolError",
         "ToolFailedError",
+        "ToolLimitError",
         "ToolTimeoutError",
         "TopicError",
         "UnknownToolError",
@@ -76,6 +81,13 @@ def test_subpackage_exports() -> None:
         "WorkerStats",
         "tool",
     }
+    assert set(loom.tools.sandbox.__all__) == {
+        "EnvRules",
+        "FsRules",
+        "Limits",
+        "NetRules",
+        "Sandbox",
+    }
 
 
 def test_every_error_derives_from_loom_error() -> None:
@@ -88,6 +100,7 @@ def test_every_error_derives_from_loom_error() -> None:
     assert issubclass(loom.BrokerUnavailableError, ConnectionError)
     assert issubclass(loom.ToolTimeoutError, TimeoutError)
     assert issubclass(loom.InvalidParamsError, ValueError)
+    assert issubclass(loom.ToolDeniedError, PermissionError)
     for name in errors.__all__:
         cls = getattr(errors, name)
         if issubclass(cls, errors.ToolError) and cls is not errors.ToolError:

@@ -220,6 +220,30 @@ class Verbs:
             raise ClosedError(f"actor {self.name!r} is not running")
         return await self._tools.directory(timeout)
 
+    async def approve(self, approval_id: int, reason: str = "") -> None:
+        """Let a call that waits for approval run (approvers subscribe to
+        ``$approval.request.**`` to hear of them).
+
+        Raises:
+            ClosedError: the actor is not running.
+            ApprovalError: no call waits under that id.
+        """
+        await self._decide(approval_id, True, reason)
+
+    async def deny(self, approval_id: int, reason: str = "") -> None:
+        """Answer a call that waits for approval DENIED, with ``reason``.
+
+        Raises:
+            ClosedError: the actor is not running.
+            ApprovalError: no call waits under that id.
+        """
+        await self._decide(approval_id, False, reason)
+
+    async def _decide(self, approval_id: int, approve: bool, reason: str) -> None:
+        if self._tools is None:
+            raise ClosedError(f"actor {self.name!r} is not running")
+        await self._tools.decide(approval_id, approve, reason=reason, by=self.name)
+
     def _frames(
         self,
         topic: str,

@@ -8,6 +8,7 @@ from typing import Any
 
 import zmq
 
+from loom.broker.approvals import ApprovalDesk
 from loom.broker.control import ControlPlane
 from loom.broker.durable import DurableLog, DurablePlane
 from loom.broker.pubsub import PubSubProxy
@@ -62,6 +63,10 @@ class Broker:
         durable_map_size: the log's largest size, bytes.
         durable_max_age: seconds durable events are kept (0: forever).
         durable_max_bytes: the log's size beyond which the oldest events go (0: no cap).
+        approval_timeout: seconds a call to a tool that needs approval waits for a
+            decision before it is DENIED.
+        require_approval: tool name patterns (``fs.delete``, ``shell.*``) whose calls need
+            approval whatever their workers announce.
     """
 
     def __init__(
@@ -83,6 +88,8 @@ class Broker:
         durable_map_size: int = 1 << 30,
         durable_max_age: float = 0.0,
         durable_max_bytes: int = 0,
+        approval_timeout: float = 120.0,
+        require_approval: tuple[str, ...] = (),
     ) -> None:
         self.endpoint = endpoint
         self.name = name
@@ -98,6 +105,8 @@ class Broker:
         self._max_attempts = max_attempts
         self._max_call_timeout = max_call_timeout
         self._data_dir = data_dir
+        self._approval_timeout = approval_timeout
+        self._require_approval = tuple(require_approval)
         self._durable_options = (durable_map_size, durable_max_age, durable_max_bytes)
         self._stopping = threading.Event()
         self._log = get_logger("loom.broker", broker=name)
@@ -152,6 +161,7 @@ class Broker:
             max_attempts=self._max_attempts,
             max_payload=self._max_payload,
             max_timeout=self._max_call_timeout,
+            require_approval=self._require_approval,
         )
         durable = DurablePlane(
             log,
@@ -175,6 +185,14 @@ class Broker:
             events=self._system_event,
             heartbeat=self._heartbeat,
             liveness=self._liveness,
+        )
+        tools.approvals = ApprovalDesk(
+            release=tools.release,
+            refuse=tools.refuse,
+            ping=tools.ping,
+            publish=self._system_event,
+            name_of=control.name_of,
+            timeout=self._approval_timeout,
         )
         self._router, self._xsub, self._xpub = router, xsub, xpub
         return self.endpoints

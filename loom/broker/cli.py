@@ -62,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--durable-max-age", type=float, help="seconds events are kept (0: ever)")
     parser.add_argument("--durable-max-bytes", type=int, help="log bytes kept (0: no cap)")
     parser.add_argument(
+        "--approval-timeout",
+        type=float,
+        help="seconds a call waits for an approver before DENIED (default 120)",
+    )
+    parser.add_argument(
+        "--require-approval",
+        action="append",
+        metavar="PATTERN",
+        help="tools (shell-style pattern, e.g. 'fs.delete' or 'shell.*') whose calls need "
+        "approval whatever their workers say; repeatable",
+    )
+    parser.add_argument(
         "--log-json", action="store_true", default=None, help="log one JSON object per line"
     )
     parser.add_argument("--log-level", help="debug, info, warning, error")

@@ -20,6 +20,8 @@ from loom.errors import ProtocolError
 from loom.logs import DropCounter
 from loom.protocol import (
     ANNOUNCE,
+    APPROVALS,
+    APPROVE,
     BYE,
     CALL,
     CANCEL,
@@ -372,6 +374,33 @@ class ControlPlane:
         command = ERROR_COMMAND if "code" in answer else REPLAY
         self._reply(identity, command, {**answer, "rid": body.get("rid")})
 
+    def _approvals(self, identity: bytes, body: dict[str, Any]) -> None:
+        desk = self.tools.approvals
+        pending = desk.pending() if desk is not None else []
+        self._reply(identity, APPROVALS, {"pending": pending, "rid": body.get("rid")})
+
+    def _approve(self, identity: bytes, body: dict[str, Any]) -> None:
+        rid = body.get("rid")
+        desk = self.tools.approvals
+        peer = self.peers.get(identity)
+        by = str(body.get("by") or (peer.name if peer is not None else "someone"))[:200]
+        reason = str(body.get("reason") or "")[:1000]
+        error = (
+            desk.decide(body.get("id"), body.get("approve") is True, by, reason)
+            if desk is not None
+            else "this broker holds no calls for approval"
+        )
+        if error is not None:
+            answer = {"code": "UNKNOWN_APPROVAL", "message": error, "rid": rid}
+            self._reply(identity, ERROR_COMMAND, answer)
+        else:
+            self._reply(identity, APPROVE, {"rid": rid})
+
+    def name_of(self, identity: bytes) -> str:
+        """A peer's name (its identity in hex if it never introduced itself)."""
+        peer = self.peers.get(identity)
+        return peer.name if peer is not None else identity.hex()
+
     def _wall_of(self, monotonic: float) -> float:
         return self._wall() - (self._clock() - monotonic)
 
@@ -387,4 +416,6 @@ class ControlPlane:
         DSUB: _durable_subscribe,
         DACK: _durable_ack,
         REPLAY: _replay,
+        APPROVALS: _approvals,
+        APPROVE: _approve,
     }

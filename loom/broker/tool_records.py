@@ -68,6 +68,7 @@ class Call:
 
     __slots__ = (
         "answered",
+        "approved_by",
         "args",
         "attempts",
         "call_id",
@@ -102,6 +103,7 @@ class Call:
         self.slot: Slot | None = None
         self.attempts = 0
         self.answered = False
+        self.approved_by: str | None = None
 
 
 def last_used(slot: Slot) -> float:

@@ -13,10 +13,12 @@ import bisect
 import heapq
 import time
 from collections.abc import Callable
+from fnmatch import fnmatchcase as fnmatch
 from typing import Any
 
 import msgpack
 
+from loom.broker.approvals import ApprovalDesk
 from loom.broker.tool_records import Call, Slot, ToolEntry, WorkerState, last_used, valid_spec
 from loom.errors import ProtocolError
 from loom.logs import DropCounter
@@ -55,6 +57,8 @@ class ToolRouter:
         max_attempts: dispatches of an idempotent call before WORKER_LOST.
         max_payload: largest arguments or result forwarded, bytes.
         max_timeout: the longest timeout a call gets, whatever it asks for.
+        require_approval: tool name patterns whose calls need approval, whatever the
+            workers announce.
         clock: monotonic seconds.
     """
 
@@ -68,6 +72,7 @@ class ToolRouter:
         max_attempts: int = 3,
         max_payload: int = 1 << 20,
         max_timeout: float = DEFAULT_MAX_TIMEOUT,
+        require_approval: tuple[str, ...] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
@@ -77,6 +82,7 @@ class ToolRouter:
         self.max_attempts = max_attempts
         self.max_payload = max_payload
         self.max_timeout = max_timeout
+        self.require_approval = require_approval
         self._clock = clock
         self.tools: dict[str, ToolEntry] = {}
         self.workers: dict[bytes, WorkerState] = {}
@@ -88,6 +94,8 @@ class ToolRouter:
         self.doomed: set[bytes] = set()
         """Workers a send failed to reach: the control plane forgets them at its next tick
         (not in the middle of the dispatch that noticed)."""
+        self.approvals: ApprovalDesk | None = None
+        """Where calls to tools that need approval wait (set by the broker)."""
         self.drops = DropCounter(log)
         self.counts = {"calls": 0, "results": 0, "failures": 0, "late": 0, "redispatched": 0}
 
@@ -113,7 +121,11 @@ class ToolRouter:
                 entry = self.tools[name] = ToolEntry(name, spec)
             elif entry.spec.get("schema") != spec["schema"]:
                 self._log.warning("tool schema changed", tool=name, worker=worker.name)
-            entry.spec = spec
+            required = entry.approval or any(fnmatch(name, p) for p in self.require_approval)
+            relaxed = required and spec.get("approval") is not True
+            if relaxed:  # once a tool needs approval, no worker can take that back
+                self._log.info("approval required here", tool=name, worker=worker.name)
+            entry.spec = {**spec, "approval": True} if relaxed else spec
             slot = worker.slots.get(name)
             if slot is None:
                 slot = worker.slots[name] = Slot(worker, name, capacity)
@@ -181,7 +193,7 @@ class ToolRouter:
 
     def on_call(self, client: bytes, meta: bytes, args: bytes) -> None:
         try:
-            call_id, name, timeout, trace = decode_call(meta)
+            call_id, name, timeout, trace, _ = decode_call(meta)
         except ProtocolError as exc:
             self._malformed(client, meta, exc)
             return
@@ -209,7 +221,9 @@ class ToolRouter:
             calls = self._by_client[client] = {}
         calls[call_id] = call
         self._push_deadline(call)
-        if entry.free:
+        if entry.approval and self.approvals is not None:
+            self.approvals.hold(call)
+        elif entry.free:
             self._dispatch(entry, call, now)
         else:
             entry.queue.append(call)
@@ -262,8 +276,33 @@ class ToolRouter:
         call.deadline = max(call.deadline, self._clock() + call.timeout)
         self._send(call.client, encode_ref(PROGRESS, call.call_id, body))
 
+    def release(self, call: Call, approver: str) -> None:
+        """Dispatch (or queue) a call its approver let through."""
+        call.approved_by = approver
+        entry = self.tools.get(call.tool)
+        if entry is None:
+            self._answer_fail(call, "UNKNOWN_TOOL", f"no worker serves {call.tool!r} any more")
+            return
+        now = self._clock()
+        call.deadline = now + call.timeout
+        self._push_deadline(call)
+        if entry.free:
+            self._dispatch(entry, call, now)
+        else:
+            entry.queue.append(call)
+
+    def refuse(self, call: Call, message: str) -> None:
+        """Answer DENIED: the approver said no, or nobody answered in time."""
+        self._answer_fail(call, "DENIED", message)
+        self._drop_if_unserved(call.tool)
+
+    def ping(self, call: Call, data: dict[str, Any]) -> None:
+        """A progress report to a call's caller (from the approval desk)."""
+        self._send(call.client, encode_ref(PROGRESS, call.call_id, _packb(data)))
+
     def tick(self) -> float | None:
         """Answer TIMEOUT to calls past their deadline; returns the next deadline, if any."""
+        wake = self.approvals.tick() if self.approvals is not None else None
         now = self._clock()
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
@@ -288,7 +327,9 @@ class ToolRouter:
             self._deadlines = [(c.deadline, t) for t, c in self._live.items()]
             heapq.heapify(self._deadlines)
             deadlines = self._deadlines
-        return deadlines[0][0] if deadlines else None
+        if deadlines and (wake is None or deadlines[0][0] < wake):
+            return deadlines[0][0]
+        return wake
 
     # --- internals ---------------------------------------------------------------
 
@@ -303,7 +344,8 @@ class ToolRouter:
         call.attempts += 1
         worker = slot.worker
         worker.calls[call.token] = call
-        meta = _packb((call.token, call.tool, call.timeout, call.trace))
+        fields = (call.token, call.tool, call.timeout, call.trace)
+        meta = _packb(fields if call.approved_by is None else (*fields, call.approved_by))
         if not self._send(worker.identity, [CALL, meta, call.args]):
             self.doomed.add(worker.identity)  # its calls are retried or failed at the tick
 

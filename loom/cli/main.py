@@ -12,6 +12,7 @@ from typing import Any
 
 from loom.actor import Actor, Event
 from loom.actor.link import query
+from loom.cli import approvals as approval_commands
 from loom.cli import run as run_commands
 from loom.cli import sandbox as sandbox_commands
 from loom.cli import tools as tool_commands
@@ -32,6 +33,8 @@ EXAMPLES = """examples:
   loom call demo.stats '{"values": [1, 2]}'   # call a tool, print the result
   loom run configs/mesh.toml                  # start and supervise a whole mesh
   loom sandbox check                          # the tool sandbox's layers on this host
+  loom approvals                              # tool calls waiting for approval
+  loom approve 7                              # let call #7 run (loom deny 7: refuse it)
 """
 
 
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay_parser.add_argument("--json", action="store_true", help="one JSON object per event")
     run_commands.add_parsers(commands, common)
     sandbox_commands.add_parsers(commands, common)
+    approval_commands.add_parsers(commands, common)
 
     demo = commands.add_parser(
         "demo",
@@ -164,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(tool_commands.list_mesh(args, broker))
         elif args.command == "call":
             return asyncio.run(tool_commands.call_tool(args, broker))
+        elif args.command == "approvals":
+            return asyncio.run(approval_commands.list_approvals(args, broker))
+        elif args.command in ("approve", "deny"):
+            return asyncio.run(approval_commands.decide(args, broker))
         elif args.command == "sandbox":
             return asyncio.run(sandbox_commands.run_sandbox(args))
         else:

@@ -25,6 +25,8 @@ from loom.protocol.envelope import DEFAULT_MAX_PAYLOAD, raw_send
 
 __all__ = [
     "ANNOUNCE",
+    "APPROVALS",
+    "APPROVE",
     "BYE",
     "CALL",
     "CANCEL",
@@ -89,6 +91,10 @@ DACK = b"DACK"
 """actor -> broker ``{name, seq}``: handled everything up to ``seq`` (cumulative)."""
 REPLAY = b"REPLAY"
 """client -> broker ``{pattern, since, since_time, limit}``: past durable events."""
+APPROVALS = b"APPROVALS"
+"""client -> broker ``{}`` -> ``{pending: [...]}``: the tool calls waiting for approval."""
+APPROVE = b"APPROVE"
+"""client -> broker ``{id, approve, by, reason}``: decide one (ERROR UNKNOWN_APPROVAL)."""
 
 CONTROL_COMMANDS = frozenset(
     (
@@ -104,6 +110,8 @@ CONTROL_COMMANDS = frozenset(
         RESET,
         DSUB,
         DACK,
+        APPROVALS,
+        APPROVE,
         REPLAY,
     )
 )
@@ -185,14 +193,19 @@ def encode_call(
     return [CALL, _packb((call_id, tool, timeout, trace)), args]
 
 
-def decode_call(meta: bytes) -> tuple[int, str, float | None, bytes | None]:
-    """``(id, tool, timeout, trace)`` from a ``CALL``'s meta frame.
+def decode_call(meta: bytes) -> tuple[int, str, float | None, bytes | None, str | None]:
+    """``(id, tool, timeout, trace, approved_by)`` from a ``CALL``'s meta frame; the
+    broker adds ``approved_by`` (the approver's name) to calls it let through approval.
 
     Raises:
         ProtocolError: not an array of that shape (``reason == "meta"``).
     """
     try:
-        call_id, tool, timeout, trace = _unpackb(meta, use_list=False)
+        fields = _unpackb(meta, use_list=False)
+        call_id, tool, timeout, trace = fields[:4]
+        approved_by = fields[4] if len(fields) == 5 else None
+        if not 4 <= len(fields) <= 5:
+            raise ValueError(f"{len(fields)} fields")
     except Exception as exc:
         raise ProtocolError("meta", f"CALL meta is not [id, tool, timeout, trace]: {exc}") from exc
     if type(call_id) is not int or type(tool) is not str:
@@ -201,7 +214,9 @@ def decode_call(meta: bytes) -> tuple[int, str, float | None, bytes | None]:
         raise ProtocolError("meta", f"CALL timeout must be a positive number, not {timeout!r}")
     if trace is not None and type(trace) is not bytes:
         raise ProtocolError("meta", "CALL trace must be bytes")
-    return call_id, tool, timeout, trace
+    if approved_by is not None and type(approved_by) is not str:
+        raise ProtocolError("meta", "CALL approved_by must be a string")
+    return call_id, tool, timeout, trace, approved_by
 
 
 def encode_ref(command: bytes, ref: int, body: bytes = b"") -> list[bytes]:

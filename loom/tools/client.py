@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from loom.config import DEFAULT_BROKER
 from loom.errors import (
+    ApprovalError,
     BrokerLostError,
     ClosedError,
     ProtocolError,
@@ -20,6 +21,8 @@ from loom.errors import (
 )
 from loom.logs import get_logger
 from loom.protocol import (
+    APPROVALS,
+    APPROVE,
     CANCEL,
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_MAX_TIMEOUT,
@@ -257,6 +260,45 @@ class ToolClient:
         if command != DIRECTORY:
             raise ProtocolError("directory", f"unexpected answer {command!r}: {body}")
         return Directory.model_validate(body)
+
+    async def approvals(self, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The calls waiting for approval: ``id``, ``tool``, ``args``, ``caller``,
+        ``requested`` and ``expires`` (Unix seconds).
+
+        Raises:
+            BrokerUnavailableError: no answer within ``timeout`` seconds.
+        """
+        command, body = await self.session.ask(APPROVALS, {}, timeout)
+        if command != APPROVALS:
+            raise ProtocolError("approvals", f"unexpected answer {command!r}: {body}")
+        pending = body.get("pending")
+        return list(pending) if isinstance(pending, list) else []
+
+    async def decide(
+        self,
+        approval_id: int,
+        approve: bool,
+        *,
+        reason: str = "",
+        by: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        """Approve or deny a waiting call.
+
+        Args:
+            approval_id: the request's ``id``.
+            approve: let it run (True) or answer it DENIED (False).
+            reason: told to the caller (with a denial) and published.
+            by: the approver's name (default: this client's).
+
+        Raises:
+            ApprovalError: no call waits under that id (decided, expired or cancelled).
+            BrokerUnavailableError: no answer within ``timeout`` seconds.
+        """
+        body = {"id": approval_id, "approve": approve, "reason": reason, "by": by}
+        command, answer = await self.session.ask(APPROVE, body, timeout)
+        if command != APPROVE:
+            raise ApprovalError(str(answer.get("message", answer)))
 
     def fail_all(self, error: Exception) -> None:
         """Fail every waiting call with ``error``."""

@@ -303,7 +303,7 @@ class Worker:
 
     def _on_call(self, meta: bytes, body: bytes) -> None:
         try:
-            token, name, timeout, _ = decode_call(meta)
+            token, name, timeout, _, approved_by = decode_call(meta)
         except ProtocolError as exc:
             self._drop(exc)
             return
@@ -311,6 +311,9 @@ class Worker:
         tool = self.tools.get(name)
         if tool is None:
             self._fail(token, "UNKNOWN_TOOL", f"this worker does not serve {name!r}")
+            return
+        if tool.approval and not approved_by:  # the worker checks too, whatever routed it
+            self._fail(token, "DENIED", f"{name} needs approval; this call has none")
             return
         try:
             args = decode_value(body)

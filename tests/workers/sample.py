@@ -91,3 +91,11 @@ def boom(message: str) -> None:
 async def gives_up() -> None:
     """Cancelled from within (a task it awaited was cancelled): answers CANCELLED."""
     raise asyncio.CancelledError
+
+
+@tool(name="sample.guarded", approval=True)
+async def guarded(marker: str) -> str:
+    """Append the pid to ``marker`` (needs an approver's yes first)."""
+    with Path(marker).open("a") as out:
+        out.write(f"{os.getpid()}\n")
+    return "done"
