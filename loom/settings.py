@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -33,6 +33,8 @@ __all__ = [
     "RunSettings",
     "Settings",
     "SupervisorSettings",
+    "ToolSettings",
+    "WorkerSettings",
     "load_run_settings",
     "load_settings",
 ]
@@ -81,11 +83,41 @@ class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class WorkerSettings(_Section):
+    """``[worker]``: how ``loom worker`` runs its tools."""
+
+    jail: Path | None = None
+    """Working directory of sandboxed tools whose policy names none (default: a temporary
+    directory per run)."""
+    sandbox_all: bool = False
+    """Sandbox the tools that declare no policy too, with the default policy."""
+
+
+class ToolSettings(_Section):
+    """``[tools."NAME"]``: one tool's overrides, over what its code declares."""
+
+    sandbox: dict[str, Any] | None = None
+    """Sections of its sandbox policy (``net``, ``fs``, ``limits``, ``env``), key by key;
+    a tool declared without a policy gets the default one with these changes."""
+    approval: bool | None = None
+    """Whether each call waits for an approver."""
+
+    @model_validator(mode="after")
+    def _valid_policy(self) -> ToolSettings:
+        if self.sandbox is not None:
+            from loom.tools.sandbox.policy import Sandbox
+
+            Sandbox().merged(self.sandbox)  # names the bad key
+        return self
+
+
 class Settings(_Section):
     """The whole file."""
 
     broker: BrokerSettings = BrokerSettings()
     log: LogSettings = LogSettings()
+    worker: WorkerSettings = WorkerSettings()
+    tools: dict[str, ToolSettings] = Field(default_factory=dict)
 
 
 class SupervisorSettings(_Section):

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from loom.errors import ToolError
+from loom.settings import Settings, load_settings
 from loom.tables import format_table
 from loom.tools import Directory, ToolClient, Worker
-from loom.tools.loader import load_tools
+from loom.tools.loader import configure_tools, load_tools
 
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -33,7 +34,17 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     worker.add_argument(
         "--jail",
         type=Path,
-        help="working directory of sandboxed tools (default: a temporary one per run)",
+        help="working directory of sandboxed tools (default: [worker] jail, else a "
+        "temporary one per run)",
+    )
+    worker.add_argument(
+        "--config", help='a settings file: [worker] and [tools."NAME"] sandbox overrides'
+    )
+    worker.add_argument(
+        "--sandbox-all",
+        action="store_true",
+        default=None,
+        help="sandbox tools that declare no policy too (default policy)",
     )
 
     listing = commands.add_parser(
@@ -59,14 +70,17 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_worker(args: argparse.Namespace, broker: str) -> int:
-    tools = load_tools(args.target)
+    settings = load_settings(args.config) if args.config else Settings()
+    sandbox_all = settings.worker.sandbox_all if args.sandbox_all is None else True
+    tools = configure_tools(load_tools(args.target), settings.tools, sandbox_all=sandbox_all)
+    jail = args.jail or settings.worker.jail
     Worker(
         tools,
         broker=broker,
         name=args.name,
         grace=args.grace,
         connect_timeout=args.timeout,
-        jail=args.jail.resolve() if args.jail else None,
+        jail=jail.expanduser().resolve() if jail else None,
     ).run()
     return 0
 

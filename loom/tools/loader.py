@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from loom.errors import ToolDefinitionError
 from loom.loader import import_target
+from loom.tools.sandbox.policy import Sandbox
 from loom.tools.tool import Tool
 
-__all__ = ["load_tools"]
+if TYPE_CHECKING:
+    from loom.settings import ToolSettings
+
+__all__ = ["configure_tools", "load_tools"]
 
 
 def load_tools(target: str) -> list[Tool]:
@@ -36,3 +42,28 @@ def load_tools(target: str) -> list[Tool]:
     if not tools:
         raise ToolDefinitionError(f"{target}: no @tool functions found")
     return tools
+
+
+def configure_tools(
+    tools: Iterable[Tool], overrides: Mapping[str, ToolSettings], *, sandbox_all: bool = False
+) -> list[Tool]:
+    """Copies of ``tools`` with the configuration's ``[tools."NAME"]`` overrides applied
+    (sandbox sections key by key, approval); with ``sandbox_all``, tools that declare no
+    policy get the default one. Overrides for tools not in ``tools`` are ignored (one
+    file may configure several workers)."""
+    configured: list[Tool] = []
+    for item in tools:
+        override = overrides.get(item.name)
+        policy = item.sandbox or (Sandbox() if sandbox_all else None)
+        if override is not None and override.sandbox is not None:
+            policy = (policy or Sandbox()).merged(override.sandbox)
+        approval = item.approval
+        if override is not None and override.approval is not None:
+            approval = override.approval
+        if policy is item.sandbox and approval == item.approval:
+            configured.append(item)
+            continue
+        changed = copy.copy(item)
+        changed.sandbox, changed.approval = policy, approval
+        configured.append(changed)
+    return configured

@@ -235,3 +235,34 @@ def test_sandbox_check_reports_layers_and_blocks_every_probe() -> None:
     report = json.loads(done.stdout)
     assert {"rlimits", "env", "landlock", "seccomp", "userns"} <= set(report["layers"])
     assert all(value.startswith("blocked") for value in report["escapes"].values())
+
+
+def test_a_config_file_overrides_the_declared_policy(
+    mesh: str, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """`loom worker --config`: `[tools."escape.tcp_loopback".sandbox.net] ports` lets
+    connect() reach a port the declared policy refused; a limits override shows in the
+    tool's sandbox report; `approval = true` makes the broker hold its calls."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        config = tmp_path / "loom.toml"
+        config.write_text(
+            f'[worker]\njail = "{tmp_path / "jail"}"\n\n'
+            f'[tools."escape.tcp_loopback".sandbox.net]\nports = [{port}]\n\n'
+            '[tools."escape.read".sandbox.limits]\ncpu_seconds = 2\n\n'
+            '[tools."escape.whoami"]\napproval = true\n'
+        )
+        command = [sys.executable, "-m", "loom.cli.main", "worker", ESCAPE_TOOLS]
+        worker = spawn(*command, "--broker", mesh, "--config", str(config))
+        worker.wait_line("worker ready")
+        box = Sandboxed(mesh, worker, tmp_path / "jail")
+        assert box.call("escape.tcp_loopback", port=port) == "ok"
+    assert box.report["rlimits"].startswith("cpu 2s")
+
+    async def held(client: ToolClient) -> bool:
+        info = (await client.directory()).tool("escape.whoami")
+        return info is not None and info.approval
+
+    assert box.run(held)
