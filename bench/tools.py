@@ -64,7 +64,7 @@ def raw_server(endpoint: str, ready: Any) -> None:
     with contextlib.suppress(zmq.ContextTerminated):
         while True:
             identity, _, meta, body = recv_frames(router, 0)
-            call_id, _, _, _ = decode_call(meta)
+            call_id = decode_call(meta)[0]
             args = unpackb(body)
             reply = encode_ref(RESULT, call_id, packb(args["a"] + args["b"]))
             send_frames(router, [identity, *reply], 0)

@@ -12,7 +12,6 @@ its wall-clock limit or on ``cancel``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import heapq
 import os
@@ -21,37 +20,53 @@ import selectors
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-from loom.errors import LoomError, PayloadTooLargeError
-from loom.protocol import encode_value
+from loom.errors import LoomError
 from loom.protocol.pipe import FrameReader, pack_frame
 from loom.tools.sandbox import kernel
+from loom.tools.sandbox.call import call_main
 from loom.tools.sandbox.policy import Limits, Sandbox
-from loom.tools.tool import Tool, ToolContext
+from loom.tools.tool import Tool
 
 __all__ = ["main"]
 
 _MB = 1024 * 1024
+_SPARE_AFTER = 0.002
+"""Seconds of quiet, while calls run, after which the next spare is forked (a fork stalls
+the launcher for about a millisecond: not while an answer is about to arrive)."""
 
 
-class _Call:
-    __slots__ = ("cpu", "deadline", "id", "killed", "pid", "pidfd", "pipe", "reader", "sent")
+class _Process:
+    """A forked call process: a spare until a call is written to it."""
 
-    def __init__(self, call_id: int, pid: int, pipe: int, pidfd: int, deadline: float) -> None:
-        self.id = call_id
+    __slots__ = (
+        "call_id",
+        "deadline",
+        "killed",
+        "pid",
+        "pidfd",
+        "pipe",
+        "reader",
+        "requests",
+        "sent",
+    )
+
+    def __init__(self, pid: int, requests: int, pipe: int, pidfd: int) -> None:
         self.pid = pid
+        self.requests = requests
+        """Our end of its request pipe (closed once its call is written)."""
         self.pipe = pipe
+        """Our end of its answer pipe."""
         self.pidfd = pidfd
-        self.deadline = deadline
+        self.call_id: int | None = None
+        self.deadline = 0.0
         self.reader = FrameReader()
         self.killed: str | None = None
         """Why the launcher killed it: ``wall_seconds`` or ``cancelled``."""
         self.sent = False
         """A final frame (result or fail) was forwarded."""
-        self.cpu = 0.0
 
 
 class Launcher:
@@ -69,11 +84,13 @@ class Launcher:
         self.landlock_abi = 0
         self.last_cap = 40
         self.seccomp: Any = None
-        self.calls: dict[int, _Call] = {}
-        self.by_fd: dict[int, _Call] = {}
+        self.calls: dict[int, _Process] = {}
+        self.spares: list[_Process] = []
+        self.by_fd: dict[int, _Process] = {}
+        self.any_async = any(t.is_async for t in self.tools.values())
         self.deadlines: list[tuple[float, int]] = []
         self.selector = selectors.DefaultSelector()
-        self.out = sys.stdout.buffer.fileno()
+        self.out = init["out"]
 
     # --- confinement -------------------------------------------------------------
 
@@ -150,14 +167,22 @@ class Launcher:
     # --- serving -----------------------------------------------------------------
 
     def serve(self, requests: FrameReader) -> None:
-        """Serve calls until stdin closes; then kill what still runs and return."""
+        """Serve calls until stdin closes; then kill what still runs and return. One
+        spare process is kept forked and confined, so a call rarely waits for a fork."""
         stdin = sys.stdin.buffer.fileno()
         self.selector.register(stdin, selectors.EVENT_READ)
         while True:
             timeout = None
             if self.deadlines:
                 timeout = max(self.deadlines[0][0] - time.monotonic(), 0.0)
-            for key, _ in self.selector.select(timeout):
+            if not self.spares:  # fork the next call's process when nothing else is due
+                timeout = min(timeout, _SPARE_AFTER) if timeout is not None else _SPARE_AFTER
+                timeout = 0.0 if not self.calls else timeout
+            events = self.selector.select(timeout)
+            if not events and not self.spares:
+                self.spares.append(self._fork())
+                continue
+            for key, _ in events:
                 fd = int(key.fd)
                 if fd == stdin:
                     chunk = os.read(stdin, 1 << 16)
@@ -174,198 +199,124 @@ class Launcher:
         kind = frame[0]
         if kind == "call":
             _, call_id, name, args, timeout = frame
-            self._start(call_id, name, args, timeout)
+            if name not in self.tools:
+                message = f"the sandbox does not load {name!r}"
+                self._send("fail", call_id, "UNKNOWN_TOOL", message, {})
+                return
+            proc = self.spares.pop() if self.spares else self._fork()
+            proc.call_id = call_id
+            proc.deadline = time.monotonic() + self.policy.limits.wall_seconds
+            self.calls[call_id] = proc
+            heapq.heappush(self.deadlines, (proc.deadline, call_id))
+            with contextlib.suppress(BrokenPipeError):  # it died: its pidfd will say so
+                _write_all(proc.requests, pack_frame("call", call_id, name, args, timeout))
+            os.close(proc.requests)
+            proc.requests = -1
         elif kind == "cancel":
-            call = self.calls.get(frame[1])
-            if call is not None and call.killed is None:
-                call.killed = "cancelled"
-                _killpg(call.pid)
+            running = self.calls.get(frame[1])
+            if running is not None and running.killed is None:
+                running.killed = "cancelled"
+                _killpg(running.pid)
 
-    def _start(self, call_id: int, name: str, args: Any, timeout: float) -> None:
-        tool = self.tools.get(name)
-        if tool is None:
-            self._send("fail", call_id, "UNKNOWN_TOOL", f"the sandbox does not load {name!r}", {})
-            return
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    def _fork(self) -> _Process:
+        requests_out, requests_in = os.pipe2(os.O_CLOEXEC)
+        answers_out, answers_in = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # the call's process: never returns
-            os.close(read_end)
-            _run_call(self, tool, call_id, args=args, timeout=timeout, pipe=write_end)
-        os.close(write_end)
-        os.set_blocking(read_end, False)
+            os.close(requests_in)
+            os.close(answers_out)
+            call_main(self, requests_out, answers_in)
+        os.close(requests_out)
+        os.close(answers_in)
+        os.set_blocking(answers_out, False)
         with contextlib.suppress(OSError):  # it did it itself, or it is gone already
             os.setpgid(pid, pid)
-        pidfd = os.pidfd_open(pid)
-        deadline = time.monotonic() + self.policy.limits.wall_seconds
-        call = _Call(call_id, pid, read_end, pidfd, deadline)
-        self.calls[call_id] = call
-        self.by_fd[read_end] = call
-        self.by_fd[pidfd] = call
-        self.selector.register(read_end, selectors.EVENT_READ)
-        self.selector.register(pidfd, selectors.EVENT_READ)
-        heapq.heappush(self.deadlines, (deadline, call_id))
+        proc = _Process(pid, requests_in, answers_out, os.pidfd_open(pid))
+        self.by_fd[proc.pipe] = proc
+        self.by_fd[proc.pidfd] = proc
+        self.selector.register(proc.pipe, selectors.EVENT_READ)
+        self.selector.register(proc.pidfd, selectors.EVENT_READ)
+        return proc
 
     def _ready(self, fd: int) -> None:
-        call = self.by_fd.get(fd)
-        if call is None:
+        proc = self.by_fd.get(fd)
+        if proc is None:
             return
-        if fd == call.pipe:
-            self._drain(call)
+        if fd == proc.pipe:
+            self._drain(proc)
         else:
-            self._finish(call)
+            self._finish(proc)
 
-    def _drain(self, call: _Call) -> None:
-        while True:
+    def _drain(self, proc: _Process) -> None:
+        while proc.pipe >= 0:
             try:
-                chunk = os.read(call.pipe, 1 << 16)
+                chunk = os.read(proc.pipe, 1 << 16)
             except BlockingIOError:
                 return
             if not chunk:
-                self.selector.unregister(call.pipe)
-                del self.by_fd[call.pipe]
-                os.close(call.pipe)
-                call.pipe = -1
+                self._close_pipe(proc)
                 return
+            if proc.call_id is None:  # a spare has nothing to say
+                continue
             try:
-                for frame in call.reader.feed(chunk):
-                    if call.sent:
+                for frame in proc.reader.feed(chunk):
+                    if proc.sent:
                         continue
-                    call.sent = frame[0] != "progress"
-                    self._send(frame[0], call.id, *frame[1:])
+                    proc.sent = frame[0] != "progress"
+                    self._send(frame[0], proc.call_id, *frame[1:])
             except ValueError:
-                call.sent = True
-                self._send("fail", call.id, "TOOL_ERROR", "the call's process wrote garbage", {})
-                _killpg(call.pid)
+                proc.sent = True
+                message = "the call's process wrote garbage"
+                self._send("fail", proc.call_id, "TOOL_ERROR", message, {})
+                _killpg(proc.pid)
 
-    def _finish(self, call: _Call) -> None:
-        _, status, usage = os.wait4(call.pid, 0)
-        _killpg(call.pid)  # what the call started dies with it
-        if call.pipe >= 0:
-            self._drain(call)
-            if call.pipe >= 0:  # a grandchild still holds the pipe: it is dying too
-                self.selector.unregister(call.pipe)
-                del self.by_fd[call.pipe]
-                os.close(call.pipe)
-        self.selector.unregister(call.pidfd)
-        del self.by_fd[call.pidfd]
-        os.close(call.pidfd)
-        del self.calls[call.id]
-        if not call.sent:
-            code, message, details = _verdict(
-                call, status, usage.ru_utime + usage.ru_stime, self.policy.limits
-            )
-            self._send("fail", call.id, code, message, details)
+    def _close_pipe(self, proc: _Process) -> None:
+        self.selector.unregister(proc.pipe)
+        del self.by_fd[proc.pipe]
+        os.close(proc.pipe)
+        proc.pipe = -1
+
+    def _finish(self, proc: _Process) -> None:
+        _, status, usage = os.wait4(proc.pid, 0)
+        _killpg(proc.pid)  # what the call started dies with it
+        self._drain(proc)
+        if proc.pipe >= 0:  # a grandchild still holds the pipe: it is dying too
+            self._close_pipe(proc)
+        if proc.requests >= 0:
+            os.close(proc.requests)
+        self.selector.unregister(proc.pidfd)
+        del self.by_fd[proc.pidfd]
+        os.close(proc.pidfd)
+        if proc.call_id is None:  # a spare died before its call
+            self.spares.remove(proc)
+            sys.stderr.write(f"loom sandbox: a spare call process died ({status:#x})\n")
+            return
+        del self.calls[proc.call_id]
+        if not proc.sent:
+            cpu = usage.ru_utime + usage.ru_stime
+            code, message, details = _verdict(proc, status, cpu, self.policy.limits)
+            self._send("fail", proc.call_id, code, message, details)
 
     def _expire(self) -> None:
         now = time.monotonic()
         while self.deadlines and self.deadlines[0][0] <= now:
             _, call_id = heapq.heappop(self.deadlines)
-            call = self.calls.get(call_id)
-            if call is not None and call.killed is None:
-                call.killed = "wall_seconds"
-                _killpg(call.pid)
+            proc = self.calls.get(call_id)
+            if proc is not None and proc.killed is None:
+                proc.killed = "wall_seconds"
+                _killpg(proc.pid)
 
     def _shutdown(self) -> None:
-        for call in list(self.calls.values()):
-            _killpg(call.pid)
-            os.waitpid(call.pid, 0)
+        for proc in [*self.calls.values(), *self.spares]:
+            _killpg(proc.pid)
+            os.waitpid(proc.pid, 0)
 
     def _send(self, *items: Any) -> None:
-        data = pack_frame(*items)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.out, view) :]
-
-
-# --- the call's process ----------------------------------------------------------
-
-
-def _run_call(
-    launcher: Launcher, tool: Tool, call_id: int, *, args: Any, timeout: float, pipe: int
-) -> None:
-    """Confine this freshly forked process, run the tool, write its answer, exit."""
-    code = 0
-    try:
-        os.setpgid(0, 0)
-        os.dup2(2, 1)  # a tool's print() must not reach the launcher's protocol pipe
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        os.closerange(3, pipe)  # other calls' pipes and the launcher's own descriptors
-        os.closerange(pipe + 1, 1 << 16)
-        _confine_call(launcher)
-        _answer(launcher, tool, call_id, args=args, timeout=timeout, pipe=pipe)
-    except BaseException:
-        traceback.print_exc()
-        code = 70
-    finally:
-        os._exit(code)
-
-
-def _confine_call(launcher: Launcher) -> None:
-    limits = launcher.policy.limits
-    if launcher.userns:  # its own user namespace: RLIMIT_NPROC counts this call only
-        kernel.unshare(kernel.CLONE_NEWUSER)  # unmapped: the tool sees uid 65534
-    _set_limits(limits)
-    if launcher.landlock_abi >= 6:  # a nested domain: signals reach only this call's tree
-        kernel.landlock_restrict(
-            launcher.landlock_abi, restrict_fs=False, restrict_net=False, scope=True
-        )
-    kernel.drop_capabilities(launcher.last_cap)
-    if launcher.seccomp is not None:
-        launcher.seccomp.load()
-
-
-def _set_limits(limits: Limits) -> None:
-    cpu = max(int(limits.cpu_seconds + 0.999), 1)
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb * _MB,) * 2)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files,) * 2)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_mb * _MB,) * 2)
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes,) * 2)
-
-
-def _answer(
-    launcher: Launcher, tool: Tool, call_id: int, *, args: Any, timeout: float, pipe: int
-) -> None:
-    def write(*items: Any) -> None:
-        data = memoryview(pack_frame(*items))
-        while data:
-            data = data[os.write(pipe, data) :]
-
-    def report(_: int, data: Any) -> None:
-        try:
-            write("progress", encode_value(data, min(launcher.max_payload, 64 * 1024)))
-        except LoomError:
-            write("progress", b"")
-
-    try:
-        kwargs = tool.bind(args)
-        context = ToolContext(
-            call_id, tool.name, timeout, report, sandbox=launcher.policy, jail=launcher.jail
-        )
-        if tool.context_param is not None:
-            kwargs[tool.context_param] = context
-        result = asyncio.run(tool.fn(**kwargs)) if tool.is_async else tool.fn(**kwargs)
-        data = encode_value(result, launcher.max_payload)
-    except PayloadTooLargeError as exc:
-        write("fail", "TOO_LARGE", f"{tool.name}'s result: {exc}", {"size": exc.size})
-    except MemoryError:
-        message = f"{tool.name} ran out of memory (limit {launcher.policy.limits.memory_mb} MiB)"
-        write("fail", "LIMIT_EXCEEDED", message, {"limit": "memory_mb"})
-    except Exception as exc:
-        text = str(exc)[:4096]
-        name = type(exc).__name__
-        if isinstance(exc, OSError) and exc.errno == 27:  # EFBIG: RLIMIT_FSIZE
-            write("fail", "LIMIT_EXCEEDED", f"{name}: {text}", {"limit": "file_size_mb"})
-        else:
-            write("fail", "TOOL_ERROR", f"{name}: {text}", {"type": name, "remote_message": text})
-    else:
-        write("result", data)
+        _write_all(self.out, pack_frame(*items))
 
 
 def _verdict(
-    call: _Call, status: int, cpu: float, limits: Limits
+    call: _Process, status: int, cpu: float, limits: Limits
 ) -> tuple[str, str, dict[str, Any]]:
     """Why a call's process ended without an answer."""
     if call.killed == "cancelled":
@@ -385,6 +336,12 @@ def _verdict(
         return "LIMIT_EXCEEDED", f"the call's process died of {name}", {"limit": "crashed"}
     code = os.WEXITSTATUS(status)
     return "TOOL_ERROR", f"the call's process exited ({code}) without an answer", {"type": "Exit"}
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _killpg(pid: int) -> None:
@@ -436,6 +393,9 @@ def _write_paths(launcher: Launcher) -> list[Path]:
 
 def main() -> None:
     """Entry point: read ``init``, confine, report, serve."""
+    out = os.dup(1)  # the protocol's own descriptor: what tools print goes to stderr
+    os.set_inheritable(out, False)
+    os.dup2(2, 1)
     stdin = sys.stdin.buffer.fileno()
     reader = FrameReader()
     init: list[Any] | None = None
@@ -444,7 +404,7 @@ def main() -> None:
         if not chunk:
             return
         init = next(iter(reader.feed(chunk)), None)
-    launcher = Launcher(init[1])
+    launcher = Launcher({**init[1], "out": out})
     launcher.confine()
     launcher._send("ready", launcher.report)
     launcher.serve(reader)
