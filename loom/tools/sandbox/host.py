@@ -44,6 +44,7 @@ class HostLayers:
         self.bwrap_why = bwrap_why
         self.cgroup = cgroup
         self.cgroup_why = cgroup_why
+        self._groups = 0
 
     def bwrap_command(self, policy: Sandbox, jail: Path) -> list[str]:
         """The ``bwrap`` arguments that wrap a launcher: new pid, IPC, UTS and cgroup
@@ -53,6 +54,10 @@ class HostLayers:
         assert self.bwrap is not None
         args = [self.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc"]
         args += ["--unshare-uts", "--unshare-cgroup-try", "--cap-drop", "ALL"]
+        args += ["--cap-add", "CAP_SETFCAP"]  # to map uid 0 in the per-call namespaces
+        # a user namespace mapping our own ids: without it the launcher finds itself
+        # unmapped (uid 65534) and cannot make the per-call user namespaces
+        args += ["--unshare-user", "--uid", str(os.getuid()), "--gid", str(os.getgid())]
         if policy.net.mode == "none":
             args.append("--unshare-net")
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
@@ -64,20 +69,35 @@ class HostLayers:
                 args += ["--bind", str(path), str(path)]
         return [*args, "--chdir", str(jail), "--"]
 
-    def join_cgroup(self, pid: int, pids_max: int) -> Path | None:
-        """Put process ``pid`` (a launcher that has not forked yet) in a new pids cgroup
-        limited to ``pids_max`` tasks; ``None`` when the host has no such cgroups."""
+    def make_cgroup(self, pids_max: int) -> Path | None:
+        """A new pids cgroup limited to ``pids_max`` tasks (``None`` when the host has no
+        such cgroups). :meth:`enter_command` puts a command in it before it starts."""
         if self.cgroup is None:
             return None
-        group = self.cgroup / f"loom-sandbox-{pid}"
+        self._groups += 1
+        group = self.cgroup / f"loom-sandbox-{os.getpid()}-{self._groups}"
         try:
             group.mkdir()
             (group / "pids.max").write_text(str(pids_max))
-            (group / "cgroup.procs").write_text(str(pid))
         except OSError:
             self.leave_cgroup(group)
             return None
         return group
+
+    @staticmethod
+    def enter_command(group: Path | None, command: list[str]) -> list[str]:
+        """``command`` made to enter ``group`` first: a shell writes its own pid to the
+        group, then execs it, so every process it starts is counted (a process that
+        holds zmq threads must not use ``preexec_fn``)."""
+        if group is None:
+            return command
+        return [
+            "/bin/sh",
+            "-c",
+            'echo $$ > "$0" && exec "$@"',
+            str(group / "cgroup.procs"),
+            *command,
+        ]
 
     def leave_cgroup(self, group: Path | None) -> None:
         """Remove a sandbox's cgroup (once its processes are gone)."""
@@ -170,7 +190,7 @@ def _own_v2_cgroup() -> Path | None:
 def _sweep(base: Path) -> None:
     """Remove the cgroups of sandboxes whose launcher died with its worker (SIGKILL)."""
     for group in base.glob("loom-sandbox-*"):
-        pid = group.name.rpartition("-")[2]
+        pid = group.name.split("-")[2]  # the worker's
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             with contextlib.suppress(OSError):
                 group.rmdir()

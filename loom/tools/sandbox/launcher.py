@@ -130,10 +130,15 @@ class Launcher:
         uid, gid = os.getuid(), os.getgid()
         try:
             kernel.unshare(flags)
-            kernel.map_ids(uid, gid)
         except OSError as exc:
-            self.report["userns"] = f"unavailable: {exc}"
+            self.report["userns"] = f"unavailable: unshare: {exc}"
             self.report["netns"] = "unavailable (needs a user namespace)"
+            return
+        try:
+            kernel.map_ids(uid, gid)
+        except OSError as exc:  # we are in it, unmapped: calls cannot nest another
+            self.report["userns"] = f"unmapped (uid 65534 inside): {exc}"
+            self.report["netns"] = "private" if flags & kernel.CLONE_NEWNET else "host's"
             return
         self.userns = True
         self.report["userns"] = "private user and IPC namespaces; one more per call"
@@ -393,6 +398,7 @@ def _write_paths(launcher: Launcher) -> list[Path]:
 
 def main() -> None:
     """Entry point: read ``init``, confine, report, serve."""
+    os.environ.pop("PWD", None)  # bubblewrap's --chdir sets it: not the policy's
     out = os.dup(1)  # the protocol's own descriptor: what tools print goes to stderr
     os.set_inheritable(out, False)
     os.dup2(2, 1)

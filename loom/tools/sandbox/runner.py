@@ -123,8 +123,9 @@ class SandboxRunner:
         command = [sys.executable, "-m", "loom.tools.sandbox.launcher"]
         if self.host.bwrap:
             command = self.host.bwrap_command(self.policy, self.jail) + command
+        self._cgroup = self.host.make_cgroup(self._pids_max())
         process = await asyncio.create_subprocess_exec(
-            *command,
+            *self.host.enter_command(self._cgroup, command),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=self.jail,
@@ -132,7 +133,6 @@ class SandboxRunner:
             start_new_session=True,
         )
         self._process = process
-        self._cgroup = self.host.join_cgroup(process.pid, self._pids_max())
         assert process.stdin is not None and process.stdout is not None
         init = {
             "sys_path": sys.path,
