@@ -43,6 +43,7 @@ class ApprovalDesk:
         publish: publishes an event (topic, data).
         name_of: a caller's name, from its identity.
         timeout: seconds a call waits for a decision before it is DENIED.
+        max_held: calls held at once; more are answered OVERLOADED.
         max_args: bytes of a call's arguments shown in the request (the rest elided).
         clock: monotonic seconds; ``wall``: Unix seconds.
     """
@@ -56,6 +57,7 @@ class ApprovalDesk:
         publish: Callable[[str, dict[str, Any]], None],
         name_of: Callable[[bytes], str],
         timeout: float = 120.0,
+        max_held: int = 1000,
         max_args: int = 4096,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -66,6 +68,7 @@ class ApprovalDesk:
         self._publish = publish
         self._name_of = name_of
         self.timeout = timeout
+        self.max_held = max_held
         self._max_args = max_args
         self._clock = clock
         self._wall = wall
@@ -73,6 +76,10 @@ class ApprovalDesk:
         self._expiries: list[tuple[float, int]] = []
         self._ids = 0
         self.counts = {"requested": 0, "approved": 0, "denied": 0, "expired": 0}
+
+    def full(self) -> bool:
+        """As many calls wait as the desk holds (``max_held``): refuse new ones."""
+        return len(self._held) >= self.max_held
 
     def hold(self, call: Call) -> None:
         """Hold ``call`` for a decision and announce it."""
@@ -95,17 +102,31 @@ class ApprovalDesk:
         self._publish(f"$approval.request.{call.tool}", held.summary)
         self._remind(held, now)
 
-    def decide(self, approval_id: Any, approve: bool, by: str, reason: str = "") -> str | None:
-        """Approve or deny a held call; an error message if there is no such request."""
-        held = self._held.pop(approval_id, None) if isinstance(approval_id, int) else None
+    def decide(
+        self, approval_id: Any, approve: bool, by: str, reason: str = "", *, who: bytes = b""
+    ) -> str | None:
+        """Approve or deny a held call; an error message if that cannot be done.
+
+        Args:
+            approval_id: the request's id (an int; nothing else matches).
+            approve: let it run, or answer it DENIED.
+            by: the approver's name, as the broker knows the peer.
+            reason: said to the caller and published.
+            who: the approver's identity: a caller cannot decide its own call.
+        """
+        held = self._held.get(approval_id) if type(approval_id) is int else None
         if held is None:
             return f"no call waits for approval #{approval_id!r} (decided, expired or cancelled)"
         call = held.call
+        if who and who == call.client:
+            return f"approval #{approval_id}: a caller cannot decide its own call"
+        del self._held[approval_id]
         if call.answered:  # its caller gave up meanwhile
             return f"approval #{approval_id}: the caller no longer waits"
         self._announce(held, approve, by, reason)
         if approve:
             self.counts["approved"] += 1
+            self._ping(call, {"approval": "approved", "id": held.id, "by": by})
             self._release(call, by)
         else:
             self.counts["denied"] += 1

@@ -383,13 +383,14 @@ class ControlPlane:
         rid = body.get("rid")
         desk = self.tools.approvals
         peer = self.peers.get(identity)
-        by = str(body.get("by") or (peer.name if peer is not None else "someone"))[:200]
-        reason = str(body.get("reason") or "")[:1000]
-        error = (
-            desk.decide(body.get("id"), body.get("approve") is True, by, reason)
-            if desk is not None
-            else "this broker holds no calls for approval"
-        )
+        if peer is None:  # decisions are recorded under the name the broker knows
+            error: str | None = "say HELLO before deciding approvals"
+        elif desk is None:
+            error = "this broker holds no calls for approval"
+        else:
+            reason = str(body.get("reason") or "")[:1000]
+            approve = body.get("approve") is True
+            error = desk.decide(body.get("id"), approve, peer.name, reason, who=identity)
         if error is not None:
             answer = {"code": "UNKNOWN_APPROVAL", "message": error, "rid": rid}
             self._reply(identity, ERROR_COMMAND, answer)

@@ -210,6 +210,10 @@ class ToolRouter:
             message = f"{name}: every worker is busy and {len(entry.queue)} calls wait"
             self._reply_fail(client, call_id, "OVERLOADED", message)
             return
+        if entry.approval and self.approvals is not None and self.approvals.full():
+            message = f"{name}: {self.approvals.max_held} calls already wait for approval"
+            self._reply_fail(client, call_id, "OVERLOADED", message)
+            return
         timeout = float(timeout or entry.spec.get("timeout") or self.default_timeout)
         timeout = min(timeout, self.max_timeout)
         self._tokens += 1
@@ -334,6 +338,9 @@ class ToolRouter:
     # --- internals ---------------------------------------------------------------
 
     def _dispatch(self, entry: ToolEntry, call: Call, now: float) -> None:
+        if entry.approval and call.approved_by is None and self.approvals is not None:
+            self.approvals.hold(call)  # queued before a worker said the tool needs it
+            return
         free = entry.free
         slot = free.pop(0)
         slot.busy += 1

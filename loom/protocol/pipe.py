@@ -28,19 +28,25 @@ def pack_frame(*items: Any) -> bytes:
 class FrameReader:
     """Reassembles frames from the chunks a pipe delivers."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_frame: int = _MAX_FRAME) -> None:
         self._unpacker = msgpack.Unpacker(
-            raw=False, use_list=True, max_buffer_size=_MAX_FRAME, strict_map_key=False
+            raw=False, use_list=True, max_buffer_size=max_frame, strict_map_key=False
         )
 
     def feed(self, chunk: bytes) -> Iterator[list[Any]]:
         """The complete frames ``chunk`` finishes.
 
         Raises:
-            ValueError: the stream is not msgpack arrays (the peer is broken).
+            ValueError: the stream is not msgpack arrays, or a frame is larger than
+                ``max_frame`` (the peer is broken).
         """
-        self._unpacker.feed(chunk)
-        for frame in self._unpacker:
-            if not isinstance(frame, list) or not frame:
-                raise ValueError(f"pipe frame is not an array: {frame!r:.80}")
-            yield frame
+        try:
+            self._unpacker.feed(chunk)
+            for frame in self._unpacker:
+                if not isinstance(frame, list) or not frame:
+                    raise ValueError(f"pipe frame is not an array: {frame!r:.80}")
+                yield frame
+        except ValueError:
+            raise
+        except Exception as exc:  # msgpack's BufferFull, ExtraData, FormatError...
+            raise ValueError(f"unreadable pipe frames: {type(exc).__name__}: {exc}") from exc

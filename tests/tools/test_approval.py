@@ -177,11 +177,47 @@ def test_the_broker_can_require_approval_for_any_tool(
             assert info is not None and info.approval
             call = asyncio.ensure_future(client.call("sample.add", {"a": 1, "b": 2}))
             [request] = await wait_pending(client)
-            await client.decide(request["id"], True)
+            async with await ToolClient.connect(broker, name="operator") as operator:
+                await operator.decide(request["id"], True)
             assert await asyncio.wait_for(call, 10) == 3
             assert await client.call("sample.work", {"ms": 1}) > 0  # not matched: no wait
 
     asyncio.run(body())
+
+
+def test_a_caller_cannot_approve_its_own_call(
+    spawn: Callable[..., Proc], endpoint: str, tmp_path: Path
+) -> None:
+    """The caller learns its request's id from the pending progress, but APPROVE from
+    the caller's own identity is refused, as is an id that is not an integer; the
+    decision of another peer is recorded under the name the broker knows it by."""
+    broker = approval_mesh(spawn, endpoint)
+    start_worker(spawn, broker, "w1")
+    decided: list[Event] = []
+
+    async def body() -> None:
+        watcher = Actor(name="watcher", broker=broker)
+        await watcher.subscribe("$approval.decided.**", decided.append)
+        await watcher.start()
+        try:
+            async with await ToolClient.connect(broker, name="agent") as client:
+                call = asyncio.ensure_future(
+                    client.call("sample.guarded", {"marker": str(tmp_path / "x")})
+                )
+                [request] = await wait_pending(client)
+                with pytest.raises(ApprovalError, match="its own call"):
+                    await client.decide(request["id"], True)
+                async with await ToolClient.connect(broker, name="operator") as other:
+                    with pytest.raises(ApprovalError):
+                        await other.decide(True, True)  # type: ignore[arg-type]
+                    await other.decide(request["id"], True, by="the CEO")
+                assert await asyncio.wait_for(call, 10) == "done"
+            await until(lambda: decided)
+        finally:
+            await watcher.stop()
+
+    asyncio.run(body())
+    assert decided[0].data["by"] == "operator"  # not the name the client claimed
 
 
 def test_a_cancelled_caller_withdraws_its_request(

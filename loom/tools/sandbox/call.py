@@ -33,6 +33,7 @@ def call_main(launcher: Launcher, requests: int, answers: int) -> NoReturn:
     """The body of a forked call process; never returns."""
     code = 0
     try:
+        kernel.die_with_parent()
         os.setpgid(0, 0)
         os.dup2(2, 1)  # a tool's print() must not reach the launcher's protocol pipe
         null = os.open(os.devnull, os.O_RDONLY)

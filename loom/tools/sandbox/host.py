@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -99,11 +100,20 @@ class HostLayers:
             *command,
         ]
 
-    def leave_cgroup(self, group: Path | None) -> None:
-        """Remove a sandbox's cgroup (once its processes are gone)."""
-        if group is not None:
-            with contextlib.suppress(OSError):
-                group.rmdir()
+    def leave_cgroup(self, group: Path | None) -> bool:
+        """Kill what is left in a sandbox's cgroup and try to remove it; True once it is
+        gone (removal fails while killed processes are still exiting: try again)."""
+        if group is None or not group.exists():
+            return True
+        with contextlib.suppress(OSError, ValueError):
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):
+                    os.kill(int(pid), signal.SIGKILL)
+        try:
+            group.rmdir()
+        except OSError:
+            return False
+        return True
 
     def outside_report(self, group: Path | None) -> dict[str, str]:
         """The outside layers' lines of a sandbox's report."""

@@ -10,6 +10,7 @@ import ctypes
 import errno
 import os
 import platform
+import signal
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +19,7 @@ __all__ = [
     "CLONE_NEWIPC",
     "CLONE_NEWNET",
     "CLONE_NEWUSER",
+    "die_with_parent",
     "drop_capabilities",
     "landlock_abi",
     "landlock_restrict",
@@ -32,6 +34,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_PDEATHSIG = 1
 _PR_CAPBSET_DROP = 24
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -110,6 +113,11 @@ def no_new_privs() -> None:
     """Neither this process nor its children can gain privileges again (setuid bits,
     file capabilities); Landlock and seccomp require it."""
     _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+
+
+def die_with_parent() -> None:
+    """Be killed (SIGKILL) when the parent process ends."""
+    _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
 
 
 def unshare(flags: int) -> None:

@@ -18,6 +18,7 @@ import os
 import resource
 import selectors
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -26,43 +27,33 @@ from typing import Any
 from loom.errors import LoomError
 from loom.protocol.pipe import FrameReader, pack_frame
 from loom.tools.sandbox import kernel
-from loom.tools.sandbox.call import call_main
 from loom.tools.sandbox.policy import Limits, Sandbox
+from loom.tools.sandbox.zygote import zygote_main
 from loom.tools.tool import Tool
 
 __all__ = ["main"]
 
-_MB = 1024 * 1024
-_SPARE_AFTER = 0.002
-"""Seconds of quiet, while calls run, after which the next spare is forked (a fork stalls
-the launcher for about a millisecond: not while an answer is about to arrive)."""
+_MAX_PROGRESS = 64 * 1024
+_MAX_MESSAGE = 8192
+_MAX_FRAME = 64 * 1024 * 1024
+_CALL_CODES = frozenset({"TOOL_ERROR", "TOO_LARGE", "LIMIT_EXCEEDED", "INVALID_PARAMS"})
+"""The failures a call's process may report itself."""
 
 
 class _Process:
-    """A forked call process: a spare until a call is written to it."""
+    """A call process from the zygote: a spare until a call is written to it."""
 
-    __slots__ = (
-        "call_id",
-        "deadline",
-        "killed",
-        "pid",
-        "pidfd",
-        "pipe",
-        "reader",
-        "requests",
-        "sent",
-    )
+    __slots__ = ("call_id", "deadline", "killed", "pid", "pipe", "reader", "requests", "sent")
 
-    def __init__(self, pid: int, requests: int, pipe: int, pidfd: int) -> None:
+    def __init__(self, pid: int, requests: int, pipe: int) -> None:
         self.pid = pid
         self.requests = requests
         """Our end of its request pipe (closed once its call is written)."""
         self.pipe = pipe
         """Our end of its answer pipe."""
-        self.pidfd = pidfd
         self.call_id: int | None = None
         self.deadline = 0.0
-        self.reader = FrameReader()
+        self.reader = FrameReader(max_frame=_MAX_FRAME)
         self.killed: str | None = None
         """Why the launcher killed it: ``wall_seconds`` or ``cancelled``."""
         self.sent = False
@@ -77,16 +68,29 @@ class Launcher:
         self.policy = Sandbox.model_validate(init["policy"])
         self.jail = Path(init["jail"])
         self.max_payload: int = init["max_payload"]
-        self.protect: list[int] = init["protect"]
+        self.protect: list[int] = [
+            *init["protect"],
+            os.getpid(),
+            -os.getpgrp(),
+            os.getppid(),  # the worker, or bubblewrap's init in a pid namespace
+        ]
         self.tools = _load(init["origins"], set(init["tools"]))
         self.report: dict[str, str] = {}
         self.userns = False
         self.landlock_abi = 0
         self.last_cap = 40
         self.seccomp: Any = None
+        """The call processes' filter, built by the zygote (it knows its own pid)."""
+        self.seccomp_ready = False
         self.calls: dict[int, _Process] = {}
         self.spares: list[_Process] = []
+        self.waiting: list[list[Any]] = []
+        """Calls that came while no spare was ready, in order."""
+        self.asked = 0
+        """Spares asked of the zygote and not yet delivered."""
         self.by_fd: dict[int, _Process] = {}
+        self.by_pid: dict[int, _Process] = {}
+        self.zygote: socket.socket | None = None
         self.any_async = any(t.is_async for t in self.tools.values())
         self.deadlines: list[tuple[float, int]] = []
         self.selector = selectors.DefaultSelector()
@@ -112,13 +116,13 @@ class Launcher:
         self._landlock()
 
     def _seccomp(self) -> None:
-        from loom.tools.sandbox.seccomp import build_filter, seccomp_available
+        from loom.tools.sandbox.seccomp import seccomp_available  # loads libseccomp
 
         why = seccomp_available()
         if why is not None:
             self.report["seccomp"] = f"unavailable: {why}"
             return
-        self.seccomp = build_filter(self.policy.net, self.protect)
+        self.seccomp_ready = True
         families = "inet, inet6, netlink" if self.policy.net.mode != "none" else "none"
         unix = ", unix" if self.policy.net.unix else ""
         self.report["seccomp"] = f"admin, namespace, ptrace calls denied; sockets: {families}{unix}"
@@ -172,88 +176,115 @@ class Launcher:
     # --- serving -----------------------------------------------------------------
 
     def serve(self, requests: FrameReader) -> None:
-        """Serve calls until stdin closes; then kill what still runs and return. One
-        spare process is kept forked and confined, so a call rarely waits for a fork."""
+        """Serve calls until stdin closes, then kill what still runs. Whatever goes
+        wrong, the calls' process groups are killed before the launcher exits."""
         stdin = sys.stdin.buffer.fileno()
+        link, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if os.fork() == 0:  # before any call's data is in this process's memory
+            link.close()
+            zygote_main(self, theirs)
+        theirs.close()
+        self.zygote = link
         self.selector.register(stdin, selectors.EVENT_READ)
-        while True:
-            timeout = None
-            if self.deadlines:
-                timeout = max(self.deadlines[0][0] - time.monotonic(), 0.0)
-            if not self.spares:  # fork the next call's process when nothing else is due
-                timeout = min(timeout, _SPARE_AFTER) if timeout is not None else _SPARE_AFTER
-                timeout = 0.0 if not self.calls else timeout
-            events = self.selector.select(timeout)
-            if not events and not self.spares:
-                self.spares.append(self._fork())
-                continue
-            for key, _ in events:
-                fd = int(key.fd)
-                if fd == stdin:
-                    chunk = os.read(stdin, 1 << 16)
-                    if not chunk:
-                        self._shutdown()
-                        return
-                    for frame in requests.feed(chunk):
-                        self._request(frame)
-                else:
-                    self._ready(fd)
-            self._expire()
+        self.selector.register(link, selectors.EVENT_READ)
+        self._ask_spare()
+        try:
+            while True:
+                timeout = None
+                if self.deadlines:
+                    timeout = max(self.deadlines[0][0] - time.monotonic(), 0.0)
+                for key, _ in self.selector.select(timeout):
+                    if key.fileobj is link:
+                        self._from_zygote(link)
+                    elif key.fd == stdin:
+                        chunk = os.read(stdin, 1 << 16)
+                        if not chunk:
+                            return
+                        for frame in requests.feed(chunk):
+                            self._request(frame)
+                    else:
+                        self._ready(int(key.fd))
+                self._expire()
+        finally:
+            self._shutdown()
 
     def _request(self, frame: list[Any]) -> None:
         kind = frame[0]
-        if kind == "call":
-            _, call_id, name, args, timeout = frame
+        if kind == "call" and len(frame) == 5:
+            name = frame[2]
             if name not in self.tools:
                 message = f"the sandbox does not load {name!r}"
-                self._send("fail", call_id, "UNKNOWN_TOOL", message, {})
-                return
-            proc = self.spares.pop() if self.spares else self._fork()
-            proc.call_id = call_id
-            proc.deadline = time.monotonic() + self.policy.limits.wall_seconds
-            self.calls[call_id] = proc
-            heapq.heappush(self.deadlines, (proc.deadline, call_id))
-            with contextlib.suppress(BrokenPipeError):  # it died: its pidfd will say so
-                _write_all(proc.requests, pack_frame("call", call_id, name, args, timeout))
-            os.close(proc.requests)
-            proc.requests = -1
+                self._send("fail", frame[1], "UNKNOWN_TOOL", message, {})
+            elif self.spares:
+                self._dispatch(self.spares.pop(), frame)
+            else:
+                self.waiting.append(frame)
+                self._ask_spare()
         elif kind == "cancel":
             running = self.calls.get(frame[1])
             if running is not None and running.killed is None:
                 running.killed = "cancelled"
                 _killpg(running.pid)
+            self.waiting = [f for f in self.waiting if f[1] != frame[1]]
 
-    def _fork(self) -> _Process:
-        requests_out, requests_in = os.pipe2(os.O_CLOEXEC)
-        answers_out, answers_in = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:  # the call's process: never returns
-            os.close(requests_in)
-            os.close(answers_out)
-            call_main(self, requests_out, answers_in)
-        os.close(requests_out)
-        os.close(answers_in)
-        os.set_blocking(answers_out, False)
-        with contextlib.suppress(OSError):  # it did it itself, or it is gone already
-            os.setpgid(pid, pid)
-        proc = _Process(pid, requests_in, answers_out, os.pidfd_open(pid))
-        self.by_fd[proc.pipe] = proc
-        self.by_fd[proc.pidfd] = proc
-        self.selector.register(proc.pipe, selectors.EVENT_READ)
-        self.selector.register(proc.pidfd, selectors.EVENT_READ)
-        return proc
+    def _dispatch(self, proc: _Process, frame: list[Any]) -> None:
+        _, call_id, name, args, timeout = frame
+        proc.call_id = call_id
+        proc.deadline = time.monotonic() + self.policy.limits.wall_seconds
+        self.calls[call_id] = proc
+        heapq.heappush(self.deadlines, (proc.deadline, call_id))
+        with contextlib.suppress(BrokenPipeError):  # it died: its exit will say so
+            _write_all(proc.requests, pack_frame("call", call_id, name, args, timeout))
+        os.close(proc.requests)
+        proc.requests = -1
+        self._ask_spare()
+
+    def _ask_spare(self) -> None:
+        """Keep one spare ready (or on its way) beyond the calls waiting."""
+        assert self.zygote is not None
+        while len(self.spares) + self.asked < 1 + len(self.waiting):
+            self.zygote.send(b"spare")
+            self.asked += 1
+
+    def _from_zygote(self, link: socket.socket) -> None:
+        data, fds, _, _ = socket.recv_fds(link, 1024, 2)
+        if not data:
+            raise LoomError("the zygote died")
+        kind, *rest = next(iter(FrameReader().feed(data)))
+        if kind == "spare":
+            self.asked -= 1
+            proc = _Process(rest[0], fds[0], fds[1])
+            os.set_blocking(proc.pipe, False)
+            self.by_pid[proc.pid] = proc
+            self.by_fd[proc.pipe] = proc
+            self.selector.register(proc.pipe, selectors.EVENT_READ)
+            if self.waiting:
+                self._dispatch(proc, self.waiting.pop(0))
+            else:
+                self.spares.append(proc)
+        elif kind == "fork_failed":
+            self.asked -= 1
+            if self.waiting:  # tried again when a call ends
+                frame = self.waiting.pop(0)
+                message = f"no process for the call: {os.strerror(rest[0])}"
+                self._send("fail", frame[1], "LIMIT_EXCEEDED", message, {"limit": "processes"})
+        elif kind == "exit":
+            ended = self.by_pid.pop(rest[0], None)
+            if ended is not None:
+                self._finish(ended, status=rest[1], cpu=rest[2])
+            self._ask_spare()
 
     def _ready(self, fd: int) -> None:
         proc = self.by_fd.get(fd)
-        if proc is None:
-            return
-        if fd == proc.pipe:
-            self._drain(proc)
-        else:
-            self._finish(proc)
+        if proc is not None:
+            self._drain(proc, budget=16)
 
-    def _drain(self, proc: _Process) -> None:
-        while proc.pipe >= 0:
+    def _drain(self, proc: _Process, budget: int = 1 << 30) -> None:
+        """Forward what a call wrote (``budget`` reads at most: a chatty call must not
+        starve the others or the wall-clock checks)."""
+        for _ in range(budget):
+            if proc.pipe < 0:
+                return
             try:
                 chunk = os.read(proc.pipe, 1 << 16)
             except BlockingIOError:
@@ -261,19 +292,35 @@ class Launcher:
             if not chunk:
                 self._close_pipe(proc)
                 return
-            if proc.call_id is None:  # a spare has nothing to say
-                continue
+            if proc.call_id is None or proc.sent:
+                continue  # a spare has nothing to say; after the answer, nothing counts
             try:
                 for frame in proc.reader.feed(chunk):
+                    self._forward(proc, proc.call_id, frame)
                     if proc.sent:
-                        continue
-                    proc.sent = frame[0] != "progress"
-                    self._send(frame[0], proc.call_id, *frame[1:])
-            except ValueError:
-                proc.sent = True
-                message = "the call's process wrote garbage"
-                self._send("fail", proc.call_id, "TOOL_ERROR", message, {})
-                _killpg(proc.pid)
+                        break
+            except Exception as exc:  # not frames: a broken or hostile call
+                self._refuse(proc, f"the call's process wrote garbage: {exc}")
+
+    def _forward(self, proc: _Process, call_id: int, frame: list[Any]) -> None:
+        """Pass a call's frame on if it is well formed; anything else ends the call."""
+        kind = frame[0]
+        if kind == "progress" and len(frame) == 2 and _is_bytes(frame[1], _MAX_PROGRESS):
+            self._send("progress", call_id, frame[1])
+        elif kind == "result" and len(frame) == 2 and _is_bytes(frame[1], self.max_payload):
+            proc.sent = True
+            self._send("result", call_id, frame[1])
+        elif kind == "fail" and len(frame) == 4 and _is_failure(frame[1:]):
+            proc.sent = True
+            self._send("fail", call_id, *frame[1:])
+        else:
+            self._refuse(proc, f"the call's process wrote an invalid {str(kind)[:20]!r} frame")
+
+    def _refuse(self, proc: _Process, message: str) -> None:
+        if not proc.sent and proc.call_id is not None:
+            proc.sent = True
+            self._send("fail", proc.call_id, "TOOL_ERROR", message, {"type": "SandboxProtocol"})
+        _killpg(proc.pid)
 
     def _close_pipe(self, proc: _Process) -> None:
         self.selector.unregister(proc.pipe)
@@ -281,24 +328,19 @@ class Launcher:
         os.close(proc.pipe)
         proc.pipe = -1
 
-    def _finish(self, proc: _Process) -> None:
-        _, status, usage = os.wait4(proc.pid, 0)
-        _killpg(proc.pid)  # what the call started dies with it
+    def _finish(self, proc: _Process, *, status: int, cpu: float) -> None:
         self._drain(proc)
-        if proc.pipe >= 0:  # a grandchild still holds the pipe: it is dying too
+        if proc.pipe >= 0:  # a grandchild still held the pipe: the zygote killed it
             self._close_pipe(proc)
         if proc.requests >= 0:
             os.close(proc.requests)
-        self.selector.unregister(proc.pidfd)
-        del self.by_fd[proc.pidfd]
-        os.close(proc.pidfd)
         if proc.call_id is None:  # a spare died before its call
-            self.spares.remove(proc)
+            if proc in self.spares:
+                self.spares.remove(proc)
             sys.stderr.write(f"loom sandbox: a spare call process died ({status:#x})\n")
             return
         del self.calls[proc.call_id]
         if not proc.sent:
-            cpu = usage.ru_utime + usage.ru_stime
             code, message, details = _verdict(proc, status, cpu, self.policy.limits)
             self._send("fail", proc.call_id, code, message, details)
 
@@ -307,14 +349,15 @@ class Launcher:
         while self.deadlines and self.deadlines[0][0] <= now:
             _, call_id = heapq.heappop(self.deadlines)
             proc = self.calls.get(call_id)
-            if proc is not None and proc.killed is None:
+            if proc is not None and proc.killed is None and proc.deadline <= now:
                 proc.killed = "wall_seconds"
                 _killpg(proc.pid)
 
     def _shutdown(self) -> None:
         for proc in [*self.calls.values(), *self.spares]:
             _killpg(proc.pid)
-            os.waitpid(proc.pid, 0)
+        if self.zygote is not None:
+            self.zygote.close()  # the zygote exits; its children have PDEATHSIG
 
     def _send(self, *items: Any) -> None:
         _write_all(self.out, pack_frame(*items))
@@ -341,6 +384,22 @@ def _verdict(
         return "LIMIT_EXCEEDED", f"the call's process died of {name}", {"limit": "crashed"}
     code = os.WEXITSTATUS(status)
     return "TOOL_ERROR", f"the call's process exited ({code}) without an answer", {"type": "Exit"}
+
+
+def _is_bytes(value: Any, limit: int) -> bool:
+    return type(value) is bytes and len(value) <= limit
+
+
+def _is_failure(fields: list[Any]) -> bool:
+    code, message, details = fields
+    return (
+        code in _CALL_CODES
+        and type(message) is str
+        and len(message) <= _MAX_MESSAGE
+        and type(details) is dict
+        and all(type(k) is str for k in details)
+        and all(v is None or type(v) in (str, int, float, bool) for v in details.values())
+    )
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -393,7 +452,8 @@ def _read_paths(policy: Sandbox, tools: dict[str, Tool]) -> list[Path]:
 
 
 def _write_paths(launcher: Launcher) -> list[Path]:
-    return [launcher.jail, *launcher.policy.fs.write]
+    """The jail, the policy's writable paths, and /dev/null (``subprocess.DEVNULL``)."""
+    return [launcher.jail, *launcher.policy.fs.write, Path("/dev/null")]
 
 
 def main() -> None:

@@ -34,6 +34,24 @@ class SandboxError(LoomError):
     """A sandbox launcher could not start, or broke its protocol."""
 
 
+class _Launch:
+    """One launcher process and the calls it runs (a new one after it dies)."""
+
+    __slots__ = ("calls", "cgroup", "process", "reader")
+
+    def __init__(self, process: asyncio.subprocess.Process, cgroup: Path | None) -> None:
+        self.process = process
+        self.cgroup = cgroup
+        self.calls: dict[int, tuple[asyncio.Future[bytes], int, str]] = {}
+        """Our call number -> (its future, the broker's token, the tool)."""
+        self.reader: asyncio.Task[None] | None = None
+
+    def send(self, *items: Any) -> None:
+        stdin = self.process.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.write(pack_frame(*items))
+
+
 class SandboxRunner:
     """One launcher process serving the tools that share a policy and a jail.
 
@@ -67,11 +85,11 @@ class SandboxRunner:
         self.start_timeout = start_timeout
         self.report: dict[str, str] = {}
         self.log = get_logger("loom.sandbox", tools=sorted(self.tools))
-        self._process: asyncio.subprocess.Process | None = None
-        self._starting: asyncio.Future[None] | None = None
-        self._calls: dict[int, tuple[asyncio.Future[bytes], str]] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self._cgroup: Path | None = None
+        self._launch: _Launch | None = None
+        self._starting: asyncio.Future[_Launch] | None = None
+        self._numbers = 0
+        """Our own call numbers: the broker's tokens start again when it restarts."""
+        self._closed = False
 
     async def call(self, token: int, tool: Tool, args: Any, context: ToolContext) -> bytes:
         """Run one call in the sandbox; the encoded result.
@@ -82,24 +100,20 @@ class SandboxRunner:
             SandboxError: the launcher could not be started.
             asyncio.CancelledError: the awaiting task was cancelled (the call is killed).
         """
-        await self._ensure_started()
-        assert self._process is not None and self._process.stdin is not None
+        launch = await self._running()
+        self._numbers += 1
+        number = self._numbers
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._calls[token] = (future, tool.name)
-        self._process.stdin.write(pack_frame("call", token, tool.name, args, context.timeout))
+        launch.calls[number] = (future, token, tool.name)
+        launch.send("call", number, tool.name, args, context.timeout)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            self.cancel(token)
+            if number in launch.calls:  # kill its process group
+                launch.send("cancel", number)
             raise
         finally:
-            self._calls.pop(token, None)
-
-    def cancel(self, token: int) -> None:
-        """Kill a running call's process group (its answer becomes ``CANCELLED``)."""
-        process = self._process
-        if process is not None and process.stdin is not None and token in self._calls:
-            process.stdin.write(pack_frame("cancel", token))
+            launch.calls.pop(number, None)
 
     async def start(self) -> dict[str, str]:
         """Start the launcher now (else the first call does); the layers it applied.
@@ -107,35 +121,41 @@ class SandboxRunner:
         Raises:
             SandboxError: it failed to start, load the tools, or confine itself.
         """
-        await self._ensure_started()
+        await self._running()
         return self.report
 
-    async def _ensure_started(self) -> None:
-        idle = self._starting is None or self._starting.done()
-        if idle and self._process is not None and self._process.returncode is None:
-            return
-        if idle or self._starting is None:
+    async def _running(self) -> _Launch:
+        launch = self._launch
+        if launch is not None and launch.process.returncode is None:
+            return launch
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+        if self._starting is None or self._starting.done():
             self._starting = asyncio.ensure_future(self._spawn())
-        await asyncio.shield(self._starting)
+        return await asyncio.shield(self._starting)
 
-    async def _spawn(self) -> None:
-        self.jail.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "loom.tools.sandbox.launcher"]
-        if self.host.bwrap:
-            command = self.host.bwrap_command(self.policy, self.jail) + command
-        self._cgroup = self.host.make_cgroup(self._pids_max())
-        process = await asyncio.create_subprocess_exec(
-            *self.host.enter_command(self._cgroup, command),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=self.jail,
-            env=self._environment(),
-            start_new_session=True,
-        )
-        self._process = process
-        assert process.stdin is not None and process.stdout is not None
+    async def _spawn(self) -> _Launch:
+        # -I: neither the working directory (the jail, which tools write) nor PYTHON*
+        # variables nor the user's site directory reach sys.path
+        command = [sys.executable, "-I", "-m", "loom.tools.sandbox.launcher"]
+        try:
+            self.jail.mkdir(parents=True, exist_ok=True)
+            if self.host.bwrap:
+                command = self.host.bwrap_command(self.policy, self.jail) + command
+            cgroup = self.host.make_cgroup(self._pids_max())
+            process = await asyncio.create_subprocess_exec(
+                *self.host.enter_command(cgroup, command),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                cwd=self.jail,
+                env=self._environment(),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise SandboxError(f"cannot start the sandbox launcher: {exc}") from exc
+        launch = _Launch(process, cgroup)
         init = {
-            "sys_path": sys.path,
+            "sys_path": _import_path(self.jail),
             "origins": sorted({tool_origin(t) for t in self.tools.values()}),
             "tools": sorted(self.tools),
             "policy": self.policy.model_dump(mode="json"),
@@ -143,23 +163,23 @@ class SandboxRunner:
             "max_payload": self.max_payload,
             "protect": [os.getpid(), -os.getpgrp(), process.pid, -process.pid],
         }
-        process.stdin.write(pack_frame("init", init))
+        launch.send("init", init)
         reader = FrameReader()
+        assert process.stdout is not None
         try:
             async with asyncio.timeout(self.start_timeout):
                 frame = await _first_frame(process.stdout, reader)
         except TimeoutError:
-            await self._kill()
-            self.host.leave_cgroup(self._cgroup)
-            message = f"the sandbox launcher did not start in {self.start_timeout}s"
-            raise SandboxError(message) from None
+            frame = None
         if frame is None or frame[0] != "ready":
-            await self._kill()
-            self.host.leave_cgroup(self._cgroup)
-            raise SandboxError("the sandbox launcher exited while starting (see its log)")
-        self.report = {**frame[1], **self.host.outside_report(self._cgroup)}
+            await self._end(launch)
+            why = "did not start in time" if frame is None else "exited while starting"
+            raise SandboxError(f"the sandbox launcher {why} (see its log)")
+        self.report = {**frame[1], **self.host.outside_report(cgroup)}
         self.log.info("sandbox ready", pid=process.pid, **self.report)
-        self._reader = asyncio.ensure_future(self._read(process, reader))
+        launch.reader = asyncio.ensure_future(self._read(launch, reader))
+        self._launch = launch
+        return launch
 
     def _environment(self) -> dict[str, str]:
         rules = self.policy.env
@@ -169,71 +189,76 @@ class SandboxRunner:
         return env
 
     def _pids_max(self) -> int:
-        concurrency = max(t.concurrency for t in self.tools.values())
-        return 4 + concurrency * self.policy.limits.processes
+        """Every call the tools may run at once, a spare, the launcher and its zygote
+        (and bubblewrap's two)."""
+        calls = sum(t.concurrency for t in self.tools.values())
+        return 6 + (calls + 1) * self.policy.limits.processes
 
-    async def _read(self, process: asyncio.subprocess.Process, reader: FrameReader) -> None:
-        assert process.stdout is not None
+    async def _read(self, launch: _Launch, reader: FrameReader) -> None:
+        stdout = launch.process.stdout
+        assert stdout is not None
         try:
-            while chunk := await process.stdout.read(1 << 16):
+            while chunk := await stdout.read(1 << 16):
                 for frame in reader.feed(chunk):
-                    self._answer(frame)
-        except ValueError as exc:
+                    self._answer(launch, frame)
+        except (ValueError, TypeError, IndexError) as exc:
             self.log.error("sandbox launcher broke the protocol", error=str(exc))
         finally:
-            await self._kill()
-            lost = list(self._calls.items())
-            self._calls.clear()
-            for token, (future, _) in lost:
+            await self._end(launch)
+            for number, (future, token, _) in list(launch.calls.items()):
                 if not future.done():
                     message = "the sandbox launcher died while running the call"
-                    future.set_exception(
-                        tool_error("TOOL_ERROR", message, details={"type": "Sandbox"})
-                    )
-                    self.log.warning("sandbox call lost", call=token)
+                    error = tool_error("TOOL_ERROR", message, details={"type": "Sandbox"})
+                    future.set_exception(error)
+                    self.log.warning("sandbox call lost", call=token, number=number)
 
-    def _answer(self, frame: list[Any]) -> None:
-        kind, token = frame[0], frame[1]
-        entry = self._calls.get(token)
+    def _answer(self, launch: _Launch, frame: list[Any]) -> None:
+        kind, number = frame[0], frame[1]
+        entry = launch.calls.get(number)
         if entry is None:
             return
-        future, name = entry
-        if kind == "progress":
+        future, token, name = entry
+        if kind == "progress" and type(frame[2]) is bytes:
             self.progress(token, frame[2])
         elif future.done():
             return
-        elif kind == "result":
+        elif kind == "result" and type(frame[2]) is bytes:
             future.set_result(frame[2])
         elif kind == "fail":
             _, _, code, message, details = frame
             error: ToolError = tool_error(code, message, tool=name, details=details)
             future.set_exception(error)
+        else:
+            raise ValueError(f"unexpected frame {str(kind)[:20]!r}")
 
     async def close(self) -> None:
         """Stop the launcher (it kills its calls) and remove its cgroup."""
-        process = self._process
-        if process is None:
+        self._closed = True
+        launch = self._launch
+        if launch is None:
             return
-        if process.stdin is not None and process.returncode is None:
-            process.stdin.close()
+        stdin = launch.process.stdin
+        if stdin is not None and launch.process.returncode is None:
+            stdin.close()
         try:
             async with asyncio.timeout(2.0):
-                await process.wait()
+                await launch.process.wait()
         except TimeoutError:
-            await self._kill()
-        if self._reader is not None:
-            await asyncio.wait({self._reader}, timeout=1.0)
-        self.host.leave_cgroup(self._cgroup)
-        self._cgroup = None
+            pass
+        await self._end(launch)
+        if launch.reader is not None:
+            await asyncio.wait({launch.reader}, timeout=1.0)
 
-    async def _kill(self) -> None:
-        process = self._process
-        if process is None:
-            return
-        if process.returncode is None:
+    async def _end(self, launch: _Launch) -> None:
+        """Kill this launcher's session (not a newer launcher's), remove its cgroup."""
+        if launch.process.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+                os.killpg(launch.process.pid, signal.SIGKILL)
+            await launch.process.wait()
+        for _ in range(100):  # its processes may take a moment to go
+            if self.host.leave_cgroup(launch.cgroup):
+                break
+            await asyncio.sleep(0.01)
 
 
 async def _first_frame(stream: asyncio.StreamReader, reader: FrameReader) -> list[Any] | None:
@@ -263,3 +288,16 @@ def tool_origin(tool: Tool) -> str:
             if spec is not None and spec.origin == path:
                 return name
     return str(path)
+
+
+def _import_path(jail: Path) -> list[str]:
+    """The worker's ``sys.path`` for the launcher, less what a tool could write: the
+    current directory (``""``), relative entries, and anything inside the jail."""
+    kept = []
+    for entry in sys.path:
+        if not entry or not os.path.isabs(entry):
+            continue
+        if Path(entry).resolve().is_relative_to(jail.resolve()):
+            continue
+        kept.append(entry)
+    return kept
