@@ -1,4 +1,4 @@
-"""A call's process: forked from the launcher ahead of need (a spare), it confines itself
+"""A call's process: forked by the zygote ahead of need (a spare), it confines itself
 further (its own process group and user namespace, rlimits, a Landlock signal scope, no
 capabilities, seccomp), warms up an event loop, then waits for its one call, runs it,
 writes the answer and exits. Confinement and warm-up happen before the call arrives, so

@@ -1,13 +1,14 @@
-"""The sandbox launcher: ``python -m loom.tools.sandbox.launcher``, started by a worker.
+"""The sandbox launcher: ``python -I -m loom.tools.sandbox.launcher``, started by a worker.
 
 It reads one ``init`` frame from stdin (the tools to load, the policy, the jail), loads the
-tools, confines itself (namespaces, Landlock), reports the layers it applied, then serves
-calls: each call runs in a process forked from the launcher, which adds the per-call
-layers (its own process group, rlimits, a nested user namespace, a Landlock signal scope,
-no capabilities, seccomp) before running the tool. Forking a loaded, single-threaded
-launcher costs about a millisecond and gives every call fresh limits and memory
-(``docs/sandbox.md`` has the measurements). The launcher kills a call's process group at
-its wall-clock limit or on ``cancel``.
+tools, confines itself (namespaces, Landlock), reports the layers it applied, forks the
+zygote (``zygote.py``), then serves calls: each call runs in a process the zygote forked
+ahead of need, which adds the per-call layers (its own process group, rlimits, a nested
+user namespace, a Landlock signal scope, no capabilities, seccomp) before running the
+tool. A fresh process per call gives every call fresh limits and memory, and a kill that
+cleans up (``docs/sandbox.md`` has the measurements). The launcher forwards each call's
+checked frames, and kills a call's process group at its wall-clock limit or on
+``cancel``; whatever happens to the launcher, its calls die with it.
 """
 
 from __future__ import annotations
@@ -240,9 +241,11 @@ class Launcher:
         self._ask_spare()
 
     def _ask_spare(self) -> None:
-        """Keep one spare ready (or on its way) beyond the calls waiting."""
+        """A process for each call waiting, and one spare when no call is running: a
+        fork while a call runs would compete with it for the CPU, and delay its answer."""
         assert self.zygote is not None
-        while len(self.spares) + self.asked < 1 + len(self.waiting):
+        running = any(not proc.sent for proc in self.calls.values())
+        while len(self.spares) + self.asked < len(self.waiting) + (not running):
             self.zygote.send(b"spare")
             self.asked += 1
 
@@ -264,7 +267,7 @@ class Launcher:
                 self.spares.append(proc)
         elif kind == "fork_failed":
             self.asked -= 1
-            if self.waiting:  # tried again when a call ends
+            if self.waiting and not self.calls:  # else asked again when a call ends
                 frame = self.waiting.pop(0)
                 message = f"no process for the call: {os.strerror(rest[0])}"
                 self._send("fail", frame[1], "LIMIT_EXCEEDED", message, {"limit": "processes"})
@@ -310,9 +313,11 @@ class Launcher:
         elif kind == "result" and len(frame) == 2 and _is_bytes(frame[1], self.max_payload):
             proc.sent = True
             self._send("result", call_id, frame[1])
+            self._ask_spare()
         elif kind == "fail" and len(frame) == 4 and _is_failure(frame[1:]):
             proc.sent = True
             self._send("fail", call_id, *frame[1:])
+            self._ask_spare()
         else:
             self._refuse(proc, f"the call's process wrote an invalid {str(kind)[:20]!r} frame")
 

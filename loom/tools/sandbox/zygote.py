@@ -51,6 +51,8 @@ def zygote_main(launcher: Launcher, link: socket.socket) -> NoReturn:
                         _spare(launcher, link, selector, children)
                 else:
                     _reap(int(key.fd), link, selector, children)
+    except (BrokenPipeError, ConnectionError):  # the launcher is gone: so are we
+        pass
     except BaseException:  # the process ends either way: say why
         import traceback
 
