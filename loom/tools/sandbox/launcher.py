@@ -34,6 +34,9 @@ from loom.tools.tool import Tool
 
 __all__ = ["main"]
 
+_SPARE_DELAY = 0.005
+"""Seconds after an answer before the next spare is forked: a fork right away competes
+for the CPU with the answer on its way to the caller."""
 _MAX_PROGRESS = 64 * 1024
 _MAX_MESSAGE = 8192
 _MAX_FRAME = 64 * 1024 * 1024
@@ -92,6 +95,8 @@ class Launcher:
         self.by_fd: dict[int, _Process] = {}
         self.by_pid: dict[int, _Process] = {}
         self.zygote: socket.socket | None = None
+        self.spare_due = 0.0
+        """When to ask for the next spare (0: not planned)."""
         self.any_async = any(t.is_async for t in self.tools.values())
         self.deadlines: list[tuple[float, int]] = []
         self.selector = selectors.DefaultSelector()
@@ -191,9 +196,10 @@ class Launcher:
         self._ask_spare()
         try:
             while True:
-                timeout = None
-                if self.deadlines:
-                    timeout = max(self.deadlines[0][0] - time.monotonic(), 0.0)
+                due = [self.deadlines[0][0]] if self.deadlines else []
+                if self.spare_due:
+                    due.append(self.spare_due)
+                timeout = max(min(due) - time.monotonic(), 0.0) if due else None
                 for key, _ in self.selector.select(timeout):
                     if key.fileobj is link:
                         self._from_zygote(link)
@@ -206,6 +212,9 @@ class Launcher:
                     else:
                         self._ready(int(key.fd))
                 self._expire()
+                if self.spare_due and time.monotonic() >= self.spare_due:
+                    self.spare_due = 0.0
+                    self._ask_spare()
         finally:
             self._shutdown()
 
@@ -275,7 +284,10 @@ class Launcher:
             ended = self.by_pid.pop(rest[0], None)
             if ended is not None:
                 self._finish(ended, status=rest[1], cpu=rest[2])
-            self._ask_spare()
+            if self.waiting:
+                self._ask_spare()
+            elif not self.spare_due:
+                self.spare_due = time.monotonic() + _SPARE_DELAY
 
     def _ready(self, fd: int) -> None:
         proc = self.by_fd.get(fd)
@@ -313,11 +325,11 @@ class Launcher:
         elif kind == "result" and len(frame) == 2 and _is_bytes(frame[1], self.max_payload):
             proc.sent = True
             self._send("result", call_id, frame[1])
-            self._ask_spare()
+            self.spare_due = time.monotonic() + _SPARE_DELAY
         elif kind == "fail" and len(frame) == 4 and _is_failure(frame[1:]):
             proc.sent = True
             self._send("fail", call_id, *frame[1:])
-            self._ask_spare()
+            self.spare_due = time.monotonic() + _SPARE_DELAY
         else:
             self._refuse(proc, f"the call's process wrote an invalid {str(kind)[:20]!r} frame")
 
