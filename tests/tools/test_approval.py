@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HEARTBEAT, Proc, start_broker, start_worker, until
+from conftest import HEARTBEAT, Proc, eventually, start_broker, start_worker, until
 
 from loom import Actor, Event, ToolClient, ToolDeniedError
 from loom.errors import ApprovalError
@@ -26,14 +26,10 @@ def loom_cli(broker: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def wait_pending(client: ToolClient, count: int = 1) -> list[dict[str, Any]]:
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        found = await client.approvals()
-        if len(found) >= count:
-            return found
-        assert asyncio.get_running_loop().time() < deadline, "no call waits for approval"
-        await asyncio.sleep(0.02)
+async def wait_pending(client: ToolClient) -> list[dict[str, Any]]:
+    """The requests waiting for approval, once there is one."""
+    found: list[dict[str, Any]] = await eventually(client.approvals)
+    return found
 
 
 def approval_mesh(spawn: Callable[..., Proc], endpoint: str, *extra: str) -> str:
@@ -234,10 +230,11 @@ def test_a_cancelled_caller_withdraws_its_request(
             )
             await wait_pending(client)
             call.cancel()
-            deadline = asyncio.get_running_loop().time() + 5
-            while await client.approvals():
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.02)
+
+            async def withdrawn() -> bool:
+                return not await client.approvals()
+
+            await eventually(withdrawn)
 
     asyncio.run(body())
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import psutil
 import pytest
+from conftest import until
 
 from loom.errors import InvalidParamsError
 from loom.tools.builtin import (
@@ -208,10 +209,7 @@ def test_cancelling_kills_the_command(sandbox: Sandbox | None, context: MakeCont
                 argv=["sleep", "30"], ctx=context("shell.run", sandbox=sandbox), timeout=60
             )
         )
-        deadline = time.monotonic() + 10
-        while not sleepers():
-            assert time.monotonic() < deadline, "sleep never started"
-            await asyncio.sleep(0.01)
+        await until(sleepers, timeout=10)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
