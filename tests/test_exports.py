@@ -5,6 +5,7 @@ from __future__ import annotations
 import loom
 import loom.actor
 import loom.broker
+import loom.cognition
 import loom.tools
 import loom.tools.sandbox
 from loom import errors
@@ -88,6 +89,18 @@ def test_subpackage_exports() -> None:
         "NetRules",
         "Sandbox",
     }
+
+
+def test_cognition_exports() -> None:
+    """The cognition package exposes the agent, the provider, memory and their errors."""
+    assert {"CognitiveActor", "AgentLoop", "AgentResult", "ChatClient", "LLMSettings"} <= set(
+        loom.cognition.__all__
+    )
+    for name in loom.cognition.__all__:
+        assert hasattr(loom.cognition, name), name
+        value = getattr(loom.cognition, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert issubclass(value, loom.LoomError), name
 
 
 def test_every_error_derives_from_loom_error() -> None:

@@ -18,6 +18,8 @@ def test_shipped_config_is_valid() -> None:
     assert settings.broker.endpoint == "tcp://127.0.0.1:7700"
     assert settings.broker.max_payload == 1 << 20
     assert settings.log.level == "info" and settings.log.json_lines is False
+    llms = settings.llm_settings()
+    assert llms["openai"].api_key_env == "OPENAI_API_KEY" and "local" in llms
 
 
 @pytest.mark.parametrize(
@@ -27,6 +29,9 @@ def test_shipped_config_is_valid() -> None:
         ("[broker]\nbogus = 1\n", "broker.bogus"),
         ("[log]\nlevel = 'loud'\n", "log.level"),
         ("[broker\n", "not valid TOML"),
+        ("[llm.x]\nmodel = 'm'\n", "x.base_url"),
+        ("[llm.x]\nbase_url = 'ftp://h'\nmodel = 'm'\n", "x.base_url"),
+        ("[tools.'fs.read'.sandbox.limits]\ncpu_seconds = -1\n", "cpu_seconds"),
     ],
 )
 def test_bad_settings_name_file_and_key(tmp_path: Path, text: str, needle: str) -> None:

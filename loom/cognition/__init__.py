@@ -1,3 +1,49 @@
-"""LLM providers, the agent loop and context engineering (arrives with issue 6)."""
+"""Cognition: LLM providers, the agent loop over mesh tools, memory, sub-agents."""
 
-__all__: list[str] = []
+from loom.cognition.actor import CognitiveActor
+from loom.cognition.agent import AgentLoop, AgentResult, MeshTools
+from loom.cognition.config import LLMSettings, load_llm_settings, resolve_api_key
+from loom.cognition.errors import (
+    LLMAuthError,
+    LLMConfigError,
+    LLMConnectionError,
+    LLMError,
+    LLMRateLimitError,
+    LLMRequestError,
+    LLMResponseError,
+    LLMServerError,
+    LLMTimeoutError,
+    ToolArgumentsError,
+    ToolNameError,
+)
+from loom.cognition.memory import Memory, MemoryItem, MemoryStoreError
+from loom.cognition.messages import Completion, ToolCall, Usage
+from loom.cognition.provider import ChatClient
+
+__all__ = [
+    "AgentLoop",
+    "AgentResult",
+    "ChatClient",
+    "CognitiveActor",
+    "Completion",
+    "LLMAuthError",
+    "LLMConfigError",
+    "LLMConnectionError",
+    "LLMError",
+    "LLMRateLimitError",
+    "LLMRequestError",
+    "LLMResponseError",
+    "LLMServerError",
+    "LLMSettings",
+    "LLMTimeoutError",
+    "Memory",
+    "MemoryItem",
+    "MemoryStoreError",
+    "MeshTools",
+    "ToolArgumentsError",
+    "ToolCall",
+    "ToolNameError",
+    "Usage",
+    "load_llm_settings",
+    "resolve_api_key",
+]
