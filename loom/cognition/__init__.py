@@ -1,8 +1,10 @@
-"""Cognition: LLM providers, the agent loop over mesh tools, memory, sub-agents."""
+"""Cognition: LLM providers, the agent loop over mesh tools, context engineering
+(``loom.cognition.context``), memory, sub-agents."""
 
 from loom.cognition.actor import CognitiveActor
 from loom.cognition.agent import AgentLoop, AgentResult, MeshTools
 from loom.cognition.config import LLMSettings, load_llm_settings, resolve_api_key
+from loom.cognition.context import ContextConfig, ContextManager
 from loom.cognition.errors import (
     LLMAuthError,
     LLMConfigError,
@@ -26,6 +28,8 @@ __all__ = [
     "ChatClient",
     "CognitiveActor",
     "Completion",
+    "ContextConfig",
+    "ContextManager",
     "LLMAuthError",
     "LLMConfigError",
     "LLMConnectionError",

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 from loom.actor import Actor, Event
 from loom.cognition.agent import AgentLoop, AgentResult, MeshTools
 from loom.cognition.config import LLMSettings
+from loom.cognition.context import ContextConfig, ContextManager
 from loom.cognition.memory import Memory
 from loom.cognition.provider import ChatClient
 from loom.errors import RequestTimeoutError
@@ -43,6 +46,10 @@ class CognitiveActor(Actor):
         max_steps: model calls per task.
         token_budget: tokens per task.
         stream: stream answer tokens as ``token`` events.
+        context: context engineering for each task (``ContextConfig.off()``: none);
+            large outputs are offloaded under ``workspace``.
+        workspace: the agent's working directory (default: ``memory_dir/<name>/workspace``,
+            else a temporary directory).
     """
 
     def __init__(
@@ -58,6 +65,8 @@ class CognitiveActor(Actor):
         max_steps: int = 20,
         token_budget: int = 200_000,
         stream: bool = True,
+        context: ContextConfig | None = None,
+        workspace: Path | None = None,
     ) -> None:
         super().__init__(name, broker)
         self.llm = llm
@@ -68,6 +77,11 @@ class CognitiveActor(Actor):
         self.max_steps = max_steps
         self.token_budget = token_budget
         self.stream = stream
+        self.context = context or ContextConfig()
+        if workspace is None and memory_dir is not None:
+            workspace = memory_dir / self.name / "workspace"
+        self._own_workspace = workspace is None
+        self.workspace = workspace or Path(tempfile.mkdtemp(prefix=f"loom-{self.name}-"))
         self._children = 0
 
     async def on_start(self) -> None:
@@ -76,6 +90,8 @@ class CognitiveActor(Actor):
     async def on_stop(self) -> None:
         self.memory.close()
         await self.llm.aclose()
+        if self._own_workspace:
+            shutil.rmtree(self.workspace, ignore_errors=True)
 
     async def _on_task(self, event: Event) -> dict[str, Any]:
         task = event.data.get("task") if isinstance(event.data, dict) else event.data
@@ -103,6 +119,7 @@ class CognitiveActor(Actor):
             token_budget=token_budget or self.token_budget,
             emit=emit,
             stream=self.stream,
+            context=ContextManager(self.context, self.workspace),
         )
         return await loop.run(task)
 

@@ -13,6 +13,7 @@ does not exist, or a tool that fails all become observations the model sees next
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,7 +21,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from loom.cognition.errors import ToolArgumentsError, ToolNameError
+from loom.cognition.context import ContextManager, Step
+from loom.cognition.errors import LLMError, ToolArgumentsError, ToolNameError
 from loom.cognition.messages import (
     Completion,
     ToolCall,
@@ -136,6 +138,9 @@ class AgentLoop:
         token_budget: total tokens (prompt + completion) before the run is stopped.
         emit: reports each step (``None``: silent).
         stream: stream answer tokens (and report them as ``token`` steps).
+        context: engineers each prompt (reduction, masking, compaction, offloading,
+            a byte-stable prefix); ``None``: the whole transcript, observations cut at
+            20 000 characters. One manager per run.
     """
 
     def __init__(
@@ -148,6 +153,7 @@ class AgentLoop:
         token_budget: int = 200_000,
         emit: Emit | None = None,
         stream: bool = True,
+        context: ContextManager | None = None,
     ) -> None:
         self.llm = llm
         self.tools = tools
@@ -156,6 +162,7 @@ class AgentLoop:
         self.token_budget = token_budget
         self._emit = emit
         self.stream = stream
+        self.context = context
 
     async def run(self, task: str) -> AgentResult:
         """Work on ``task`` until the model answers or a budget runs out.
@@ -163,8 +170,6 @@ class AgentLoop:
         Raises:
             asyncio.CancelledError: the run was cancelled (a running tool call too).
         """
-        from loom.cognition.errors import LLMError
-
         specs, wire_tools = [], []
         for spec in await self.tools.specs():
             try:  # a name with "__" has no OpenAI form: such a tool is not offered
@@ -175,68 +180,81 @@ class AgentLoop:
                 continue
             specs.append(spec)
         known = {spec["name"] for spec in specs}
-        messages: list[dict[str, Any]] = [system(self.system_prompt), user(task)]
+        transcript: list[dict[str, Any]] = [system(self.system_prompt), user(task)]
+        steps: list[Step] = []
         usage = Usage(0, 0, 0)
         await self._report("start", task=task, tools=sorted(known))
-        for step in range(1, self.max_steps + 1):
+        for turn in range(1, self.max_steps + 1):
             try:
+                prompt = (
+                    transcript
+                    if self.context is None
+                    else await self.context.render(self.system_prompt, task, steps)
+                )
                 completion = await self.llm.complete(
-                    messages,
+                    prompt,
                     tools=wire_tools or None,
                     on_token=self._token if self.stream else None,
                 )
             except LLMError as exc:
-                return await self._end(
-                    "failed", step - 1, usage, error=f"{type(exc).__name__}: {exc}"
-                )
+                error = f"{type(exc).__name__}: {exc}"
+                return await self._end("failed", usage, steps, error=error)
             usage = usage + completion.usage
-            messages.append(assistant(completion))
+            transcript.append(assistant(completion))
             if completion.content:
                 kind = "thought" if completion.tool_calls else "answer"
-                await self._report(kind, step=step, text=completion.content)
+                await self._report(kind, step=turn, text=completion.content)
             if not completion.tool_calls:
-                return await self._end("answered", step - 1, usage, answer=completion.content or "")
+                answer = completion.content or ""
+                return await self._end("answered", usage, steps, answer=answer)
             if usage.total_tokens >= self.token_budget:
-                return await self._end("budget_exhausted", step, usage)
-            for call in completion.tool_calls:
-                observation = await self._act(step, call, known)
-                messages.append(tool_result(call.id, observation))
-        return await self._end("max_steps", self.max_steps, usage)
+                return await self._end("budget_exhausted", usage, steps)
+            for position, call in enumerate(completion.tool_calls):
+                step = await self._act(len(steps) + 1, turn, call, known)
+                if position == 0 and completion.content:  # the turn's text, on its first call
+                    step = dataclasses.replace(step, thought=completion.content)
+                steps.append(step)
+                transcript.append(tool_result(call.id, _observation_text(step)))
+        return await self._end("max_steps", usage, steps)
 
-    async def _act(self, step: int, call: ToolCall, known: set[str]) -> str:
-        """Run one tool call; the observation text (an error text when it failed)."""
+    async def _act(self, index: int, turn: int, call: ToolCall, known: set[str]) -> Step:
+        """Run one tool call; the step records its result or, when it failed (arguments
+        not JSON, no such tool, the tool's error), the error text the model will see."""
         name = tool_name(call.name)
         try:
             args = call.parsed()
         except ToolArgumentsError as exc:
-            observation = f"error: {exc}. Call {name} again with a JSON object of arguments."
-            await self._report("observation", step=step, tool=name, error=observation)
-            return observation
-        await self._report("tool_call", step=step, tool=name, args=args, call_id=call.id)
+            error = f"error: {exc}. Call {name} again with a JSON object of arguments."
+            await self._report("observation", step=turn, tool=name, error=error)
+            return Step(index, name, call.id, {}, error=error)
+        await self._report("tool_call", step=turn, tool=name, args=args, call_id=call.id)
         if name not in known:
             choices = ", ".join(sorted(known)) or "none"
-            observation = f"error: there is no tool named {name!r}; the tools are: {choices}"
-            await self._report("observation", step=step, tool=name, error=observation)
-            return observation
+            error = f"error: there is no tool named {name!r}; the tools are: {choices}"
+            await self._report("observation", step=turn, tool=name, error=error)
+            return Step(index, name, call.id, args, error=error)
         try:
             result = await self.tools.call(name, args)
         except ToolError as exc:
-            observation = f"error: {exc.code}: {exc}"
-            await self._report("observation", step=step, tool=name, error=observation)
-            return observation
-        text = result if isinstance(result, str) else json.dumps(result, default=repr)
-        if len(text) > _MAX_OBSERVATION:
-            text = f"{text[:_MAX_OBSERVATION]}... ({len(text)} characters in all)"
-        await self._report("observation", step=step, tool=name, result=result)
-        return text
+            error = f"error: {exc.code}: {exc}"
+            await self._report("observation", step=turn, tool=name, error=error)
+            return Step(index, name, call.id, args, error=error)
+        await self._report("observation", step=turn, tool=name, result=result)
+        return Step(index, name, call.id, args, result=result)
 
     async def _token(self, text: str) -> None:
         await self._report("token", text=text)
 
-    async def _end(self, status: str, steps: int, usage: Usage, **fields: Any) -> AgentResult:
+    async def _end(
+        self, status: str, usage: Usage, steps: list[Step], **fields: Any
+    ) -> AgentResult:
+        references: list[str] = []
+        if self.context is not None:  # what was offloaded, for the answer to cite
+            references = [f"offload://{record.id}" for record in self.context.store.records()]
         result = AgentResult(
             status=status,  # type: ignore[arg-type]
-            steps=steps,
+            steps=len(steps),
+            references=references,
             usage={
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
@@ -250,3 +268,15 @@ class AgentLoop:
     async def _report(self, kind: str, **data: Any) -> None:
         if self._emit is not None:
             await self._emit(kind, data)
+
+
+def _observation_text(step: Step) -> str:
+    """What the model sees of a step without a context manager: the error, or the
+    result as JSON, cut at 20 000 characters."""
+    if step.error is not None:
+        return step.error
+    result = step.result
+    text = result if isinstance(result, str) else json.dumps(result, default=repr)
+    if len(text) > _MAX_OBSERVATION:
+        text = f"{text[:_MAX_OBSERVATION]}... ({len(text)} characters in all)"
+    return text

@@ -110,6 +110,22 @@ def test_malformed_model_output_is_fed_back_not_fatal(
         assert llm.remaining == 0
 
 
+def test_a_large_output_is_offloaded_and_referenced(mesh: str, spawn: Callable[..., Proc]) -> None:
+    """A tool output over the threshold is written to the workspace: the next prompt holds
+    a preview and an offload:// reference, not the whole log, and the result lists it."""
+    start_worker(spawn, mesh, "w1")
+    script = [
+        {"reply": {"tool_calls": [call("sample__log", {"lines": 400})]}},
+        {"expect": {"contains": "offload://"}, "reply": {"content": "It failed with E-4711."}},
+    ]
+    with ScriptedLLM(script) as llm:
+        spawn_thinker(spawn, mesh, llm)
+        result = ask(mesh, "agent.thinker.task", {"task": "why did the job fail?"})
+        prompt = json.dumps(llm.requests[1]["messages"])
+    assert result["status"] == "answered" and len(result["references"]) == 1
+    assert result["references"][0] in prompt and "step 399" not in prompt
+
+
 def test_the_token_budget_ends_the_run(mesh: str, spawn: Callable[..., Proc]) -> None:
     """A run past its token budget ends `budget_exhausted`, the tool call not made."""
     start_worker(spawn, mesh, "w1")

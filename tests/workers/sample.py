@@ -99,3 +99,13 @@ async def guarded(marker: str) -> str:
     with Path(marker).open("a") as out:
         out.write(f"{os.getpid()}\n")
     return "done"
+
+
+@tool(name="sample.log", idempotent=True)
+async def log(lines: int) -> str:
+    """A log of ``lines`` lines; line 137 holds the error code E-4711."""
+    return "\n".join(
+        f"2026-11-21T10:{i // 60:02d}:{i % 60:02d} job step {i} "
+        + ("FAILED with E-4711" if i == 137 else "ok")
+        for i in range(lines)
+    )
