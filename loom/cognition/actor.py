@@ -154,6 +154,7 @@ class CognitiveActor(Actor):
             "tools": list(tools or self.allowed_tools),
             "max_steps": max_steps,
             "token_budget": token_budget,
+            "workspace": str(self.workspace),  # its offloaded outputs stay readable here
         }
         process = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from loom.actor import Event
@@ -63,6 +64,7 @@ async def _main(config: dict[str, Any]) -> int:
         tools=config.get("tools", ("*",)),
         max_steps=config.get("max_steps", 10),
         token_budget=config.get("token_budget", 50_000),
+        workspace=Path(config["workspace"]) if config.get("workspace") else None,
     )
     agent.goal = config["goal"]
     await agent.start()
