@@ -25,6 +25,8 @@ LOOPBACK = Sandbox(net=NetRules(mode="loopback", ports=(1,)))
 SPIN = Sandbox(limits=Limits(cpu_seconds=1, wall_seconds=30))
 """CPU-bound: a wall-clock limit far off, so a starved machine still ends it by CPU."""
 HANG = Sandbox(limits=Limits(cpu_seconds=10, wall_seconds=2))
+MEMORY = Sandbox(limits=Limits(cpu_seconds=20, memory_mb=512, wall_seconds=30))
+"""Filling 512 MiB takes CPU time; on a busy machine more than TIGHT's second."""
 
 
 def outcome(attempt: Callable[[], Any]) -> str:
@@ -87,7 +89,7 @@ def fork_bomb() -> dict[str, Any]:
     return {"started": started, "error": None}
 
 
-@tool(name="escape.memory", sandbox=TIGHT)
+@tool(name="escape.memory", sandbox=MEMORY)
 def memory() -> int:
     """Allocate 64 MiB blocks without end."""
     blocks = []
