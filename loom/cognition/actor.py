@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -73,24 +74,38 @@ class CognitiveActor(Actor):
         self.llm_settings = llm_settings
         self.allowed_tools = tuple(tools)
         self.system_prompt = system_prompt
-        self.memory = Memory(memory_dir / self.name if memory_dir is not None else None)
+        self.memory = Memory(None)
+        """Its memory tiers; in LMDB under ``memory_dir`` once the actor has started."""
+        self._memory_dir = memory_dir
         self.max_steps = max_steps
         self.token_budget = token_budget
         self.stream = stream
         self.context = context or ContextConfig()
         if workspace is None and memory_dir is not None:
             workspace = memory_dir / self.name / "workspace"
-        self._own_workspace = workspace is None
-        self.workspace = workspace or Path(tempfile.mkdtemp(prefix=f"loom-{self.name}-"))
-        self._children = 0
+        self._workspace = workspace
+        self.workspace = workspace or Path(tempfile.gettempdir())
+        """The agent's working directory (a private temporary one made at start when
+        neither ``workspace`` nor ``memory_dir`` was given)."""
+        self._runs: set[asyncio.Task[AgentResult]] = set()
 
     async def on_start(self) -> None:
+        if self._memory_dir is not None:
+            self.memory = Memory(self._memory_dir / self.name)
+        if self._workspace is None:
+            self.workspace = Path(tempfile.mkdtemp(prefix=f"loom-{self.name}-"))
         await self.subscribe(f"agent.{self.name}.task", self._on_task)
 
     async def on_stop(self) -> None:
+        """Cancel the runs still thinking, then close the memory, the LLM client and
+        a temporary workspace (a stopped cognitive actor is not started again)."""
+        for run in list(self._runs):
+            run.cancel()
+        if self._runs:
+            await asyncio.wait(self._runs, timeout=5.0)
         self.memory.close()
         await self.llm.aclose()
-        if self._own_workspace:
+        if self._workspace is None:
             shutil.rmtree(self.workspace, ignore_errors=True)
 
     async def _on_task(self, event: Event) -> dict[str, Any]:
@@ -121,7 +136,21 @@ class CognitiveActor(Actor):
             stream=self.stream,
             context=ContextManager(self.context, self.workspace),
         )
-        return await loop.run(task)
+        self.memory.expire()
+        if loop.context is not None:
+            loop.context.store.gc()
+        run = asyncio.ensure_future(loop.run(task))
+        self._runs.add(run)
+        try:
+            return await asyncio.shield(run)
+        except asyncio.CancelledError:
+            run.cancel()
+            raise
+        finally:
+            if run.done():
+                self._runs.discard(run)
+            else:
+                run.add_done_callback(self._runs.discard)
 
     async def delegate(
         self,
@@ -144,8 +173,7 @@ class CognitiveActor(Actor):
         """
         if self.llm_settings is None:
             raise ValueError("delegate needs llm_settings to configure the sub-agent")
-        self._children += 1
-        child = f"{self.name}.sub{self._children}"
+        child = f"{self.name}.sub-{secrets.token_hex(4)}"  # never an earlier child's name
         config = {
             "name": child,
             "broker": self.broker,
@@ -155,24 +183,32 @@ class CognitiveActor(Actor):
             "max_steps": max_steps,
             "token_budget": token_budget,
             "workspace": str(self.workspace),  # its offloaded outputs stay readable here
+            "lifetime": deadline + 30.0,
         }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "loom.cognition.child",
-            json.dumps(config),
-            env=dict(os.environ),
-        )
+        try:  # the config on stdin: no size limit, no secrets in the process list
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "loom.cognition.child",
+                stdin=asyncio.subprocess.PIPE,
+                env=dict(os.environ),
+            )
+        except OSError as exc:
+            return AgentResult(status="failed", error=f"cannot start a sub-agent: {exc}")
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(config).encode() + b"\n")  # kept open: EOF = we died
         loop = asyncio.get_running_loop()
         ends = loop.time() + deadline
         exited = asyncio.ensure_future(process.wait())
         try:
             answer = await self._await_child(child, exited, ends)
         finally:
-            if process.returncode is None:
+            process.stdin.close()  # the child stops by itself; else it is killed
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), 3.0)
+            except TimeoutError:
                 process.kill()
                 await process.wait()
-            exited.cancel()
         await self.emit(f"agent.{self.name}.child", {"child": child, **answer.model_dump()})
         return answer
 

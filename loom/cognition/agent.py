@@ -13,6 +13,7 @@ does not exist, or a tool that fails all become observations the model sees next
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import json
@@ -21,7 +22,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from loom.cognition.context import ContextManager, Step
+from loom.cognition.context import ContextError, ContextManager, Step
 from loom.cognition.errors import LLMError, ToolArgumentsError, ToolNameError
 from loom.cognition.messages import (
     Completion,
@@ -35,7 +36,7 @@ from loom.cognition.messages import (
     user,
     wire_name,
 )
-from loom.errors import ToolError
+from loom.errors import EncodeError, LoomError, PayloadTooLargeError, ToolError
 
 __all__ = ["AgentLoop", "AgentResult", "Emit", "MeshTools", "ToolBox"]
 
@@ -196,7 +197,7 @@ class AgentLoop:
                     tools=wire_tools or None,
                     on_token=self._token if self.stream else None,
                 )
-            except LLMError as exc:
+            except (LLMError, ContextError, OSError) as exc:  # the provider, or rendering
                 error = f"{type(exc).__name__}: {exc}"
                 return await self._end("failed", usage, steps, error=error)
             usage = usage + completion.usage
@@ -219,24 +220,28 @@ class AgentLoop:
 
     async def _act(self, index: int, turn: int, call: ToolCall, known: set[str]) -> Step:
         """Run one tool call; the step records its result or, when it failed (arguments
-        not JSON, no such tool, the tool's error), the error text the model will see."""
+        not JSON, no such tool, the tool's error), what the model should know of it."""
         name = tool_name(call.name)
         try:
             args = call.parsed()
         except ToolArgumentsError as exc:
-            error = f"error: {exc}. Call {name} again with a JSON object of arguments."
+            error = f"{exc}. Call {name} again with a JSON object of arguments."
             await self._report("observation", step=turn, tool=name, error=error)
             return Step(index, name, call.id, {}, error=error)
         await self._report("tool_call", step=turn, tool=name, args=args, call_id=call.id)
         if name not in known:
             choices = ", ".join(sorted(known)) or "none"
-            error = f"error: there is no tool named {name!r}; the tools are: {choices}"
+            error = f"there is no tool named {name!r}; the tools are: {choices}"
             await self._report("observation", step=turn, tool=name, error=error)
             return Step(index, name, call.id, args, error=error)
         try:
             result = await self.tools.call(name, args)
         except ToolError as exc:
-            error = f"error: {exc.code}: {exc}"
+            error = f"{exc.code}: {exc}"
+            await self._report("observation", step=turn, tool=name, error=error)
+            return Step(index, name, call.id, args, error=error)
+        except LoomError as exc:  # arguments too large or unencodable, the actor closing
+            error = f"{type(exc).__name__}: {exc}"
             await self._report("observation", step=turn, tool=name, error=error)
             return Step(index, name, call.id, args, error=error)
         await self._report("observation", step=turn, tool=name, result=result)
@@ -249,8 +254,11 @@ class AgentLoop:
         self, status: str, usage: Usage, steps: list[Step], **fields: Any
     ) -> AgentResult:
         references: list[str] = []
-        if self.context is not None:  # what was offloaded, for the answer to cite
-            references = [f"offload://{record.id}" for record in self.context.store.records()]
+        if self.context is not None:  # what this run offloaded, for the answer to cite
+            for step in steps:
+                ref = self.context.observe(step).ref
+                if ref is not None and ref not in references:
+                    references.append(ref)
         result = AgentResult(
             status=status,  # type: ignore[arg-type]
             steps=len(steps),
@@ -266,15 +274,31 @@ class AgentLoop:
         return result
 
     async def _report(self, kind: str, **data: Any) -> None:
-        if self._emit is not None:
+        """Emit a step; one that cannot be sent as it is (data msgpack cannot encode,
+        or too large) goes out as a short text form instead. Reporting never ends a run."""
+        if self._emit is None:
+            return
+        try:
             await self._emit(kind, data)
+        except (EncodeError, PayloadTooLargeError) as exc:
+            short = {key: _short(value) for key, value in data.items()}
+            with contextlib.suppress(LoomError):
+                await self._emit(kind, {**short, "note": f"shortened: {exc}"})
+
+
+def _short(value: Any) -> Any:
+    """A value as a short text, for an event that could not carry it whole."""
+    if value is None or isinstance(value, bool) or (isinstance(value, str) and len(value) < 1000):
+        return value
+    text = repr(value)
+    return text if len(text) <= 1000 else f"{text[:1000]}... ({len(text)} characters)"
 
 
 def _observation_text(step: Step) -> str:
     """What the model sees of a step without a context manager: the error, or the
     result as JSON, cut at 20 000 characters."""
     if step.error is not None:
-        return step.error
+        return f"error: {step.error}"
     result = step.result
     text = result if isinstance(result, str) else json.dumps(result, default=repr)
     if len(text) > _MAX_OBSERVATION:

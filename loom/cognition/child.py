@@ -1,11 +1,12 @@
-"""A sub-agent's process: ``python -m loom.cognition.child CONFIG_JSON``.
+"""A sub-agent's process: ``python -m loom.cognition.child`` with its config as one JSON
+line on stdin.
 
-Started by :meth:`CognitiveActor.delegate`. It reads its goal and LLM settings from the
-argument (the API key, if any, from the environment variable the settings name: this is
-the program's edge), works on the goal, and answers its parent's requests on
+Started by :meth:`CognitiveActor.delegate`. It reads its goal and LLM settings from that
+line (the API key, if any, from the environment variable the settings name: this is the
+program's edge), works on the goal, and answers its parent's requests on
 ``agent.<name>.result``: each is held up to a second, answered ``None`` while the work
-goes on, then with the result. It exits once the result is delivered (or after
-``lifetime`` seconds).
+goes on, then with the result. It stops when its stdin closes (the parent is done with
+it, or died) or after ``lifetime`` seconds.
 """
 
 from __future__ import annotations
@@ -31,11 +32,9 @@ class SubAgent(CognitiveActor):
     """A cognitive actor that works on one goal, hands the result over, and ends."""
 
     goal = ""
-    delivered: asyncio.Event
 
     async def on_start(self) -> None:
         await super().on_start()
-        self.delivered = asyncio.Event()
         self._work = asyncio.ensure_future(self._attempt())
         await self.subscribe(f"agent.{self.name}.result", self._on_result)
 
@@ -47,10 +46,16 @@ class SubAgent(CognitiveActor):
 
     async def _on_result(self, event: Event) -> dict[str, Any] | None:
         done, _ = await asyncio.wait({self._work}, timeout=_HOLD)
-        if not done:
-            return None
-        asyncio.get_running_loop().call_later(0.2, self.delivered.set)
-        return self._work.result().model_dump()
+        return self._work.result().model_dump() if done else None
+
+
+async def _parent_gone() -> None:
+    """Returns when stdin closes: the parent is done with us, or died."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while await reader.read(4096):
+        pass
 
 
 async def _main(config: dict[str, Any]) -> int:
@@ -69,7 +74,7 @@ async def _main(config: dict[str, Any]) -> int:
     agent.goal = config["goal"]
     await agent.start()
     try:
-        await asyncio.wait_for(agent.delivered.wait(), config.get("lifetime", 3600))
+        await asyncio.wait_for(_parent_gone(), config.get("lifetime", 3600))
     except TimeoutError:
         return 1
     finally:
@@ -80,7 +85,7 @@ async def _main(config: dict[str, Any]) -> int:
 def main() -> None:
     """Entry point."""
     configure_logging(level="warning", stream=sys.stderr)
-    sys.exit(asyncio.run(_main(json.loads(sys.argv[1]))))
+    sys.exit(asyncio.run(_main(json.loads(sys.stdin.buffer.readline()))))
 
 
 if __name__ == "__main__":

@@ -361,6 +361,9 @@ class StreamedCompletion:
             last = max(self.calls, default=-1)
             index = last + 1 if new or last < 0 else last
         call = self.calls.setdefault(index, _PartialCall())
+        if isinstance(fragment_id, str) and fragment_id and call.id and fragment_id != call.id:
+            index = max(self.calls) + 1  # an index reused for another call: keep both
+            call = self.calls[index] = _PartialCall()
         if isinstance(fragment_id, str) and fragment_id and not call.id:
             call.id = fragment_id
         function = _object(fragment.get("function") or {}, "a tool-call fragment's function")

@@ -163,11 +163,17 @@ class ChatClient:
                 tools=len(tools or ()),
                 attempt=attempt,
             )
+            if self._http.is_closed:  # closed while we waited to retry
+                raise LLMError("the LLM client was closed during the request")
             try:
                 if streaming:
                     completion = await self._streamed(body, delivery)
                 else:
                     completion = await self._single(body)
+            except RuntimeError as exc:  # httpx: the client was closed under the request
+                if not self._http.is_closed:
+                    raise
+                raise LLMError(f"the LLM client was closed during the request: {exc}") from exc
             except LLMError as exc:
                 exc.attempts = attempt
                 if delivery.count or attempt > self.settings.max_retries or not _retryable(exc):
@@ -250,7 +256,7 @@ class ChatClient:
             )
         if isinstance(exc, httpx.DecodingError):
             return LLMResponseError(f"the answer of {where} cannot be decoded: {exc}")
-        return LLMConnectionError(f"cannot talk to {where}: {exc or type(exc).__name__}")
+        return LLMConnectionError(f"cannot talk to {where}: {str(exc) or type(exc).__name__}")
 
 
 class _Delivery:

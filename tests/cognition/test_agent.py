@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import ACTORS, Proc, start_worker
+from conftest import ACTORS, Proc, eventually, start_worker, wait_for
 from llm_server import ScriptedLLM
 
-from loom import Actor, Event
+from loom import Actor, Event, ToolClient
 
 
 def call(name: str, arguments: Any) -> dict[str, Any]:
@@ -171,3 +173,105 @@ def test_memory_survives_an_actor_restart(
         assert ask(mesh, "thinker.recall", {"query": "staging database"}) == [
             "the staging database is db-7"
         ]
+
+
+def test_unencodable_arguments_are_an_observation(mesh: str, spawn: Callable[..., Proc]) -> None:
+    """An integer msgpack cannot carry (from the model) fails that call as an
+    observation, the step is still reported, and the run goes on to an answer."""
+    start_worker(spawn, mesh, "w1")
+    script = [
+        {"reply": {"tool_calls": [call("sample__add", '{"a": 99999999999999999999, "b": 1}')]}},
+        {"expect": {"contains": "EncodeError"}, "reply": {"content": "Too big to add."}},
+    ]
+    events: list[Event] = []
+    with ScriptedLLM(script) as llm:
+        spawn_thinker(spawn, mesh, llm)
+        result = ask(mesh, "agent.thinker.task", {"task": "add big numbers"}, events)
+    assert result["status"] == "answered" and result["answer"] == "Too big to add."
+    shortened = [e.data for e in events if e.topic.endswith(".tool_call")]
+    assert shortened and "shortened" in shortened[0]["note"]
+
+
+def test_references_belong_to_their_run(mesh: str, spawn: Callable[..., Proc]) -> None:
+    """Two runs in one workspace each list only the outputs they offloaded."""
+    start_worker(spawn, mesh, "w1")
+    script = [
+        {"reply": {"tool_calls": [call("sample__log", {"lines": 400})]}},
+        {"reply": {"content": "first"}},
+        {"reply": {"tool_calls": [call("sample__log", {"lines": 401})]}},
+        {"reply": {"content": "second"}},
+    ]
+    with ScriptedLLM(script) as llm:
+        spawn_thinker(spawn, mesh, llm)
+        first = ask(mesh, "agent.thinker.task", {"task": "one"})
+        second = ask(mesh, "agent.thinker.task", {"task": "two"})
+    assert len(first["references"]) == len(second["references"]) == 1
+    assert first["references"] != second["references"]
+
+
+def test_a_sub_agent_dies_with_its_parent(mesh: str, spawn: Callable[..., Proc]) -> None:
+    """SIGKILL the parent while its sub-agent thinks (a slow model): the child notices
+    its stdin closing and leaves the mesh, rather than live on as an orphan."""
+    script = [{"delay": 20, "reply": {"content": "too late"}}]
+    with ScriptedLLM(script) as llm:
+        parent = spawn_thinker(spawn, mesh, llm)
+
+        async def child_pid() -> int:
+            async with await ToolClient.connect(mesh, name="watch") as client:
+
+                async def found() -> int:
+                    actors = (await client.directory()).actors
+                    pids = [a.pid for a in actors if ".sub-" in a.name and a.pid]
+                    return pids[0] if pids else 0
+
+                return int(await eventually(found, timeout=20))
+
+        async def delegate_and_watch() -> int:
+            asker = Actor(name="asker", broker=mesh)
+            await asker.start()
+            request = asyncio.ensure_future(
+                asker.request("thinker.delegate", {"goal": "slow"}, timeout=60)
+            )
+            try:
+                return await child_pid()
+            finally:
+                request.cancel()
+                await asker.stop()
+
+        pid = asyncio.run(delegate_and_watch())
+        os.kill(parent.popen.pid, signal.SIGKILL)
+
+        def gone() -> bool:  # exited (a zombie waiting for init to reap it counts)
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+            except OSError:
+                return True
+
+        wait_for(gone, timeout=20)
+
+
+def test_stopping_while_thinking_cancels_the_run_cleanly(
+    mesh: str, spawn: Callable[..., Proc]
+) -> None:
+    """SIGTERM while the model is slow to answer: the run is cancelled before the LLM
+    client closes, the actor exits 0, and nothing raises on the way out."""
+    script = [{"delay": 20, "reply": {"content": "too late"}}]
+    with ScriptedLLM(script) as llm:
+        thinker = spawn_thinker(spawn, mesh, llm)
+
+        async def start_task() -> None:
+            asker = Actor(name="asker", broker=mesh)
+            await asker.start()
+            request = asyncio.ensure_future(
+                asker.request("agent.thinker.task", {"task": "slow"}, timeout=60)
+            )
+            try:
+                await asyncio.to_thread(llm.wait_requests, 1, 20)
+            finally:
+                request.cancel()
+                await asker.stop()
+
+        asyncio.run(start_task())
+        thinker.popen.send_signal(signal.SIGTERM)
+        assert thinker.popen.wait(20) == 0
+    assert not [line for line in thinker.lines if "Traceback" in line or "Error" in line]
