@@ -22,7 +22,13 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from loom.cognition.context import ContextError, ContextManager, Step
+from loom.cognition.context import (
+    ContextError,
+    ContextManager,
+    Step,
+    count_tokens,
+    prompt_tokens,
+)
 from loom.cognition.errors import LLMError, ToolArgumentsError, ToolNameError
 from loom.cognition.messages import (
     Completion,
@@ -200,7 +206,11 @@ class AgentLoop:
             except (LLMError, ContextError, OSError) as exc:  # the provider, or rendering
                 error = f"{type(exc).__name__}: {exc}"
                 return await self._end("failed", usage, steps, error=error)
-            usage = usage + completion.usage
+            usage = usage + (
+                completion.usage
+                if completion.usage.total_tokens
+                else _estimate(prompt, wire_tools, completion)
+            )
             transcript.append(assistant(completion))
             if completion.content:
                 kind = "thought" if completion.tool_calls else "answer"
@@ -284,6 +294,18 @@ class AgentLoop:
             short = {key: _short(value) for key, value in data.items()}
             with contextlib.suppress(LoomError):
                 await self._emit(kind, {**short, "note": f"shortened: {exc}"})
+
+
+def _estimate(
+    prompt: list[dict[str, Any]], tools: list[dict[str, Any]], completion: Completion
+) -> Usage:
+    """Usage counted here when the server reports none (some streaming servers), so the
+    token budget still holds: estimated, about cl100k's count."""
+    asked = prompt_tokens(prompt, tools or None)
+    said = count_tokens(completion.content or "") + sum(
+        count_tokens(call.name) + count_tokens(call.arguments) for call in completion.tool_calls
+    )
+    return Usage(asked, said, asked + said)
 
 
 def _short(value: Any) -> Any:
