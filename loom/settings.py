@@ -75,6 +75,9 @@ class BrokerSettings(_Section):
     """Seconds a call to a tool that needs approval waits before it is DENIED."""
     require_approval: tuple[str, ...] = ()
     """Tool name patterns (``fnmatch``) whose calls need approval, whatever workers say."""
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Serve Prometheus metrics at ``http://metrics_host:metrics_port/metrics`` (0: off)."""
+    metrics_host: str = "127.0.0.1"
 
 
 class LogSettings(_Section):

@@ -134,6 +134,10 @@ class ApprovalDesk:
             self._refuse(call, f"{call.tool}: denied by {by}{because}")
         return None
 
+    def waiting(self) -> int:
+        """How many calls are held (safe from another thread: one ``len``)."""
+        return len(self._held)
+
     def pending(self) -> list[dict[str, Any]]:
         """The requests still waiting, oldest first."""
         return [h.summary for h in self._held.values() if not h.call.answered]

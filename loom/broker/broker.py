@@ -67,6 +67,8 @@ class Broker:
             decision before it is DENIED.
         require_approval: tool name patterns (``fs.delete``, ``shell.*``) whose calls need
             approval whatever their workers announce.
+        metrics_port: serve Prometheus metrics on this TCP port (``/metrics``; 0: off).
+        metrics_host: the address the metrics endpoint binds.
     """
 
     def __init__(
@@ -90,6 +92,8 @@ class Broker:
         durable_max_bytes: int = 0,
         approval_timeout: float = 120.0,
         require_approval: tuple[str, ...] = (),
+        metrics_port: int = 0,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         self.endpoint = endpoint
         self.name = name
@@ -107,6 +111,8 @@ class Broker:
         self._data_dir = data_dir
         self._approval_timeout = approval_timeout
         self._require_approval = tuple(require_approval)
+        self._metrics_at = (metrics_host, metrics_port)
+        self._metrics: Any = None
         self._durable_options = (durable_map_size, durable_max_age, durable_max_bytes)
         self._stopping = threading.Event()
         self._log = get_logger("loom.broker", broker=name)
@@ -195,6 +201,13 @@ class Broker:
             timeout=self._approval_timeout,
         )
         self._router, self._xsub, self._xpub = router, xsub, xpub
+        host, port = self._metrics_at
+        if port:
+            from loom.broker.metrics import serve_metrics
+
+            self._metrics = serve_metrics(self, host, port)
+            bound = self._metrics.server_address[1]
+            self.endpoints["metrics"] = f"http://{host}:{bound}/metrics"
         return self.endpoints
 
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
@@ -255,6 +268,10 @@ class Broker:
 
     def _close(self) -> None:
         totals = self.stats().get("totals", {})
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
         if self.control is not None:
             self.control.durable.close()
         for sock in self._sockets:

@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   loom-broker --endpoint ipc:///tmp/loom.sock   # local peers only, faster
   loom-broker --endpoint tcp://0.0.0.0:7700 --log-json
   loom-broker --config configs/loom.toml
+  loom-broker --metrics-port 9464              # Prometheus at http://127.0.0.1:9464/metrics
 """
 
 
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         "approval whatever their workers say; repeatable",
     )
     parser.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)"
+    )
+    parser.add_argument(
+        "--metrics-host", help="address of the metrics endpoint (default 127.0.0.1)"
+    )
+    parser.add_argument(
         "--log-json", action="store_true", default=None, help="log one JSON object per line"
     )
     parser.add_argument("--log-level", help="debug, info, warning, error")
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = Broker(conf.endpoint, **conf.model_dump(exclude={"endpoint"}))
     try:
         broker.bind()
-    except (zmq.ZMQError, ValueError) as exc:
+    except (zmq.ZMQError, ValueError, OSError) as exc:
         log.error("cannot bind", endpoint=broker.endpoint, error=str(exc))
         return 1
 

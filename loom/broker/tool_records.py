@@ -75,6 +75,7 @@ class Call:
         "client",
         "deadline",
         "slot",
+        "started",
         "timeout",
         "token",
         "tool",
@@ -104,6 +105,8 @@ class Call:
         self.attempts = 0
         self.answered = False
         self.approved_by: str | None = None
+        self.started = deadline - timeout
+        """Monotonic seconds when the call reached the broker."""
 
 
 def last_used(slot: Slot) -> float:

@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from loom.broker.approvals import ApprovalDesk
+from loom.broker.tool_metrics import ToolMetrics
 from loom.broker.tool_records import Call, Slot, ToolEntry, WorkerState, last_used, valid_spec
 from loom.errors import ProtocolError
 from loom.logs import DropCounter
@@ -94,6 +95,8 @@ class ToolRouter:
         self.doomed: set[bytes] = set()
         """Workers a send failed to reach: the control plane forgets them at its next tick
         (not in the middle of the dispatch that noticed)."""
+        self.metrics = ToolMetrics()
+        """Outcomes and latencies by tool, for the broker's Prometheus endpoint."""
         self.approvals: ApprovalDesk | None = None
         """Where calls to tools that need approval wait (set by the broker)."""
         self.drops = DropCounter(log)
@@ -247,20 +250,20 @@ class ToolRouter:
         if call is None:
             return
         self.counts["results"] += 1
-        self._answer(call, RESULT, body)
+        self._answer(call, RESULT, body, "ok")
 
     def on_fail(self, worker_id: bytes, meta: bytes, body: bytes) -> None:
         call = self._finished(worker_id, meta, body, "failure")
         if call is None:
             return
         try:
-            decode_failure(body)  # validates it is a failure map
+            code = decode_failure(body)["code"]  # validates it is a failure map
         except ProtocolError as exc:
             self.drops.drop(exc.reason, str(exc), plane="tools")
             self._answer_fail(call, "MALFORMED", f"worker sent an unreadable failure: {exc}")
             return
         self._count_failure(call)
-        self._answer(call, FAIL, body)
+        self._answer(call, FAIL, body, code)
 
     def on_progress(self, worker_id: bytes, meta: bytes, body: bytes) -> None:
         worker = self._worker(worker_id)
@@ -408,16 +411,17 @@ class ToolRouter:
             return None
         return call
 
-    def _answer(self, call: Call, command: bytes, body: bytes) -> None:
+    def _answer(self, call: Call, command: bytes, body: bytes, outcome: str) -> None:
         self._settle(call)
         entry = self.tools.get(call.tool)
         if entry is not None:
             entry.calls += 1
+        self.metrics.record(call.tool, outcome, self._clock() - call.started)
         self._send(call.client, encode_ref(command, call.call_id, body))
 
     def _answer_fail(self, call: Call, code: str, message: str) -> None:
         self._count_failure(call)
-        self._answer(call, FAIL, encode_failure(code, message, tool=call.tool))
+        self._answer(call, FAIL, encode_failure(code, message, tool=call.tool), code)
 
     def _count_failure(self, call: Call) -> None:
         self.counts["failures"] += 1

@@ -1,0 +1,90 @@
+"""The broker's Prometheus endpoint, scraped over HTTP from a real broker process."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import sys
+from collections.abc import Callable
+
+import httpx
+import pytest
+from conftest import HEARTBEAT, Proc, spawn_actor, start_broker, start_worker
+from prometheus_client.parser import text_string_to_metric_families
+
+from loom import Actor, ToolClient, ToolFailedError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample, keyed by (name, sorted labels)."""
+    text = httpx.get(url, timeout=10).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_metrics_report_messages_peers_and_tool_calls(
+    spawn: Callable[..., Proc], endpoint: str
+) -> None:
+    """After events and tool calls (one failing), /metrics shows them by topic family,
+    by tool and outcome, with a latency histogram, and the connected peers by role."""
+    port = free_port()
+    broker = start_broker(
+        spawn, endpoint, "--heartbeat", str(HEARTBEAT), "--metrics-port", str(port)
+    )
+    assert re.search(rf"metrics=http://127.0.0.1:{port}/metrics", "\n".join(broker.lines))
+    start_worker(spawn, endpoint, "w1")
+    spawn_actor(spawn, "echo", endpoint)
+
+    async def traffic() -> None:
+        actor = Actor(name="metered", broker=endpoint)
+        await actor.start()
+        try:
+            for i in range(5):
+                await actor.emit(f"orders.created.{i}", {"n": i})
+            await actor.request("ping.a", {}, timeout=10)
+        finally:
+            await actor.stop()
+        async with await ToolClient.connect(endpoint, name="caller") as client:
+            for i in range(3):
+                assert await client.call("sample.add", {"a": i, "b": 1}) == i + 1
+            with pytest.raises(ToolFailedError):
+                await client.call("sample.boom", {"message": "no"})
+
+    asyncio.run(traffic())
+    samples = scrape(f"http://127.0.0.1:{port}/metrics")
+    assert samples[("loom_messages_published_total", (("family", "orders"),))] == 5
+    assert samples[("loom_tool_calls_total", (("outcome", "ok"), ("tool", "sample.add")))] == 3
+    failed = (("outcome", "TOOL_ERROR"), ("tool", "sample.boom"))
+    assert samples[("loom_tool_calls_total", failed)] == 1
+    count = samples[("loom_tool_call_duration_seconds_count", (("tool", "sample.add"),))]
+    inf = samples[
+        ("loom_tool_call_duration_seconds_bucket", (("le", "+Inf"), ("tool", "sample.add")))
+    ]
+    assert count == inf == 3
+    assert samples[("loom_peers", (("role", "worker"),))] == 1
+    assert samples[("loom_peers", (("role", "actor"),))] >= 1
+    assert samples[("loom_tool_capacity", (("tool", "sample.add"),))] >= 1
+    assert samples[("loom_subscriptions", ())] >= 1
+
+
+def test_a_metrics_port_in_use_is_a_clear_error(spawn: Callable[..., Proc], endpoint: str) -> None:
+    """A taken metrics port: the broker says so and exits 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = spawn(
+            sys.executable, "-m", "loom.broker", "--endpoint", endpoint, "--metrics-port", str(port)
+        )
+        assert proc.popen.wait(20) == 1
+    assert "cannot bind" in "\n".join(proc.lines)
