@@ -13,6 +13,7 @@ from loom.broker.control import ControlPlane
 from loom.broker.durable import DurableLog, DurablePlane
 from loom.broker.pubsub import PubSubProxy
 from loom.broker.tools import ToolRouter
+from loom.broker.traces import TraceBuffer
 from loom.logs import get_logger
 from loom.protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_TIMEOUT
 
@@ -148,12 +149,14 @@ class Broker:
             "pub": xsub.getsockopt_string(zmq.LAST_ENDPOINT),
             "sub": xpub.getsockopt_string(zmq.LAST_ENDPOINT),
         }
+        traces = TraceBuffer()
         self.proxy = PubSubProxy(
             xsub,
             xpub,
             max_payload=self._max_payload,
             stall_timeout=self._stall_timeout,
             log=self._log,
+            traces=traces,
         )
 
         def send(identity: bytes, frames: list[bytes]) -> bool:
@@ -169,6 +172,7 @@ class Broker:
             max_timeout=self._max_call_timeout,
             require_approval=self._require_approval,
         )
+        tools.traces = traces
         durable = DurablePlane(
             log,
             send=send,
@@ -192,6 +196,7 @@ class Broker:
             heartbeat=self._heartbeat,
             liveness=self._liveness,
         )
+        tools.name_of = control.name_of
         tools.approvals = ApprovalDesk(
             release=tools.release,
             refuse=tools.refuse,

@@ -40,6 +40,7 @@ from loom.protocol import (
     RESET,
     RESULT,
     STATS,
+    TRACE,
     VERSION,
     decode_control,
     encode_control,
@@ -397,6 +398,22 @@ class ControlPlane:
         else:
             self._reply(identity, APPROVE, {"rid": rid})
 
+    def _trace(self, identity: bytes, body: dict[str, Any]) -> None:
+        rid = body.get("rid")
+        traces = self.tools.traces
+        try:
+            trace = bytes.fromhex(str(body.get("trace", "")))
+        except ValueError:
+            trace = b""
+        if traces is None or not trace:
+            message = "TRACE needs a trace id in hex" if traces else "no trace buffer"
+            self._reply(
+                identity, ERROR_COMMAND, {"code": "MALFORMED", "message": message, "rid": rid}
+            )
+            return
+        found = traces.find(trace)
+        self._reply(identity, TRACE, {**found, "rid": rid})
+
     def name_of(self, identity: bytes) -> str:
         """A peer's name (its identity in hex if it never introduced itself)."""
         peer = self.peers.get(identity)
@@ -419,4 +436,5 @@ class ControlPlane:
         REPLAY: _replay,
         APPROVALS: _approvals,
         APPROVE: _approve,
+        TRACE: _trace,
     }

@@ -18,6 +18,7 @@ from typing import Any
 
 import zmq
 
+from loom.broker.traces import TraceBuffer
 from loom.errors import ProtocolError
 from loom.logs import DropCounter
 from loom.protocol import (
@@ -112,6 +113,7 @@ class PubSubProxy:
         log: Any,
         max_topics: int = 10_000,
         clock: Callable[[], float] = time.time,
+        traces: TraceBuffer | None = None,
     ) -> None:
         self._xsub = xsub
         self._xpub = xpub
@@ -120,6 +122,7 @@ class PubSubProxy:
         self._clock = clock
         self._log = log
         self._shed_until = 0.0
+        self.traces = traces
         self.stats = TopicStats(max_topics)
         self.drops = DropCounter(log)
         self.subscriptions: set[bytes] = set()
@@ -139,6 +142,7 @@ class PubSubProxy:
         if self._shed_until and time.monotonic() >= self._shed_until:
             self._end_shed()
         shedding = bool(self._shed_until)
+        trace = self.traces.messages.append if self.traces is not None else None
         for _ in range(budget):
             try:
                 topic, header, payload = recv_message(xsub)
@@ -155,6 +159,8 @@ class PubSubProxy:
                 self._drop(row, MALFORMED, exc.reason, str(exc), topic)
                 continue
             row[PUBLISHED] += 1
+            if trace is not None:
+                trace((fields, topic))
             if len(payload) > max_payload:
                 size = f"payload of {len(payload)} bytes over the limit of {max_payload}"
                 self._drop(row, DROPPED, "oversized", size, topic)

@@ -21,6 +21,7 @@ import msgpack
 from loom.broker.approvals import ApprovalDesk
 from loom.broker.tool_metrics import ToolMetrics
 from loom.broker.tool_records import Call, Slot, ToolEntry, WorkerState, last_used, valid_spec
+from loom.broker.traces import TraceBuffer
 from loom.errors import ProtocolError
 from loom.logs import DropCounter
 from loom.protocol import (
@@ -95,6 +96,10 @@ class ToolRouter:
         self.doomed: set[bytes] = set()
         """Workers a send failed to reach: the control plane forgets them at its next tick
         (not in the middle of the dispatch that noticed)."""
+        self.traces: TraceBuffer | None = None
+        """Where answered calls that carry a trace are recorded (set by the broker)."""
+        self.name_of: Callable[[bytes], str] = bytes.hex
+        """A caller's name from its identity (the control plane's, set by the broker)."""
         self.metrics = ToolMetrics()
         """Outcomes and latencies by tool, for the broker's Prometheus endpoint."""
         self.approvals: ApprovalDesk | None = None
@@ -416,7 +421,13 @@ class ToolRouter:
         entry = self.tools.get(call.tool)
         if entry is not None:
             entry.calls += 1
-        self.metrics.record(call.tool, outcome, self._clock() - call.started)
+        took = self._clock() - call.started
+        self.metrics.record(call.tool, outcome, took)
+        if call.trace is not None and self.traces is not None:
+            ended = time.time()
+            caller = self.name_of(call.client)
+            record = (call.trace, call.tool, caller, ended - took, ended, outcome)
+            self.traces.calls.append(record)
         self._send(call.client, encode_ref(command, call.call_id, body))
 
     def _answer_fail(self, call: Call, code: str, message: str) -> None:

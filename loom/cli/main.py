@@ -16,6 +16,7 @@ from loom.cli import approvals as approval_commands
 from loom.cli import run as run_commands
 from loom.cli import sandbox as sandbox_commands
 from loom.cli import tools as tool_commands
+from loom.cli import trace as trace_commands
 from loom.cli.demo import run_demo
 from loom.config import broker_address
 from loom.errors import LoomError
@@ -35,6 +36,7 @@ EXAMPLES = """examples:
   loom sandbox check                          # the tool sandbox's layers on this host
   loom approvals                              # tool calls waiting for approval
   loom approve 7                              # let call #7 run (loom deny 7: refuse it)
+  loom trace 3f2a9c1e...                      # one trace's messages and tool calls, timed
 """
 
 
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_commands.add_parsers(commands, common)
     sandbox_commands.add_parsers(commands, common)
     approval_commands.add_parsers(commands, common)
+    trace_commands.add_parsers(commands, common)
 
     demo = commands.add_parser(
         "demo",
@@ -172,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(approval_commands.list_approvals(args, broker))
         elif args.command in ("approve", "deny"):
             return asyncio.run(approval_commands.decide(args, broker))
+        elif args.command == "trace":
+            return asyncio.run(trace_commands.show_trace(args, broker))
         elif args.command == "sandbox":
             return asyncio.run(sandbox_commands.run_sandbox(args))
         else:

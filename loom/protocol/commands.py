@@ -51,6 +51,7 @@ __all__ = [
     "RESULT",
     "STATS",
     "TOOL_COMMANDS",
+    "TRACE",
     "decode_call",
     "decode_control",
     "decode_failure",
@@ -95,6 +96,8 @@ APPROVALS = b"APPROVALS"
 """client -> broker ``{}`` -> ``{pending: [...]}``: the tool calls waiting for approval."""
 APPROVE = b"APPROVE"
 """client -> broker ``{id, approve, by, reason}``: decide one (ERROR UNKNOWN_APPROVAL)."""
+TRACE = b"TRACE"
+"""client -> broker ``{trace}`` (hex) -> ``{trace, messages, calls}``: one trace's record."""
 
 CONTROL_COMMANDS = frozenset(
     (
@@ -112,6 +115,7 @@ CONTROL_COMMANDS = frozenset(
         DACK,
         APPROVALS,
         APPROVE,
+        TRACE,
         REPLAY,
     )
 )

@@ -1,0 +1,74 @@
+"""``loom trace TRACE_ID``: the tree of one trace, with timings, from the broker's buffer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from loom.actor.link import query
+from loom.protocol import TRACE
+
+_KINDS = {0: "event", 1: "request", 2: "reply", 3: "error"}
+
+
+def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``loom trace`` to ``loom``'s parser."""
+    trace = commands.add_parser(
+        "trace",
+        parents=[common],
+        help="print one trace: the messages and tool calls it caused, with timings",
+        epilog="example: loom tap --json ...  # each event's trace_id\n"
+        "         loom trace 3f2a9c1e0b7d4a55e0c1d2b3a4f5e6d7",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    trace.add_argument("trace_id", help="the trace id, hex (loom tap --json shows it)")
+    trace.add_argument("--json", action="store_true", help="the trace as JSON")
+
+
+async def show_trace(args: argparse.Namespace, broker: str) -> int:
+    """Exit 1 when the broker holds nothing of that trace (any more)."""
+    command, found = await query(broker, TRACE, {"trace": args.trace_id}, timeout=args.timeout)
+    if command != TRACE:
+        print(f"loom trace: {found.get('message', found)}", file=sys.stderr)
+        return 2
+    if not found["messages"] and not found["calls"]:
+        print(f"loom trace: nothing of {args.trace_id} in the broker's buffer", file=sys.stderr)
+        return 1
+    print(json.dumps(found, indent=2) if args.json else format_trace(found))
+    return 0
+
+
+def format_trace(found: dict[str, Any]) -> str:
+    """The messages as a tree (a message under the one whose handling sent it), then the
+    tool calls; times are milliseconds from the first message."""
+    messages = found["messages"]
+    calls = found["calls"]
+    start = min([m["time"] for m in messages] + [c["started"] for c in calls])
+    ids = {m["id"] for m in messages}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for message in sorted(messages, key=lambda m: m["time"]):
+        parent = message["parent"] if message["parent"] in ids else None
+        children.setdefault(parent, []).append(message)
+    lines = [f"trace {found['trace']}"]
+
+    def walk(parent: str | None, depth: int) -> None:
+        for message in children.get(parent, []):
+            offset = (message["time"] - start) * 1000
+            kind = _KINDS.get(message["kind"], str(message["kind"]))
+            indent = "  " * depth
+            lines.append(
+                f"{offset:9.1f} ms  {indent}{message['topic']}  ({kind} from {message['sender']})"
+            )
+            walk(message["id"], depth + 1)
+
+    walk(None, 1)
+    if calls:
+        lines.append("tool calls:")
+    for call in sorted(calls, key=lambda c: c["started"]):
+        offset = (call["started"] - start) * 1000
+        took = (call["ended"] - call["started"]) * 1000
+        who = f"by {call['caller']}, {took:.1f} ms, {call['outcome']}"
+        lines.append(f"{offset:9.1f} ms    {call['tool']}  {who}")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""`loom trace`: one trace's messages and tool calls, from the broker's buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+
+from conftest import Proc, spawn_actor, start_worker, until
+
+from loom import Actor, Event
+
+
+def loom(broker: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loom.cli.main", *args, "--broker", broker],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_a_trace_shows_the_chain_of_messages_and_tool_calls(
+    mesh: str, spawn: Callable[..., Proc]
+) -> None:
+    """A request to the echo actor, its pong event, and a tool call made while handling
+    the pong share one trace; `loom trace` prints them as a tree with the call."""
+    start_worker(spawn, mesh, "w1")
+    spawn_actor(spawn, "echo", mesh)
+    traced: list[str] = []
+
+    class Caller(Actor):
+        async def on_pong(self, event: Event) -> None:
+            await self.tool("sample.add", a=1, b=2)  # inside the handler: same trace
+            traced.append(event.trace_id or "")
+
+    async def run() -> None:
+        actor = Caller(name="caller", broker=mesh)
+        await actor.subscribe("pong.*", actor.on_pong)
+        await actor.start()
+        try:
+            await actor.request("ping.x", {"n": 1}, timeout=10)
+            await until(lambda: traced, timeout=10)
+        finally:
+            await actor.stop()
+
+    asyncio.run(run())
+    shown = loom(mesh, "trace", traced[0])
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    ping = next(line for line in lines if "ping.x" in line)
+    pong = next(line for line in lines if "pong.x" in line)
+    assert "(request from caller)" in ping and "(event from echo)" in pong
+    assert pong.index("pong.x") > ping.index("ping.x")  # nested under the request
+    assert any("sample.add  by caller" in line and line.endswith("ok") for line in lines), shown.stdout
+    found = json.loads(loom(mesh, "trace", traced[0], "--json").stdout)
+    assert found["trace"] == traced[0] and len(found["calls"]) == 1
+    assert {m["topic"] for m in found["messages"]} >= {"ping.x", "pong.x"}
+
+
+def test_an_unknown_trace_is_exit_1_and_a_bad_one_exit_2(mesh: str) -> None:
+    """A trace the broker never saw: exit 1; not hex: exit 2 with the broker's message."""
+    assert loom(mesh, "trace", "00" * 16).returncode == 1
+    bad = loom(mesh, "trace", "not-hex")
+    assert bad.returncode == 2 and "hex" in bad.stderr
