@@ -55,7 +55,8 @@ def test_a_trace_shows_the_chain_of_messages_and_tool_calls(
     pong = next(line for line in lines if "pong.x" in line)
     assert "(request from caller)" in ping and "(event from echo)" in pong
     assert pong.index("pong.x") > ping.index("ping.x")  # nested under the request
-    assert any("sample.add  by caller" in line and line.endswith("ok") for line in lines), shown.stdout
+    calls = [line for line in lines if "sample.add  by caller" in line]
+    assert len(calls) == 1 and calls[0].endswith("ok"), shown.stdout
     found = json.loads(loom(mesh, "trace", traced[0], "--json").stdout)
     assert found["trace"] == traced[0] and len(found["calls"]) == 1
     assert {m["topic"] for m in found["messages"]} >= {"ping.x", "pong.x"}
