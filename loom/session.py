@@ -89,6 +89,8 @@ class Session:
         self.lost_hooks: list[Callable[[], None]] = []
         self.restored_hooks: list[Callable[[], Awaitable[None]]] = []
         self.lost = False
+        self.stats: Callable[[], dict[str, float]] | None = None
+        """Counters sent with each heartbeat, for the broker's metrics (``None``: none)."""
         self.drops = DropCounter(log)
         self._context = context
         self._log = log
@@ -248,7 +250,7 @@ class Session:
         loop = self._loop
         while True:
             await asyncio.sleep(self.interval)
-            self.tell(HEARTBEAT)
+            self.tell(HEARTBEAT, {"stats": self.stats()} if self.stats is not None else None)
             silent = loop.time() - self._heard
             if not self.lost and silent > self.interval * self.liveness:
                 self.lost = True

@@ -148,6 +148,18 @@ class Actor(Verbs):
     async def on_stop(self) -> None:
         """Runs when the actor stops, while it can still emit. Override it."""
 
+    def _report_stats(self) -> dict[str, float]:
+        """What the broker's metrics show of this actor (sent with each heartbeat)."""
+        stats = self.stats
+        receiver = self._receiver
+        return {
+            "handled": stats.handled,
+            "errors": stats.errors,
+            "unmatched": stats.unmatched,
+            "dropped": sum(stats.dropped.values()),
+            "mailbox": receiver.backlog() if receiver is not None else 0,
+        }
+
     async def on_link_lost(self) -> None:
         """Runs when the broker has been silent for ~3 heartbeats; tool calls waiting
         have failed with ``BrokerLostError``. Events emitted meanwhile may be lost.
@@ -241,6 +253,7 @@ class Actor(Verbs):
         hello = await link.open(self._connect_timeout)
         self._max_payload = int(hello.get("max_payload", DEFAULT_MAX_PAYLOAD))
         self._tools = ToolClient(link.session, max_payload=self._max_payload)
+        link.session.stats = self._report_stats
         link.session.lost_hooks.append(self._link_lost)
         link.session.restored_hooks.append(self._link_restored)
         assert link.sub is not None and link.pub is not None and link.inbox is not None

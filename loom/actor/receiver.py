@@ -151,6 +151,10 @@ class Receiver:
         if self._reading and not self._paused:
             self._loop.call_soon(self._on_events)
 
+    def backlog(self) -> int:
+        """Events waiting in the mailbox."""
+        return len(self._mailbox)
+
     def enqueue(self, event: Event, handlers: tuple[Handler, ...]) -> None:
         """Queue an event that did not come from the SUB sockets (a durable delivery)."""
         self._mailbox.append((event, handlers))

@@ -59,7 +59,7 @@ MAX_PATTERNS = 1000
 class Peer:
     """A client, actor or worker that introduced itself (HELLO or READY)."""
 
-    __slots__ = ("joined", "name", "patterns", "pid", "role", "seen", "since")
+    __slots__ = ("joined", "name", "patterns", "pid", "role", "seen", "since", "stats")
 
     def __init__(self, name: str, role: str, pid: int | None, since: float, seen: float) -> None:
         self.name = name
@@ -69,6 +69,8 @@ class Peer:
         """Wall-clock seconds when it introduced itself."""
         self.seen = seen
         """Monotonic seconds when it was last heard."""
+        self.stats: dict[str, float] = {}
+        """The counters it sent with its last heartbeat (for the metrics)."""
         self.patterns: list[str] = []
         self.joined = False
         """``$sys.<role>.joined`` was published (a worker's waits for its READY)."""
@@ -312,8 +314,15 @@ class ControlPlane:
         self._forget(identity, "left")
 
     def _heartbeat_command(self, identity: bytes, body: dict[str, Any]) -> None:
-        known = identity in self.peers
-        self._reply(identity, HEARTBEAT if known else RESET, {})
+        peer = self.peers.get(identity)
+        stats = body.get("stats")
+        if peer is not None and isinstance(stats, dict):  # 32 numeric counters at most
+            peer.stats = {
+                key[:64]: value
+                for key, value in list(stats.items())[:32]
+                if isinstance(key, str) and type(value) in (int, float)
+            }
+        self._reply(identity, HEARTBEAT if peer is not None else RESET, {})
 
     def _stats_command(self, identity: bytes, body: dict[str, Any]) -> None:
         snap = self._stats()

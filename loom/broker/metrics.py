@@ -60,6 +60,7 @@ class BrokerCollector(Collector):
         for role, count in sorted(roles.items()):
             peers.add_metric([role], count)
         yield peers
+        yield from _peer_stats(list(dict(control.peers).values()))
         yield from self._tools(control)
         yield from self._durable(control)
 
@@ -159,6 +160,31 @@ class BrokerCollector(Collector):
             last = GaugeMetricFamily("loom_durable_last_seq", "The last durable sequence.")
             last.add_metric([], stats["last_seq"])
             yield last
+
+
+_PEER_GAUGES = frozenset({"mailbox", "running"})
+"""Peer stats that are levels, not counts."""
+
+
+def _peer_stats(peers: list[Any]) -> Iterator[Metric]:
+    """Actors' and workers' own counters, from their last heartbeat:
+    ``loom_actor_<stat>_total{actor}``, ``loom_worker_<stat>_total{worker}``, and gauges
+    (``loom_actor_mailbox``, ``loom_worker_running``)."""
+    families: dict[str, Metric] = {}
+    for peer in peers:
+        if peer.role not in ("actor", "worker"):
+            continue
+        for stat, value in dict(peer.stats).items():
+            if not stat.isidentifier():
+                continue
+            name = f"loom_{peer.role}_{stat}"
+            family = families.get(name)
+            if family is None:
+                kind = GaugeMetricFamily if stat in _PEER_GAUGES else CounterMetricFamily
+                text = f"{peer.role.capitalize()}s' {stat}, as of their last heartbeat."
+                family = families[name] = kind(name, text, labels=[peer.role])
+            family.add_metric([peer.name], value)  # type: ignore[attr-defined]
+    yield from families.values()
 
 
 def _drops(name: str, documentation: str, counter: Any) -> Metric:

@@ -190,6 +190,7 @@ class Worker:
             role="worker",
             log=self.log,
         )
+        session.stats = self._report_stats
         session.handlers[CALL] = self._on_call
         session.handlers[CANCEL] = self._on_cancel
         session.restored_hooks.append(self._announce)
@@ -204,6 +205,10 @@ class Worker:
             self._close()
             raise
         self.log.info("worker ready", broker=self.broker, tools=sorted(self.tools))
+
+    def _report_stats(self) -> dict[str, float]:
+        """What the broker's metrics show of this worker (sent with each heartbeat)."""
+        return {**self.stats.as_dict(), "running": len(self._running)}
 
     async def _start_sandboxes(self) -> None:
         """One launcher per distinct (policy, jail), started before the tools are

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from conftest import HEARTBEAT, Proc, spawn_actor, start_broker, start_worker
+from conftest import HEARTBEAT, Proc, spawn_actor, start_broker, start_worker, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from loom import Actor, ToolClient, ToolFailedError
@@ -36,7 +36,8 @@ def test_metrics_report_messages_peers_and_tool_calls(
     spawn: Callable[..., Proc], endpoint: str
 ) -> None:
     """After events and tool calls (one failing), /metrics shows them by topic family,
-    by tool and outcome, with a latency histogram, and the connected peers by role."""
+    by tool and outcome, with a latency histogram, the connected peers by role, and the
+    actors' and workers' own counters (pushed with their heartbeats)."""
     port = free_port()
     broker = start_broker(
         spawn, endpoint, "--heartbeat", str(HEARTBEAT), "--metrics-port", str(port)
@@ -75,6 +76,17 @@ def test_metrics_report_messages_peers_and_tool_calls(
     assert samples[("loom_peers", (("role", "actor"),))] >= 1
     assert samples[("loom_tool_capacity", (("tool", "sample.add"),))] >= 1
     assert samples[("loom_subscriptions", ())] >= 1
+
+    def pushed() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        """Actors and workers push their own counters with each heartbeat."""
+        now = scrape(f"http://127.0.0.1:{port}/metrics")
+        handled = now.get(("loom_actor_handled_total", (("actor", "echo"),)), 0)
+        calls = now.get(("loom_worker_calls_total", (("worker", "w1"),)), 0)
+        return now if handled >= 1 and calls >= 4 else None
+
+    later = wait_for(pushed)
+    assert later[("loom_worker_failed_total", (("worker", "w1"),))] == 1
+    assert later[("loom_actor_mailbox", (("actor", "echo"),))] == 0
 
 
 def test_a_metrics_port_in_use_is_a_clear_error(spawn: Callable[..., Proc], endpoint: str) -> None:
