@@ -75,6 +75,46 @@ def test_stats_prints_counters(broker: str) -> None:
     assert stats["topics"]["s.t"]["forwarded"] == 1
 
 
+def test_stats_watch_shows_per_topic_rates(broker: str) -> None:
+    """`loom stats --watch` prints a table of per-topic rates per refresh, busiest first,
+    while a publisher runs (here bounded by --count)."""
+    import asyncio
+    import threading
+
+    from loom import Actor
+
+    done = threading.Event()
+
+    def publish() -> None:
+        async def go() -> None:
+            actor = Actor(name="pumper", broker=broker)
+            await actor.start()
+            try:
+                while not done.is_set():
+                    for _ in range(20):
+                        await actor.emit("busy.topic", 1)
+                    done.wait(0.01)  # pace the publisher (a short blocking wait on its loop)
+            finally:
+                await actor.stop()
+
+        asyncio.run(go())
+
+    pumper = threading.Thread(target=publish)
+    pumper.start()
+    try:
+        shown = loom("stats", "--watch", "0.5", "--count", "2", "--broker", broker)
+    finally:
+        done.set()
+        pumper.join(20)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("TOPIC"))
+    assert "PUB/S" in lines[header] and lines[header + 1].startswith("busy.topic")
+    rate = float(lines[header + 1].split()[1].replace(",", ""))
+    assert rate > 50
+    assert loom("stats", "--watch", "0", "--broker", broker).returncode == 2
+
+
 def test_bad_input_and_missing_broker_fail_clearly(broker: str, short_tmp: Path) -> None:
     """Bad JSON exits 2; no broker exits 1 with a message; a bad topic exits 1 saying why."""
     bad = loom("pub", "a.b", "{not json", "--broker", f"ipc://{short_tmp}/none")

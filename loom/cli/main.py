@@ -15,19 +15,21 @@ from loom.actor.link import query
 from loom.cli import approvals as approval_commands
 from loom.cli import run as run_commands
 from loom.cli import sandbox as sandbox_commands
+from loom.cli import stats as stats_commands
 from loom.cli import tools as tool_commands
 from loom.cli import trace as trace_commands
 from loom.cli.demo import run_demo
 from loom.config import broker_address
 from loom.errors import LoomError
 from loom.logs import configure_logging
-from loom.protocol import REPLAY, STATS, decode_header, decode_payload
+from loom.protocol import REPLAY, decode_header, decode_payload
 
 EXAMPLES = """examples:
   loom demo                                   # a broker and demo actors, until Ctrl-C
   loom tap 'market.price.*'                   # print matching events as they pass
   loom pub market.price.BTC '{"price": 1}'    # publish one event
   loom stats                                  # the broker's counters as JSON
+  loom stats --watch                          # live per-topic rates
   loom replay 'orders.**' --since 100         # durable events logged after #100
   loom worker my_tools.py                     # serve the @tool functions in a file
   loom list                                   # live actors, workers and tools
@@ -94,12 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--count", type=int, default=0, help="exit after this many events (default: never)"
     )
 
-    commands.add_parser(
-        "stats",
-        parents=[common],
-        help="print the broker's counters as JSON",
-        epilog="example: loom stats --broker ipc:///tmp/loom.sock",
-    )
+    stats_commands.add_parsers(commands, common)
 
     tool_commands.add_parsers(commands, common)
     replay_parser = commands.add_parser(
@@ -160,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 _tap(broker, args.pattern, args.timeout, as_json=args.json, count=args.count)
             )
         elif args.command == "stats":
-            print(json.dumps(asyncio.run(_stats(broker, args.timeout)), indent=2, default=repr))
+            return asyncio.run(stats_commands.show_stats(args, broker))
         elif args.command == "replay":
             return asyncio.run(replay(args, broker))
         elif args.command == "actor":
@@ -244,10 +241,6 @@ async def _tap(broker: str, pattern: str, timeout: float, *, as_json: bool, coun
         await done.wait()
     finally:
         await actor.stop()
-
-
-async def _stats(broker: str, timeout: float) -> dict[str, Any]:
-    return (await query(broker, STATS, timeout=timeout))[1]
 
 
 async def replay(args: argparse.Namespace, broker: str) -> int:
