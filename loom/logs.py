@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -31,6 +31,7 @@ def configure_logging(
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _handled_event,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
@@ -43,6 +44,20 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
+
+
+def _handled_event(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Add the topic and trace id of the event being handled, when a line is logged inside
+    an actor's handler (read at log time: handling an event costs nothing more)."""
+    from loom.actor.event import current_event  # here: loom.actor imports this module
+
+    event = current_event.get()
+    if event is not None:
+        event_dict.setdefault("topic", event.topic)
+        event_dict.setdefault("trace", event.trace_id)
+    return event_dict
 
 
 def get_logger(name: str, **context: Any) -> Any:

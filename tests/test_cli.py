@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Proc, free_tcp_endpoint, spawn_actor, start_worker, wait_for
+from conftest import Proc, free_tcp_endpoint, spawn_actor, start_worker, until, wait_for
 
 LOOM = [sys.executable, "-m", "loom.cli.main"]
 
@@ -192,3 +192,41 @@ def test_console_scripts_are_installed(script: str) -> None:
     path = Path(sys.executable).parent / script
     result = subprocess.run([str(path), "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "example" in result.stdout
+
+
+def test_a_handlers_log_lines_carry_its_topic_and_trace(broker: str) -> None:
+    """A line logged inside a handler names the event's topic and trace id (JSON logs)."""
+    import asyncio
+    import io
+
+    from loom import Actor, Event
+    from loom.logs import configure_logging
+
+    lines = io.StringIO()
+    configure_logging(json=True, stream=lines)
+    seen: list[Event] = []
+
+    async def go() -> None:
+        actor = Actor(name="logger", broker=broker)
+
+        async def handle(event: Event) -> None:
+            actor.log.info("handling")
+            seen.append(event)
+
+        await actor.subscribe("logged.*", handle)
+        await actor.start()
+        try:
+            await actor.emit("logged.one", 1)
+            await until(lambda: seen)
+        finally:
+            await actor.stop()
+
+    try:
+        asyncio.run(go())
+    finally:
+        configure_logging()
+    records = [json.loads(line) for line in lines.getvalue().splitlines()]
+    handled = next(r for r in records if r["event"] == "handling")
+    assert handled["topic"] == "logged.one" and handled["trace"] == seen[0].trace_id
+    started = next(r for r in records if r["event"] == "actor started")
+    assert "trace" not in started
