@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from conftest import Proc, free_tcp_endpoint, spawn_actor, start_worker, until, wait_for
 
 LOOM = [sys.executable, "-m", "loom.cli.main"]
+ROOT = Path(__file__).parent.parent
 
 
 def loom(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -230,3 +232,14 @@ def test_a_handlers_log_lines_carry_its_topic_and_trace(broker: str) -> None:
     assert handled["topic"] == "logged.one" and handled["trace"] == seen[0].trace_id
     started = next(r for r in records if r["event"] == "actor started")
     assert "trace" not in started
+
+
+def test_loom_bench_runs_a_bench_and_prints_its_table(tmp_path: Path) -> None:
+    """`loom bench context` runs the (deterministic) context bench with a progress bar
+    on stderr and prints its table; unknown names and a missing bench dir exit 2."""
+    done = loom("bench", "context", "--dir", str(ROOT / "bench"), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "## context" in done.stdout and re.search(r"^all\s+[\d,]+\s+0\.\d\dx", done.stdout, re.M)
+    assert "[1/1] context" in done.stderr and "1/1 runs" in done.stderr
+    assert loom("bench", "nope").returncode == 2
+    assert loom("bench", "context", "--dir", str(tmp_path)).returncode == 2

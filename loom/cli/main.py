@@ -13,6 +13,7 @@ from typing import Any
 from loom.actor import Actor, Event
 from loom.actor.link import query
 from loom.cli import approvals as approval_commands
+from loom.cli import bench as bench_commands
 from loom.cli import run as run_commands
 from loom.cli import sandbox as sandbox_commands
 from loom.cli import stats as stats_commands
@@ -39,6 +40,7 @@ EXAMPLES = """examples:
   loom approvals                              # tool calls waiting for approval
   loom approve 7                              # let call #7 run (loom deny 7: refuse it)
   loom trace 3f2a9c1e...                      # one trace's messages and tool calls, timed
+  loom bench tools --runs 3                   # run benchmarks, print their tables
 """
 
 
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_commands.add_parsers(commands, common)
     approval_commands.add_parsers(commands, common)
     trace_commands.add_parsers(commands, common)
+    bench_commands.add_parsers(commands, common)
 
     demo = commands.add_parser(
         "demo",
@@ -172,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(approval_commands.list_approvals(args, broker))
         elif args.command in ("approve", "deny"):
             return asyncio.run(approval_commands.decide(args, broker))
+        elif args.command == "bench":
+            return asyncio.run(bench_commands.run_benches(args))
         elif args.command == "trace":
             return asyncio.run(trace_commands.show_trace(args, broker))
         elif args.command == "sandbox":
