@@ -243,3 +243,17 @@ def test_loom_bench_runs_a_bench_and_prints_its_table(tmp_path: Path) -> None:
     assert "[1/1] context" in done.stderr and "1/1 runs" in done.stderr
     assert loom("bench", "nope").returncode == 2
     assert loom("bench", "context", "--dir", str(tmp_path)).returncode == 2
+
+
+def test_every_command_has_examples_and_the_common_flags() -> None:
+    """Each `loom` subcommand's --help shows an example and the common flags."""
+    import argparse
+
+    from loom.cli.main import build_parser
+
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert len(commands.choices) >= 16
+    for name, parser in commands.choices.items():
+        text = parser.format_help()
+        assert parser.epilog and "loom" in parser.epilog, name
+        assert "--broker" in text and "--log-json" in text and "--timeout" in text, name
