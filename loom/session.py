@@ -250,12 +250,23 @@ class Session:
         loop = self._loop
         while True:
             await asyncio.sleep(self.interval)
-            self.tell(HEARTBEAT, {"stats": self.stats()} if self.stats is not None else None)
+            self.tell(HEARTBEAT, self._heartbeat_body())
             silent = loop.time() - self._heard
             if not self.lost and silent > self.interval * self.liveness:
                 self.lost = True
                 self._log.warning("broker lost", broker=self.address, silent_s=round(silent, 2))
                 self._run_lost_hooks()
+
+    def _heartbeat_body(self) -> dict[str, Any]:
+        """``{"stats": ...}`` when a stats source is set and works; a failing one is
+        logged and left out (the heartbeat itself must go on)."""
+        if self.stats is None:
+            return {}
+        try:
+            return {"stats": self.stats()}
+        except Exception as exc:
+            self._log.warning("stats for the heartbeat failed", error=repr(exc))
+            return {}
 
     def _on_readable(self) -> None:
         self._reading = False

@@ -210,7 +210,13 @@ class Broker:
         if port:
             from loom.broker.metrics import serve_metrics
 
-            self._metrics = serve_metrics(self, host, port)
+            try:
+                self._metrics = serve_metrics(self, host, port)
+            except OSError:
+                for sock in self._sockets:  # bound already: give the addresses back
+                    sock.close(linger=0)
+                self._sockets.clear()
+                raise
             bound = self._metrics.server_address[1]
             self.endpoints["metrics"] = f"http://{host}:{bound}/metrics"
         return self.endpoints

@@ -7,6 +7,7 @@ for ``liveness`` intervals is dropped), and hands tool calls to the :class:`Tool
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -54,6 +55,15 @@ MAX_PEERS = 10_000
 ROLES = frozenset(("actor", "worker", "client"))
 """A HELLO's role is one of these (anything else counts as ``client``)."""
 MAX_PATTERNS = 1000
+
+
+PEER_STATS = {
+    "actor": frozenset({"handled", "errors", "unmatched", "dropped", "mailbox"}),
+    "worker": frozenset(
+        {"calls", "succeeded", "failed", "invalid", "cancelled", "too_large", "running"}
+    ),
+}
+"""The counters each role may push with its heartbeats (anything else is ignored)."""
 
 
 class Peer:
@@ -316,11 +326,15 @@ class ControlPlane:
     def _heartbeat_command(self, identity: bytes, body: dict[str, Any]) -> None:
         peer = self.peers.get(identity)
         stats = body.get("stats")
-        if peer is not None and isinstance(stats, dict):  # 32 numeric counters at most
+        if peer is not None and isinstance(stats, dict):
+            known = PEER_STATS.get(peer.role, frozenset())
             peer.stats = {
-                key[:64]: value
-                for key, value in list(stats.items())[:32]
-                if isinstance(key, str) and type(value) in (int, float)
+                key: value
+                for key, value in list(stats.items())[:64]
+                if key in known
+                and type(value) in (int, float)
+                and math.isfinite(value)
+                and value >= 0
             }
         self._reply(identity, HEARTBEAT if peer is not None else RESET, {})
 
@@ -420,7 +434,13 @@ class ControlPlane:
                 identity, ERROR_COMMAND, {"code": "MALFORMED", "message": message, "rid": rid}
             )
             return
-        found = traces.find(trace)
+        try:
+            found = traces.find(trace)
+        except Exception as exc:  # a record no client should have been able to make
+            self._log.exception("cannot read a trace")
+            error = {"code": "INTERNAL", "message": f"cannot read the trace: {exc}", "rid": rid}
+            self._reply(identity, ERROR_COMMAND, error)
+            return
         self._reply(identity, TRACE, {**found, "rid": rid})
 
     def name_of(self, identity: bytes) -> str:

@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from loom.broker.control import PEER_STATS
 from loom.broker.tool_metrics import BUCKETS
 
 if TYPE_CHECKING:
@@ -149,16 +150,13 @@ class BrokerCollector(Collector):
         for state, count in sorted(counts.items()):
             events.add_metric([state], count)
         yield events
-        if durable.log is not None:
-            try:
-                stats = durable.log.stats()
-            except Exception:  # the log is closing with the broker: no figures this time
-                return
+        log = durable.log
+        if log is not None:  # plain attributes: no LMDB call from this thread
             size = GaugeMetricFamily("loom_durable_log_bytes", "Bytes of durable events kept.")
-            size.add_metric([], stats["bytes"])
+            size.add_metric([], log.bytes)
             yield size
             last = GaugeMetricFamily("loom_durable_last_seq", "The last durable sequence.")
-            last.add_metric([], stats["last_seq"])
+            last.add_metric([], log.last_seq)
             yield last
 
 
@@ -169,22 +167,23 @@ _PEER_GAUGES = frozenset({"mailbox", "running"})
 def _peer_stats(peers: list[Any]) -> Iterator[Metric]:
     """Actors' and workers' own counters, from their last heartbeat:
     ``loom_actor_<stat>_total{actor}``, ``loom_worker_<stat>_total{worker}``, and gauges
-    (``loom_actor_mailbox``, ``loom_worker_running``)."""
-    families: dict[str, Metric] = {}
-    for peer in peers:
-        if peer.role not in ("actor", "worker"):
-            continue
-        for stat, value in dict(peer.stats).items():
-            if not stat.isidentifier():
-                continue
-            name = f"loom_{peer.role}_{stat}"
-            family = families.get(name)
-            if family is None:
-                kind = GaugeMetricFamily if stat in _PEER_GAUGES else CounterMetricFamily
-                text = f"{peer.role.capitalize()}s' {stat}, as of their last heartbeat."
-                family = families[name] = kind(name, text, labels=[peer.role])
-            family.add_metric([peer.name], value)  # type: ignore[attr-defined]
-    yield from families.values()
+    (``loom_actor_mailbox``, ``loom_worker_running``). The names are the control plane's
+    fixed list; of two live peers with one name, the one heard last counts."""
+    latest: dict[tuple[str, str], Any] = {}
+    for peer in sorted(peers, key=lambda p: p.seen):
+        if peer.role in PEER_STATS:
+            latest[(peer.role, peer.name)] = peer
+    for role, stats in sorted(PEER_STATS.items()):
+        for stat in sorted(stats):
+            name = f"loom_{role}_{stat}"
+            text = f"{role.capitalize()}s' {stat}, as of their last heartbeat."
+            kind = GaugeMetricFamily if stat in _PEER_GAUGES else CounterMetricFamily
+            family = kind(name, text, labels=[role])
+            for (peer_role, peer_name), peer in sorted(latest.items()):
+                value = dict(peer.stats).get(stat)
+                if peer_role == role and value is not None:
+                    family.add_metric([peer_name], value)
+            yield family
 
 
 def _drops(name: str, documentation: str, counter: Any) -> Metric:

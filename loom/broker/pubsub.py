@@ -159,8 +159,6 @@ class PubSubProxy:
                 self._drop(row, MALFORMED, exc.reason, str(exc), topic)
                 continue
             row[PUBLISHED] += 1
-            if trace is not None:
-                trace((fields, topic))
             if len(payload) > max_payload:
                 size = f"payload of {len(payload)} bytes over the limit of {max_payload}"
                 self._drop(row, DROPPED, "oversized", size, topic)
@@ -169,6 +167,17 @@ class PubSubProxy:
             if deadline is not None and deadline < self._clock():
                 self._drop(row, DROPPED, "expired", "deadline passed", topic)
                 continue
+            if trace is not None:  # only what the trace needs, and only if well formed
+                tid, mid, sender = fields[10], fields[2], fields[3]
+                if (
+                    type(tid) is bytes
+                    and type(mid) is bytes
+                    and type(sender) is str
+                    and len(tid) <= 32
+                    and len(mid) <= 32
+                    and len(sender) <= 256
+                ):
+                    trace((tid, mid, fields[11], sender, fields[4], fields[1], topic))
             try:
                 raw_send(xpub, topic, _NOBLOCK_MORE)
             except zmq.Again:

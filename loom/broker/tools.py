@@ -28,6 +28,7 @@ from loom.protocol import (
     CALL,
     CANCEL,
     DEFAULT_MAX_TIMEOUT,
+    ERROR_CODES,
     FAIL,
     PROGRESS,
     RESET,
@@ -61,7 +62,7 @@ class ToolRouter:
         max_timeout: the longest timeout a call gets, whatever it asks for.
         require_approval: tool name patterns whose calls need approval, whatever the
             workers announce.
-        clock: monotonic seconds.
+        clock: monotonic seconds; ``wall``: Unix seconds (for traced calls).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class ToolRouter:
         max_timeout: float = DEFAULT_MAX_TIMEOUT,
         require_approval: tuple[str, ...] = (),
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._send = send
         self._log = log
@@ -86,6 +88,7 @@ class ToolRouter:
         self.max_timeout = max_timeout
         self.require_approval = require_approval
         self._clock = clock
+        self._wall = wall
         self.tools: dict[str, ToolEntry] = {}
         self.workers: dict[bytes, WorkerState] = {}
         self._live: dict[int, Call] = {}
@@ -212,15 +215,15 @@ class ToolRouter:
             return
         entry = self.tools.get(name)
         if entry is None:
-            self._reply_fail(client, call_id, "UNKNOWN_TOOL", f"no worker serves {name!r}")
+            self._reply_fail(client, call_id, "UNKNOWN_TOOL", f"no worker serves {name!r}", name)
             return
         if not entry.free and len(entry.queue) >= self.max_queue:
             message = f"{name}: every worker is busy and {len(entry.queue)} calls wait"
-            self._reply_fail(client, call_id, "OVERLOADED", message)
+            self._reply_fail(client, call_id, "OVERLOADED", message, name)
             return
         if entry.approval and self.approvals is not None and self.approvals.full():
             message = f"{name}: {self.approvals.max_held} calls already wait for approval"
-            self._reply_fail(client, call_id, "OVERLOADED", message)
+            self._reply_fail(client, call_id, "OVERLOADED", message, name)
             return
         timeout = float(timeout or entry.spec.get("timeout") or self.default_timeout)
         timeout = min(timeout, self.max_timeout)
@@ -263,6 +266,7 @@ class ToolRouter:
             return
         try:
             code = decode_failure(body)["code"]  # validates it is a failure map
+            code = code if code in ERROR_CODES else "TOOL_ERROR"  # a bounded label
         except ProtocolError as exc:
             self.drops.drop(exc.reason, str(exc), plane="tools")
             self._answer_fail(call, "MALFORMED", f"worker sent an unreadable failure: {exc}")
@@ -424,7 +428,7 @@ class ToolRouter:
         took = self._clock() - call.started
         self.metrics.record(call.tool, outcome, took)
         if call.trace is not None and self.traces is not None:
-            ended = time.time()
+            ended = self._wall()
             caller = self.name_of(call.client)
             record = (call.trace, call.tool, caller, ended - took, ended, outcome)
             self.traces.calls.append(record)
@@ -440,8 +444,12 @@ class ToolRouter:
         if entry is not None:
             entry.errors += 1
 
-    def _reply_fail(self, client: bytes, call_id: int, code: str, message: str) -> None:
+    def _reply_fail(
+        self, client: bytes, call_id: int, code: str, message: str, tool: str | None = None
+    ) -> None:
         self.counts["failures"] += 1
+        if tool is not None:  # refused before it was a call: still an outcome of the tool
+            self.metrics.record(tool, code, 0.0)
         self._send(client, encode_ref(FAIL, call_id, encode_failure(code, message)))
 
     def _settle(self, call: Call) -> None:

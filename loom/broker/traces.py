@@ -9,6 +9,7 @@ decoded. ``TRACE`` scans them for one trace when an operator asks.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any
 
@@ -23,8 +24,9 @@ class TraceBuffer:
     """
 
     def __init__(self, size: int = 100_000) -> None:
-        self.messages: deque[tuple[tuple[Any, ...], bytes]] = deque(maxlen=size)
-        """(header fields, topic) per message, as the proxy read them."""
+        self.messages: deque[tuple[Any, ...]] = deque(maxlen=size)
+        """(trace, id, parent, sender, time, kind, topic) per forwarded message (the proxy
+        checked trace, id and sender; the rest is checked when read)."""
         self.calls: deque[tuple[Any, ...]] = deque(maxlen=size)
         """(trace, tool, caller, started, ended, outcome) per answered call (wall clock)."""
 
@@ -32,15 +34,15 @@ class TraceBuffer:
         """One trace's messages and tool calls, oldest first, as plain data."""
         messages = [
             {
-                "id": fields[2].hex(),
-                "parent": fields[11].hex() if fields[11] else None,
+                "id": mid.hex(),
+                "parent": parent.hex() if type(parent) is bytes else None,
                 "topic": topic.decode(errors="replace"),
-                "sender": fields[3],
-                "kind": fields[1],
-                "time": fields[4],
+                "sender": sender,
+                "kind": kind if type(kind) is int else -1,
+                "time": float(sent),
             }
-            for fields, topic in list(self.messages)
-            if fields[10] == trace
+            for found, mid, parent, sender, sent, kind, topic in list(self.messages)
+            if found == trace and type(sent) in (int, float) and math.isfinite(sent)
         ]
         calls = [
             {

@@ -160,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                 _tap(broker, args.pattern, args.timeout, as_json=args.json, count=args.count)
             )
         elif args.command == "stats":
-            return asyncio.run(stats_commands.show_stats(args, broker))
+            try:
+                return asyncio.run(stats_commands.show_stats(args, broker))
+            except KeyboardInterrupt:  # how --watch ends
+                return 0
         elif args.command == "replay":
             return asyncio.run(replay(args, broker))
         elif args.command == "actor":

@@ -43,14 +43,14 @@ async def show_stats(args: argparse.Namespace, broker: str) -> int:
     if args.watch is None:
         print(json.dumps(await _snapshot(broker, args.timeout), indent=2, default=repr))
         return 0
-    if args.watch <= 0:
-        print("loom stats: --watch needs a positive interval", file=sys.stderr)
+    if args.watch <= 0 or args.top < 1:
+        print("loom stats: --watch and --top need positive values", file=sys.stderr)
         return 2
     clear = sys.stdout.isatty()
     before, then = await _snapshot(broker, args.timeout), time.monotonic()
     shown = 0
     while not args.count or shown < args.count:
-        await asyncio.sleep(args.watch)
+        await asyncio.sleep(args.watch)  # the refresh interval, not a wait for a condition
         now, at = await _snapshot(broker, args.timeout), time.monotonic()
         table = format_rates(before, now, at - then, args.top)
         print((_CLEAR if clear else "") + table, flush=True)
@@ -70,8 +70,8 @@ def format_rates(before: dict[str, Any], now: dict[str, Any], seconds: float, to
     rows = []
     for topic, counters in now.get("topics", {}).items():
         previous = old.get(topic, {})
-        rates = [
-            (counters.get(name, 0) - previous.get(name, 0)) / seconds
+        rates = [  # a counter that went down: the broker restarted, count from zero
+            _delta(counters.get(name, 0), previous.get(name, 0)) / seconds
             for name in ("published", "forwarded", "dropped", "malformed")
         ]
         rows.append((topic, rates))
@@ -83,7 +83,7 @@ def format_rates(before: dict[str, Any], now: dict[str, Any], seconds: float, to
     header = ("TOPIC", "PUB/S", "FWD/S", "DROP/S", "BAD/S", "PUBLISHED")
     table = format_table(header, shown) if shown else "no topics yet"
     calls = now.get("tool_calls", {})
-    made = calls.get("calls", 0) - before.get("tool_calls", {}).get("calls", 0)
+    made = _delta(calls.get("calls", 0), before.get("tool_calls", {}).get("calls", 0))
     lines = [
         f"loom stats: {len(rows)} topics, {made / seconds:,.1f} tool calls/s, "
         f"{len(now.get('peers', []))} peers",
@@ -92,3 +92,7 @@ def format_rates(before: dict[str, Any], now: dict[str, Any], seconds: float, to
     if len(rows) > top:
         lines.append(f"... and {len(rows) - top} quieter topics")
     return "\n".join(lines)
+
+
+def _delta(now: int, before: int) -> int:
+    return now - before if now >= before else now

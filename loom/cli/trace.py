@@ -53,17 +53,24 @@ def format_trace(found: dict[str, Any]) -> str:
         children.setdefault(parent, []).append(message)
     lines = [f"trace {found['trace']}"]
 
-    def walk(parent: str | None, depth: int) -> None:
-        for message in children.get(parent, []):
-            offset = (message["time"] - start) * 1000
-            kind = _KINDS.get(message["kind"], str(message["kind"]))
-            indent = "  " * depth
-            lines.append(
-                f"{offset:9.1f} ms  {indent}{message['topic']}  ({kind} from {message['sender']})"
-            )
-            walk(message["id"], depth + 1)
-
-    walk(None, 1)
+    seen: set[int] = set()
+    stack = [(m, 1) for m in reversed(children.get(None, []))]
+    orphans = [m for m in messages if m["parent"] in ids]  # parents that form a loop
+    while True:
+        if not stack:  # what no root reaches (a cycle of parents): shown as roots
+            left = [m for m in orphans if id(m) not in seen]
+            if not left:
+                break
+            stack.append((min(left, key=lambda m: m["time"]), 1))
+        message, depth = stack.pop()
+        if id(message) in seen:
+            continue
+        seen.add(id(message))
+        offset = (message["time"] - start) * 1000
+        kind = _KINDS.get(message["kind"], str(message["kind"]))
+        origin = f"({kind} from {message['sender']})"
+        lines.append(f"{offset:9.1f} ms  {'  ' * depth}{message['topic']}  {origin}")
+        stack.extend((child, depth + 1) for child in reversed(children.get(message["id"], [])))
     if calls:
         lines.append("tool calls:")
     for call in sorted(calls, key=lambda c: c["started"]):

@@ -100,3 +100,45 @@ def test_a_metrics_port_in_use_is_a_clear_error(spawn: Callable[..., Proc], endp
         )
         assert proc.popen.wait(20) == 1
     assert "cannot bind" in "\n".join(proc.lines)
+
+
+def test_hostile_peer_stats_cannot_break_the_metrics(
+    spawn: Callable[..., Proc], endpoint: str
+) -> None:
+    """A raw peer that says HELLO as an actor, then heartbeats names of its own, NaN,
+    negative numbers and a name that would collide (`handled_total`): only the known,
+    finite, non-negative stats are shown, and the OpenMetrics output still parses."""
+    import math
+
+    import zmq
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as openmetrics_families,
+    )
+
+    from loom.protocol import HEARTBEAT, HELLO, VERSION, decode_control, encode_control
+
+    port = free_port()
+    start_broker(spawn, endpoint, "--metrics-port", str(port))
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.RCVTIMEO, 10_000)
+    dealer.connect(endpoint)
+    try:
+        hello = {"version": VERSION, "name": "raw", "role": "actor", "pid": 1, "rid": 1}
+        dealer.send_multipart(encode_control(HELLO, hello))
+        assert decode_control(dealer.recv_multipart())[0] == HELLO
+        stats = {"handled": 3, "handled_total": 1, "é": 2, "errors": math.nan, "dropped": -1}
+        dealer.send_multipart(encode_control(HEARTBEAT, {"stats": stats}))
+        assert decode_control(dealer.recv_multipart())[0] == HEARTBEAT
+        url = f"http://127.0.0.1:{port}/metrics"
+        accept = {"Accept": "application/openmetrics-text; version=1.0.0"}
+        text = httpx.get(url, headers=accept, timeout=10).text
+        families = {f.name: f for f in openmetrics_families(text)}  # raises if malformed
+        handled = families["loom_actor_handled"].samples
+        assert [(s.labels, s.value) for s in handled if s.name.endswith("_total")] == [
+            ({"actor": "raw"}, 3.0)
+        ]
+        assert not [s for s in families["loom_actor_errors"].samples if s.name.endswith("_total")]
+    finally:
+        dealer.close(linger=0)
+        context.term()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from conftest import Proc, spawn_actor, start_worker, until
+from conftest import Proc, spawn_actor, start_worker, until, wait_for
 
 from loom import Actor, Event
 
@@ -67,3 +67,38 @@ def test_an_unknown_trace_is_exit_1_and_a_bad_one_exit_2(mesh: str) -> None:
     assert loom(mesh, "trace", "00" * 16).returncode == 1
     bad = loom(mesh, "trace", "not-hex")
     assert bad.returncode == 2 and "hex" in bad.stderr
+
+
+def test_a_malformed_header_cannot_spoil_a_trace(mesh: str) -> None:
+    """A raw publisher's message in trace T with an id that is not bytes is forwarded
+    but not recorded: `loom trace T` still answers (nothing well formed: exit 1), and a
+    well-formed message of T that follows is shown."""
+    import zmq
+    from conftest import make_header
+
+    from loom.actor.link import query
+    from loom.protocol import HELLO, VERSION
+
+    trace = bytes.fromhex("ab" * 16)
+    hello = {"version": VERSION, "name": "raw", "role": "client", "pid": 1}
+    _, answer = asyncio.run(query(mesh, HELLO, hello))
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    pub.connect(answer["pub"])
+    try:
+
+        def send(**fields: object) -> None:
+            pub.send_multipart([b"raw.topic", make_header(**fields), b"\xc0"])
+
+        def recorded() -> bool:
+            send(id=5, trace_id=trace)  # a slow joiner may miss the first: send until seen
+            send(id=b"\x01" * 16, trace_id=trace)
+            return loom(mesh, "trace", trace.hex()).returncode == 0
+
+        wait_for(recorded, timeout=20, interval=0.1)
+        shown = loom(mesh, "trace", trace.hex(), "--json")
+        found = json.loads(shown.stdout)
+        assert found["messages"] and {m["id"] for m in found["messages"]} == {"01" * 16}
+    finally:
+        pub.close(linger=0)
+        context.term()
