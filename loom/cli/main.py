@@ -12,6 +12,7 @@ from typing import Any
 
 from loom.actor import Actor, Event
 from loom.actor.link import query
+from loom.cli import agent as agent_commands
 from loom.cli import approvals as approval_commands
 from loom.cli import bench as bench_commands
 from loom.cli import run as run_commands
@@ -41,6 +42,8 @@ EXAMPLES = """examples:
   loom approve 7                              # let call #7 run (loom deny 7: refuse it)
   loom trace 3f2a9c1e...                      # one trace's messages and tool calls, timed
   loom bench tools --runs 3                   # run benchmarks, print their tables
+  loom agent analyst --llm local              # a cognitive actor on a configured LLM
+  loom ask analyst 'What failed today?'       # give it a task, print the answer
 """
 
 
@@ -120,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     approval_commands.add_parsers(commands, common)
     trace_commands.add_parsers(commands, common)
     bench_commands.add_parsers(commands, common)
+    agent_commands.add_parsers(commands, common)
 
     demo = commands.add_parser(
         "demo",
@@ -144,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         except LoomError as exc:
             print(f"loom run: {exc}", file=sys.stderr)
             return 2
-    level = args.log_level or ("info" if args.command in ("demo", "worker", "actor") else "warning")
+    long_running = ("demo", "worker", "actor", "agent")
+    level = args.log_level or ("info" if args.command in long_running else "warning")
     configure_logging(json=args.log_json, level=level, stream=sys.stderr)
     broker = broker_address(args.broker)
     try:
@@ -178,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(approval_commands.list_approvals(args, broker))
         elif args.command in ("approve", "deny"):
             return asyncio.run(approval_commands.decide(args, broker))
+        elif args.command == "agent":
+            return agent_commands.run_agent(args, broker)
+        elif args.command == "ask":
+            return asyncio.run(agent_commands.ask_agent(args, broker))
         elif args.command == "bench":
             return asyncio.run(bench_commands.run_benches(args))
         elif args.command == "trace":

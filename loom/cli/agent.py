@@ -1,0 +1,110 @@
+"""``loom agent``: run a cognitive actor from the settings file's ``[llm.NAME]``;
+``loom ask``: give one a task and print its answer (its steps, with ``--steps``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from loom.actor import Actor, Event
+from loom.cognition import ChatClient, CognitiveActor, LLMConfigError, resolve_api_key
+from loom.errors import LoomError
+from loom.settings import load_settings
+
+
+def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``agent`` and ``ask`` to ``loom``'s parser."""
+    agent = commands.add_parser(
+        "agent",
+        parents=[common],
+        help="run a cognitive actor thinking with a configured LLM",
+        epilog="example: loom agent analyst --llm local --tools 'fs.*' --memory-dir state\n"
+        "         (then: loom ask analyst 'What changed in the logs today?')",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    agent.add_argument("name", help="the agent's name (it serves agent.<name>.task)")
+    agent.add_argument("--llm", required=True, help="which [llm.NAME] of the settings file")
+    agent.add_argument(
+        "--config", default="configs/loom.toml", help="the settings file (configs/loom.toml)"
+    )
+    agent.add_argument(
+        "--tools", nargs="*", default=["*"], help="patterns of the mesh tools it may use (all)"
+    )
+    agent.add_argument("--memory-dir", type=Path, help="where its memory persists (none)")
+    agent.add_argument("--system", help="its instructions (a system prompt)")
+    agent.add_argument("--max-steps", type=int, default=20)
+    agent.add_argument("--token-budget", type=int, default=200_000)
+    ask = commands.add_parser(
+        "ask",
+        parents=[common],
+        help="give a running agent a task; print its answer",
+        epilog="example: loom ask analyst 'Summarize failed jobs' --steps",
+    )
+    ask.add_argument("name", help="the agent's name")
+    ask.add_argument("task", help="what to do")
+    ask.add_argument("--steps", action="store_true", help="print its steps to stderr as they come")
+    ask.add_argument(
+        "--wait", type=float, default=600.0, help="seconds to wait for the answer (600)"
+    )
+
+
+def run_agent(args: argparse.Namespace, broker: str) -> int:
+    """Run the agent until SIGINT/SIGTERM; exit 2 on a bad configuration."""
+    try:
+        table = load_settings(args.config).llm_settings()
+        if args.llm not in table:
+            known = ", ".join(sorted(table)) or "none"
+            raise LLMConfigError(f"{args.config}: no [llm.{args.llm}] (configured: {known})")
+        settings = table[args.llm]
+        key = resolve_api_key(settings, os.environ, name=args.llm)  # the program's edge
+    except LoomError as exc:
+        print(f"loom agent: {exc}", file=sys.stderr)
+        return 2
+    options: dict[str, Any] = {}
+    if args.system:
+        options["system_prompt"] = args.system
+    CognitiveActor(
+        args.name,
+        broker,
+        llm=ChatClient(settings, api_key=key, name=args.llm),
+        llm_settings=settings,
+        tools=args.tools,
+        memory_dir=args.memory_dir,
+        max_steps=args.max_steps,
+        token_budget=args.token_budget,
+        **options,
+    ).run()
+    return 0
+
+
+async def ask_agent(args: argparse.Namespace, broker: str) -> int:
+    """Exit 0 when the agent answered, 1 otherwise (its status on stderr)."""
+    actor = Actor(name="loom-ask", broker=broker, connect_timeout=args.timeout)
+
+    def step(event: Event) -> None:
+        kind = event.topic.rsplit(".", 1)[1]
+        if kind == "token":
+            print(event.data.get("text", ""), end="", file=sys.stderr, flush=True)
+        elif kind != "task":
+            print(f"\n[{kind}] {json.dumps(event.data, default=repr)[:300]}", file=sys.stderr)
+
+    if args.steps:
+        await actor.subscribe(f"agent.{args.name}.*", step)
+    await actor.start()
+    try:
+        result = await actor.request(
+            f"agent.{args.name}.task", {"task": args.task}, timeout=args.wait
+        )
+    finally:
+        await actor.stop()
+    if args.steps:
+        print(file=sys.stderr)
+    if result.get("status") != "answered":
+        print(f"loom ask: {result.get('status')}: {result.get('error') or ''}", file=sys.stderr)
+        return 1
+    print(result.get("answer", ""))
+    return 0
