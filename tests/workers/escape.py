@@ -10,7 +10,6 @@ import errno
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,8 +81,8 @@ def fork_bomb() -> dict[str, Any]:
             pid = os.fork()
         except OSError as exc:
             return {"started": started, "error": errno.errorcode.get(exc.errno or 0, "?")}
-        if pid == 0:
-            time.sleep(60)
+        if pid == 0:  # wait for the kill that ends the call (SIGKILL to the group)
+            signal.pause()
             os._exit(0)
         started += 1
     return {"started": started, "error": None}
@@ -107,9 +106,9 @@ def spin() -> int:
 
 @tool(name="escape.hang", sandbox=HANG)
 def hang() -> None:
-    """Sleep without end (no CPU: only the wall-clock limit stops it)."""
+    """Wait without end for a signal (no CPU: only the wall-clock limit's kill ends it)."""
     while True:
-        time.sleep(1)
+        signal.pause()
 
 
 @tool(name="escape.big_file", sandbox=TIGHT)
