@@ -122,26 +122,20 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     worker: WorkerSettings = WorkerSettings()
     tools: dict[str, ToolSettings] = Field(default_factory=dict)
-    llm: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    """``[llm.NAME]``: LLM providers by name (``loom.cognition.LLMSettings`` fields)."""
+    llm: dict[str, Any] = Field(default_factory=dict)
+    """``[llm.NAME]``: LLM providers by name, as ``loom.cognition.LLMSettings``."""
 
     @field_validator("llm")
     @classmethod
-    def _valid_llms(cls, tables: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _valid_llms(cls, tables: dict[str, Any]) -> dict[str, Any]:
+        # imported here: loom.cognition is heavy, and most programs never need it
         from loom.cognition.config import load_llm_settings
         from loom.cognition.errors import LLMConfigError
 
         try:
-            load_llm_settings(tables)
+            return load_llm_settings(tables)
         except LLMConfigError as exc:  # a ValueError pydantic would prefix: say it plainly
             raise ValueError(str(exc).removeprefix("llm.")) from None
-        return tables
-
-    def llm_settings(self) -> dict[str, Any]:
-        """The ``[llm.NAME]`` tables as ``LLMSettings`` by name."""
-        from loom.cognition.config import load_llm_settings
-
-        return load_llm_settings(self.llm)
 
 
 class SupervisorSettings(_Section):

@@ -18,7 +18,7 @@ def test_shipped_config_is_valid() -> None:
     assert settings.broker.endpoint == "tcp://127.0.0.1:7700"
     assert settings.broker.max_payload == 1 << 20
     assert settings.log.level == "info" and settings.log.json_lines is False
-    llms = settings.llm_settings()
+    llms = settings.llm
     assert llms["openai"].api_key_env == "OPENAI_API_KEY" and "local" in llms
 
 

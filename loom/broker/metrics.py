@@ -169,20 +169,18 @@ def _peer_stats(peers: list[Any]) -> Iterator[Metric]:
     ``loom_actor_<stat>_total{actor}``, ``loom_worker_<stat>_total{worker}``, and gauges
     (``loom_actor_mailbox``, ``loom_worker_running``). The names are the control plane's
     fixed list; of two live peers with one name, the one heard last counts."""
-    latest: dict[tuple[str, str], Any] = {}
+    latest: dict[tuple[str, str], dict[str, float]] = {}  # (role, name) -> its stats
     for peer in sorted(peers, key=lambda p: p.seen):
         if peer.role in PEER_STATS:
-            latest[(peer.role, peer.name)] = peer
+            latest[(peer.role, peer.name)] = peer.stats  # replaced whole, never mutated
     for role, stats in sorted(PEER_STATS.items()):
         for stat in sorted(stats):
-            name = f"loom_{role}_{stat}"
             text = f"{role.capitalize()}s' {stat}, as of their last heartbeat."
             kind = GaugeMetricFamily if stat in _PEER_GAUGES else CounterMetricFamily
-            family = kind(name, text, labels=[role])
-            for (peer_role, peer_name), peer in sorted(latest.items()):
-                value = dict(peer.stats).get(stat)
-                if peer_role == role and value is not None:
-                    family.add_metric([peer_name], value)
+            family = kind(f"loom_{role}_{stat}", text, labels=[role])
+            for (peer_role, peer_name), values in sorted(latest.items()):
+                if peer_role == role and stat in values:
+                    family.add_metric([peer_name], values[stat])
             yield family
 
 

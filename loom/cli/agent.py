@@ -55,7 +55,7 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 def run_agent(args: argparse.Namespace, broker: str) -> int:
     """Run the agent until SIGINT/SIGTERM; exit 2 on a bad configuration."""
     try:
-        table = load_settings(args.config).llm_settings()
+        table = load_settings(args.config).llm
         if args.llm not in table:
             known = ", ".join(sorted(table)) or "none"
             raise LLMConfigError(f"{args.config}: no [llm.{args.llm}] (configured: {known})")

@@ -74,6 +74,10 @@ class MemoryItem:
         self.expires = expires
         self.score = 0.0
 
+    def words(self) -> list[str]:
+        """The searchable words of its text and tags."""
+        return terms_of(self.text + " " + " ".join(self.tags))
+
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
@@ -112,7 +116,7 @@ class KeywordScorer:
         terms = set(terms_of(query))
         scores = []
         for item in items:
-            words = terms_of(item.text + " " + " ".join(item.tags))
+            words = item.words()
             counts = collections.Counter(words)
             total = 0.0
             for term in terms:
@@ -229,7 +233,7 @@ class Memory:
         try:
             with self._env.begin(write=True) as txn:
                 txn.put(key, record, db=self._items)
-                for term in set(terms_of(item.text + " " + " ".join(item.tags))):
+                for term in set(item.words()):
                     txn.put(term.encode()[:400], key, db=self._terms, dupdata=True)
                 if item.expires is not None:
                     txn.put(_expiry_key(item.expires, key), b"", db=self._expiry)
@@ -252,7 +256,7 @@ class Memory:
         if raw is None:
             return False
         item = _decode(key, raw)
-        for term in set(terms_of(item.text + " " + " ".join(item.tags))):
+        for term in set(item.words()):
             txn.delete(term.encode()[:400], key, db=self._terms)
         if item.expires is not None:
             txn.delete(_expiry_key(item.expires, key), db=self._expiry)
@@ -327,13 +331,9 @@ class Memory:
 
     def _candidates(self, text: str) -> list[MemoryItem]:
         terms = set(terms_of(text))
-        found = [i for i in self.working if terms & set(terms_of(i.text + " " + " ".join(i.tags)))]
+        found = [i for i in self.working if terms & set(i.words())]
         if self._env is None:
-            found += [
-                i
-                for i in self._volatile.values()
-                if terms & set(terms_of(i.text + " " + " ".join(i.tags)))
-            ]
+            found += [i for i in self._volatile.values() if terms & set(i.words())]
             return found
         keys: set[bytes] = set()
         with self._env.begin() as txn:

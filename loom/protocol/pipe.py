@@ -10,12 +10,13 @@ A call's process -> launcher: the same three without the id.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import msgpack
 
-__all__ = ["FrameReader", "pack_frame"]
+__all__ = ["FrameReader", "pack_frame", "write_frame"]
 
 _MAX_FRAME = 64 * 1024 * 1024
 
@@ -23,6 +24,17 @@ _MAX_FRAME = 64 * 1024 * 1024
 def pack_frame(*items: Any) -> bytes:
     """One frame: ``items`` as a msgpack array."""
     return msgpack.packb(items, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def write_frame(fd: int, *items: Any) -> None:
+    """Write one frame to a blocking pipe, all of it.
+
+    Raises:
+        OSError: the pipe is broken (``BrokenPipeError``: nobody reads it any more).
+    """
+    view = memoryview(pack_frame(*items))
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class FrameReader:

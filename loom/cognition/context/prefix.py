@@ -11,17 +11,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from loom.cognition.context._model import ContextError, canonical_json
+from loom.cognition.messages import wire_name
 
 __all__ = ["ToolListError", "canonical_json", "stable_prefix", "stable_tools", "wire_name"]
 
 
 class ToolListError(ContextError, ValueError):
     """A tool list names the same tool twice."""
-
-
-def wire_name(name: str) -> str:
-    """A Loom tool name as the chat API allows it: ``fs.read`` -> ``fs__read``."""
-    return name.replace(".", "__")
 
 
 def stable_prefix(system_prompt: str, task: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from loom.errors import LoomError, PayloadTooLargeError
 from loom.protocol import encode_value
-from loom.protocol.pipe import FrameReader, pack_frame
+from loom.protocol.pipe import FrameReader, write_frame
 from loom.tools.sandbox import kernel
 from loom.tools.sandbox.policy import Limits
 from loom.tools.tool import ToolContext
@@ -101,16 +101,11 @@ def _answer(
     args: Any,
     timeout: float,
 ) -> None:
-    def write(*items: Any) -> None:
-        data = memoryview(pack_frame(*items))
-        while data:
-            data = data[os.write(pipe, data) :]
-
     def report(_: int, data: Any) -> None:
         try:
-            write("progress", encode_value(data, min(launcher.max_payload, 64 * 1024)))
+            write_frame(pipe, "progress", encode_value(data, min(launcher.max_payload, 64 * 1024)))
         except LoomError:
-            write("progress", b"")
+            write_frame(pipe, "progress", b"")
 
     tool = launcher.tools[name]
     limits = launcher.policy.limits
@@ -127,16 +122,24 @@ def _answer(
             result = tool.fn(**kwargs)
         data = encode_value(result, launcher.max_payload)
     except PayloadTooLargeError as exc:
-        write("fail", "TOO_LARGE", f"{tool.name}'s result: {exc}", {"size": exc.size})
+        write_frame(pipe, "fail", "TOO_LARGE", f"{tool.name}'s result: {exc}", {"size": exc.size})
     except MemoryError:
         message = f"{tool.name} ran out of memory (limit {limits.memory_mb} MiB)"
-        write("fail", "LIMIT_EXCEEDED", message, {"limit": "memory_mb"})
+        write_frame(pipe, "fail", "LIMIT_EXCEEDED", message, {"limit": "memory_mb"})
     except Exception as exc:
         text = str(exc)[:4096]
         kind = type(exc).__name__
         if isinstance(exc, OSError) and exc.errno == _EFBIG:  # RLIMIT_FSIZE
-            write("fail", "LIMIT_EXCEEDED", f"{kind}: {text}", {"limit": "file_size_mb"})
+            write_frame(
+                pipe, "fail", "LIMIT_EXCEEDED", f"{kind}: {text}", {"limit": "file_size_mb"}
+            )
         else:
-            write("fail", "TOOL_ERROR", f"{kind}: {text}", {"type": kind, "remote_message": text})
+            write_frame(
+                pipe,
+                "fail",
+                "TOOL_ERROR",
+                f"{kind}: {text}",
+                {"type": kind, "remote_message": text},
+            )
     else:
-        write("result", data)
+        write_frame(pipe, "result", data)

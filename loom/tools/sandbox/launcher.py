@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from loom.errors import LoomError
-from loom.protocol.pipe import FrameReader, pack_frame
+from loom.protocol.pipe import FrameReader, write_frame
 from loom.tools.sandbox import kernel
 from loom.tools.sandbox.policy import Limits, Sandbox
 from loom.tools.sandbox.zygote import zygote_main
@@ -244,7 +244,7 @@ class Launcher:
         self.calls[call_id] = proc
         heapq.heappush(self.deadlines, (proc.deadline, call_id))
         with contextlib.suppress(BrokenPipeError):  # it died: its exit will say so
-            _write_all(proc.requests, pack_frame("call", call_id, name, args, timeout))
+            write_frame(proc.requests, "call", call_id, name, args, timeout)
         os.close(proc.requests)
         proc.requests = -1
         self._ask_spare()
@@ -377,7 +377,7 @@ class Launcher:
             self.zygote.close()  # the zygote exits; its children have PDEATHSIG
 
     def _send(self, *items: Any) -> None:
-        _write_all(self.out, pack_frame(*items))
+        write_frame(self.out, *items)
 
 
 def _verdict(
@@ -417,12 +417,6 @@ def _is_failure(fields: list[Any]) -> bool:
         and all(type(k) is str for k in details)
         and all(v is None or type(v) in (str, int, float, bool) for v in details.values())
     )
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _killpg(pid: int) -> None:
