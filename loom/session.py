@@ -89,7 +89,7 @@ class Session:
         self.lost_hooks: list[Callable[[], None]] = []
         self.restored_hooks: list[Callable[[], Awaitable[None]]] = []
         self.lost = False
-        self.stats: Callable[[], dict[str, float]] | None = None
+        self.stats: Callable[[], dict[str, Any]] | None = None
         """Counters sent with each heartbeat, for the broker's metrics (``None``: none)."""
         self.drops = DropCounter(log)
         self._context = context

@@ -20,10 +20,12 @@ from loom.actor.receiver import Receiver
 from loom.actor.verbs import Verbs
 from loom.config import DEFAULT_BROKER, broker_address
 from loom.errors import BrokerUnavailableError, ClosedError, LoomError
+from loom.histogram import Histogram
 from loom.logs import DropCounter, get_logger
 from loom.protocol import (
     ANNOUNCE,
     DEFAULT_MAX_PAYLOAD,
+    HANDLER_BUCKETS,
     REPLY,
     IdSource,
 )
@@ -59,10 +61,21 @@ def on(*patterns: str, durable: str | None = None) -> Callable[[F], F]:
 class ActorStats:
     """What an actor counted: handled events, handler errors, drops by reason."""
 
-    __slots__ = ("dropped", "drops", "errors", "expired", "handled", "late_replies", "unmatched")
+    __slots__ = (
+        "dropped",
+        "drops",
+        "errors",
+        "expired",
+        "handled",
+        "handler_seconds",
+        "late_replies",
+        "unmatched",
+    )
 
     def __init__(self, drops: DropCounter) -> None:
         self.handled = 0
+        self.handler_seconds = Histogram(HANDLER_BUCKETS)
+        """Seconds handlers took, for a sample of events (see ``Receiver``)."""
         self.errors = 0
         self.unmatched = 0
         self.late_replies = 0
@@ -148,7 +161,7 @@ class Actor(Verbs):
     async def on_stop(self) -> None:
         """Runs when the actor stops, while it can still emit. Override it."""
 
-    def _report_stats(self) -> dict[str, float]:
+    def _report_stats(self) -> dict[str, Any]:
         """What the broker's metrics show of this actor (sent with each heartbeat)."""
         stats = self.stats
         receiver = self._receiver
@@ -158,6 +171,7 @@ class Actor(Verbs):
             "unmatched": stats.unmatched,
             "dropped": sum(stats.dropped.values()),
             "mailbox": receiver.backlog() if receiver is not None else 0,
+            "handler_seconds": [*stats.handler_seconds.counts, stats.handler_seconds.total],
         }
 
     async def on_link_lost(self) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
+from time import perf_counter
 from typing import Any
 
 import zmq
@@ -58,6 +59,9 @@ class Receiver:
         size: the mailbox's capacity, in events.
         handled: called after an event of a durable subscription is handled (or skipped
             as expired), to acknowledge it.
+        sample_every: one event in this many (the first included) has its handling
+            timed into ``stats.handler_seconds``: a clock read per event would cost as
+            much as dispatching it.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class Receiver:
         log: Any,
         size: int,
         handled: Callable[[Event], None] | None = None,
+        sample_every: int = 16,
     ) -> None:
         self._events = events
         self._inbox = inbox
@@ -82,6 +87,7 @@ class Receiver:
         self._log = log
         self._size = size
         self._handled = handled
+        self._sample_every = sample_every
         self._mailbox: deque[tuple[Event, tuple[Handler, ...]]] = deque()
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -245,12 +251,15 @@ class Receiver:
     async def _dispatch_loop(self) -> None:
         mailbox, wake, resume_at = self._mailbox, self._wake, self._size // 2
         run, run_sync = self._run, self._run_sync  # bound once, off the per-event path
+        latency, every, countdown = self._stats.handler_seconds, self._sample_every, 1
         while not self._closing:
             if not mailbox:
                 wake.clear()
                 await wake.wait()
                 continue
             event, handlers = mailbox.popleft()
+            countdown -= 1
+            started = perf_counter() if not countdown else 0.0  # one event in ``every``
             if self._paused and self._reading and len(mailbox) <= resume_at:
                 self._resume()
             deadline = event.envelope.deadline
@@ -264,6 +273,9 @@ class Receiver:
                         await follow
             if event.stream is not None and self._handled is not None:
                 self._handled(event)
+            if started:
+                latency.observe(perf_counter() - started)
+                countdown = every
 
     def _run_sync(self, event: Event, handler: Callable[[Event], Any]) -> Awaitable[None] | None:
         """Run a plain ``def`` handler; return what is left to await (a reply), if any.

@@ -32,11 +32,13 @@ from loom.protocol import (
     DSUB,
     ERROR_COMMAND,
     FAIL,
+    HANDLER_BUCKETS,
     HEARTBEAT,
     HELLO,
     PROGRESS,
     PUBLISH,
     READY,
+    RECENT,
     REPLAY,
     RESET,
     RESULT,
@@ -55,6 +57,8 @@ MAX_PEERS = 10_000
 ROLES = frozenset(("actor", "worker", "client"))
 """A HELLO's role is one of these (anything else counts as ``client``)."""
 MAX_PATTERNS = 1000
+RECENT_LIMIT = 1000
+"""The most messages (and calls) one RECENT answer holds."""
 
 
 PEER_STATS = {
@@ -64,12 +68,29 @@ PEER_STATS = {
     ),
 }
 """The counters each role may push with its heartbeats (anything else is ignored)."""
+PEER_HISTOGRAMS = {"actor": {"handler_seconds": HANDLER_BUCKETS}}
+"""The histograms each role may push: ``[count per bucket..., +Inf count, sum]``."""
+
+
+def _count(value: Any) -> bool:
+    """A value a peer may report: a finite, non-negative number."""
+    return type(value) in (int, float) and math.isfinite(value) and value >= 0
 
 
 class Peer:
     """A client, actor or worker that introduced itself (HELLO or READY)."""
 
-    __slots__ = ("joined", "name", "patterns", "pid", "role", "seen", "since", "stats")
+    __slots__ = (
+        "histograms",
+        "joined",
+        "name",
+        "patterns",
+        "pid",
+        "role",
+        "seen",
+        "since",
+        "stats",
+    )
 
     def __init__(self, name: str, role: str, pid: int | None, since: float, seen: float) -> None:
         self.name = name
@@ -81,6 +102,8 @@ class Peer:
         """Monotonic seconds when it was last heard."""
         self.stats: dict[str, float] = {}
         """The counters it sent with its last heartbeat (for the metrics)."""
+        self.histograms: dict[str, tuple[float, ...]] = {}
+        """The histograms it sent with its last heartbeat, as sent (checked)."""
         self.patterns: list[str] = []
         self.joined = False
         """``$sys.<role>.joined`` was published (a worker's waits for its READY)."""
@@ -93,6 +116,7 @@ class Peer:
             "patterns": self.patterns,
             "since": self.since,
             "last_seen": last_seen,
+            "stats": self.stats,
         }
 
 
@@ -331,10 +355,15 @@ class ControlPlane:
             peer.stats = {
                 key: value
                 for key, value in list(stats.items())[:64]
-                if key in known
-                and type(value) in (int, float)
-                and math.isfinite(value)
-                and value >= 0
+                if key in known and _count(value)
+            }
+            histograms = PEER_HISTOGRAMS.get(peer.role, {})
+            peer.histograms = {
+                key: tuple(value)
+                for key, bounds in histograms.items()
+                if type(value := stats.get(key)) is list
+                and len(value) == len(bounds) + 2
+                and all(_count(v) for v in value)
             }
         self._reply(identity, HEARTBEAT if peer is not None else RESET, {})
 
@@ -443,6 +472,26 @@ class ControlPlane:
             return
         self._reply(identity, TRACE, {**found, "rid": rid})
 
+    def _recent(self, identity: bytes, body: dict[str, Any]) -> None:
+        rid = body.get("rid")
+        traces = self.tools.traces
+        after, calls_after, limit = (
+            body.get("after"),
+            body.get("calls_after", -1),
+            body.get("limit"),
+        )
+        try:
+            mark = bytes.fromhex(after) if isinstance(after, str) else None
+        except ValueError:
+            mark = None
+        if traces is None or type(calls_after) is not int:
+            message = "RECENT needs calls_after as an integer" if traces else "no trace buffer"
+            error = {"code": "MALFORMED", "message": message, "rid": rid}
+            self._reply(identity, ERROR_COMMAND, error)
+            return
+        limit = min(limit, RECENT_LIMIT) if type(limit) is int and limit > 0 else RECENT_LIMIT
+        self._reply(identity, RECENT, {**traces.recent(mark, calls_after, limit), "rid": rid})
+
     def name_of(self, identity: bytes) -> str:
         """A peer's name (its identity in hex if it never introduced itself)."""
         peer = self.peers.get(identity)
@@ -466,4 +515,5 @@ class ControlPlane:
         APPROVALS: _approvals,
         APPROVE: _approve,
         TRACE: _trace,
+        RECENT: _recent,
     }

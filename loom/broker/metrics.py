@@ -21,8 +21,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from loom.broker.control import PEER_STATS
-from loom.broker.tool_metrics import BUCKETS
+from loom.broker.control import PEER_HISTOGRAMS, PEER_STATS
+from loom.histogram import cumulative
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -106,11 +106,7 @@ class BrokerCollector(Collector):
             labels=["tool"],
         )
         for tool, histogram in sorted(dict(router.metrics.latency).items()):
-            counts, cumulative, buckets = list(histogram.counts), 0, []
-            for bound, count in zip((*map(str, BUCKETS), "+Inf"), counts, strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            latency.add_metric([tool], buckets, histogram.total)
+            latency.add_metric([tool], histogram.cumulative(), histogram.total)
         yield latency
         gauges = {
             "queued": GaugeMetricFamily(
@@ -181,6 +177,29 @@ def _peer_stats(peers: list[Any]) -> Iterator[Metric]:
             for (peer_role, peer_name), values in sorted(latest.items()):
                 if peer_role == role and stat in values:
                     family.add_metric([peer_name], values[stat])
+            yield family
+    yield from _peer_histograms(peers)
+
+
+_HISTOGRAM_NAMES = {"handler_seconds": ("handler_duration_seconds", "Seconds handlers took")}
+
+
+def _peer_histograms(peers: list[Any]) -> Iterator[Metric]:
+    """``loom_actor_handler_duration_seconds{actor}``: the sampled handler latencies
+    actors push with their heartbeats (of two live peers with one name, the last heard)."""
+    latest: dict[tuple[str, str], dict[str, tuple[float, ...]]] = {}
+    for peer in sorted(peers, key=lambda p: p.seen):
+        latest[(peer.role, peer.name)] = peer.histograms  # replaced whole, never mutated
+    for role, histograms in sorted(PEER_HISTOGRAMS.items()):
+        for key, bounds in sorted(histograms.items()):
+            name, text = _HISTOGRAM_NAMES[key]
+            family = HistogramMetricFamily(
+                f"loom_{role}_{name}", f"{text}, for a sample of events.", labels=[role]
+            )
+            for (peer_role, peer_name), values in sorted(latest.items()):
+                if peer_role == role and key in values:
+                    *counts, total = values[key]
+                    family.add_metric([peer_name], cumulative(bounds, counts), total)
             yield family
 
 

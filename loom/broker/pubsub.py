@@ -12,6 +12,7 @@ it costs three ``recv``, three RCVMORE checks, one header decode, a dict lookup 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -169,7 +170,7 @@ class PubSubProxy:
                 continue
             if trace is not None:  # only what the trace needs, and only if well formed
                 tid, mid, sender = fields[10], fields[2], fields[3]
-                if (
+                if (  # _traceable, inlined: a call per message costs ~4% of the proxy
                     type(tid) is bytes
                     and type(mid) is bytes
                     and type(sender) is str
@@ -241,6 +242,12 @@ class PubSubProxy:
         logged, a ``$sys`` event), without blocking: a full subscriber misses it, counted."""
         row = self.stats.row(topic)
         row[PUBLISHED] += 1
+        if self.traces is not None:  # durable events and the broker's own are traced too
+            with contextlib.suppress(ProtocolError):
+                fields = check_header(header)
+                if _traceable(fields):
+                    record = (fields[10], fields[2], fields[11], fields[3], fields[4], fields[1])
+                    self.traces.messages.append((*record, topic))
         try:
             send_message(self._xpub, topic, header, payload)
         except zmq.Again:
@@ -266,3 +273,17 @@ class PubSubProxy:
         snap["drops"] = dict(self.drops.counts)
         snap["subscriptions"] = sorted(p.decode(errors="replace") for p in self.subscriptions)
         return snap
+
+
+def _traceable(fields: tuple[Any, ...]) -> bool:
+    """Whether a checked header's trace id, id and sender can go in the trace buffer
+    (bytes ids and a string sender, bounded; the rest is checked when read)."""
+    tid, mid, sender = fields[10], fields[2], fields[3]
+    return (
+        type(tid) is bytes
+        and type(mid) is bytes
+        and type(sender) is str
+        and len(tid) <= 32
+        and len(mid) <= 32
+        and len(sender) <= 256
+    )

@@ -7,26 +7,12 @@ the ``(other)`` row, so memory stays bounded whatever names callers invent.
 
 from __future__ import annotations
 
-import bisect
+from loom.histogram import Histogram
 
-__all__ = ["BUCKETS", "Latency", "ToolMetrics"]
+__all__ = ["BUCKETS", "ToolMetrics"]
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Upper bounds of the latency buckets, seconds (``+Inf`` follows)."""
-
-
-class Latency:
-    """A histogram: counts per bucket (the last is ``+Inf``) and the sum of seconds."""
-
-    __slots__ = ("counts", "total")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)
-        self.total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self.total += seconds
 
 
 class ToolMetrics:
@@ -38,7 +24,7 @@ class ToolMetrics:
 
     def __init__(self, max_tools: int = 1000) -> None:
         self.outcomes: dict[tuple[str, str], int] = {}
-        self.latency: dict[str, Latency] = {}
+        self.latency: dict[str, Histogram] = {}
         self._max = max_tools
 
     def record(self, tool: str, outcome: str, seconds: float) -> None:
@@ -49,5 +35,5 @@ class ToolMetrics:
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
         latency = self.latency.get(tool)
         if latency is None:
-            latency = self.latency[tool] = Latency()
+            latency = self.latency[tool] = Histogram(BUCKETS)
         latency.observe(max(seconds, 0.0))

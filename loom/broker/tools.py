@@ -100,7 +100,7 @@ class ToolRouter:
         """Workers a send failed to reach: the control plane forgets them at its next tick
         (not in the middle of the dispatch that noticed)."""
         self.traces: TraceBuffer | None = None
-        """Where answered calls that carry a trace are recorded (set by the broker)."""
+        """Where answered calls are recorded (set by the broker)."""
         self.name_of: Callable[[bytes], str] = bytes.hex
         """A caller's name from its identity (the control plane's, set by the broker)."""
         self.metrics = ToolMetrics()
@@ -427,11 +427,13 @@ class ToolRouter:
             entry.calls += 1
         took = self._clock() - call.started
         self.metrics.record(call.tool, outcome, took)
-        if call.trace is not None and self.traces is not None:
+        if self.traces is not None:
             ended = self._wall()
+            worker = call.slot.worker.name if call.slot is not None else None
             caller = self.name_of(call.client)
-            record = (call.trace, call.tool, caller, ended - took, ended, outcome)
-            self.traces.calls.append(record)
+            self.traces.add_call(
+                call.trace, call.tool, caller, worker, ended - took, ended, outcome
+            )
         self._send(call.client, encode_ref(command, call.call_id, body))
 
     def _answer_fail(self, call: Call, code: str, message: str) -> None:

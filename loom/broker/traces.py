@@ -1,10 +1,12 @@
-"""A bounded buffer of what passed through the broker, for ``loom trace TRACE_ID``.
+"""A bounded buffer of what passed through the broker, for ``loom trace TRACE_ID`` and
+the dashboard.
 
 Every pub/sub message carries a trace id (a root message's own id; an emit inside a
 handler inherits the handled message's trace and names it as parent) and every tool call
-made inside a handler carries the trace too. The broker keeps the last ``size`` of each
-in ring buffers: one ``append`` of references it already holds per message, nothing
-decoded. ``TRACE`` scans them for one trace when an operator asks.
+made inside a handler carries the trace too. The broker keeps the last ``size`` messages
+and answered tool calls in ring buffers: one ``append`` of references it already holds
+per message, nothing decoded. ``TRACE`` scans them for one trace when an operator asks;
+``RECENT`` reads their newest entries since the reader's last look.
 """
 
 from __future__ import annotations
@@ -28,31 +30,93 @@ class TraceBuffer:
         """(trace, id, parent, sender, time, kind, topic) per forwarded message (the proxy
         checked trace, id and sender; the rest is checked when read)."""
         self.calls: deque[tuple[Any, ...]] = deque(maxlen=size)
-        """(trace, tool, caller, started, ended, outcome) per answered call (wall clock)."""
+        """(seq, trace, tool, caller, worker, started, ended, outcome) per answered call
+        (wall clock; ``trace`` None for a call made outside any trace, ``worker`` None for
+        one no worker saw)."""
+        self.calls_seen = 0
+        """Calls recorded so far: the next one's ``seq`` is this."""
+
+    def add_call(  # noqa: PLR0917 - one record, built in one place
+        self,
+        trace: bytes | None,
+        tool: str,
+        caller: str,
+        worker: str | None,
+        started: float,
+        ended: float,
+        outcome: str,
+    ) -> None:
+        """Record an answered call."""
+        self.calls.append((self.calls_seen, trace, tool, caller, worker, started, ended, outcome))
+        self.calls_seen += 1
 
     def find(self, trace: bytes) -> dict[str, Any]:
         """One trace's messages and tool calls, oldest first, as plain data."""
-        messages = [
-            {
-                "id": mid.hex(),
-                "parent": parent.hex() if type(parent) is bytes else None,
-                "topic": topic.decode(errors="replace"),
-                "sender": sender,
-                "kind": kind if type(kind) is int else -1,
-                "time": float(sent),
-            }
-            for found, mid, parent, sender, sent, kind, topic in list(self.messages)
-            if found == trace and type(sent) in (int, float) and math.isfinite(sent)
-        ]
-        calls = [
-            {
-                "tool": tool,
-                "caller": caller,
-                "started": started,
-                "ended": ended,
-                "outcome": outcome,
-            }
-            for found, tool, caller, started, ended, outcome in list(self.calls)
-            if found == trace
-        ]
+        found = (_message(record) for record in list(self.messages) if record[0] == trace)
+        messages = [message for message in found if message is not None]
+        calls = [_call(record) for record in list(self.calls) if record[1] == trace]
         return {"trace": trace.hex(), "messages": messages, "calls": calls}
+
+    def recent(self, after: bytes | None, calls_after: int, limit: int) -> dict[str, Any]:
+        """The newest messages after the one whose id is ``after`` and the calls numbered
+        above ``calls_after``, at most ``limit`` of each, oldest first.
+
+        ``gap`` says messages were skipped: ``after`` was not found among the newest
+        ``limit`` (more came since, or it left the buffer).
+        """
+        messages: list[dict[str, Any]] = []
+        gap = after is not None
+        for record in reversed(self.messages):  # newest first; stops early
+            mid = record[1]
+            if mid == after:
+                gap = False
+                break
+            if len(messages) == limit:
+                break
+            message = _message(record)
+            if message is not None:
+                messages.append(message)
+        calls: list[dict[str, Any]] = []
+        for record in reversed(self.calls):
+            if record[0] <= calls_after or len(calls) == limit:
+                break
+            calls.append(_call(record))
+        messages.reverse()
+        calls.reverse()
+        return {
+            "messages": messages,
+            "calls": calls,
+            "gap": gap and bool(messages),
+            "calls_seen": self.calls_seen,
+        }
+
+
+def _message(record: tuple[Any, ...]) -> dict[str, Any] | None:
+    """A message record as plain data (None if its time is unreadable; the proxy checked
+    trace, id and sender, the rest is checked here)."""
+    trace, mid, parent, sender, sent, kind, topic = record
+    if type(sent) not in (int, float) or not math.isfinite(sent):
+        return None
+    return {
+        "trace": trace.hex(),
+        "id": mid.hex(),
+        "parent": parent.hex() if type(parent) is bytes else None,
+        "topic": topic.decode(errors="replace"),
+        "sender": sender,
+        "kind": kind if type(kind) is int else -1,
+        "time": float(sent),
+    }
+
+
+def _call(record: tuple[Any, ...]) -> dict[str, Any]:
+    seq, trace, tool, caller, worker, started, ended, outcome = record
+    return {
+        "seq": seq,
+        "trace": trace.hex() if trace is not None else None,
+        "tool": tool,
+        "caller": caller,
+        "worker": worker,
+        "started": started,
+        "ended": ended,
+        "outcome": outcome,
+    }

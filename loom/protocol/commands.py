@@ -40,12 +40,14 @@ __all__ = [
     "ERROR_CODES",
     "ERROR_COMMAND",
     "FAIL",
+    "HANDLER_BUCKETS",
     "HEARTBEAT",
     "HELLO",
     "PROGRESS",
     "PUBACK",
     "PUBLISH",
     "READY",
+    "RECENT",
     "REPLAY",
     "RESET",
     "RESULT",
@@ -82,7 +84,13 @@ BYE = b"BYE"
 """peer -> broker: leaving now. A worker's unfinished calls are dispatched again
 (idempotent) or answered WORKER_LOST; a client's are cancelled."""
 HEARTBEAT = b"HEARTBEAT"
-"""peer -> broker each interval; the broker answers each one."""
+"""peer -> broker each interval, ``{stats}`` (its counters); the broker answers each one."""
+HANDLER_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of an actor's handler-latency histogram, which its heartbeat
+stats carry as ``handler_seconds: [count per bucket..., +Inf count, sum]``."""
 RESET = b"RESET"
 """broker -> peer: I do not know you (restarted, or declared you dead): introduce yourself."""
 
@@ -98,6 +106,9 @@ APPROVE = b"APPROVE"
 """client -> broker ``{id, approve, by, reason}``: decide one (ERROR UNKNOWN_APPROVAL)."""
 TRACE = b"TRACE"
 """client -> broker ``{trace}`` (hex) -> ``{trace, messages, calls}``: one trace's record."""
+RECENT = b"RECENT"
+"""client -> broker ``{after, calls_after, limit}`` -> ``{messages, calls, ...}``: what passed
+through the broker since the caller's last look (for the dashboard)."""
 
 CONTROL_COMMANDS = frozenset(
     (
@@ -116,6 +127,7 @@ CONTROL_COMMANDS = frozenset(
         APPROVALS,
         APPROVE,
         TRACE,
+        RECENT,
         REPLAY,
     )
 )

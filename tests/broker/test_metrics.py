@@ -87,6 +87,20 @@ def test_metrics_report_messages_peers_and_tool_calls(
     later = wait_for(pushed)
     assert later[("loom_worker_failed_total", (("worker", "w1"),))] == 1
     assert later[("loom_actor_mailbox", (("actor", "echo"),))] == 0
+    # The echo's first event was timed (one in 16 is): its handler latency histogram.
+    echo = (("actor", "echo"),)
+    assert later[("loom_actor_handler_duration_seconds_count", echo)] >= 1
+    assert later[("loom_actor_handler_duration_seconds_sum", echo)] > 0
+    buckets = sorted(
+        (float(dict(labels)["le"]), value)
+        for (name, labels), value in later.items()
+        if name == "loom_actor_handler_duration_seconds_bucket" and ("actor", "echo") in labels
+    )
+    counts = [value for _, value in buckets]
+    assert (
+        counts == sorted(counts)
+        and counts[-1] == later[("loom_actor_handler_duration_seconds_count", echo)]
+    )
 
 
 def test_a_metrics_port_in_use_is_a_clear_error(spawn: Callable[..., Proc], endpoint: str) -> None:
@@ -115,7 +129,14 @@ def test_hostile_peer_stats_cannot_break_the_metrics(
         text_string_to_metric_families as openmetrics_families,
     )
 
-    from loom.protocol import HEARTBEAT, HELLO, VERSION, decode_control, encode_control
+    from loom.protocol import (
+        HANDLER_BUCKETS,
+        HEARTBEAT,
+        HELLO,
+        VERSION,
+        decode_control,
+        encode_control,
+    )
 
     port = free_port()
     start_broker(spawn, endpoint, "--metrics-port", str(port))
@@ -128,6 +149,15 @@ def test_hostile_peer_stats_cannot_break_the_metrics(
         dealer.send_multipart(encode_control(HELLO, hello))
         assert decode_control(dealer.recv_multipart())[0] == HELLO
         stats = {"handled": 3, "handled_total": 1, "é": 2, "errors": math.nan, "dropped": -1}
+        latency = [0] * (len(HANDLER_BUCKETS) + 1) + [0.5]
+        latency[3] = 2  # two events took up to the fourth bucket's bound
+        for bad in ([1, 2], [math.nan] * len(latency), [-1] * len(latency), "x"):
+            stats["handler_seconds"] = bad
+            dealer.send_multipart(encode_control(HEARTBEAT, {"stats": stats}))
+            assert decode_control(dealer.recv_multipart())[0] == HEARTBEAT
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            assert 'loom_actor_handler_duration_seconds_count{actor="raw"}' not in text
+        stats["handler_seconds"] = latency
         dealer.send_multipart(encode_control(HEARTBEAT, {"stats": stats}))
         assert decode_control(dealer.recv_multipart())[0] == HEARTBEAT
         url = f"http://127.0.0.1:{port}/metrics"
@@ -139,6 +169,14 @@ def test_hostile_peer_stats_cannot_break_the_metrics(
             ({"actor": "raw"}, 3.0)
         ]
         assert not [s for s in families["loom_actor_errors"].samples if s.name.endswith("_total")]
+        timed = {
+            (s.name, s.labels.get("le")): s.value
+            for s in families["loom_actor_handler_duration_seconds"].samples
+        }
+        bound = str(HANDLER_BUCKETS[3])
+        assert timed[("loom_actor_handler_duration_seconds_bucket", bound)] == 2
+        assert timed[("loom_actor_handler_duration_seconds_count", None)] == 2
+        assert timed[("loom_actor_handler_duration_seconds_sum", None)] == 0.5
     finally:
         dealer.close(linger=0)
         context.term()

@@ -1,0 +1,111 @@
+"""RECENT: what passed through the broker since a reader's last look (the dashboard's feed)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conftest import Proc, start_broker, start_worker
+
+from loom import Actor
+from loom.actor.link import query
+from loom.protocol import ERROR_COMMAND, RECENT, TRACE
+
+
+def recent(broker: str, **body: Any) -> tuple[bytes, dict[str, Any]]:
+    return asyncio.run(query(broker, RECENT, body))
+
+
+def publish(broker: str, topics: list[str]) -> None:
+    async def run() -> None:
+        actor = Actor(name="pub", broker=broker)
+        await actor.start()
+        try:
+            for topic in topics:
+                await actor.emit(topic, {"n": 1})
+        finally:
+            await actor.stop()
+
+    asyncio.run(run())
+
+
+def test_messages_come_once_after_the_cursor_with_a_gap_when_it_is_lost(mesh: str) -> None:
+    """A reader gets the messages after the last id it saw, none twice; with a limit
+    smaller than what came, the newest arrive and `gap` says some were skipped."""
+    publish(mesh, [f"feed.a.{i}" for i in range(5)])
+    command, first = recent(mesh, calls_after=-1)
+    assert command == RECENT, first
+    mine = [m for m in first["messages"] if m["topic"].startswith("feed.")]
+    assert [m["topic"] for m in mine] == [f"feed.a.{i}" for i in range(5)]
+    assert all(m["sender"] == "pub" and m["kind"] == 0 and m["trace"] for m in mine)
+    last = first["messages"][-1]["id"]
+    publish(mesh, [f"feed.b.{i}" for i in range(5)])
+    _, second = recent(mesh, after=last, calls_after=-1)
+    feed = [m["topic"] for m in second["messages"] if m["topic"].startswith("feed.")]
+    assert feed == [f"feed.b.{i}" for i in range(5)] and not second["gap"]
+    _, limited = recent(mesh, after=last, calls_after=-1, limit=2)
+    assert len(limited["messages"]) == 2 and limited["gap"]
+    assert limited["messages"][-1] == second["messages"][-1]  # the newest, oldest first
+
+
+def test_every_answered_call_is_recorded_with_its_worker_and_outcome(
+    mesh: str, spawn: Callable[..., Proc]
+) -> None:
+    """Calls outside any trace are recorded too, numbered, with the worker that ran them
+    and the failure code; `calls_after` skips those already seen."""
+    start_worker(spawn, mesh, "w1")
+    for args in (["sample.add", '{"a": 1}'], ["sample.boom", '{"message": "no"}']):
+        subprocess.run(
+            [sys.executable, "-m", "loom.cli.main", "call", *args, "--broker", mesh],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    _, answer = recent(mesh, calls_after=-1)
+    calls = answer["calls"]
+    assert [(c["tool"], c["worker"], c["outcome"]) for c in calls] == [
+        ("sample.add", "w1", "ok"),
+        ("sample.boom", "w1", "TOOL_ERROR"),
+    ]
+    assert calls[0]["trace"] is None and calls[0]["ended"] >= calls[0]["started"]
+    assert answer["calls_seen"] == 2
+    _, later = recent(mesh, calls_after=calls[0]["seq"])
+    assert [c["tool"] for c in later["calls"]] == ["sample.boom"]
+
+
+def test_a_malformed_recent_gets_an_error_and_the_broker_goes_on(mesh: str) -> None:
+    """`calls_after` that is not an integer: ERROR MALFORMED; a bad cursor or limit is
+    ignored; the broker still answers."""
+    command, error = recent(mesh, calls_after="x")
+    assert command == ERROR_COMMAND and error["code"] == "MALFORMED"
+    publish(mesh, ["after.bad"])
+    command, body = recent(mesh, after="not hex", calls_after=-1, limit=-5)
+    assert command == RECENT and "after.bad" in [m["topic"] for m in body["messages"]]
+
+
+def test_durable_events_and_the_brokers_own_are_in_the_buffer(
+    spawn: Callable[..., Proc], endpoint: str, short_tmp: Path
+) -> None:
+    """A reliable (logged) event and the broker's `$sys` events reach RECENT and TRACE,
+    like any other message."""
+    start_broker(spawn, endpoint, "--data-dir", str(short_tmp / "data"))
+
+    async def run() -> None:
+        actor = Actor(name="auditor", broker=endpoint)
+        await actor.start()
+        try:
+            await actor.emit("orders.created", {"id": 1}, qos="reliable")
+        finally:
+            await actor.stop()
+
+    asyncio.run(run())
+    _, answer = recent(endpoint, calls_after=-1)
+    by_topic = {m["topic"]: m for m in answer["messages"]}
+    assert by_topic["orders.created"]["sender"] == "auditor"
+    assert by_topic["$sys.actor.joined"]["sender"] == "loom-broker"
+    _, found = asyncio.run(query(endpoint, TRACE, {"trace": by_topic["orders.created"]["trace"]}))
+    assert [m["topic"] for m in found["messages"]] == ["orders.created"]
