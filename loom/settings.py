@@ -78,6 +78,9 @@ class BrokerSettings(_Section):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Serve Prometheus metrics at ``http://metrics_host:metrics_port/metrics`` (0: off)."""
     metrics_host: str = "127.0.0.1"
+    dashboard_port: int = Field(default=0, ge=0, le=65535)
+    """Serve the live dashboard at ``http://dashboard_host:dashboard_port/`` (0: off)."""
+    dashboard_host: str = "127.0.0.1"
 
 
 class LogSettings(_Section):

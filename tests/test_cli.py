@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from conftest import Proc, free_tcp_endpoint, spawn_actor, start_worker, until, wait_for
@@ -166,13 +169,26 @@ def test_demo_runs_and_leaves_no_process(
     spawn: Callable[..., Proc], short_tmp: Path, how: str
 ) -> None:
     """`loom demo` runs a broker, actors and a tool worker that talk (a trade decision
-    needs the demo.risk tool); it stops them all and exits 0."""
-    args = [*LOOM, "demo", "--broker", f"ipc://{short_tmp}/demo"]
+    needs the demo.risk tool) and a dashboard that shows them; it stops them all and
+    exits 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [*LOOM, "demo", "--broker", f"ipc://{short_tmp}/demo", "--dashboard-port", str(port)]
     demo = spawn(*args, "--duration", "8") if how == "duration" else spawn(*args)
     parent = psutil.Process(demo.pid)
-    children = wait_for(lambda: len(c := parent.children(recursive=True)) >= 4 and c, timeout=20)
+    children = wait_for(lambda: len(c := parent.children(recursive=True)) >= 6 and c, timeout=20)
     demo.wait_line("trade.decision", timeout=20)
     demo.wait_line("market.price.BTC")
+
+    def drawn() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            state = httpx.get(f"http://127.0.0.1:{port}/api/state", timeout=2).json()
+            names = {p["name"] for p in state["topology"]["peers"]}
+            return {"analyst", "trader", "ticker"} <= names and bool(state["calls"])
+        return False
+
+    wait_for(drawn, timeout=20, interval=0.1)
     if how == "sigint":
         demo.popen.send_signal(signal.SIGINT)
     assert demo.popen.wait(30) == 0, demo.output

@@ -70,6 +70,9 @@ class Broker:
             approval whatever their workers announce.
         metrics_port: serve Prometheus metrics on this TCP port (``/metrics``; 0: off).
         metrics_host: the address the metrics endpoint binds.
+        dashboard_port: serve the live dashboard on this TCP port (0: off); it runs in
+            a thread of this process, as a client of this broker.
+        dashboard_host: the address the dashboard binds.
     """
 
     def __init__(
@@ -95,6 +98,8 @@ class Broker:
         require_approval: tuple[str, ...] = (),
         metrics_port: int = 0,
         metrics_host: str = "127.0.0.1",
+        dashboard_port: int = 0,
+        dashboard_host: str = "127.0.0.1",
     ) -> None:
         self.endpoint = endpoint
         self.name = name
@@ -114,6 +119,8 @@ class Broker:
         self._require_approval = tuple(require_approval)
         self._metrics_at = (metrics_host, metrics_port)
         self._metrics: Any = None
+        self._dashboard_at = (dashboard_host, dashboard_port)
+        self._dashboard: Any = None
         self._durable_options = (durable_map_size, durable_max_age, durable_max_bytes)
         self._stopping = threading.Event()
         self._log = get_logger("loom.broker", broker=name)
@@ -213,13 +220,39 @@ class Broker:
             try:
                 self._metrics = serve_metrics(self, host, port)
             except OSError:
-                for sock in self._sockets:  # bound already: give the addresses back
-                    sock.close(linger=0)
-                self._sockets.clear()
+                self._unbind()
                 raise
             bound = self._metrics.server_address[1]
             self.endpoints["metrics"] = f"http://{host}:{bound}/metrics"
+        host, port = self._dashboard_at
+        if port:
+            from loom.dashboard.thread import DashboardThread  # aiohttp only when asked
+
+            dashboard = DashboardThread(self.endpoints["control"], host, port, log=self._log)
+            try:
+                self.endpoints["dashboard"] = dashboard.start()
+            except OSError:
+                dashboard.stop()
+                self._unbind()
+                raise
+            self._dashboard = dashboard
         return self.endpoints
+
+    def _unbind(self) -> None:
+        """Give the bound addresses back (a later part of ``bind`` failed)."""
+        self._stop_servers()
+        for sock in self._sockets:
+            sock.close(linger=0)
+        self._sockets.clear()
+
+    def _stop_servers(self) -> None:
+        if self._dashboard is not None:
+            self._dashboard.stop()
+            self._dashboard = None
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
 
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
         sock = self._context.socket(kind)
@@ -279,10 +312,7 @@ class Broker:
 
     def _close(self) -> None:
         totals = self.stats().get("totals", {})
-        if self._metrics is not None:
-            self._metrics.shutdown()
-            self._metrics.server_close()
-            self._metrics = None
+        self._stop_servers()
         if self.control is not None:
             self.control.durable.close()
         for sock in self._sockets:

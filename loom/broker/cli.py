@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   loom-broker --endpoint tcp://0.0.0.0:7700 --log-json
   loom-broker --config configs/loom.toml
   loom-broker --metrics-port 9464              # Prometheus at http://127.0.0.1:9464/metrics
+  loom-broker --dashboard-port 7780            # live dashboard at http://127.0.0.1:7780/
 """
 
 
@@ -80,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metrics-host", help="address of the metrics endpoint (default 127.0.0.1)"
     )
+    parser.add_argument(
+        "--dashboard-port", type=int, help="serve the live dashboard on this port (0: off)"
+    )
+    parser.add_argument("--dashboard-host", help="address of the dashboard (default 127.0.0.1)")
     parser.add_argument(
         "--log-json", action="store_true", default=None, help="log one JSON object per line"
     )

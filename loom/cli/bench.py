@@ -13,7 +13,7 @@ from typing import Any
 
 import loom
 
-BENCHES = ("pubsub", "tools", "durable", "reconnect", "sandbox", "context")
+BENCHES = ("pubsub", "tools", "durable", "reconnect", "sandbox", "dashboard", "context")
 """In the order they run; ``context`` is deterministic and takes no ``--runs``."""
 _PROGRESS = re.compile(r"run (\d+)/(\d+) done")
 _WIDTH = 30

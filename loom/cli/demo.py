@@ -28,8 +28,10 @@ def stop_children(children: list[subprocess.Popen[bytes]], grace: float = 5.0) -
             child.wait()
 
 
-async def run_demo(address: str, duration: float) -> int:
-    """Run the demo until ``duration`` seconds pass (0: forever) or SIGINT/SIGTERM."""
+async def run_demo(address: str, duration: float, dashboard_port: int = 0) -> int:
+    """Run the demo until ``duration`` seconds pass (0: forever) or SIGINT/SIGTERM, with
+    ``loom dashboard`` on ``dashboard_port`` (0: none; a port in use costs only the
+    dashboard, which says so)."""
     log = get_logger("loom.demo")
     if await broker_answers(address):
         log.error("a broker already answers at this address; pass --broker ADDR", broker=address)
@@ -50,10 +52,16 @@ async def run_demo(address: str, duration: float) -> int:
             children.append(
                 subprocess.Popen([python, "-m", "loom.demo", role, "--broker", address])
             )
+        watch = {}
+        if dashboard_port:
+            dashboard = [python, "-m", "loom.cli.main", "dashboard", "--broker", address]
+            children.append(subprocess.Popen([*dashboard, "--port", str(dashboard_port)]))
+            watch["dashboard"] = f"http://127.0.0.1:{dashboard_port}/"
         log.info(
             "demo running",
             broker=address,
             children=list(ROLES),
+            **watch,
             hint=f"in another terminal: loom tap 'market.**' --broker {address}",
         )
         with contextlib.suppress(TimeoutError):

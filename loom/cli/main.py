@@ -15,6 +15,7 @@ from loom.actor.link import query
 from loom.cli import agent as agent_commands
 from loom.cli import approvals as approval_commands
 from loom.cli import bench as bench_commands
+from loom.cli import dashboard as dashboard_commands
 from loom.cli import run as run_commands
 from loom.cli import sandbox as sandbox_commands
 from loom.cli import stats as stats_commands
@@ -27,7 +28,7 @@ from loom.logs import configure_logging
 from loom.protocol import REPLAY, decode_header, decode_payload
 
 EXAMPLES = """examples:
-  loom demo                                   # a broker and demo actors, until Ctrl-C
+  loom demo                                   # a broker, demo actors, a dashboard on :7780
   loom tap 'market.price.*'                   # print matching events as they pass
   loom pub market.price.BTC '{"price": 1}'    # publish one event
   loom stats                                  # the broker's counters as JSON
@@ -42,6 +43,7 @@ EXAMPLES = """examples:
   loom approve 7                              # let call #7 run (loom deny 7: refuse it)
   loom trace 3f2a9c1e...                      # one trace's messages and tool calls, timed
   loom bench tools --runs 3                   # run benchmarks, print their tables
+  loom dashboard                              # a live web page of the mesh (port 7780)
   loom agent analyst --llm local              # a cognitive actor on a configured LLM
   loom ask analyst 'What failed today?'       # give it a task, print the answer
 """
@@ -123,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     approval_commands.add_parsers(commands, common)
     trace_commands.add_parsers(commands, common)
     bench_commands.add_parsers(commands, common)
+    dashboard_commands.add_parsers(commands, common)
     agent_commands.add_parsers(commands, common)
 
     demo = commands.add_parser(
@@ -137,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="stop after this many seconds (default: run until Ctrl-C)",
     )
+    demo.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=7780,
+        help="serve the live dashboard on this port (default 7780; 0: none)",
+    )
     return parser
 
 
@@ -148,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         except LoomError as exc:
             print(f"loom run: {exc}", file=sys.stderr)
             return 2
-    long_running = ("demo", "worker", "actor", "agent")
+    long_running = ("demo", "worker", "actor", "agent", "dashboard")
     level = args.log_level or ("info" if args.command in long_running else "warning")
     configure_logging(json=args.log_json, level=level, stream=sys.stderr)
     broker = broker_address(args.broker)
@@ -189,12 +198,14 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(agent_commands.ask_agent(args, broker))
         elif args.command == "bench":
             return asyncio.run(bench_commands.run_benches(args))
+        elif args.command == "dashboard":
+            return dashboard_commands.run_dashboard(args, broker)
         elif args.command == "trace":
             return asyncio.run(trace_commands.show_trace(args, broker))
         elif args.command == "sandbox":
             return asyncio.run(sandbox_commands.run_sandbox(args))
         else:
-            return asyncio.run(run_demo(broker, args.duration))
+            return asyncio.run(run_demo(broker, args.duration, args.dashboard_port))
     except LoomError as exc:
         print(f"loom {args.command}: {exc}", file=sys.stderr)
         return 1
