@@ -61,7 +61,10 @@ class Receiver:
             as expired), to acknowledge it.
         sample_every: one event in this many (the first included) has its handling
             timed into ``stats.handler_seconds``: a clock read per event would cost as
-            much as dispatching it.
+            much as dispatching it. An expired event passes its turn to the next one.
+
+    Raises:
+        ValueError: ``sample_every`` is below 1.
     """
 
     def __init__(
@@ -87,6 +90,8 @@ class Receiver:
         self._log = log
         self._size = size
         self._handled = handled
+        if sample_every < 1:
+            raise ValueError(f"sample_every must be at least 1, not {sample_every}")
         self._sample_every = sample_every
         self._mailbox: deque[tuple[Event, tuple[Handler, ...]]] = deque()
         self._wake = asyncio.Event()
@@ -258,24 +263,26 @@ class Receiver:
                 await wake.wait()
                 continue
             event, handlers = mailbox.popleft()
-            countdown -= 1
-            started = perf_counter() if not countdown else 0.0  # one event in ``every``
             if self._paused and self._reading and len(mailbox) <= resume_at:
                 self._resume()
+            countdown -= 1
+            started = perf_counter() if not countdown else 0.0  # one event in ``every``
             deadline = event.envelope.deadline
             if deadline is not None and deadline < time.time():
                 self._stats.expired += 1
+                if started:  # not handled: the next event handled is timed instead
+                    countdown, started = 1, 0.0
             else:
                 for handler, is_async in handlers:
                     if is_async:
                         await run(event, handler)
                     elif (follow := run_sync(event, handler)) is not None:
                         await follow
-            if event.stream is not None and self._handled is not None:
-                self._handled(event)
             if started:
                 latency.observe(perf_counter() - started)
                 countdown = every
+            if event.stream is not None and self._handled is not None:
+                self._handled(event)
 
     def _run_sync(self, event: Event, handler: Callable[[Event], Any]) -> Awaitable[None] | None:
         """Run a plain ``def`` handler; return what is left to await (a reply), if any.

@@ -117,6 +117,7 @@ class Peer:
             "since": self.since,
             "last_seen": last_seen,
             "stats": self.stats,
+            "histograms": {key: list(value) for key, value in self.histograms.items()},
         }
 
 
@@ -173,6 +174,9 @@ class ControlPlane:
         self._clock = clock
         self._wall = wall
         self.peers: dict[bytes, Peer] = {}
+        self.boot = os.urandom(8).hex()
+        """This broker's run, in STATS and RECENT: a reader's cursors start again when it
+        changes (a restarted broker numbers from 0; its pid may be the same)."""
         self.drops = DropCounter(log)
         self._next_check = clock() + heartbeat
         self._tool_commands: dict[bytes, Callable[[bytes, bytes, bytes], None]] = {
@@ -376,6 +380,7 @@ class ControlPlane:
         snap["peers"] = [p.as_dict(self._wall_of(p.seen)) for p in self.peers.values()]
         snap["rid"] = body.get("rid")
         snap["pid"] = os.getpid()
+        snap["boot"] = self.boot
         self._reply(identity, STATS, snap)
 
     def _directory(self, identity: bytes, body: dict[str, Any]) -> None:
@@ -475,22 +480,18 @@ class ControlPlane:
     def _recent(self, identity: bytes, body: dict[str, Any]) -> None:
         rid = body.get("rid")
         traces = self.tools.traces
-        after, calls_after, limit = (
-            body.get("after"),
-            body.get("calls_after", -1),
-            body.get("limit"),
-        )
-        try:
-            mark = bytes.fromhex(after) if isinstance(after, str) else None
-        except ValueError:
-            mark = None
-        if traces is None or type(calls_after) is not int:
-            message = "RECENT needs calls_after as an integer" if traces else "no trace buffer"
+        after, calls_after = body.get("after", -1), body.get("calls_after", -1)
+        if after is None:
+            after = -1
+        if traces is None or type(after) is not int or type(calls_after) is not int:
+            message = "RECENT needs after and calls_after as integers" if traces else "no buffer"
             error = {"code": "MALFORMED", "message": message, "rid": rid}
             self._reply(identity, ERROR_COMMAND, error)
             return
+        limit = body.get("limit")
         limit = min(limit, RECENT_LIMIT) if type(limit) is int and limit > 0 else RECENT_LIMIT
-        self._reply(identity, RECENT, {**traces.recent(mark, calls_after, limit), "rid": rid})
+        answer = traces.recent(after, calls_after, limit)
+        self._reply(identity, RECENT, {**answer, "boot": self.boot, "rid": rid})
 
     def name_of(self, identity: bytes) -> str:
         """A peer's name (its identity in hex if it never introduced itself)."""

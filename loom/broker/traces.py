@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import islice
 from typing import Any
 
 __all__ = ["TraceBuffer"]
@@ -28,7 +29,10 @@ class TraceBuffer:
     def __init__(self, size: int = 100_000) -> None:
         self.messages: deque[tuple[Any, ...]] = deque(maxlen=size)
         """(trace, id, parent, sender, time, kind, topic) per forwarded message (the proxy
-        checked trace, id and sender; the rest is checked when read)."""
+        checked trace, id, sender and parent; the rest is checked when read)."""
+        self.messages_seen = 0
+        """Messages recorded so far (the proxy adds each batch's count): the newest
+        record's sequence number is this minus one."""
         self.calls: deque[tuple[Any, ...]] = deque(maxlen=size)
         """(seq, trace, tool, caller, worker, started, ended, outcome) per answered call
         (wall clock; ``trace`` None for a call made outside any trace, ``worker`` None for
@@ -57,23 +61,20 @@ class TraceBuffer:
         calls = [_call(record) for record in list(self.calls) if record[1] == trace]
         return {"trace": trace.hex(), "messages": messages, "calls": calls}
 
-    def recent(self, after: bytes | None, calls_after: int, limit: int) -> dict[str, Any]:
-        """The newest messages after the one whose id is ``after`` and the calls numbered
-        above ``calls_after``, at most ``limit`` of each, oldest first.
+    def recent(self, after: int, calls_after: int, limit: int) -> dict[str, Any]:
+        """The messages numbered above ``after`` and the calls numbered above
+        ``calls_after``, at most ``limit`` of each (the newest), oldest first.
 
-        ``gap`` says messages were skipped: ``after`` was not found among the newest
-        ``limit`` (more came since, or it left the buffer).
+        Numbers are the broker's own (0 for the first message or call recorded), never
+        a peer's ids. ``gap`` / ``calls_gap`` say some were skipped: more came than
+        ``limit``, or they left the buffer.
         """
+        seen = self.messages_seen
+        wanted = max(0, seen - 1 - after)
+        taken = min(wanted, limit, len(self.messages))
         messages: list[dict[str, Any]] = []
-        gap = after is not None
-        for record in reversed(self.messages):  # newest first; stops early
-            mid = record[1]
-            if mid == after:
-                gap = False
-                break
-            if len(messages) == limit:
-                break
-            message = _message(record)
+        for offset, record in enumerate(islice(reversed(self.messages), taken)):
+            message = _message(record, seen - 1 - offset)
             if message is not None:
                 messages.append(message)
         calls: list[dict[str, Any]] = []
@@ -86,18 +87,21 @@ class TraceBuffer:
         return {
             "messages": messages,
             "calls": calls,
-            "gap": gap and bool(messages),
+            "gap": wanted > taken,
+            "calls_gap": self.calls_seen - 1 - max(calls_after, -1) > len(calls),
+            "messages_seen": seen,
             "calls_seen": self.calls_seen,
         }
 
 
-def _message(record: tuple[Any, ...]) -> dict[str, Any] | None:
+def _message(record: tuple[Any, ...], seq: int | None = None) -> dict[str, Any] | None:
     """A message record as plain data (None if its time is unreadable; the proxy checked
-    trace, id and sender, the rest is checked here)."""
+    trace, id, sender and parent, the rest is checked here)."""
     trace, mid, parent, sender, sent, kind, topic = record
     if type(sent) not in (int, float) or not math.isfinite(sent):
         return None
     return {
+        "seq": seq,
         "trace": trace.hex(),
         "id": mid.hex(),
         "parent": parent.hex() if type(parent) is bytes else None,

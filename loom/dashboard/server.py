@@ -155,8 +155,8 @@ class Dashboard:
     def _publish(self) -> None:
         try:
             self._event = self._encode()
-        except ValueError:  # a value JSON cannot carry (NaN): keep showing the last state
-            self._log.exception("cannot encode the dashboard's state")
+        except Exception:  # a bug (or a NaN) must not end the poller: keep the last state
+            self._log.exception("cannot build the dashboard's state")
             return
         for queue in self._listeners:
             _offer(queue, self._event)

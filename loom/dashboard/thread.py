@@ -8,6 +8,7 @@ but the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from concurrent.futures import Future
 from typing import Any
@@ -48,6 +49,7 @@ class DashboardThread:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Event | None = None
+        self._stopping = False
 
     def start(self, timeout: float = 10.0) -> str:
         """Start serving; returns the page's URL.
@@ -61,14 +63,20 @@ class DashboardThread:
             target=asyncio.run, args=(self._serve(ready),), name="loom-dashboard", daemon=True
         )
         self._thread.start()
-        self.url = ready.result(timeout)
+        try:
+            self.url = ready.result(timeout)
+        except TimeoutError:
+            self.stop()
+            raise
         return self.url
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop serving and wait for the thread (at most ``timeout`` seconds)."""
+        self._stopping = True  # seen by a thread that has not reached its loop yet
         loop, done = self._loop, self._done
-        if loop is not None and done is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(done.set)
+        if loop is not None and done is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(done.set)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -84,7 +92,8 @@ class DashboardThread:
                 ready.set_exception(exc)
                 return
             ready.set_result(url)
-            await self._done.wait()
+            if not self._stopping:  # stop() may have come before the loop existed
+                await self._done.wait()
         finally:
             await dashboard.stop()
             context.term()

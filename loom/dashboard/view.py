@@ -8,7 +8,7 @@ and two STATS snapshots for rates; :meth:`MeshView.state` is the JSON the page r
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from loom.actor.patterns import Pattern
@@ -21,6 +21,8 @@ MAX_FLOWS = 5000
 """(source, target) pairs remembered; the least recently seen go first."""
 MAX_TOPICS = 24
 """Topics drawn in the topology, busiest first (the rest are counted)."""
+MAX_PATTERNS = 100
+"""Patterns of one actor matched against the drawn topics (the rest are not drawn)."""
 HIDDEN_PREFIXES = ("$inbox.", "$probe.")
 """Topics that are plumbing (request replies, liveness probes), not flows to draw."""
 
@@ -45,31 +47,42 @@ class MeshView:
         self.connected = False
         self.broker_pid: int | None = None
         self.gaps = 0
-        """RECENT answers that skipped messages (more came than one look can hold)."""
-        self._flows: dict[tuple[str, str], list[float]] = {}
-        """(source node, target node) -> [count, errors, last seen]."""
+        """RECENT answers that skipped messages or calls (more came than one look holds)."""
+        self._flows: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+        """(source node, target node) -> [count, errors, last seen], least recent first."""
         self._stats: dict[str, Any] = {}
         self._directory: dict[str, Any] = {}
         self._rates: dict[str, float] = {}
         self._topic_rates: dict[str, float] = {}
         self._stats_at = 0.0
         self._patterns: dict[str, Pattern | None] = {}
-        self._after: str | None = None
+        self._delivers: tuple[Any, list[dict[str, Any]]] = (None, [])
+        """(what they were drawn from, the topic -> actor edges), redrawn on a change."""
+        self._boot: str | None = None
+        self._after = -1
         self._calls_after = -1
 
     # --- input ------------------------------------------------------------------------
 
-    def cursor(self) -> tuple[str | None, int]:
-        """Where the next RECENT should start: the last message id and call number seen."""
+    def cursor(self) -> tuple[int, int]:
+        """Where the next RECENT should start: the broker's numbers of the last message
+        and call seen (-1: none yet)."""
         return self._after, self._calls_after
+
+    def _new_broker(self, boot: Any) -> bool:
+        """Whether ``boot`` names another run of the broker than the last answers did; if
+        so its numbering (and counters) start again, and so do the cursors."""
+        if boot == self._boot:
+            return False
+        known, self._boot = self._boot is not None, boot
+        self._after, self._calls_after = -1, -1
+        return known
 
     def add_stats(self, stats: dict[str, Any], at: float) -> None:
         """A STATS answer received at ``at`` (monotonic seconds): totals and rates."""
+        if self._new_broker(stats.get("boot")):
+            self._stats = {}  # no rates across a restart (what was seen stays on screen)
         pid = stats.get("pid")
-        if self.broker_pid is not None and pid != self.broker_pid:
-            # A new broker: its buffers and counters start again, so do the cursors and
-            # the rates (what was seen stays on screen).
-            self._after, self._calls_after, self._stats = None, -1, {}
         self.broker_pid = pid if isinstance(pid, int) else None
         before, seconds = self._stats, at - self._stats_at
         if before and seconds > 0:
@@ -99,23 +112,27 @@ class MeshView:
     def add_directory(self, directory: dict[str, Any]) -> None:
         """A DIRECTORY answer: who is connected, which tools are served by whom."""
         self._directory = directory
+        patterns: dict[str, Pattern | None] = {}  # only the live ones: no growth
         for actor in directory.get("actors", []):
-            for text in actor.get("patterns", []):
-                if text not in self._patterns:
-                    try:
-                        self._patterns[text] = Pattern(text)
-                    except PatternError:
-                        self._patterns[text] = None
+            for text in actor.get("patterns", [])[:MAX_PATTERNS]:
+                if text in patterns:
+                    continue
+                try:
+                    patterns[text] = self._patterns.get(text) or Pattern(text)
+                except PatternError:
+                    patterns[text] = None
+        self._patterns = patterns
 
     def add_recent(self, recent: dict[str, Any]) -> None:
-        """A RECENT answer: messages and calls since the last one."""
-        if recent.get("gap"):
+        """A RECENT answer: messages and calls since the last one (one from another run
+        of the broker than the cursors belong to is dropped: the next look starts over)."""
+        if self._new_broker(recent.get("boot")):
+            return
+        if recent.get("gap") or recent.get("calls_gap"):
             self.gaps += 1
         messages, calls = recent.get("messages", []), recent.get("calls", [])
-        if messages:
-            self._after = messages[-1].get("id")
-        if calls:
-            self._calls_after = calls[-1].get("seq", self._calls_after)
+        self._after = max(self._after, int(recent.get("messages_seen", 0)) - 1)
+        self._calls_after = max(self._calls_after, int(recent.get("calls_seen", 0)) - 1)
         for message in messages:
             self.messages.append(message)
             topic = str(message.get("topic", ""))
@@ -128,12 +145,14 @@ class MeshView:
 
     def _flow(self, source: str, target: str, record: dict[str, Any], failed: bool) -> None:
         when = record.get("time", record.get("ended", 0.0))
-        flow = self._flows.get((source, target))
+        flows, key = self._flows, (source, target)
+        flow = flows.get(key)
         if flow is None:
-            if len(self._flows) >= MAX_FLOWS:
-                oldest = min(self._flows, key=lambda key: self._flows[key][2])
-                del self._flows[oldest]
-            flow = self._flows[(source, target)] = [0, 0, 0.0]
+            if len(flows) >= MAX_FLOWS:
+                flows.popitem(last=False)  # the least recently seen
+            flow = flows[key] = [0, 0, 0.0]
+        else:
+            flows.move_to_end(key)
         flow[0] += 1
         flow[1] += failed
         flow[2] = max(flow[2], float(when) if isinstance(when, int | float) else 0.0)
@@ -193,7 +212,7 @@ class MeshView:
                     "pid": peer.get("pid"),
                     "patterns": peer.get("patterns", []),
                     "stats": peer.get("stats", {}),
-                    "handler_ms": _histogram_quantiles(peer.get("stats", {})),
+                    "handler_ms": _histogram_quantiles(peer.get("histograms", {})),
                     "live": True,
                 }
         since = now - self.window  # peers that left stay drawn while their flows are recent
@@ -224,10 +243,7 @@ class MeshView:
                     "last": last,
                 }
             )
-        for topic in topics:
-            for peer in peers.values():
-                if any(self._matches(p, topic["name"]) for p in peer.get("patterns", [])):
-                    edges.append({"from": topic["id"], "to": peer["id"], "kind": "delivers"})
+        edges.extend(self._delivers_edges(topics, peers))
         tools = []
         for tool in directory.get("tools", []):
             tools.append(
@@ -282,6 +298,24 @@ class MeshView:
             for name in names[:MAX_TOPICS]
         ]
 
+    def _delivers_edges(
+        self, topics: list[dict[str, Any]], peers: dict[str, dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Topic -> actor for each drawn topic an actor's patterns match; matched again
+        only when the topics or the patterns change (not at every state)."""
+        subscribers = tuple(
+            (peer["id"], tuple(peer.get("patterns", [])[:MAX_PATTERNS])) for peer in peers.values()
+        )
+        key = (tuple(topic["name"] for topic in topics), subscribers)
+        if key != self._delivers[0]:
+            edges = []
+            for topic in topics:
+                for peer_id, texts in subscribers:
+                    if any(self._matches(text, topic["name"]) for text in texts):
+                        edges.append({"from": topic["id"], "to": peer_id, "kind": "delivers"})
+            self._delivers = (key, edges)
+        return self._delivers[1]
+
     def _matches(self, text: str, topic: str) -> bool:
         pattern = self._patterns.get(text)
         return pattern is not None and pattern.matches(topic)
@@ -291,28 +325,29 @@ class MeshView:
         messages and tool calls, oldest first. Threads of plumbing only (an actor's
         start-up probes, a reply whose request left the buffer) are left out."""
         lanes: dict[str, dict[str, Any]] = {}
-        shown = 0
+        real: list[dict[str, Any]] = []  # lanes with a message that is not plumbing
         for message in reversed(self.messages):  # newest first: the lanes to keep
             trace = message.get("trace")
             if not isinstance(trace, str):
                 continue
             lane = lanes.get(trace)
             if lane is None:
-                if shown == self.threads:
-                    continue
+                if len(real) >= self.threads:
+                    continue  # older threads: only lanes already open still fill up
                 lane = lanes[trace] = {"trace": trace, "events": [], "calls": [], "real": False}
             if not lane["real"] and not str(message.get("topic")).startswith(HIDDEN_PREFIXES):
                 lane["real"] = True
-                shown += 1
+                real.append(lane)
             if len(lane["events"]) < 50:
                 lane["events"].append(message)
-        kept = [lane for lane in lanes.values() if lane.pop("real")]
+        kept = sorted(real[: self.threads], key=lambda lane: -lane["events"][0]["time"])
         by_trace = {lane["trace"]: lane for lane in kept}
         for call in self.calls:
             lane = by_trace.get(call.get("trace") or "")
             if lane is not None:
                 lane["calls"].append(call)
         for lane in kept:
+            del lane["real"]
             lane["events"].reverse()
             first = lane["events"][0]
             lane["root"] = first.get("topic")
@@ -344,11 +379,11 @@ def _handled(stats: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _histogram_quantiles(stats: dict[str, Any]) -> dict[str, float | None] | None:
+def _histogram_quantiles(histograms: dict[str, Any]) -> dict[str, float | None] | None:
     """Upper bounds (ms) of the buckets holding an actor's sampled handler p50 and p99,
     from the ``handler_seconds`` its heartbeat pushed (None before any sample; a
     quantile past the last bound is None too)."""
-    values = stats.get("handler_seconds")
+    values = histograms.get("handler_seconds")
     if not isinstance(values, list) or len(values) != len(HANDLER_BUCKETS) + 2:
         return None
     counts = values[:-1]

@@ -533,3 +533,35 @@ def test_concurrent_starts_start_once(broker: str) -> None:
         await actor.stop()
 
     asyncio.run(body())
+
+
+def test_one_event_in_sixteen_has_its_handling_timed(broker: str) -> None:
+    """The first event handled is timed, then one in 16: 33 events give 3 samples, each
+    at least as long as the handler slept."""
+
+    async def run() -> list[int]:
+        sink = Collector(broker, name="timed")
+
+        def slow(event: Event) -> None:
+            busy_until = time.perf_counter() + 0.002  # the handler's own work, measured
+            while time.perf_counter() < busy_until:
+                pass
+            sink.keep(event)
+
+        await sink.subscribe("timed.*", slow)
+        sender = Actor(name="sender", broker=broker)
+        await sink.start()
+        await sender.start()
+        try:
+            for i in range(33):
+                await sender.emit(f"timed.{i}", i)
+            await until(lambda: len(sink.events) == 33, timeout=10)
+        finally:
+            await sender.stop()
+            await sink.stop()
+        latency = sink.stats.handler_seconds
+        assert latency.total >= 3 * 0.002
+        return latency.counts
+
+    counts = asyncio.run(run())
+    assert sum(counts) == 3

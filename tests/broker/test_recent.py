@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import Proc, start_broker, start_worker
+from conftest import Proc, broker_stats, start_broker, start_worker, wait_for
 
 from loom import Actor
 from loom.actor.link import query
@@ -17,7 +17,7 @@ from loom.protocol import ERROR_COMMAND, RECENT, TRACE
 
 
 def recent(broker: str, **body: Any) -> tuple[bytes, dict[str, Any]]:
-    return asyncio.run(query(broker, RECENT, body))
+    return asyncio.run(query(broker, RECENT, {"calls_after": -1, **body}))
 
 
 def publish(broker: str, topics: list[str]) -> None:
@@ -33,23 +33,77 @@ def publish(broker: str, topics: list[str]) -> None:
     asyncio.run(run())
 
 
-def test_messages_come_once_after_the_cursor_with_a_gap_when_it_is_lost(mesh: str) -> None:
-    """A reader gets the messages after the last id it saw, none twice; with a limit
-    smaller than what came, the newest arrive and `gap` says some were skipped."""
+def test_messages_come_once_after_the_cursor_with_a_gap_when_more_came(mesh: str) -> None:
+    """A reader gets the messages numbered after the last it saw, none twice; with a
+    limit smaller than what came, the newest arrive and `gap` says some were skipped."""
     publish(mesh, [f"feed.a.{i}" for i in range(5)])
     command, first = recent(mesh, calls_after=-1)
     assert command == RECENT, first
     mine = [m for m in first["messages"] if m["topic"].startswith("feed.")]
     assert [m["topic"] for m in mine] == [f"feed.a.{i}" for i in range(5)]
     assert all(m["sender"] == "pub" and m["kind"] == 0 and m["trace"] for m in mine)
-    last = first["messages"][-1]["id"]
+    assert [m["seq"] for m in first["messages"]] == list(range(first["messages_seen"]))
+    last = first["messages_seen"] - 1
     publish(mesh, [f"feed.b.{i}" for i in range(5)])
     _, second = recent(mesh, after=last, calls_after=-1)
     feed = [m["topic"] for m in second["messages"] if m["topic"].startswith("feed.")]
     assert feed == [f"feed.b.{i}" for i in range(5)] and not second["gap"]
+    assert second["messages"][0]["seq"] == last + 1
     _, limited = recent(mesh, after=last, calls_after=-1, limit=2)
     assert len(limited["messages"]) == 2 and limited["gap"]
     assert limited["messages"][-1] == second["messages"][-1]  # the newest, oldest first
+    _, none = recent(mesh, after=second["messages_seen"] - 1, calls_after=-1)
+    assert none["messages"] == [] and not none["gap"]
+
+
+def raw_publisher(broker: str) -> tuple[Any, Any]:
+    """A raw PUB socket connected to the broker's publishing endpoint."""
+    import zmq
+
+    from loom.protocol import HELLO, VERSION
+
+    _, answer = asyncio.run(query(broker, HELLO, {"version": VERSION, "name": "raw"}))
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    pub.connect(answer["pub"])
+    return context, pub
+
+
+def test_peers_ids_cannot_hide_or_bloat_what_a_reader_sees(mesh: str) -> None:
+    """A message that repeats an earlier id does not hide those between (the cursor is
+    the broker's own numbering), and one with a huge parent id is forwarded but not
+    recorded (it would fill the buffer and every answer)."""
+    from conftest import make_header
+
+    context, pub = raw_publisher(mesh)
+    try:
+        same = b"\x07" * 16
+
+        def send(topic: bytes, **fields: object) -> None:
+            pub.send_multipart([topic, make_header(**fields), b"\xc0"])
+
+        def arrived() -> bool:  # a slow joiner may miss the first: send until seen
+            send(b"raw.first", id=same)
+            return any(m["topic"] == "raw.first" for m in recent(mesh)[1]["messages"])
+
+        wait_for(arrived, timeout=20, interval=0.1)
+        mark = recent(mesh)[1]["messages_seen"] - 1
+        send(b"raw.between", id=b"\x08" * 16)
+        send(b"raw.parent", id=b"\x09" * 16, parent_id=b"\x01" * 100_000)
+        send(b"raw.again", id=same)
+        topics = wait_for(
+            lambda: (
+                (t := [m["topic"] for m in recent(mesh, after=mark)[1]["messages"]])
+                and "raw.again" in t
+                and t
+            ),
+            timeout=20,
+        )
+        assert topics == ["raw.between", "raw.again"]
+        assert broker_stats(mesh)["topics"]["raw.parent"]["forwarded"] == 1
+    finally:
+        pub.close(linger=0)
+        context.term()
 
 
 def test_every_answered_call_is_recorded_with_its_worker_and_outcome(
@@ -78,12 +132,13 @@ def test_every_answered_call_is_recorded_with_its_worker_and_outcome(
 
 
 def test_a_malformed_recent_gets_an_error_and_the_broker_goes_on(mesh: str) -> None:
-    """`calls_after` that is not an integer: ERROR MALFORMED; a bad cursor or limit is
-    ignored; the broker still answers."""
-    command, error = recent(mesh, calls_after="x")
-    assert command == ERROR_COMMAND and error["code"] == "MALFORMED"
+    """A cursor that is not an integer: ERROR MALFORMED; a bad limit is the maximum; the
+    broker still answers."""
+    for bad in ({"calls_after": "x"}, {"after": "00ff"}, {"after": 1.5}):
+        command, error = recent(mesh, **bad)
+        assert command == ERROR_COMMAND and error["code"] == "MALFORMED", bad
     publish(mesh, ["after.bad"])
-    command, body = recent(mesh, after="not hex", calls_after=-1, limit=-5)
+    command, body = recent(mesh, after=None, limit=-5)  # nil: from the start; bad limit: max
     assert command == RECENT and "after.bad" in [m["topic"] for m in body["messages"]]
 
 

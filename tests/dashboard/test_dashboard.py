@@ -17,8 +17,9 @@ def test_the_state_shows_peers_flows_threads_and_tool_calls(
     mesh: str, spawn: Callable[..., Proc]
 ) -> None:
     """After a request to an actor and two tool calls (one failing), the state has the
-    actor, worker and tools, the flows between them, the request's thread (request, the
-    echo's pong and reply in one lane), the calls with their outcome, and the cards."""
+    actor (with its sampled handler latency), worker and tools, the flows between them,
+    the request's thread (request, the echo's pong and reply in one lane), the calls
+    with their outcome, and the cards."""
     start_worker(spawn, mesh, "w1")
     spawn_actor(spawn, "echo", mesh)
     _, url = start_dashboard(spawn, mesh)
@@ -30,14 +31,19 @@ def test_the_state_shows_peers_flows_threads_and_tool_calls(
         current = state(url)
         calls = {(c["tool"], c["worker"], c["outcome"]) for c in current["calls"]}
         threads = [{e["topic"] for e in lane["events"]} for lane in current["threads"]]
-        ready = {("sample.add", "w1", "ok"), ("sample.boom", "w1", "TOOL_ERROR")} <= calls and {
-            "ping.dash",
-            "pong.dash",
-        } in threads
+        timed = {p["name"]: p.get("handler_ms") for p in current["topology"]["peers"]}
+        expected = {("sample.add", "w1", "ok"), ("sample.boom", "w1", "TOOL_ERROR")}
+        ready = (
+            expected <= calls
+            and {"ping.dash", "pong.dash"} in threads
+            and timed.get("echo") is not None  # its first event's handling, sampled
+        )
         return current if ready else None
 
     current = wait_for(complete, timeout=20, interval=0.1)
     assert current["connected"]
+    echo = next(p for p in current["topology"]["peers"] if p["name"] == "echo")
+    assert 0 < echo["handler_ms"]["p50"] <= echo["handler_ms"]["p99"]
     assert {"peer:echo", "tool:sample.add", "worker:w1", "topic:ping.dash"} <= node_ids(current)
     links = edges(current)
     assert ("topic:ping.dash", "delivers", "peer:echo") in links  # echo subscribes ping.*

@@ -10,14 +10,15 @@ from loom.dashboard.view import MeshView
 NOW = 1_800_000_000.0
 
 
-def stats(pid: int = 1, published: int = 0, handled: dict[str, int] | None = None,
+def stats(boot: str = "b1", published: int = 0, handled: dict[str, int] | None = None,
           topics: dict[str, int] | None = None) -> dict[str, Any]:  # fmt: skip
     peers = [
         {"name": name, "role": "actor", "stats": {"handled": count}}
         for name, count in (handled or {}).items()
     ]
     return {
-        "pid": pid,
+        "boot": boot,
+        "pid": 1,
         "totals": {"published": published, "forwarded": published, "dropped": 0, "malformed": 0},
         "tool_calls": {"calls": 0, "failures": 0},
         "topics": {
@@ -40,18 +41,22 @@ def call(seq: int, took: float, outcome: str = "ok", trace: str | None = None, *
 
 
 def test_rates_come_from_two_snapshots_and_restart_with_the_broker() -> None:
-    """Rates are counter growth over time; a new broker pid starts them (and the RECENT
-    cursors) again instead of showing a negative or huge rate."""
+    """Rates are counter growth over time; another broker run (a new boot id, even with
+    the same pid) starts them and the RECENT cursors again instead of showing a negative
+    or huge rate, and an answer from a run the cursors do not belong to is dropped."""
     view = MeshView()
     view.add_stats(stats(published=100), at=10.0)
     view.add_stats(stats(published=150), at=12.0)
     assert view.state(NOW)["cards"]["published"] == {"total": 150, "rate": 25.0}
-    view.add_recent({"messages": [message("m1", "x.y", "t1")], "calls": [call(7, 0.1)]})
-    assert view.cursor() == ("m1", 7)
-    view.add_stats(stats(pid=2, published=3), at=13.0)
-    assert view.cursor() == (None, -1)
-    view.add_stats(stats(pid=2, published=5), at=14.0)
+    first = {"boot": "b1", "messages": [message("m1", "x.y", "t1")], "calls": [call(7, 0.1)]}
+    view.add_recent({**first, "messages_seen": 40, "calls_seen": 8})
+    assert view.cursor() == (39, 7)
+    view.add_stats(stats(boot="b2", published=3), at=13.0)
+    assert view.cursor() == (-1, -1)
+    view.add_stats(stats(boot="b2", published=5), at=14.0)
     assert view.state(NOW)["cards"]["published"]["rate"] == 2.0
+    view.add_recent({**first, "boot": "b3", "messages_seen": 5, "calls_seen": 1})
+    assert view.cursor() == (-1, -1) and len(view.messages) == 1  # dropped, start over
 
 
 def test_an_actor_leaving_is_not_a_burst_of_handled_events() -> None:
@@ -91,6 +96,7 @@ def test_topology_links_publishers_topics_subscribers_tools_and_workers() -> Non
     )
     view.add_recent(
         {
+            "boot": "b1",
             "messages": [message("m1", "m.p.btc", "t1", sender="c")],
             "calls": [call(0, 0.1, caller="a"), call(1, 0.1, "TIMEOUT", caller="a")],
         }
@@ -163,11 +169,25 @@ def test_an_actors_handler_quantiles_come_from_its_histogram() -> None:
     view.add_directory(
         {
             "actors": [
-                {"name": "a", "stats": {"handler_seconds": [*counts, 1.0]}},
-                {"name": "b", "stats": {"handler_seconds": [0] * (len(counts) + 1)}},
+                {"name": "a", "histograms": {"handler_seconds": [*counts, 1.0]}},
+                {"name": "b", "histograms": {"handler_seconds": [0] * (len(counts) + 1)}},
             ]
         }
     )
     peers = {p["name"]: p for p in view.state(NOW)["topology"]["peers"]}
     assert peers["a"]["handler_ms"] == {"p50": HANDLER_BUCKETS[2] * 1000, "p99": None}
     assert peers["b"]["handler_ms"] is None
+
+
+def test_a_reply_newer_than_its_request_does_not_lift_the_lane_limit() -> None:
+    """Request/reply threads (the reply, plumbing, is seen first going newest first)
+    still give at most `threads` lanes."""
+    view = MeshView(threads=3)
+    messages = []
+    for i in range(100):
+        messages.append(message(f"q{i}", "quote.get", f"t{i}", at=NOW + 2 * i))
+        messages.append(message(f"r{i}", "$inbox.abc", f"t{i}", at=NOW + 2 * i + 1))
+    view.add_recent({"messages": messages})
+    lanes = view.state(NOW + 200)["threads"]
+    assert [lane["trace"] for lane in lanes] == ["t99", "t98", "t97"]
+    assert [e["topic"] for e in lanes[0]["events"]] == ["quote.get", "$inbox.abc"]
