@@ -23,8 +23,9 @@ MAX_TOPICS = 24
 """Topics drawn in the topology, busiest first (the rest are counted)."""
 MAX_PATTERNS = 100
 """Patterns of one actor matched against the drawn topics (the rest are not drawn)."""
-HIDDEN_PREFIXES = ("$inbox.", "$probe.")
-"""Topics that are plumbing (request replies, liveness probes), not flows to draw."""
+LOOM_PREFIX = "$"
+"""Loom's own topics (request replies, liveness probes, the broker's ``$sys`` events):
+not drawn as flows, and a thread of nothing else gets no lane."""
 
 
 class MeshView:
@@ -136,7 +137,7 @@ class MeshView:
         for message in messages:
             self.messages.append(message)
             topic = str(message.get("topic", ""))
-            if not topic.startswith(HIDDEN_PREFIXES):
+            if not topic.startswith(LOOM_PREFIX):
                 self._flow(f"peer:{message.get('sender')}", f"topic:{topic}", message, False)
         for call in calls:
             self.calls.append(call)
@@ -224,8 +225,7 @@ class MeshView:
         for source, _ in flows:  # senders and callers not connected (any more)
             name = source.removeprefix("peer:")
             if name not in peers:
-                role = "broker" if name == "broker" else "gone"
-                peers[name] = {"id": source, "name": name, "role": role, "live": False}
+                peers[name] = {"id": source, "name": name, "role": "gone", "live": False}
         topics = self._topics()
         edges: list[dict[str, Any]] = []
         shown = {f"topic:{t['name']}" for t in topics}
@@ -322,8 +322,9 @@ class MeshView:
 
     def _threads(self) -> list[dict[str, Any]]:
         """The most recently active threads (messages sharing a trace id), each with its
-        messages and tool calls, oldest first. Threads of plumbing only (an actor's
-        start-up probes, a reply whose request left the buffer) are left out."""
+        messages and tool calls, oldest first. Threads of Loom's own topics only (an
+        actor's start-up probes, the broker's ``$sys`` events, a reply whose request
+        left the buffer) are left out."""
         lanes: dict[str, dict[str, Any]] = {}
         real: list[dict[str, Any]] = []  # lanes with a message that is not plumbing
         for message in reversed(self.messages):  # newest first: the lanes to keep
@@ -335,7 +336,7 @@ class MeshView:
                 if len(real) >= self.threads:
                     continue  # older threads: only lanes already open still fill up
                 lane = lanes[trace] = {"trace": trace, "events": [], "calls": [], "real": False}
-            if not lane["real"] and not str(message.get("topic")).startswith(HIDDEN_PREFIXES):
+            if not lane["real"] and not str(message.get("topic")).startswith(LOOM_PREFIX):
                 lane["real"] = True
                 real.append(lane)
             if len(lane["events"]) < 50:

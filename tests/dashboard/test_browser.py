@@ -58,13 +58,14 @@ def watch_errors(page: Page) -> list[str]:
 def test_the_page_shows_the_mesh_and_follows_it_live(
     mesh: str, spawn: Callable[..., Proc], browser: Browser
 ) -> None:
-    """Loads, draws the actor, worker, tool and the tool call made in the test (and the
-    failing one in red), then a second actor appears without a reload."""
+    """Loads, draws the actor, worker, tool, the tool calls made in the test (the failing
+    one in red) and an event's thread, then a second actor appears without a reload."""
     start_worker(spawn, mesh, "w1")
     spawn_actor(spawn, "echo", mesh)
     _, url = start_dashboard(spawn, mesh)
     assert loom(mesh, "call", "sample.add", '{"a": 1, "b": 2}').returncode == 0
     assert loom(mesh, "call", "sample.boom", '{"message": "no"}').returncode == 1
+    assert loom(mesh, "pub", "ping.browser", '{"n": 1}').returncode == 0
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors = watch_errors(page)
@@ -79,6 +80,9 @@ def test_the_page_shows_the_mesh_and_follows_it_live(
     )
     expect(page.locator('[data-tool="sample.boom"]')).to_contain_text("1 failed")
     expect(page.locator('[data-card="Tool calls"]')).to_contain_text("1 failed")
+    # The ping's thread: the event, then the echo's pong, in one lane.
+    expect(page.locator('.step[data-topic="pong.browser"]')).to_be_visible()
+    expect(page.locator('[data-node="topic:ping.browser"]')).to_be_visible()
     paint = page.evaluate(
         "performance.getEntriesByName('first-contentful-paint').map(e => e.startTime)"
     )

@@ -126,8 +126,8 @@ def test_a_peer_that_left_fades_out_after_the_window() -> None:
 
 def test_threads_group_by_trace_newest_first_without_plumbing() -> None:
     """Lanes are traces, most recently active first, each oldest event first with the
-    calls of its trace; start-up probes and lone replies make no lane; at most
-    `threads` lanes."""
+    calls of its trace; start-up probes, lone replies and the broker's `$sys` events
+    make no lane (nor a flow); at most `threads` lanes."""
     view = MeshView(threads=2)
     view.add_recent(
         {
@@ -137,6 +137,7 @@ def test_threads_group_by_trace_newest_first_without_plumbing() -> None:
                 message("3", "$inbox.abc", "t1", at=NOW - 2),
                 message("4", "$probe.abc.1", "t2", at=NOW - 1),
                 message("5", "ev.y", "t3", at=NOW),
+                message("6", "$sys.actor.joined", "t4", sender="loom-broker", at=NOW + 1),
             ],
             "calls": [call(0, 0.1, trace="t1", at=NOW - 2.5)],
         }
@@ -145,6 +146,7 @@ def test_threads_group_by_trace_newest_first_without_plumbing() -> None:
     assert [lane["trace"] for lane in lanes] == ["t3", "t1"]
     assert [e["topic"] for e in lanes[1]["events"]] == ["req.x", "$inbox.abc"]
     assert lanes[1]["root"] == "req.x" and [c["seq"] for c in lanes[1]["calls"]] == [0]
+    assert "peer:loom-broker" not in {p["id"] for p in view.state(NOW)["topology"]["peers"]}
 
 
 def test_remembered_flows_are_bounded(monkeypatch: Any) -> None:

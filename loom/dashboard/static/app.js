@@ -143,7 +143,7 @@ function renderTopology(topo) {
 }
 
 function peerSub(p) {
-  if (!p.live) return p.role === "broker" ? "the broker's own events" : "gone";
+  if (!p.live) return "gone";
   const s = p.stats || {};
   if (p.role === "actor") {
     const ms = p.handler_ms ? ` · p50 ≤${bound(p.handler_ms.p50)}` : "";
@@ -178,12 +178,12 @@ function renderThreads(state) {
   // One lane per thread (a trace: a root message and everything handling it caused), its
   // messages and tool calls in the order they happened, with offsets from the root.
   const host = document.getElementById("threads");
-  if (!state.threads.length) { host.replaceChildren(el("p", { class: "empty" }, "no events yet")); return; }
+  if (!state.threads.length) { host.replaceChildren(el("p", { class: "empty" }, "no threads yet")); return; }
   const grid = el("div", { class: "lanes" });
   for (const lane of state.threads) {
     const label = el("div", { class: "lane-label", "data-trace": lane.trace });
     label.append(el("span", {}, clock(lane.events[0].time)), " ",
-      el("small", {}, `${lane.events.length} msg${lane.calls.length ? ` · ${lane.calls.length} calls` : ""} · ${lane.trace.slice(0, 8)}`));
+      el("small", {}, `${lane.events.length} msg${lane.calls.length ? ` · ${lane.calls.length} calls` : ""} · …${lane.trace.slice(-8)}`));
     titled(label, `trace ${lane.trace}\nloom trace ${lane.trace}`);
     const start = lane.events[0].time;
     const steps = [
