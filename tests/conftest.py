@@ -21,11 +21,16 @@ import pytest
 
 from loom.actor.link import query
 from loom.protocol import STATS, VERSION, Envelope, encode_header
+from loom.tools.builtin import _paths
+from loom.tools.sandbox.policy import Sandbox
+from loom.tools.tool import ToolContext
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 ACTORS = HERE / "actors"
 SAMPLE_TOOLS = str(HERE / "workers" / "sample.py")
+LOOM = [sys.executable, "-m", "loom.cli.main"]
+"""The ``loom`` command, run from this interpreter."""
 HEARTBEAT = 0.2
 """Seconds, for the ``mesh`` broker; a peer is dead after 3 missed heartbeats (0.6 s)."""
 
@@ -40,6 +45,18 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {condition}")
         time.sleep(interval)
+
+
+def run_loom(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``loom ARGS...`` to completion, its output captured as text."""
+    return subprocess.run(
+        [*LOOM, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def loom_at(broker: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``loom ARGS... --broker BROKER`` to completion."""
+    return run_loom(*args, "--broker", broker)
 
 
 def free_tcp_endpoint() -> str:
@@ -240,3 +257,43 @@ def make_header(**changes: Any) -> bytes:
         None,
     )
     return encode_header(env._replace(**changes))
+
+
+# --- built-in tools: a jail, a secret beside it, call contexts ------------------------
+
+MakeContext = Callable[..., ToolContext]
+
+
+@pytest.fixture
+def jail(tmp_path: Path) -> Path:
+    """An empty jail directory."""
+    path = tmp_path / "jail"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory next to the jail holding a file ``secret`` no tool may touch."""
+    path = tmp_path / "outside"
+    path.mkdir()
+    (path / "secret").write_text("top secret\n")
+    return path
+
+
+@pytest.fixture
+def context(jail: Path) -> MakeContext:
+    """Make a call context for a tool, jailed in ``jail`` unless told otherwise."""
+
+    def make(tool: str, *, jail: Path | None = jail, sandbox: Sandbox | None = None) -> ToolContext:
+        return ToolContext(1, tool, 10.0, lambda call, data: None, sandbox=sandbox, jail=jail)
+
+    return make
+
+
+@pytest.fixture(params=["openat2", "walk"])
+def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the kernel's openat2, then with the component walk alone."""
+    if request.param == "walk":
+        monkeypatch.setattr(_paths._openat2, "available", False)
+    return str(request.param)

@@ -16,25 +16,27 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import Proc, free_tcp_endpoint, spawn_actor, start_worker, until, wait_for
+from conftest import (
+    LOOM,
+    Proc,
+    free_tcp_endpoint,
+    run_loom,
+    spawn_actor,
+    start_worker,
+    until,
+    wait_for,
+)
 
-LOOM = [sys.executable, "-m", "loom.cli.main"]
 ROOT = Path(__file__).parent.parent
-
-
-def loom(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*LOOM, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 def test_pub_reaches_tap(broker: str, spawn: Callable[..., Proc]) -> None:
     """`loom tap` prints `topic sender data` for each matching `loom pub`."""
     tap = spawn(*LOOM, "tap", "alerts.*", "--count", "2", "--broker", broker)
     tap.wait_line("listening on")
-    assert loom("pub", "other.topic", "1", "--broker", broker).returncode == 0
-    assert loom("pub", "alerts.disk", '{"free_gb": 3}', "--broker", broker).returncode == 0
-    assert loom("pub", "alerts.cpu", '"hot"', "--broker", broker).returncode == 0
+    assert run_loom("pub", "other.topic", "1", "--broker", broker).returncode == 0
+    assert run_loom("pub", "alerts.disk", '{"free_gb": 3}', "--broker", broker).returncode == 0
+    assert run_loom("pub", "alerts.cpu", '"hot"', "--broker", broker).returncode == 0
     assert tap.popen.wait(10) == 0
     events = [line for line in tap.lines if line.startswith("alerts.")]
     assert events == ['alerts.disk loom-pub {"free_gb": 3}', 'alerts.cpu loom-pub "hot"']
@@ -44,7 +46,7 @@ def test_tap_json_carries_header_fields(broker: str, spawn: Callable[..., Proc])
     """`loom tap --json` prints one JSON object per event with its header fields."""
     tap = spawn(*LOOM, "tap", "--json", "--count", "1", "--broker", broker)
     tap.wait_line("listening on")
-    assert loom("pub", "a.b", "[1, 2]", "--broker", broker).returncode == 0
+    assert run_loom("pub", "a.b", "[1, 2]", "--broker", broker).returncode == 0
     assert tap.popen.wait(10) == 0
     record = json.loads(next(line for line in tap.lines if line.startswith("{")))
     assert record["topic"] == "a.b" and record["data"] == [1, 2]
@@ -71,10 +73,11 @@ def test_broker_from_environment(spawn: Callable[..., Proc]) -> None:
 
 def test_stats_prints_counters(broker: str) -> None:
     """`loom stats` prints the broker's per-topic counters as JSON."""
-    assert loom("pub", "s.t", "1", "--broker", broker).returncode == 0
+    assert run_loom("pub", "s.t", "1", "--broker", broker).returncode == 0
     stats = wait_for(
         lambda: (
-            (s := json.loads(loom("stats", "--broker", broker).stdout))["topics"].get("s.t") and s
+            (s := json.loads(run_loom("stats", "--broker", broker).stdout))["topics"].get("s.t")
+            and s
         )
     )
     assert stats["topics"]["s.t"]["forwarded"] == 1
@@ -107,7 +110,7 @@ def test_stats_watch_shows_per_topic_rates(broker: str) -> None:
     pumper = threading.Thread(target=publish)
     pumper.start()
     try:
-        shown = loom("stats", "--watch", "0.5", "--count", "2", "--broker", broker)
+        shown = run_loom("stats", "--watch", "0.5", "--count", "2", "--broker", broker)
     finally:
         done.set()
         pumper.join(20)
@@ -117,47 +120,47 @@ def test_stats_watch_shows_per_topic_rates(broker: str) -> None:
     assert "PUB/S" in lines[header] and lines[header + 1].startswith("busy.topic")
     rate = float(lines[header + 1].split()[1].replace(",", ""))
     assert rate > 50
-    assert loom("stats", "--watch", "0", "--broker", broker).returncode == 2
+    assert run_loom("stats", "--watch", "0", "--broker", broker).returncode == 2
 
 
 def test_bad_input_and_missing_broker_fail_clearly(broker: str, short_tmp: Path) -> None:
     """Bad JSON exits 2; no broker exits 1 with a message; a bad topic exits 1 saying why."""
-    bad = loom("pub", "a.b", "{not json", "--broker", f"ipc://{short_tmp}/none")
+    bad = run_loom("pub", "a.b", "{not json", "--broker", f"ipc://{short_tmp}/none")
     assert bad.returncode == 2 and "not JSON" in bad.stderr
-    missing = loom("pub", "a.b", "1", "--broker", f"ipc://{short_tmp}/none", "--timeout", "0.5")
+    missing = run_loom("pub", "a.b", "1", "--broker", f"ipc://{short_tmp}/none", "--timeout", "0.5")
     assert missing.returncode == 1 and "no broker answered" in missing.stderr
-    invalid = loom("pub", "a..b", "1", "--broker", broker)
+    invalid = run_loom("pub", "a..b", "1", "--broker", broker)
     assert invalid.returncode == 1 and "empty or wildcard token" in invalid.stderr
 
 
 def test_call_prints_results_and_fails_with_the_code(mesh: str, spawn: Callable[..., Proc]) -> None:
     """`loom call` prints the JSON result; a failure exits 1 naming the code."""
     start_worker(spawn, mesh, "w1")
-    ok = loom("call", "sample.add", '{"a": 1, "b": 2}', "--broker", mesh)
+    ok = run_loom("call", "sample.add", '{"a": 1, "b": 2}', "--broker", mesh)
     assert (ok.returncode, ok.stdout) == (0, "3\n"), ok.stderr
-    unknown = loom("call", "sample.nope", "--broker", mesh)
+    unknown = run_loom("call", "sample.nope", "--broker", mesh)
     assert unknown.returncode == 1 and "UNKNOWN_TOOL: no worker serves" in unknown.stderr
-    invalid = loom("call", "sample.add", '{"a": "x"}', "--broker", mesh)
+    invalid = run_loom("call", "sample.add", '{"a": "x"}', "--broker", mesh)
     assert invalid.returncode == 1
     assert "INVALID_PARAMS: invalid arguments for sample.add: a: Input" in invalid.stderr
-    crawl = loom(
+    crawl = run_loom(
         "call", "sample.crawl", '{"steps": 2, "interval": 0.1}', "--progress", "--broker", mesh
     )
     assert crawl.stdout == "2\n" and 'progress: {"step": 2}' in crawl.stderr
-    assert loom("call", "sample.add", "[1]", "--broker", mesh).returncode == 2
+    assert run_loom("call", "sample.add", "[1]", "--broker", mesh).returncode == 2
 
 
 def test_list_shows_actors_workers_and_tools(mesh: str, spawn: Callable[..., Proc]) -> None:
     """`loom list` prints the live actors, workers and tools; `--json` the directory."""
     start_worker(spawn, mesh, "w1")
     spawn_actor(spawn, "echo", mesh)
-    listing = loom("list", "--broker", mesh)
+    listing = run_loom("list", "--broker", mesh)
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     assert any(line.split()[:1] == ["echo"] and "ping.*" in line for line in lines), lines
     assert any(line.startswith("w1 ") and "sample.add" in line for line in lines), lines
     assert any(line.startswith("sample.add ") and "Add two integers." in line for line in lines)
-    directory = json.loads(loom("list", "--json", "--broker", mesh).stdout)
+    directory = json.loads(run_loom("list", "--json", "--broker", mesh).stdout)
     assert {t["name"] for t in directory["tools"]} >= {"sample.add", "sample.crawl"}
     add = next(t for t in directory["tools"] if t["name"] == "sample.add")
     assert add["schema"]["required"] == ["a"] and add["workers"] == ["w1"]
@@ -199,7 +202,7 @@ def test_demo_runs_and_leaves_no_process(
 
 def test_demo_refuses_an_address_in_use(broker: str) -> None:
     """`loom demo` on an address where a broker already answers exits 1 and says so."""
-    result = loom("demo", "--broker", broker, "--duration", "1")
+    result = run_loom("demo", "--broker", broker, "--duration", "1")
     assert result.returncode == 1
     assert "already answers" in result.stderr
 
@@ -253,12 +256,12 @@ def test_a_handlers_log_lines_carry_its_topic_and_trace(broker: str) -> None:
 def test_loom_bench_runs_a_bench_and_prints_its_table(tmp_path: Path) -> None:
     """`loom bench context` runs the (deterministic) context bench with a progress bar
     on stderr and prints its table; unknown names and a missing bench dir exit 2."""
-    done = loom("bench", "context", "--dir", str(ROOT / "bench"), timeout=120)
+    done = run_loom("bench", "context", "--dir", str(ROOT / "bench"), timeout=120)
     assert done.returncode == 0, done.stderr
     assert "## context" in done.stdout and re.search(r"^all\s+[\d,]+\s+0\.\d\dx", done.stdout, re.M)
     assert "[1/1] context" in done.stderr and "1/1 runs" in done.stderr
-    assert loom("bench", "nope").returncode == 2
-    assert loom("bench", "context", "--dir", str(tmp_path)).returncode == 2
+    assert run_loom("bench", "nope").returncode == 2
+    assert run_loom("bench", "context", "--dir", str(tmp_path)).returncode == 2
 
 
 def test_every_command_has_examples_and_the_common_flags() -> None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import ROOT, Proc, start_worker
+from conftest import LOOM, ROOT, Proc, start_worker
 
 README = ROOT / "README.md"
-LOOM = [sys.executable, "-m", "loom.cli.main"]
 
 
 def _commands() -> list[str]:

@@ -6,18 +6,15 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ACTORS, SAMPLE_TOOLS, Proc, wait_for
+from conftest import ACTORS, LOOM, SAMPLE_TOOLS, Proc, wait_for
 
 from loom import Actor
 from loom.tools import ToolClient
-
-LOOM = [sys.executable, "-m", "loom.cli.main"]
 
 
 def run_file(tmp: Path, body: str, **supervisor: object) -> Path:

@@ -20,6 +20,7 @@ __all__ = [
     "broker_answers",
     "control_request",
     "query",
+    "reachable_endpoint",
     "wait_for_broker",
 ]
 
@@ -32,14 +33,19 @@ def announced_endpoint(announced: str, control: str) -> str:
     A broker bound to a wildcard host (``tcp://0.0.0.0:41000``) announces that host;
     the client substitutes the host it reached the control endpoint at.
     """
-    scheme, _, rest = announced.partition("://")
+    return reachable_endpoint(announced, control.partition("://")[2].rpartition(":")[0])
+
+
+def reachable_endpoint(endpoint: str, host: str = "127.0.0.1") -> str:
+    """``endpoint`` with a wildcard host (``*``, ``0.0.0.0``, ``::``) replaced by
+    ``host``, so that a client can connect to what a broker bound."""
+    scheme, _, rest = endpoint.partition("://")
     if scheme != "tcp":
-        return announced
-    host, _, port = rest.rpartition(":")
-    if host not in _WILDCARD_HOSTS:
-        return announced
-    control_host = control.partition("://")[2].rpartition(":")[0]
-    return f"tcp://{control_host}:{port}"
+        return endpoint
+    bound, _, port = rest.rpartition(":")
+    if bound not in _WILDCARD_HOSTS:
+        return endpoint
+    return f"tcp://{host}:{port}"
 
 
 async def control_request(

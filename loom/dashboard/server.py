@@ -63,7 +63,8 @@ class Dashboard:
         self._log = log
         self._session: Session | None = None
         self._listeners: set[asyncio.Queue[bytes | None]] = set()
-        self._event = self._encode()
+        self._json = self._encode()
+        self._event = _sse(self._json)
         self._runner: web.AppRunner | None = None
         self._poller: asyncio.Task[None] | None = None
         self.app = web.Application()
@@ -154,10 +155,11 @@ class Dashboard:
 
     def _publish(self) -> None:
         try:
-            self._event = self._encode()
+            self._json = self._encode()
         except Exception:  # a bug (or a NaN) must not end the poller: keep the last state
             self._log.exception("cannot build the dashboard's state")
             return
+        self._event = _sse(self._json)  # framed once for every page
         for queue in self._listeners:
             _offer(queue, self._event)
 
@@ -165,8 +167,7 @@ class Dashboard:
         state = self.view.state(time.time())
         state["broker"] = self.broker
         state["interval"] = self.interval
-        data = json.dumps(state, separators=(",", ":"), default=str, allow_nan=False)
-        return b"event: state\ndata: " + data.encode() + b"\n\n"
+        return json.dumps(state, separators=(",", ":"), default=str, allow_nan=False).encode()
 
     # --- web --------------------------------------------------------------------------
 
@@ -174,8 +175,7 @@ class Dashboard:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def _state(self, request: web.Request) -> web.Response:
-        body = self._event.removeprefix(b"event: state\ndata: ").rstrip()
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=self._json, content_type="application/json")
 
     async def _health(self, request: web.Request) -> web.Response:
         status = 200 if self.view.connected else 503
@@ -207,6 +207,11 @@ async def _ask(
     if answer != command:
         raise LoomError(f"the broker refused {command.decode()}: {reply.get('message', reply)}")
     return answer, reply
+
+
+def _sse(data: bytes) -> bytes:
+    """One Server-Sent Event of type ``state`` carrying ``data`` (JSON: one line)."""
+    return b"event: state\ndata: " + data + b"\n\n"
 
 
 def _offer(queue: asyncio.Queue[bytes | None], item: bytes | None) -> None:

@@ -15,18 +15,10 @@ from typing import Any
 
 import zmq
 
+from loom.actor.link import reachable_endpoint
 from loom.dashboard.server import Dashboard
 
-__all__ = ["DashboardThread", "local_address"]
-
-
-def local_address(endpoint: str) -> str:
-    """The address a local client connects to for a bound ``endpoint`` (a wildcard host
-    becomes loopback)."""
-    for wildcard in ("tcp://0.0.0.0:", "tcp://*:"):
-        if endpoint.startswith(wildcard):
-            return "tcp://127.0.0.1:" + endpoint.removeprefix(wildcard)
-    return endpoint
+__all__ = ["DashboardThread"]
 
 
 class DashboardThread:
@@ -41,7 +33,7 @@ class DashboardThread:
     """
 
     def __init__(self, broker: str, host: str, port: int, *, log: Any, interval: float = 1.0):
-        self.broker = local_address(broker)
+        self.broker = reachable_endpoint(broker)
         self.url: str | None = None
         self._at = (host, port)
         self._log = log

@@ -7,19 +7,25 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
 import pytest
 import zmq
-from conftest import Proc, broker_stats, make_header, spawn_actor, start_broker, until, wait_for
+from conftest import (
+    LOOM,
+    Proc,
+    broker_stats,
+    make_header,
+    spawn_actor,
+    start_broker,
+    until,
+    wait_for,
+)
 
 from loom import Actor, DurableError, Event
 from loom.protocol import PUBACK, PUBLISH
-
-LOOM = [sys.executable, "-m", "loom.cli.main"]
 
 
 class Keeper(Actor):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import Proc, broker_stats, start_broker, start_worker, wait_for
+from conftest import Proc, broker_stats, loom_at, start_broker, start_worker, wait_for
 
 from loom import Actor
 from loom.actor.link import query
@@ -113,12 +111,7 @@ def test_every_answered_call_is_recorded_with_its_worker_and_outcome(
     and the failure code; `calls_after` skips those already seen."""
     start_worker(spawn, mesh, "w1")
     for args in (["sample.add", '{"a": 1}'], ["sample.boom", '{"message": "no"}']):
-        subprocess.run(
-            [sys.executable, "-m", "loom.cli.main", "call", *args, "--broker", mesh],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
+        loom_at(mesh, "call", *args)
     _, answer = recent(mesh, calls_after=-1)
     calls = answer["calls"]
     assert [(c["tool"], c["worker"], c["outcome"]) for c in calls] == [

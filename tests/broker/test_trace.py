@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 
-from conftest import Proc, spawn_actor, start_worker, until, wait_for
+from conftest import Proc, loom_at, spawn_actor, start_worker, until, wait_for
 
 from loom import Actor, Event
-
-
-def loom(broker: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "loom.cli.main", *args, "--broker", broker],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def test_a_trace_shows_the_chain_of_messages_and_tool_calls(
@@ -48,7 +36,7 @@ def test_a_trace_shows_the_chain_of_messages_and_tool_calls(
             await actor.stop()
 
     asyncio.run(run())
-    shown = loom(mesh, "trace", traced[0])
+    shown = loom_at(mesh, "trace", traced[0])
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     ping = next(line for line in lines if "ping.x" in line)
@@ -57,15 +45,15 @@ def test_a_trace_shows_the_chain_of_messages_and_tool_calls(
     assert pong.index("pong.x") > ping.index("ping.x")  # nested under the request
     calls = [line for line in lines if "sample.add  by caller" in line]
     assert len(calls) == 1 and calls[0].endswith("ok"), shown.stdout
-    found = json.loads(loom(mesh, "trace", traced[0], "--json").stdout)
+    found = json.loads(loom_at(mesh, "trace", traced[0], "--json").stdout)
     assert found["trace"] == traced[0] and len(found["calls"]) == 1
     assert {m["topic"] for m in found["messages"]} >= {"ping.x", "pong.x"}
 
 
 def test_an_unknown_trace_is_exit_1_and_a_bad_one_exit_2(mesh: str) -> None:
     """A trace the broker never saw: exit 1; not hex: exit 2 with the broker's message."""
-    assert loom(mesh, "trace", "00" * 16).returncode == 1
-    bad = loom(mesh, "trace", "not-hex")
+    assert loom_at(mesh, "trace", "00" * 16).returncode == 1
+    bad = loom_at(mesh, "trace", "not-hex")
     assert bad.returncode == 2 and "hex" in bad.stderr
 
 
@@ -93,10 +81,10 @@ def test_a_malformed_header_cannot_spoil_a_trace(mesh: str) -> None:
         def recorded() -> bool:
             send(id=5, trace_id=trace)  # a slow joiner may miss the first: send until seen
             send(id=b"\x01" * 16, trace_id=trace)
-            return loom(mesh, "trace", trace.hex()).returncode == 0
+            return loom_at(mesh, "trace", trace.hex()).returncode == 0
 
         wait_for(recorded, timeout=20, interval=0.1)
-        shown = loom(mesh, "trace", trace.hex(), "--json")
+        shown = loom_at(mesh, "trace", trace.hex(), "--json")
         found = json.loads(shown.stdout)
         assert found["messages"] and {m["id"] for m in found["messages"]} == {"01" * 16}
     finally:

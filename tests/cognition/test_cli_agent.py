@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import Proc, start_worker
+from conftest import LOOM, Proc, run_loom, start_worker
 from llm_server import ScriptedLLM
-
-LOOM = [sys.executable, "-m", "loom.cli.main"]
-
-
-def loom(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LOOM, *args], capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_an_agent_from_config_answers_loom_ask(
@@ -40,7 +32,7 @@ def test_an_agent_from_config_answers_loom_ask(
             "--tools", "sample.*", "--broker", mesh,
         )  # fmt: skip
         agent.wait_line("actor started")
-        asked = loom("ask", "sage", "What is 20 + 22?", "--steps", "--broker", mesh)
+        asked = run_loom("ask", "sage", "What is 20 + 22?", "--steps", "--broker", mesh)
     assert asked.returncode == 0, asked.stderr
     assert asked.stdout.strip() == "It is 42."
     assert "[tool_call]" in asked.stderr and "sample.add" in asked.stderr
@@ -53,7 +45,7 @@ def test_a_bad_agent_configuration_is_named(tmp_path: Path, mesh: str) -> None:
         '[llm.cloud]\nbase_url = "https://example.invalid/v1"\nmodel = "m"\n'
         'api_key_env = "LOOM_TEST_NO_SUCH_KEY"\n'
     )
-    unknown = loom("agent", "a", "--llm", "other", "--config", str(config), "--broker", mesh)
+    unknown = run_loom("agent", "a", "--llm", "other", "--config", str(config), "--broker", mesh)
     assert unknown.returncode == 2 and "[llm.other]" in unknown.stderr
-    keyless = loom("agent", "a", "--llm", "cloud", "--config", str(config), "--broker", mesh)
+    keyless = run_loom("agent", "a", "--llm", "cloud", "--config", str(config), "--broker", mesh)
     assert keyless.returncode == 2 and "LOOM_TEST_NO_SUCH_KEY" in keyless.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -26,16 +25,6 @@ def start_dashboard(spawn: Callable[..., Proc], broker: str, *extra: str) -> tup
 
 def state(url: str) -> dict[str, Any]:
     return httpx.get(url + "api/state", timeout=5).json()  # type: ignore[no-any-return]
-
-
-def loom(broker: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "loom.cli.main", *args, "--broker", broker],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def node_ids(current: dict[str, Any]) -> set[str]:

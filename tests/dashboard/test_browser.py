@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Proc, spawn_actor, start_worker
-from dash import loom, start_dashboard
+from conftest import ROOT, Proc, loom_at, spawn_actor, start_worker
+from dash import start_dashboard
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 ARTIFACTS = Path(os.environ.get("LOOM_TEST_ARTIFACTS", ROOT / ".artifacts"))
@@ -63,9 +63,9 @@ def test_the_page_shows_the_mesh_and_follows_it_live(
     start_worker(spawn, mesh, "w1")
     spawn_actor(spawn, "echo", mesh)
     _, url = start_dashboard(spawn, mesh)
-    assert loom(mesh, "call", "sample.add", '{"a": 1, "b": 2}').returncode == 0
-    assert loom(mesh, "call", "sample.boom", '{"message": "no"}').returncode == 1
-    assert loom(mesh, "pub", "ping.browser", '{"n": 1}').returncode == 0
+    assert loom_at(mesh, "call", "sample.add", '{"a": 1, "b": 2}').returncode == 0
+    assert loom_at(mesh, "call", "sample.boom", '{"message": "no"}').returncode == 1
+    assert loom_at(mesh, "pub", "ping.browser", '{"n": 1}').returncode == 0
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors = watch_errors(page)
@@ -107,7 +107,7 @@ def test_names_from_the_mesh_are_shown_as_text_never_run(
     """A topic carrying HTML and script is drawn as its literal text."""
     _, url = start_dashboard(spawn, mesh)
     hostile = "x.<img src=nope onerror=window.pwned=1>"
-    assert loom(mesh, "pub", hostile, "1").returncode == 0, "the topic was refused"
+    assert loom_at(mesh, "pub", hostile, "1").returncode == 0, "the topic was refused"
     page = browser.new_page()
     errors = watch_errors(page)
     page.goto(url)

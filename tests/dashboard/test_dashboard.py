@@ -9,8 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from conftest import Proc, free_tcp_endpoint, spawn_actor, start_broker, start_worker, wait_for
-from dash import edges, loom, node_ids, start_dashboard, state
+from conftest import (
+    Proc,
+    free_tcp_endpoint,
+    loom_at,
+    spawn_actor,
+    start_broker,
+    start_worker,
+    wait_for,
+)
+from dash import edges, node_ids, start_dashboard, state
 
 
 def test_the_state_shows_peers_flows_threads_and_tool_calls(
@@ -23,9 +31,9 @@ def test_the_state_shows_peers_flows_threads_and_tool_calls(
     start_worker(spawn, mesh, "w1")
     spawn_actor(spawn, "echo", mesh)
     _, url = start_dashboard(spawn, mesh)
-    assert loom(mesh, "call", "sample.add", '{"a": 1, "b": 2}').returncode == 0
-    assert loom(mesh, "call", "sample.boom", '{"message": "no"}').returncode == 1
-    assert loom(mesh, "pub", "ping.dash", '{"n": 1}').returncode == 0
+    assert loom_at(mesh, "call", "sample.add", '{"a": 1, "b": 2}').returncode == 0
+    assert loom_at(mesh, "call", "sample.boom", '{"message": "no"}').returncode == 1
+    assert loom_at(mesh, "pub", "ping.dash", '{"n": 1}').returncode == 0
 
     def complete() -> dict[str, object] | None:
         current = state(url)
@@ -69,7 +77,7 @@ def test_the_dashboard_follows_a_broker_that_restarts(spawn: Callable[..., Proc]
     broker = start_broker(spawn, endpoint, "--heartbeat", "0.2")
     start_worker(spawn, endpoint, "w1")
     _, url = start_dashboard(spawn, endpoint)
-    assert loom(endpoint, "call", "sample.add", '{"a": 1}').returncode == 0
+    assert loom_at(endpoint, "call", "sample.add", '{"a": 1}').returncode == 0
     wait_for(lambda: len(state(url)["calls"]) == 1, timeout=20, interval=0.1)
     broker.kill()
     wait_for(lambda: not state(url)["connected"], timeout=20, interval=0.1)
@@ -78,7 +86,7 @@ def test_the_dashboard_follows_a_broker_that_restarts(spawn: Callable[..., Proc]
     wait_for(lambda: state(url)["connected"], timeout=20, interval=0.1)
     assert httpx.get(url + "healthz", timeout=5).status_code == 200
     wait_for(lambda: "worker:w1" in node_ids(state(url)), timeout=20, interval=0.1)
-    assert loom(endpoint, "call", "sample.add", '{"a": 2}').returncode == 0
+    assert loom_at(endpoint, "call", "sample.add", '{"a": 2}').returncode == 0
     wait_for(lambda: len(state(url)["calls"]) == 2, timeout=20, interval=0.1)
 
 
@@ -101,13 +109,13 @@ def test_the_broker_serves_the_dashboard_itself(spawn: Callable[..., Proc]) -> N
 
 def test_bad_flags_and_a_taken_port_exit_non_zero(spawn: Callable[..., Proc]) -> None:
     """A bad interval exits 2; a port in use exits 1 naming it; so does the broker's."""
-    bad = loom(free_tcp_endpoint(), "dashboard", "--interval", "0")
+    bad = loom_at(free_tcp_endpoint(), "dashboard", "--interval", "0")
     assert bad.returncode == 2 and "--interval" in bad.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        busy = loom(free_tcp_endpoint(), "dashboard", "--port", port)
+        busy = loom_at(free_tcp_endpoint(), "dashboard", "--port", port)
         assert busy.returncode == 1 and port in busy.stderr
         broker = spawn(
             sys.executable, "-m", "loom.broker", "--endpoint", free_tcp_endpoint(),

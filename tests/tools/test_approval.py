@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HEARTBEAT, Proc, eventually, start_broker, start_worker, until
+from conftest import HEARTBEAT, Proc, eventually, loom_at, start_broker, start_worker, until
 
 from loom import Actor, Event, ToolClient, ToolDeniedError
 from loom.errors import ApprovalError
-
-
-def loom_cli(broker: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "loom.cli.main", *args, "--broker", broker],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 async def wait_pending(client: ToolClient) -> list[dict[str, Any]]:
@@ -55,10 +44,10 @@ def test_an_approved_call_runs_and_the_operator_sees_it_waiting(
             [request] = await wait_pending(client)
             assert request["tool"] == "sample.guarded" and request["caller"] == "agent"
             assert request["args"] == {"marker": str(marker)}
-            listed = await asyncio.to_thread(loom_cli, broker, "approvals")
+            listed = await asyncio.to_thread(loom_at, broker, "approvals")
             assert f"{request['id']}" in listed.stdout and "sample.guarded" in listed.stdout
             assert not marker.exists()  # nothing ran yet
-            done = await asyncio.to_thread(loom_cli, broker, "approve", str(request["id"]))
+            done = await asyncio.to_thread(loom_at, broker, "approve", str(request["id"]))
             assert done.returncode == 0, done.stderr
             assert await asyncio.wait_for(call, 10) == "done"
             assert await client.approvals() == []
@@ -82,7 +71,7 @@ def test_a_denied_call_never_reaches_the_worker(
             call = asyncio.ensure_future(client.call("sample.guarded", {"marker": str(marker)}))
             [request] = await wait_pending(client)
             denied = await asyncio.to_thread(
-                loom_cli, broker, "deny", str(request["id"]), "--reason", "not today"
+                loom_at, broker, "deny", str(request["id"]), "--reason", "not today"
             )
             assert denied.returncode == 0, denied.stderr
             with pytest.raises(ToolDeniedError, match="not today"):
@@ -92,7 +81,7 @@ def test_a_denied_call_never_reaches_the_worker(
 
     asyncio.run(body())
     assert not marker.exists()
-    again = loom_cli(broker, "approve", "999")
+    again = loom_at(broker, "approve", "999")
     assert again.returncode == 1 and "no call waits" in again.stderr
 
 

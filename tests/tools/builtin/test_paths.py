@@ -5,13 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import MakeContext
 
 from loom.errors import InvalidParamsError
-from loom.tools.builtin import _paths
 from loom.tools.builtin._paths import (
     JailRequiredError,
     PathEscapeError,
@@ -22,46 +21,8 @@ from loom.tools.builtin._paths import (
     relative,
     resolve,
 )
-from loom.tools.sandbox.policy import Sandbox
-from loom.tools.tool import ToolContext
 
-MakeContext = Callable[..., ToolContext]
 pytestmark = pytest.mark.usefixtures("resolver")
-
-
-@pytest.fixture
-def jail(tmp_path: Path) -> Path:
-    """An empty jail directory."""
-    path = tmp_path / "jail"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    """A directory next to the jail holding a file ``secret`` no tool may touch."""
-    path = tmp_path / "outside"
-    path.mkdir()
-    (path / "secret").write_text("top secret\n")
-    return path
-
-
-@pytest.fixture
-def context(jail: Path) -> MakeContext:
-    """Make a call context for a tool, jailed in ``jail`` unless told otherwise."""
-
-    def make(tool: str, *, jail: Path | None = jail, sandbox: Sandbox | None = None) -> ToolContext:
-        return ToolContext(1, tool, 10.0, lambda call, data: None, sandbox=sandbox, jail=jail)
-
-    return make
-
-
-@pytest.fixture(params=["openat2", "walk"])
-def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test with the kernel's openat2, then with the component walk alone."""
-    if request.param == "walk":
-        monkeypatch.setattr(_paths._openat2, "available", False)
-    return str(request.param)
 
 
 def read(jail: Path, path: str) -> str:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from conftest import until
+from conftest import MakeContext, until
 
 from loom.errors import InvalidParamsError
 from loom.tools.builtin import (
@@ -20,36 +19,6 @@ from loom.tools.builtin import (
     shell_run,
 )
 from loom.tools.sandbox.policy import Sandbox
-from loom.tools.tool import ToolContext
-
-MakeContext = Callable[..., ToolContext]
-
-
-@pytest.fixture
-def jail(tmp_path: Path) -> Path:
-    """An empty jail directory."""
-    path = tmp_path / "jail"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    """A directory next to the jail holding a file ``secret`` no tool may touch."""
-    path = tmp_path / "outside"
-    path.mkdir()
-    (path / "secret").write_text("top secret\n")
-    return path
-
-
-@pytest.fixture
-def context(jail: Path) -> MakeContext:
-    """Make a call context for a tool, jailed in ``jail`` unless told otherwise."""
-
-    def make(tool: str, *, jail: Path | None = jail, sandbox: Sandbox | None = None) -> ToolContext:
-        return ToolContext(1, tool, 10.0, lambda call, data: None, sandbox=sandbox, jail=jail)
-
-    return make
 
 
 def run(
