@@ -82,8 +82,11 @@ class DropCounter:
         self._last_logged: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
 
-    def drop(self, reason: str, message: str, **context: Any) -> None:
-        """Count one drop for ``reason`` and log it if the rate limit allows."""
+    def drop(
+        self, reason: str, message: str, *, exc_info: BaseException | None = None, **context: Any
+    ) -> None:
+        """Count one drop for ``reason`` and log it if the rate limit allows (with the
+        traceback of ``exc_info``, when given: a bug that a message found)."""
         self.counts[reason] = self.counts.get(reason, 0) + 1
         self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
         now = self._clock()
@@ -96,6 +99,7 @@ class DropCounter:
                 detail=message,
                 dropped_since_last_log=self._unlogged[reason],
                 dropped_total=self.counts[reason],
+                exc_info=exc_info,
                 **context,
             )
             self._unlogged[reason] = 0

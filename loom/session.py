@@ -8,6 +8,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import zmq
 import zmq.backend
 
@@ -24,9 +25,11 @@ from loom.protocol import (
     ERROR_COMMAND,
     HEARTBEAT,
     HELLO,
+    MAX_ANSWER_BYTES,
     RESET,
     TOOL_COMMANDS,
     VERSION,
+    HelloAnswer,
     decode_control,
     encode_control,
     recv_frames,
@@ -80,8 +83,8 @@ class Session:
         self.address = address
         self.name = name
         self.role = role
-        self.hello: dict[str, Any] = {}
-        """The broker's last HELLO answer (endpoints, limits, heartbeat)."""
+        self.hello: HelloAnswer | None = None
+        """The broker's last HELLO answer (endpoints, limits, heartbeat), checked."""
         self.handlers: dict[bytes, ToolHandler] = {}
         self.streams: dict[bytes, Callable[[list[bytes]], None]] = {}
         """Handlers of durable-topic messages (PUBACK, DELIVER), given the frames after
@@ -108,14 +111,14 @@ class Session:
     @property
     def interval(self) -> float:
         """Seconds between heartbeats, as the broker announced."""
-        return float(self.hello.get("heartbeat", 1.0))
+        return self.hello.heartbeat if self.hello is not None else 1.0
 
     @property
     def liveness(self) -> int:
         """Missed intervals after which a silent peer counts as dead."""
-        return int(self.hello.get("liveness", 3))
+        return self.hello.liveness if self.hello is not None else 3
 
-    async def open(self, timeout: float) -> dict[str, Any]:
+    async def open(self, timeout: float) -> HelloAnswer:
         """Connect, say HELLO, start heartbeating; returns the broker's HELLO answer.
 
         Raises:
@@ -127,6 +130,7 @@ class Session:
         context: zmq.Context[Any] = zmq.Context.shadow(self._context.underlying)
         sock = self._sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_ANSWER_BYTES)  # libzmq refuses bigger frames
         sock.connect(self.address)
         self._loop.add_reader(sock.FD, self._on_readable)
         self._loop.call_soon(self._on_readable)  # the fd is edge-triggered
@@ -136,6 +140,7 @@ class Session:
             self.close(bye=False)
             raise
         self._beat = self._loop.create_task(self._heartbeat(), name=f"loom-heartbeat-{self.name}")
+        assert self.hello is not None
         return self.hello
 
     async def _say_hello(self, timeout: float) -> None:
@@ -147,10 +152,12 @@ class Session:
             if reply.get("code") == "VERSION_MISMATCH":
                 raise VersionMismatchError(VERSION, reply.get("version"))
             raise ProtocolError("hello", f"broker refused HELLO: {reply.get('message')}")
-        endpoints_ok = all(isinstance(reply.get(key), str) for key in ("pub", "sub"))
-        if command != HELLO or not endpoints_ok:
-            raise ProtocolError("hello", f"unexpected answer to HELLO: {command!r}")
-        self.hello = reply
+        if command != HELLO:
+            raise ProtocolError("hello", f"unexpected answer to HELLO: {command[:32]!r}")
+        try:
+            self.hello = msgspec.convert(reply, HelloAnswer)
+        except msgspec.ValidationError as exc:
+            raise ProtocolError("hello", f"unreadable answer to HELLO: {exc}") from None
 
     async def ask(
         self, command: bytes, body: dict[str, Any], timeout: float

@@ -59,6 +59,9 @@ class BrokerSettings(_Section):
     max_payload: PositiveInt = DEFAULT_MAX_PAYLOAD
     stall_timeout: PositiveFloat = 0.5
     hwm: PositiveInt = 1000
+    queue_bytes: PositiveInt = 256 << 20
+    """About how many bytes one connection's queue holds, each way, when its messages
+    are as large as ``max_payload``: the high-water mark is lowered to fit."""
     name: str = Field(default="loom-broker", min_length=1)
     heartbeat: PositiveFloat = 1.0
     liveness: PositiveInt = 3
@@ -66,6 +69,8 @@ class BrokerSettings(_Section):
     max_queue: PositiveInt = 1000
     max_attempts: PositiveInt = 3
     max_call_timeout: PositiveFloat = Field(default=DEFAULT_MAX_TIMEOUT, allow_inf_nan=False)
+    max_call_bytes: PositiveInt = 256 << 20
+    """Bytes of arguments of the tool calls the broker holds at once; past it, OVERLOADED."""
     data_dir: str | None = None
     """Where the durable topics' LMDB log lives; without it, durable emits are refused."""
     durable_map_size: PositiveInt = 1 << 30

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
+import msgspec
 import pytest
 
 from loom.actor.link import query
@@ -256,7 +258,28 @@ def make_header(**changes: Any) -> bytes:
         None,
         None,
     )
-    return encode_header(env._replace(**changes))
+    return encode_header(msgspec.structs.replace(env, **changes))
+
+
+_WRONG = ({"a": 1}, [1, 2], b"\x00bytes", "text", 1.5, -1, True, "x" * 300, b"y" * 100)
+"""Values of the wrong msgpack type, or past a bound, for some header field each."""
+
+
+def ill_typed_headers() -> list[bytes]:
+    """Header frames with one field of a type (or size) that field refuses: a map as
+    ``kind``, a list as ``id``, bytes as ``sender``, a 300-character thread id..."""
+    good = msgspec.structs.astuple(msgspec.msgpack.decode(make_header(), type=Envelope))
+    headers = []
+    for index in range(len(good)):
+        for value in _WRONG:
+            fields = list(good)
+            fields[index] = value
+            frame = msgpack.packb(fields)
+            try:
+                msgspec.msgpack.decode(frame, type=Envelope)
+            except msgspec.ValidationError:
+                headers.append(frame)
+    return headers
 
 
 # --- built-in tools: a jail, a secret beside it, call contexts ------------------------

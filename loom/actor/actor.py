@@ -265,7 +265,7 @@ class Actor(Verbs):
             self.broker, context, name=self.name, log=self.log, patterns=self._router.patterns
         )
         hello = await link.open(self._connect_timeout)
-        self._max_payload = int(hello.get("max_payload", DEFAULT_MAX_PAYLOAD))
+        self._max_payload = hello.max_payload
         self._tools = ToolClient(link.session, max_payload=self._max_payload)
         link.session.stats = self._report_stats
         link.session.lost_hooks.append(self._link_lost)
@@ -278,7 +278,7 @@ class Actor(Verbs):
         self._receiver = Receiver(
             self._sub,
             link.inbox,
-            match=self._router.match,
+            route=self._router.route,
             pending=self._pending,
             stats=self.stats,
             answer=self._answer,

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
+import msgspec
 
 from loom.actor.event import Event
 from loom.actor.patterns import Router
@@ -21,9 +21,11 @@ from loom.protocol import (
     ERROR_COMMAND,
     PUBACK,
     PUBLISH,
+    DsubAnswer,
+    decode_acks,
+    decode_delivery,
     decode_header,
     decode_payload,
-    decode_topic,
 )
 from loom.session import Session
 
@@ -89,6 +91,8 @@ class Durability:
         self.refused = 0
         self._to_ack: dict[str, int] = {}
         self._since_ack = 0
+        self._ack_every = _ACK_EVERY
+        """Handled events per acknowledgement: at most half the broker's window."""
         self._closed = False
         self._ack_timer: asyncio.TimerHandle | None = None
         session.streams[PUBACK] = self._on_puback
@@ -131,7 +135,9 @@ class Durability:
             self._retry = None
 
     def _on_puback(self, frames: list[bytes]) -> None:
-        for mid, _, error in msgpack.unpackb(frames[0]):
+        if len(frames) != 2:
+            raise ProtocolError("frames", f"PUBACK with {len(frames)} frames")
+        for mid, _, error in decode_acks(frames[0]):
             self.sent_at.pop(mid, None)
             if self.unacked.pop(mid, None) is not None and error is not None:
                 self.refused += 1
@@ -174,7 +180,12 @@ class Durability:
             command, answer = await self._session.ask(DSUB, body, timeout)
             if command == ERROR_COMMAND:
                 raise DurableError(f"durable subscription {name!r}: {answer.get('message')}")
-            acked, last = int(answer.get("acked", 0)), int(answer.get("last_seq", 0))
+            try:
+                position = msgspec.convert(answer, DsubAnswer)
+            except msgspec.ValidationError as exc:
+                raise ProtocolError("body", f"unreadable answer to DSUB: {exc}") from None
+            acked, last = position.acked, position.last_seq
+            self._ack_every = min(_ACK_EVERY, max(1, position.window // 2))
             if last < self.delivered.get(name, 0):  # a new log (data_dir wiped): start over
                 self.delivered[name] = self.handled[name] = acked
             else:
@@ -185,7 +196,7 @@ class Durability:
         if len(frames) != 4:
             raise ProtocolError("frames", f"DELIVER with {len(frames)} frames")
         meta, topic_frame, header, payload = frames
-        seq, name = msgpack.unpackb(meta)
+        seq, name = decode_delivery(meta)
         routes = self._routes.get(name)
         if routes is None:
             self._drops.drop("stream", f"delivery for unknown subscription {name!r}")
@@ -196,11 +207,15 @@ class Durability:
                 self._to_ack[name] = self.handled[name]
                 self._schedule_ack()
             return
-        self.delivered[name] = seq
         envelope = decode_header(header)
-        topic = decode_topic(topic_frame)
-        data = decode_payload(payload, envelope.content_type)
-        self._enqueue(Event(topic, data, envelope, seq, name), routes.match(topic_frame))
+        topic, handlers = routes.route(topic_frame)
+        self.delivered[name] = seq
+        try:
+            data = decode_payload(payload, envelope.content_type)
+        except ProtocolError:  # skipped, but acknowledged in its turn: the stream goes on
+            self._enqueue(Event(topic, None, envelope, seq, name), ())
+            raise
+        self._enqueue(Event(topic, data, envelope, seq, name), handlers)
 
     def on_handled(self, event: Event) -> None:
         """The receiver handled a delivered event: acknowledge it (batched)."""
@@ -209,7 +224,7 @@ class Durability:
         self.handled[name] = seq
         self._to_ack[name] = seq
         self._since_ack += 1
-        if self._since_ack >= _ACK_EVERY:
+        if self._since_ack >= self._ack_every:
             self.send_acks()
         else:
             self._schedule_ack()

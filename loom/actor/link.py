@@ -11,7 +11,16 @@ import zmq
 import zmq.asyncio
 
 from loom.errors import BrokerUnavailableError, ProtocolError
-from loom.protocol import HELLO, VERSION, decode_control, encode_control
+from loom.protocol import (
+    HELLO,
+    MAX_ANSWER_BYTES,
+    MAX_SUBSCRIPTION_FRAME,
+    VERSION,
+    HelloAnswer,
+    decode_control,
+    encode_control,
+    max_frame,
+)
 from loom.session import Session
 
 __all__ = [
@@ -60,6 +69,7 @@ async def control_request(
     actx = zmq.asyncio.Context.shadow(context.underlying)
     dealer = actx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.MAXMSGSIZE, MAX_ANSWER_BYTES)
     try:
         dealer.connect(address)
         await dealer.send_multipart(encode_control(command, body))
@@ -154,14 +164,14 @@ class Link:
         self.session = Session(
             address, context, name=name, role=role, log=log, hello=lambda: {"patterns": patterns()}
         )
-        self.hello: dict[str, Any] = {}
+        self.hello: HelloAnswer | None = None
         self.pub: zmq.Socket[bytes] | None = None
         self.sub: zmq.Socket[bytes] | None = None
         self.inbox: zmq.Socket[bytes] | None = None
         self._pub_at = ""
         self._sub_at = ""
 
-    async def open(self, timeout: float) -> dict[str, Any]:
+    async def open(self, timeout: float) -> HelloAnswer:
         """Say HELLO, then connect the publisher and the two subscribers (events, inbox) to
         the endpoints it announces.
 
@@ -181,8 +191,13 @@ class Link:
                 sock.setsockopt(zmq.LINGER, 1000)
                 sock.setsockopt(zmq.SNDHWM, self._hwm)
                 sock.setsockopt(zmq.RCVHWM, self._hwm)
-            self._pub_at = announced_endpoint(self.hello["pub"], self.address)
-            self._sub_at = announced_endpoint(self.hello["sub"], self.address)
+            # libzmq refuses frames over these before Python sees them: the publisher
+            # receives only subscriptions, the subscribers messages of the broker's limit
+            pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_FRAME)
+            for sock in (sub, inbox):
+                sock.setsockopt(zmq.MAXMSGSIZE, max_frame(self.hello.max_payload))
+            self._pub_at = announced_endpoint(self.hello.pub, self.address)
+            self._sub_at = announced_endpoint(self.hello.sub, self.address)
             pub.connect(self._pub_at)
             sub.connect(self._sub_at)
             inbox.connect(self._sub_at)
@@ -204,8 +219,10 @@ class Link:
         """
         hello = self.session.hello
         try:
-            pub_at = announced_endpoint(hello["pub"], self.address)
-            sub_at = announced_endpoint(hello["sub"], self.address)
+            if hello is None:
+                raise ValueError("no HELLO answer yet")
+            pub_at = announced_endpoint(hello.pub, self.address)
+            sub_at = announced_endpoint(hello.sub, self.address)
             moved = False
             if self.pub is not None and pub_at != self._pub_at:
                 self.pub.disconnect(self._pub_at)

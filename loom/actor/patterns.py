@@ -5,6 +5,11 @@ prefix and matches the full pattern here; the decision is cached per topic.
 
 A wildcard in the first position never matches a topic starting with ``$`` (``$sys``,
 ``$inbox``...): those are reached only by naming them.
+
+Matching runs a small NFA over the topic's tokens, its states a bit set: one step per
+token whatever the pattern, so a hostile pattern (``a.**.**.**.z``) or topic costs no
+more than a plain one. Patterns and topics are bounded (``MAX_TOPIC_BYTES``,
+``MAX_TOKENS``), so the sets stay a couple of machine words.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from typing import Generic, TypeVar
 
 from loom.errors import PatternError
+from loom.protocol import MAX_TOKENS, MAX_TOPIC_BYTES, decode_topic
 
 __all__ = ["Pattern", "Router"]
 
@@ -23,31 +29,68 @@ class Pattern:
     """A compiled subscription pattern.
 
     Raises:
-        PatternError: empty, an empty token, or ``*`` inside a token (``pri*``).
+        PatternError: empty, longer than ``MAX_TOPIC_BYTES`` or ``MAX_TOKENS`` tokens, an
+            empty token, or ``*`` inside a token (``pri*``).
     """
 
-    __slots__ = ("prefix", "text", "tokens")
+    __slots__ = ("_accept", "_deep", "_literal", "_one", "_start", "prefix", "text", "tokens")
 
     def __init__(self, text: str) -> None:
         if not isinstance(text, str) or not text:
             raise PatternError(f"pattern must be a non-empty string, not {text!r}")
+        if len(text.encode()) > MAX_TOPIC_BYTES:
+            raise PatternError(f"pattern is longer than {MAX_TOPIC_BYTES} bytes")
         tokens = tuple(text.split("."))
+        if len(tokens) > MAX_TOKENS:
+            raise PatternError(f"pattern has {len(tokens)} tokens (limit {MAX_TOKENS})")
         for token in tokens:
             if not token:
-                raise PatternError(f"pattern {text!r} has an empty token")
+                raise PatternError(f"pattern {text[:80]!r} has an empty token")
             if "*" in token and token not in ("*", "**"):
-                raise PatternError(f"pattern {text!r}: '*' must be a whole token ({token!r})")
+                raise PatternError(f"pattern {text[:80]!r}: '*' must be a whole token")
         self.text = text
         self.tokens = tokens
         self.prefix = _literal_prefix(tokens)
         """The bytes to subscribe to at the zmq level."""
+        self._compile(tokens)
+
+    def _compile(self, tokens: tuple[str, ...]) -> None:
+        """The NFA: state ``i`` means "the first ``i`` steps matched". Adjacent ``**``
+        say no more than one, so they are collapsed (one closure step then suffices)."""
+        steps: list[str] = []
+        for token in tokens:
+            if not (token == "**" and steps and steps[-1] == "**"):
+                steps.append(token)
+        literal: dict[str, int] = {}
+        one = deep = 0
+        for i, step in enumerate(steps):
+            if step == "*":
+                one |= 1 << i
+            elif step == "**":
+                deep |= 1 << i
+            else:
+                literal[step] = literal.get(step, 0) | 1 << i
+        self._literal = literal
+        """Per literal token, the states whose step it satisfies."""
+        self._one = one
+        """States whose step is ``*``."""
+        self._deep = deep
+        """States whose step is ``**`` (it may take a token and stay, or take none)."""
+        self._start = 1 | (1 & deep) << 1
+        self._accept = 1 << len(steps)
 
     def matches(self, topic: str) -> bool:
-        """Whether ``topic`` matches this pattern."""
-        parts = topic.split(".")
+        """Whether ``topic`` matches this pattern (linear in the topic's tokens)."""
         if topic.startswith("$") and self.tokens[0] in ("*", "**"):
             return False
-        return _match(self.tokens, parts, 0, 0)
+        literal, one, deep = self._literal, self._one, self._deep
+        states = self._start
+        for token in topic.split("."):
+            states = (states & deep) | (states & (one | literal.get(token, 0))) << 1
+            if not states:
+                return False
+            states |= (states & deep) << 1  # a ``**`` may also match no token
+        return bool(states & self._accept)
 
     def __repr__(self) -> str:
         return f"Pattern({self.text!r})"
@@ -62,26 +105,13 @@ def _literal_prefix(tokens: tuple[str, ...]) -> bytes:
     return ".".join(tokens).encode()
 
 
-def _match(pattern: tuple[str, ...], topic: list[str], i: int, j: int) -> bool:
-    while i < len(pattern):
-        token = pattern[i]
-        if token == "**":
-            if i == len(pattern) - 1:
-                return True
-            return any(_match(pattern, topic, i + 1, k) for k in range(j, len(topic) + 1))
-        if j >= len(topic) or (token != "*" and token != topic[j]):
-            return False
-        i += 1
-        j += 1
-    return j == len(topic)
-
-
 class Router(Generic[H]):
-    """Patterns bound to handlers (any objects), with a per-topic cache of which handlers match."""
+    """Patterns bound to handlers (any objects), with a per-topic cache of which handlers
+    match (and of the topic's checked text)."""
 
     def __init__(self) -> None:
         self._routes: list[tuple[Pattern, H]] = []
-        self._cache: dict[bytes, tuple[H, ...]] = {}
+        self._cache: dict[bytes, tuple[str, tuple[H, ...]]] = {}
 
     def add(self, pattern: str | Pattern, handler: H) -> Pattern:
         """Bind ``handler`` to ``pattern``; returns the compiled pattern.
@@ -94,16 +124,29 @@ class Router(Generic[H]):
         self._cache.clear()
         return compiled
 
-    def match(self, topic: bytes) -> tuple[H, ...]:
-        """The handlers for ``topic`` (a UTF-8 topic frame), in binding order."""
-        handlers = self._cache.get(topic)
-        if handlers is None:
-            text = topic.decode(errors="replace")
-            handlers = tuple(h for p, h in self._routes if p.matches(text))
+    def route(self, topic: bytes) -> tuple[str, tuple[H, ...]]:
+        """The text of ``topic`` (a topic frame from a peer) and the handlers it reaches,
+        in binding order.
+
+        Raises:
+            ProtocolError: the frame is not a valid topic (``reason == "topic"``).
+        """
+        found = self._cache.get(topic)
+        if found is None:
+            text = decode_topic(topic)
+            found = (text, tuple(h for p, h in self._routes if p.matches(text)))
             if len(self._cache) >= MAX_CACHE:
                 self._cache.clear()
-            self._cache[topic] = handlers
-        return handlers
+            self._cache[topic] = found
+        return found
+
+    def match(self, topic: bytes) -> tuple[H, ...]:
+        """The handlers for ``topic``, in binding order.
+
+        Raises:
+            ProtocolError: the frame is not a valid topic.
+        """
+        return self.route(topic)[1]
 
     def patterns(self) -> list[str]:
         """The bound patterns' texts, each once, in binding order."""

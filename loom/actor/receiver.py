@@ -21,7 +21,6 @@ from loom.protocol import (
     Envelope,
     decode_header,
     decode_payload,
-    decode_topic,
     recv_message,
 )
 
@@ -51,7 +50,8 @@ class Receiver:
     Args:
         events: the SUB socket for pattern subscriptions (sync, drained with NOBLOCK).
         inbox: the SUB socket subscribed to the actor's inbox topic.
-        match: the handlers bound to a topic frame.
+        route: a topic frame's checked text and the handlers bound to it (raises
+            ``ProtocolError`` for a frame that is not a topic).
         pending: futures of requests and probes, by message id.
         stats: the actor's counters.
         answer: publishes a reply or error for a request event (the actor's verb).
@@ -72,7 +72,7 @@ class Receiver:
         events: zmq.Socket[bytes],
         inbox: zmq.Socket[bytes],
         *,
-        match: Callable[[bytes], tuple[Handler, ...]],
+        route: Callable[[bytes], tuple[str, tuple[Handler, ...]]],
         pending: dict[bytes, asyncio.Future[Any]],
         stats: Any,
         answer: Callable[[Event, int, Any], Awaitable[None]],
@@ -83,7 +83,7 @@ class Receiver:
     ) -> None:
         self._events = events
         self._inbox = inbox
-        self._match = match
+        self._route = route
         self._pending = pending
         self._stats = stats
         self._reply = answer
@@ -182,17 +182,20 @@ class Receiver:
     def _on_inbox(self) -> None:
         if not self._reading:
             return
+        inbox, drops = self._inbox, self._stats.drops
         for _ in range(_BATCH):
             try:
-                _, header, payload = recv_message(self._inbox)
-                envelope = decode_header(header)
+                _, header, payload = recv_message(inbox)
+                if not self._resolve(decode_header(header), payload):
+                    self._stats.late_replies += 1
             except zmq.Again:
                 return
             except ProtocolError as exc:
-                self._stats.drops.drop(exc.reason, str(exc))
-                continue
-            if not self._resolve(envelope, payload):
-                self._stats.late_replies += 1
+                drops.drop(exc.reason, str(exc))
+            except Exception as exc:  # nothing a peer sends may end the reading
+                if not self._reading:
+                    return
+                drops.drop("error", f"{type(exc).__name__}: {exc}")
         self._loop.call_soon(self._on_inbox)
 
     def _resolve(self, envelope: Envelope, payload: bytes) -> bool:
@@ -219,7 +222,7 @@ class Receiver:
     def _on_events(self) -> None:
         if not self._reading or self._paused:
             return
-        sub, mailbox, match, stats = self._events, self._mailbox, self._match, self._stats
+        sub, mailbox, route, stats = self._events, self._mailbox, self._route, self._stats
         queued = False
         for _ in range(_BATCH):
             try:
@@ -227,16 +230,20 @@ class Receiver:
                 envelope = decode_header(header)
                 if envelope.kind >= REPLY and self._resolve(envelope, payload):
                     continue  # a probe
-                handlers = match(topic)
+                text, handlers = route(topic)
                 if not handlers:
                     stats.unmatched += 1
                     continue
                 data = decode_payload(payload, envelope.content_type)
-                text = decode_topic(topic)
             except zmq.Again:
                 break
             except ProtocolError as exc:
                 stats.drops.drop(exc.reason, str(exc))
+                continue
+            except Exception as exc:  # nothing a peer sends may end the reading
+                if not self._reading:
+                    return
+                stats.drops.drop("error", f"{type(exc).__name__}: {exc}")
                 continue
             mailbox.append((Event(text, data, envelope), handlers))
             queued = True

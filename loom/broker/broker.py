@@ -14,8 +14,14 @@ from loom.broker.durable import DurableLog, DurablePlane
 from loom.broker.pubsub import PubSubProxy
 from loom.broker.tools import ToolRouter
 from loom.broker.traces import TraceBuffer
-from loom.logs import get_logger
-from loom.protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_TIMEOUT
+from loom.logs import DropCounter, get_logger
+from loom.protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_TIMEOUT,
+    MAX_SUBSCRIPTION_FRAME,
+    max_frame,
+    queue_messages,
+)
 
 __all__ = ["Broker", "derive_endpoints"]
 
@@ -52,7 +58,9 @@ class Broker:
         context: the zmq context; a private one by default.
         max_payload: largest payload forwarded, in bytes.
         stall_timeout: how long a full subscriber may hold up a send (seconds).
-        hwm: high-water mark of every socket, in messages.
+        hwm: high-water mark of every socket, in messages (for small messages).
+        queue_bytes: about how many bytes one connection's queue holds, each way, when
+            its messages are as large as ``max_payload`` (the mark is lowered to fit).
         name: the broker's name in logs and HELLO.
         heartbeat: seconds between heartbeats with every peer.
         liveness: missed heartbeats after which a peer counts as dead.
@@ -60,6 +68,7 @@ class Broker:
         max_queue: tool calls waiting per tool before OVERLOADED.
         max_attempts: dispatches of an idempotent call whose workers keep dying.
         max_call_timeout: the longest timeout a tool call gets, whatever it asks.
+        max_call_bytes: bytes of tool calls' arguments held at once (then OVERLOADED).
         data_dir: where the durable topics' LMDB log lives (``None``: no durable topics).
         durable_map_size: the log's largest size, bytes.
         durable_max_age: seconds durable events are kept (0: forever).
@@ -83,6 +92,7 @@ class Broker:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         stall_timeout: float = 0.5,
         hwm: int = 1000,
+        queue_bytes: int = 256 << 20,
         name: str = "loom-broker",
         heartbeat: float = 1.0,
         liveness: int = 3,
@@ -90,6 +100,7 @@ class Broker:
         max_queue: int = 1000,
         max_attempts: int = 3,
         max_call_timeout: float = DEFAULT_MAX_TIMEOUT,
+        max_call_bytes: int = 256 << 20,
         data_dir: str | None = None,
         durable_map_size: int = 1 << 30,
         durable_max_age: float = 0.0,
@@ -108,12 +119,14 @@ class Broker:
         self._max_payload = max_payload
         self._stall_timeout = stall_timeout
         self._hwm = hwm
+        self._queue_bytes = queue_bytes
         self._heartbeat = heartbeat
         self._liveness = liveness
         self._call_timeout = call_timeout
         self._max_queue = max_queue
         self._max_attempts = max_attempts
         self._max_call_timeout = max_call_timeout
+        self._max_call_bytes = max_call_bytes
         self._data_dir = data_dir
         self._approval_timeout = approval_timeout
         self._require_approval = tuple(require_approval)
@@ -129,6 +142,7 @@ class Broker:
         self.proxy: PubSubProxy | None = None
         self.control: ControlPlane | None = None
         self.internal_errors = 0
+        self._errors = DropCounter(self._log)
 
     def bind(self) -> dict[str, str]:
         """Bind every socket; returns the endpoints (``control``, ``pub``, ``sub``).
@@ -144,12 +158,16 @@ class Broker:
             log = DurableLog(
                 self._data_dir, map_size=map_size, max_age=max_age, max_bytes=max_bytes
             )
-        router = self._socket(zmq.ROUTER)
+        # Every inbound frame is bounded by libzmq before Python sees it, and every queue
+        # holds about queue_bytes per connection however large its messages are.
+        frame = max_frame(self._max_payload)
+        messages = queue_messages(self._hwm, self._queue_bytes, frame)
+        router = self._socket(zmq.ROUTER, frame, messages)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable answers are counted, not lost
         router.bind(self.endpoint)
-        xsub = self._socket(zmq.XSUB)
+        xsub = self._socket(zmq.XSUB, frame, messages)
         xsub.bind(pub_at)
-        xpub = self._socket(zmq.XPUB)
+        xpub = self._socket(zmq.XPUB, MAX_SUBSCRIPTION_FRAME, messages)
         xpub.bind(sub_at)
         self.endpoints = {
             "control": self.endpoint,
@@ -177,6 +195,7 @@ class Broker:
             max_attempts=self._max_attempts,
             max_payload=self._max_payload,
             max_timeout=self._max_call_timeout,
+            max_call_bytes=self._max_call_bytes,
             require_approval=self._require_approval,
         )
         tools.traces = traces
@@ -186,6 +205,8 @@ class Broker:
             forward=self.proxy.forward,
             logger=self._log,
             max_payload=self._max_payload,
+            window=max(1, min(1000, messages // 2)),  # room left in the queue for answers
+            window_bytes=max(1, self._queue_bytes // 2),
         )
         control = self.control = ControlPlane(
             router,
@@ -254,11 +275,12 @@ class Broker:
             self._metrics.server_close()
             self._metrics = None
 
-    def _socket(self, kind: int) -> zmq.Socket[bytes]:
+    def _socket(self, kind: int, frame: int, hwm: int) -> zmq.Socket[bytes]:
         sock = self._context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self._hwm)
-        sock.setsockopt(zmq.RCVHWM, self._hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, frame)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
         self._sockets.append(sock)
         return sock
 
@@ -279,8 +301,8 @@ class Broker:
                 try:
                     wake = control.tick()  # dead peers, call deadlines, durable commits
                     timeout = min(200, max(0, int((wake - time.monotonic()) * 1000) + 1))
-                except Exception:
-                    self._internal_error()
+                except Exception as exc:
+                    self._internal_error(exc)
                 for sock, _ in poller.poll(timeout):
                     try:
                         if sock is xsub:
@@ -289,8 +311,8 @@ class Broker:
                             proxy.read_subscriptions()
                         else:
                             control.serve()
-                    except Exception:  # a bug must not take the mesh down: log, go on
-                        self._internal_error()
+                    except Exception as exc:  # a bug must not take the mesh down
+                        self._internal_error(exc)
         finally:
             self._close()
 
@@ -298,9 +320,11 @@ class Broker:
         assert self.proxy is not None
         self.proxy.publish(topic, data, sender=self.name)
 
-    def _internal_error(self) -> None:
+    def _internal_error(self, exc: Exception) -> None:
+        """A bug surfaced in the loop: count it, log it (rate-limited, with its
+        traceback), go on serving."""
         self.internal_errors += 1
-        self._log.exception("internal error, broker continues")
+        self._errors.drop("internal", f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     def stop(self) -> None:
         """Ask ``run()`` to return (within ~200 ms). Safe from threads and signal handlers."""

@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--stall-timeout", type=float, help="seconds a full subscriber may stall delivery"
     )
     parser.add_argument("--hwm", type=int, help="socket high-water mark, messages")
+    parser.add_argument(
+        "--queue-bytes",
+        type=int,
+        help="bytes one connection's queue may hold with large messages (256 MiB)",
+    )
     parser.add_argument("--name", help="broker name in logs and HELLO")
     parser.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 1)")
     parser.add_argument(
@@ -58,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-call-timeout", type=float, help="the longest call timeout granted (default 3600)"
+    )
+    parser.add_argument(
+        "--max-call-bytes", type=int, help="bytes of tool-call arguments held (256 MiB)"
     )
     parser.add_argument("--data-dir", help="directory of the durable topics' LMDB log")
     parser.add_argument("--durable-map-size", type=int, help="largest log size, bytes (1 GiB)")

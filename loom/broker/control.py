@@ -45,9 +45,22 @@ from loom.protocol import (
     STATS,
     TRACE,
     VERSION,
-    decode_control,
+    Approve,
+    Body,
+    Dack,
+    Dsub,
+    Empty,
+    Heartbeat,
+    Hello,
+    Patterns,
+    Ready,
+    Recent,
+    Replay,
+    Trace,
+    decode_body,
     encode_control,
     recv_frames,
+    request_id,
     send_frames,
 )
 
@@ -56,7 +69,10 @@ __all__ = ["ControlPlane", "Peer"]
 MAX_PEERS = 10_000
 ROLES = frozenset(("actor", "worker", "client"))
 """A HELLO's role is one of these (anything else counts as ``client``)."""
-MAX_PATTERNS = 1000
+MAX_PATTERN_BYTES = 8 * 1024
+"""Bytes of patterns kept per peer for the directory (the rest are left out)."""
+MAX_FRAMES = 8
+"""Frames of one control-socket message read at most; a longer one is malformed."""
 RECENT_LIMIT = 1000
 """The most messages (and calls) one RECENT answer holds."""
 
@@ -119,6 +135,10 @@ class Peer:
             "stats": self.stats,
             "histograms": {key: list(value) for key, value in self.histograms.items()},
         }
+
+
+_Handler = Callable[["ControlPlane", bytes, Any], None]
+"""A command's handler: the plane, the peer's identity, the decoded body."""
 
 
 class ControlPlane:
@@ -189,42 +209,60 @@ class ControlPlane:
 
     def serve(self, budget: int = 1000) -> None:
         """Handle up to ``budget`` waiting messages. Durable events received are batched;
-        ``tick`` commits the batch (then forwards and acknowledges it)."""
+        ``tick`` commits the batch (then forwards and acknowledges it).
+
+        Nothing a peer sends ends the serving: a message that makes a handler fail is
+        counted (``error``) and logged, rate-limited, with its traceback."""
         router, peers, tool_commands = self._router, self.peers, self._tool_commands
         now = self._clock()
         for _ in range(budget):
             try:
-                frames = recv_frames(router)
+                frames = recv_frames(router, max_frames=MAX_FRAMES)
             except zmq.Again:
                 return
+            except ProtocolError as exc:  # too many frames: drained, nothing to answer
+                self.drops.drop(exc.reason, str(exc), plane="control")
+                continue
             identity, command = frames[0], frames[1] if len(frames) > 1 else b""
             peer = peers.get(identity)
             if peer is not None:
                 peer.seen = now
-            if command == PUBLISH:
-                self.durable.on_publish(identity, frames[2:])
-                continue
-            handle = tool_commands.get(command)
-            if handle is not None and len(frames) > 2:
-                if len(frames) != 4:
-                    self.drops.drop("frames", f"{command!r} with {len(frames) - 1} frames")
-                else:
-                    handle(identity, frames[2], frames[3])
-                continue
-            self._control(identity, frames[1:])
+            try:
+                if command == PUBLISH:
+                    self.durable.on_publish(identity, frames[2:])
+                    continue
+                handle = tool_commands.get(command)
+                if handle is not None and len(frames) > 2:
+                    if len(frames) != 4:
+                        self.drops.drop("frames", f"{command!r} with {len(frames) - 1} frames")
+                    else:
+                        handle(identity, frames[2], frames[3])
+                    continue
+                self._control(identity, frames[1:])
+            except Exception as exc:  # a bug a peer's message found: count, log, go on
+                what = f"{command[:32]!r}: {type(exc).__name__}: {exc}"
+                self.drops.drop("error", what, plane="control", exc_info=exc)
 
     def _control(self, identity: bytes, frames: list[bytes]) -> None:
-        try:
-            command, body = decode_control(frames)
-        except ProtocolError as exc:
-            self.drops.drop(exc.reason, str(exc), plane="control")
-            self._reply(identity, ERROR_COMMAND, {"code": "MALFORMED", "message": str(exc)})
+        if len(frames) != 2:
+            message = f"control message has {len(frames)} frames, expected 2"
+            self.drops.drop("frames", message, plane="control")
+            self._reply(identity, ERROR_COMMAND, {"code": "MALFORMED", "message": message})
             return
-        handler = self._commands.get(command)
-        if handler is None:
+        command, frame = frames
+        entry = self._commands.get(command)
+        if entry is None:
             message = f"unknown command {command[:32]!r}"
             self.drops.drop("command", message, plane="control")
-            error = {"code": "UNKNOWN_COMMAND", "message": message, "rid": body.get("rid")}
+            error = {"code": "UNKNOWN_COMMAND", "message": message, "rid": request_id(frame)}
+            self._reply(identity, ERROR_COMMAND, error)
+            return
+        handler, kind = entry
+        try:
+            body = decode_body(frame, kind)
+        except ProtocolError as exc:
+            self.drops.drop(exc.reason, str(exc), plane="control")
+            error = {"code": "MALFORMED", "message": str(exc), "rid": request_id(frame)}
             self._reply(identity, ERROR_COMMAND, error)
             return
         handler(self, identity, body)
@@ -278,82 +316,72 @@ class ControlPlane:
         self.tools.client_gone(identity)
         self.durable.gone(identity)
 
-    def _introduce(self, identity: bytes, body: dict[str, Any], role: str) -> Peer | None:
-        """The peer for ``identity``, made or updated from a HELLO or READY body; None
-        (and an error sent) when the table is full."""
+    def _introduce(
+        self, identity: bytes, name: str, role: str, pid: int | None, rid: int | None
+    ) -> Peer | None:
+        """The peer for ``identity``, made or updated from a HELLO or READY; None (and an
+        error sent) when the table is full."""
         peer = self.peers.get(identity)
-        pid = body.get("pid")
-        name = str(body.get("name", "?"))[:200]
         if peer is None:
             if len(self.peers) >= MAX_PEERS:
                 message = f"the broker already has {MAX_PEERS} peers"
                 self.drops.drop("peers", message, plane="control", peer=name)
-                error = {"code": "TOO_MANY_PEERS", "message": message, "rid": body.get("rid")}
+                error = {"code": "TOO_MANY_PEERS", "message": message, "rid": rid}
                 self._reply(identity, ERROR_COMMAND, error)
                 return None
             peer = Peer(name, role, None, self._wall(), self._clock())
             self.peers[identity] = peer
-        peer.name, peer.role = name, role
-        peer.pid = pid if isinstance(pid, int) else None
+        peer.name, peer.role, peer.pid = name, role, pid
         return peer
 
     # --- commands ----------------------------------------------------------------
 
-    def _hello(self, identity: bytes, body: dict[str, Any]) -> None:
-        version = body.get("version")
-        if version != VERSION:
-            message = f"protocol version {version!r} is not supported (broker: {VERSION})"
-            self.drops.drop("version", message, plane="control", peer=str(body.get("name")))
+    def _hello(self, identity: bytes, body: Hello) -> None:
+        if body.version != VERSION:
+            message = f"protocol version {body.version!r} is not supported (broker: {VERSION})"
+            self.drops.drop("version", message, plane="control", peer=body.name)
             error = {"code": "VERSION_MISMATCH", "message": message, "version": VERSION}
-            self._reply(identity, ERROR_COMMAND, {**error, "rid": body.get("rid")})
+            self._reply(identity, ERROR_COMMAND, {**error, "rid": body.rid})
             return
-        role = str(body.get("role", "client"))
-        peer = self._introduce(identity, body, role if role in ROLES else "client")
+        role = body.role if body.role in ROLES else "client"
+        peer = self._introduce(identity, body.name, role, body.pid, body.rid)
         if peer is None:
             return
         if not peer.joined and peer.role != "worker":
             self._publish(f"$sys.{peer.role}.joined", peer)
-        self._set_patterns(peer, body)
+        peer.patterns = _bounded(body.patterns)
         self._log.debug("hello", peer=peer.name, role=peer.role, pid=peer.pid)
-        self._reply(identity, HELLO, {**self._announce, "rid": body.get("rid")})
+        self._reply(identity, HELLO, {**self._announce, "rid": body.rid})
 
-    def _announce_patterns(self, identity: bytes, body: dict[str, Any]) -> None:
+    def _announce_patterns(self, identity: bytes, body: Patterns) -> None:
         peer = self.peers.get(identity)
         if peer is not None:
-            self._set_patterns(peer, body)
+            peer.patterns = _bounded(body.patterns)
 
-    @staticmethod
-    def _set_patterns(peer: Peer, body: dict[str, Any]) -> None:
-        patterns = body.get("patterns")
-        if isinstance(patterns, list):
-            peer.patterns = [str(p)[:1024] for p in patterns[:MAX_PATTERNS]]
-
-    def _ready(self, identity: bytes, body: dict[str, Any]) -> None:
-        rid = body.get("rid")
+    def _ready(self, identity: bytes, body: Ready) -> None:
         error = self.tools.ready(identity, body)
         if error is not None:
             self.drops.drop("ready", error, plane="control")
-            self._reply(
-                identity, ERROR_COMMAND, {"code": "INVALID_READY", "message": error, "rid": rid}
-            )
+            answer = {"code": "INVALID_READY", "message": error, "rid": body.rid}
+            self._reply(identity, ERROR_COMMAND, answer)
             return
-        peer = self._introduce(identity, body, "worker")
+        peer = self._introduce(identity, body.name, "worker", body.pid, body.rid)
         if peer is not None:
-            self._reply(identity, READY, {"rid": rid})
+            self._reply(identity, READY, {"rid": body.rid})
             if not peer.joined:
                 tools = sorted(self.tools.workers[identity].slots)
                 self._publish("$sys.worker.joined", peer, tools=tools)
 
-    def _drain(self, identity: bytes, body: dict[str, Any]) -> None:
+    def _drain(self, identity: bytes, body: Empty) -> None:
         self.tools.drain(identity)
-        self._reply(identity, DRAIN, {"rid": body.get("rid")})
+        self._reply(identity, DRAIN, {"rid": body.rid})
 
-    def _bye(self, identity: bytes, body: dict[str, Any]) -> None:
+    def _bye(self, identity: bytes, body: Empty) -> None:
         self._forget(identity, "left")
 
-    def _heartbeat_command(self, identity: bytes, body: dict[str, Any]) -> None:
+    def _heartbeat_command(self, identity: bytes, body: Heartbeat) -> None:
         peer = self.peers.get(identity)
-        stats = body.get("stats")
+        stats = body.stats
         if peer is not None and isinstance(stats, dict):
             known = PEER_STATS.get(peer.role, frozenset())
             peer.stats = {
@@ -371,19 +399,19 @@ class ControlPlane:
             }
         self._reply(identity, HEARTBEAT if peer is not None else RESET, {})
 
-    def _stats_command(self, identity: bytes, body: dict[str, Any]) -> None:
+    def _stats_command(self, identity: bytes, body: Empty) -> None:
         snap = self._stats()
         snap["control_drops"] = dict(self.drops.counts)
         snap["tool_drops"] = dict(self.tools.drops.counts)
         snap["tool_calls"] = dict(self.tools.counts)
         snap["durable"] = self.durable.snapshot()
         snap["peers"] = [p.as_dict(self._wall_of(p.seen)) for p in self.peers.values()]
-        snap["rid"] = body.get("rid")
+        snap["rid"] = body.rid
         snap["pid"] = os.getpid()
         snap["boot"] = self.boot
         self._reply(identity, STATS, snap)
 
-    def _directory(self, identity: bytes, body: dict[str, Any]) -> None:
+    def _directory(self, identity: bytes, body: Empty) -> None:
         actors: list[dict[str, Any]] = []
         clients: list[dict[str, Any]] = []
         for peer in self.peers.values():
@@ -410,7 +438,7 @@ class ControlPlane:
             "clients": clients,
             "workers": workers,
             "tools": self.tools.snapshot(),
-            "rid": body.get("rid"),
+            "rid": body.rid,
         }
         self._reply(identity, DIRECTORY, reply)
 
@@ -419,26 +447,31 @@ class ControlPlane:
         if self._events is not None:
             self._events(topic, {"name": peer.name, "pid": peer.pid, **extra})
 
-    def _durable_subscribe(self, identity: bytes, body: dict[str, Any]) -> None:
-        answer = self.durable.subscribe(identity, body)
+    def _durable_subscribe(self, identity: bytes, body: Dsub) -> None:
+        if identity not in self.peers:  # a stream lives as long as its peer: say HELLO
+            message = "say HELLO before subscribing: a durable stream is tied to a live peer"
+            answer: dict[str, Any] = {"code": "UNKNOWN_PEER", "message": message}
+        else:
+            answer = self.durable.subscribe(identity, body)
         command = ERROR_COMMAND if "code" in answer else DSUB
-        self._reply(identity, command, {**answer, "rid": body.get("rid")})
+        self._reply(identity, command, {**answer, "rid": body.rid})
+        if command == DSUB:
+            self.durable.start(body.name)
 
-    def _durable_ack(self, identity: bytes, body: dict[str, Any]) -> None:
+    def _durable_ack(self, identity: bytes, body: Dack) -> None:
         self.durable.ack(identity, body)
 
-    def _replay(self, identity: bytes, body: dict[str, Any]) -> None:
+    def _replay(self, identity: bytes, body: Replay) -> None:
         answer = self.durable.replay(body)
         command = ERROR_COMMAND if "code" in answer else REPLAY
-        self._reply(identity, command, {**answer, "rid": body.get("rid")})
+        self._reply(identity, command, {**answer, "rid": body.rid})
 
-    def _approvals(self, identity: bytes, body: dict[str, Any]) -> None:
+    def _approvals(self, identity: bytes, body: Empty) -> None:
         desk = self.tools.approvals
         pending = desk.pending() if desk is not None else []
-        self._reply(identity, APPROVALS, {"pending": pending, "rid": body.get("rid")})
+        self._reply(identity, APPROVALS, {"pending": pending, "rid": body.rid})
 
-    def _approve(self, identity: bytes, body: dict[str, Any]) -> None:
-        rid = body.get("rid")
+    def _approve(self, identity: bytes, body: Approve) -> None:
         desk = self.tools.approvals
         peer = self.peers.get(identity)
         if peer is None:  # decisions are recorded under the name the broker knows
@@ -446,52 +479,47 @@ class ControlPlane:
         elif desk is None:
             error = "this broker holds no calls for approval"
         else:
-            reason = str(body.get("reason") or "")[:1000]
-            approve = body.get("approve") is True
-            error = desk.decide(body.get("id"), approve, peer.name, reason, who=identity)
+            reason = body.reason or ""
+            error = desk.decide(body.id, body.approve, peer.name, reason, who=identity)
         if error is not None:
-            answer = {"code": "UNKNOWN_APPROVAL", "message": error, "rid": rid}
+            answer = {"code": "UNKNOWN_APPROVAL", "message": error, "rid": body.rid}
             self._reply(identity, ERROR_COMMAND, answer)
         else:
-            self._reply(identity, APPROVE, {"rid": rid})
+            self._reply(identity, APPROVE, {"rid": body.rid})
 
-    def _trace(self, identity: bytes, body: dict[str, Any]) -> None:
-        rid = body.get("rid")
+    def _trace(self, identity: bytes, body: Trace) -> None:
         traces = self.tools.traces
         try:
-            trace = bytes.fromhex(str(body.get("trace", "")))
+            trace = bytes.fromhex(body.trace)
         except ValueError:
             trace = b""
         if traces is None or not trace:
             message = "TRACE needs a trace id in hex" if traces else "no trace buffer"
-            self._reply(
-                identity, ERROR_COMMAND, {"code": "MALFORMED", "message": message, "rid": rid}
-            )
+            error = {"code": "MALFORMED", "message": message, "rid": body.rid}
+            self._reply(identity, ERROR_COMMAND, error)
             return
         try:
             found = traces.find(trace)
         except Exception as exc:  # a record no client should have been able to make
             self._log.exception("cannot read a trace")
-            error = {"code": "INTERNAL", "message": f"cannot read the trace: {exc}", "rid": rid}
-            self._reply(identity, ERROR_COMMAND, error)
+            message = f"cannot read the trace: {exc}"
+            self._reply(
+                identity, ERROR_COMMAND, {"code": "INTERNAL", "message": message, "rid": body.rid}
+            )
             return
-        self._reply(identity, TRACE, {**found, "rid": rid})
+        self._reply(identity, TRACE, {**found, "rid": body.rid})
 
-    def _recent(self, identity: bytes, body: dict[str, Any]) -> None:
-        rid = body.get("rid")
+    def _recent(self, identity: bytes, body: Recent) -> None:
         traces = self.tools.traces
-        after, calls_after = body.get("after", -1), body.get("calls_after", -1)
-        if after is None:
-            after = -1
-        if traces is None or type(after) is not int or type(calls_after) is not int:
-            message = "RECENT needs after and calls_after as integers" if traces else "no buffer"
-            error = {"code": "MALFORMED", "message": message, "rid": rid}
+        if traces is None:
+            error = {"code": "MALFORMED", "message": "no buffer", "rid": body.rid}
             self._reply(identity, ERROR_COMMAND, error)
             return
-        limit = body.get("limit")
-        limit = min(limit, RECENT_LIMIT) if type(limit) is int and limit > 0 else RECENT_LIMIT
-        answer = traces.recent(after, calls_after, limit)
-        self._reply(identity, RECENT, {**answer, "boot": self.boot, "rid": rid})
+        after = -1 if body.after is None else body.after
+        limit = body.limit if body.limit is not None and body.limit > 0 else RECENT_LIMIT
+        limit = min(limit, RECENT_LIMIT)
+        answer = traces.recent(after, body.calls_after, limit)
+        self._reply(identity, RECENT, {**answer, "boot": self.boot, "rid": body.rid})
 
     def name_of(self, identity: bytes) -> str:
         """A peer's name (its identity in hex if it never introduced itself)."""
@@ -501,20 +529,34 @@ class ControlPlane:
     def _wall_of(self, monotonic: float) -> float:
         return self._wall() - (self._clock() - monotonic)
 
-    _commands: ClassVar[dict[bytes, Callable[[ControlPlane, bytes, dict[str, Any]], None]]] = {
-        HELLO: _hello,
-        STATS: _stats_command,
-        DIRECTORY: _directory,
-        ANNOUNCE: _announce_patterns,
-        READY: _ready,
-        DRAIN: _drain,
-        BYE: _bye,
-        HEARTBEAT: _heartbeat_command,
-        DSUB: _durable_subscribe,
-        DACK: _durable_ack,
-        REPLAY: _replay,
-        APPROVALS: _approvals,
-        APPROVE: _approve,
-        TRACE: _trace,
-        RECENT: _recent,
+    _commands: ClassVar[
+        dict[bytes, tuple[Callable[[ControlPlane, bytes, Any], None], type[Body]]]
+    ] = {
+        HELLO: (_hello, Hello),
+        STATS: (_stats_command, Empty),
+        DIRECTORY: (_directory, Empty),
+        ANNOUNCE: (_announce_patterns, Patterns),
+        READY: (_ready, Ready),
+        DRAIN: (_drain, Empty),
+        BYE: (_bye, Empty),
+        HEARTBEAT: (_heartbeat_command, Heartbeat),
+        DSUB: (_durable_subscribe, Dsub),
+        DACK: (_durable_ack, Dack),
+        REPLAY: (_replay, Replay),
+        APPROVALS: (_approvals, Empty),
+        APPROVE: (_approve, Approve),
+        TRACE: (_trace, Trace),
+        RECENT: (_recent, Recent),
     }
+    """Each command's handler and the type its body is decoded (and checked) as."""
+
+
+def _bounded(patterns: list[str]) -> list[str]:
+    """The patterns a peer announced, up to ``MAX_PATTERN_BYTES`` of them."""
+    kept, size = [], 0
+    for pattern in patterns:
+        size += len(pattern)
+        if size > MAX_PATTERN_BYTES:
+            break
+        kept.append(pattern)
+    return kept

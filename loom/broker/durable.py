@@ -24,7 +24,16 @@ import msgpack
 from loom.actor.patterns import Pattern
 from loom.errors import LoomError, PatternError, ProtocolError
 from loom.logs import DropCounter
-from loom.protocol import DELIVER, PUBACK, check_header, decode_topic
+from loom.protocol import (
+    DELIVER,
+    PUBACK,
+    Dack,
+    Dsub,
+    Replay,
+    decode_header,
+    decode_topic,
+    header_id,
+)
 
 __all__ = ["DurableLog", "DurablePlane", "StoreFullError", "Streams"]
 
@@ -36,11 +45,9 @@ _MAX_REPLAY = 1000
 _MAX_REPLAY_SCAN = 20_000
 """Log records one REPLAY examines at most (it answers ``next`` to go on)."""
 _MAX_REPLAY_BYTES = 4 << 20
-_MAX_ID = 64
-_MAX_NAME = 200
-"""Bytes of a durable subscription name (LMDB keys stop at 511)."""
 _MAX_STREAMS = 10_000
-_MAX_STREAM_PATTERNS = 100
+_MAX_NAME_BYTES = 200
+"""Bytes of a durable subscription name (LMDB keys stop at 511)."""
 _BATCH_MAX = 1000
 
 _SEQ = struct.Struct(">Q")
@@ -209,7 +216,17 @@ class DurableLog:
 class Stream:
     """One durable subscriber: its patterns, where it is, who receives."""
 
-    __slots__ = ("acked", "dirty", "identity", "inflight", "name", "patterns", "sent")
+    __slots__ = (
+        "acked",
+        "blocked",
+        "dirty",
+        "identity",
+        "inflight",
+        "inflight_bytes",
+        "name",
+        "patterns",
+        "sent",
+    )
 
     def __init__(self, name: str, identity: bytes, patterns: list[Pattern], acked: int) -> None:
         self.name = name
@@ -219,10 +236,13 @@ class Stream:
         """Everything up to here is handled (or did not match)."""
         self.sent = acked
         """The last sequence number examined for sending."""
-        self.inflight: deque[int] = deque()
-        """Sequence numbers delivered and not yet acknowledged (the window)."""
+        self.inflight: deque[tuple[int, int]] = deque()
+        """(sequence number, bytes) delivered and not yet acknowledged (the window)."""
+        self.inflight_bytes = 0
         self.dirty = False
         """``acked`` moved since it was last persisted."""
+        self.blocked = False
+        """A send failed (the peer's queue is full): wait for an ack or the tick."""
 
     def wants(self, topic: str) -> bool:
         return any(p.matches(topic) for p in self.patterns)
@@ -231,9 +251,9 @@ class Stream:
         """Deliveries up to ``seq`` are acknowledged; with none left in flight, what was
         examined since (events that did not match) counts as acknowledged too."""
         inflight = self.inflight
-        while inflight and inflight[0] <= seq:
-            inflight.popleft()
-        position = inflight[0] - 1 if inflight else self.sent
+        while inflight and inflight[0][0] <= seq:
+            self.inflight_bytes -= inflight.popleft()[1]
+        position = inflight[0][0] - 1 if inflight else self.sent
         if position > self.acked:
             self.acked = position
             self.dirty = True
@@ -245,29 +265,42 @@ class Streams:
     Args:
         log: the durable log.
         send: sends frames to a peer identity; False if it cannot now.
-        window: deliveries a subscriber may hold unacknowledged.
+        window: deliveries a subscriber may hold unacknowledged (keep it below the
+            peer queue's high-water mark, or answers to the peer find its queue full).
+        window_bytes: bytes of deliveries a subscriber may hold unacknowledged (one is
+            always allowed, however large).
     """
 
     def __init__(
-        self, log: DurableLog, send: Callable[[bytes, list[bytes]], bool], *, window: int = 1000
+        self,
+        log: DurableLog,
+        send: Callable[[bytes, list[bytes]], bool],
+        *,
+        window: int = 1000,
+        window_bytes: int = 64 << 20,
     ) -> None:
         self.log = log
         self._send = send
         self.window = window
+        self.window_bytes = window_bytes
         self.streams: dict[str, Stream] = {}
+        self._by_peer: dict[bytes, set[str]] = {}
 
     def subscribe(self, name: str, identity: bytes, patterns: list[str]) -> Stream:
-        """Start (or take over) stream ``name`` from its last acknowledged event.
+        """Start (or take over) stream ``name`` from its last acknowledged event; it
+        sends nothing until ``pump`` (the caller answers first).
 
         Raises:
             PatternError: a pattern is invalid.
         """
         compiled = [Pattern(p) for p in patterns]
         old = self.streams.get(name)
+        if old is not None:
+            self._by_peer.get(old.identity, set()).discard(name)
         acked = old.acked if old is not None else self.log.acked(name)
         stream = self.streams[name] = Stream(name, identity, compiled, acked)
         stream.dirty = old is not None and old.dirty
-        self.pump(stream)
+        self._by_peer.setdefault(identity, set()).add(name)
         return stream
 
     def ack(self, name: str, identity: bytes, seq: int) -> None:
@@ -275,16 +308,21 @@ class Streams:
         if stream is None or stream.identity != identity:
             return
         stream.settle(min(seq, stream.sent))
+        stream.blocked = False
         self.pump(stream)
 
-    def pump_all(self) -> None:
+    def pump_all(self, *, retry: bool = False) -> None:
+        """Pump every stream (``retry``: those a full queue blocked too)."""
         for stream in self.streams.values():
-            self.pump(stream)
+            if retry:
+                stream.blocked = False
+            if not stream.blocked:
+                self.pump(stream)
 
     def pump(self, stream: Stream) -> None:
         """Send what the window allows: the events after ``sent`` that match. Events
         that do not match take no room; with nothing in flight they count as handled."""
-        log, window = self.log, self.window
+        log, window, window_bytes = self.log, self.window, self.window_bytes
         while stream.sent < log.last_seq and len(stream.inflight) < window:
             batch = list(log.read(stream.sent, window))
             if not batch:
@@ -292,19 +330,23 @@ class Streams:
                 break
             for seq, topic, header, payload, _ in batch:
                 if stream.wants(topic.decode()):
-                    if len(stream.inflight) >= window:
-                        break
+                    size = len(topic) + len(header) + len(payload)
+                    full = stream.inflight_bytes + size > window_bytes and stream.inflight
+                    if len(stream.inflight) >= window or full:
+                        return
                     meta = msgpack.packb((seq, stream.name))
                     if not self._send(stream.identity, [DELIVER, meta, topic, header, payload]):
-                        return  # gone or full: the next ack, or the tick, resumes it
-                    stream.inflight.append(seq)
+                        stream.blocked = True  # gone or full: an ack, or the tick, resumes
+                        return
+                    stream.inflight.append((seq, size))
+                    stream.inflight_bytes += size
                 stream.sent = seq
         if not stream.inflight:
             stream.settle(stream.sent)
 
     def gone(self, identity: bytes) -> None:
         """A subscriber's session ended: keep its position, stop sending."""
-        leaving = [n for n, s in self.streams.items() if s.identity == identity]
+        leaving = self._by_peer.pop(identity, set())
         if leaving:
             with contextlib.suppress(StoreFullError):  # logged at the tick; may repeat events
                 self.save()
@@ -334,6 +376,8 @@ class DurablePlane:
         log_: a structlog logger.
         max_payload: largest payload accepted, bytes.
         window: unacknowledged events a durable subscriber may hold.
+        window_bytes: their bytes a durable subscriber may hold.
+        batch_bytes: a batch is committed at once when it holds this many bytes.
         commit_delay: seconds a batch may wait for more events before it is committed
             (group commit: one fsync costs about as much for 1 event as for 1000).
         clock: monotonic seconds.
@@ -348,6 +392,8 @@ class DurablePlane:
         logger: Any,
         max_payload: int,
         window: int = 1000,
+        window_bytes: int = 64 << 20,
+        batch_bytes: int = 8 << 20,
         commit_delay: float = 0.002,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -356,8 +402,14 @@ class DurablePlane:
         self._forward = forward
         self._logger = logger
         self._max_payload = max_payload
-        self.streams = Streams(log, send, window=window) if log is not None else None
+        self.streams = (
+            Streams(log, send, window=window, window_bytes=window_bytes)
+            if log is not None
+            else None
+        )
         self._batch: list[tuple[bytes, bytes, bytes, bytes, bytes]] = []
+        self._batch_bytes = 0
+        self._max_batch_bytes = batch_bytes
         self._batch_since = 0.0
         self._commit_delay = commit_delay
         self._clock = clock
@@ -373,14 +425,12 @@ class DurablePlane:
         topic, header, payload = frames
         try:
             decode_topic(topic)
-            mid = check_header(header)[2]
+            mid = decode_header(header).id
         except ProtocolError as exc:
             self.drops.drop(exc.reason, str(exc), plane="durable")
-            return
-        if not isinstance(mid, bytes) or not 1 <= len(mid) <= _MAX_ID:
-            self.drops.drop("header", "PUBLISH header id is not 1-64 bytes", plane="durable")
-            if isinstance(mid, bytes) and len(mid) <= _MAX_ID:
-                self._ack(identity, mid, None, "MALFORMED")
+            readable = header_id(header)  # tell the publisher, if it can tell which
+            if readable is not None:
+                self._ack(identity, readable, None, "MALFORMED")
             return
         if len(payload) > self._max_payload:
             self.drops.drop("oversized", f"durable payload of {len(payload)} bytes")
@@ -392,6 +442,9 @@ class DurablePlane:
         if not self._batch:
             self._batch_since = self._clock()
         self._batch.append((identity, mid, topic, header, payload))
+        self._batch_bytes += len(topic) + len(header) + len(payload)
+        if self._batch_bytes >= self._max_batch_bytes:
+            self.flush(force=True)
 
     def due(self) -> float | None:
         """When the waiting batch must be committed (monotonic), if one waits."""
@@ -405,7 +458,7 @@ class DurablePlane:
         young = self._clock() < self._batch_since + self._commit_delay
         if young and not force and len(self._batch) < _BATCH_MAX:
             return
-        batch, self._batch = self._batch, []
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
         if self.log is None or self.streams is None:
             return
         results = self._append_what_fits(batch)
@@ -450,45 +503,46 @@ class DurablePlane:
     def _send_acks(self, identity: bytes, acks: list[Ack]) -> None:
         self._send(identity, [PUBACK, msgpack.packb(acks), b""])
 
-    def subscribe(self, identity: bytes, body: dict[str, Any]) -> dict[str, Any]:
+    def subscribe(self, identity: bytes, body: Dsub) -> dict[str, Any]:
         """DSUB: the answer's body (``acked``, or an error ``code`` and ``message``)."""
-        name, patterns = body.get("name"), body.get("patterns")
-        if self.streams is None:
+        if self.streams is None or self.log is None:
             return {"code": "NO_STORE", "message": "this broker has no data_dir"}
-        if (
-            not isinstance(name, str)
-            or not 1 <= len(name.encode()) <= _MAX_NAME
-            or not isinstance(patterns, list)
-            or not 1 <= len(patterns) <= _MAX_STREAM_PATTERNS
-        ):
-            message = f"DSUB needs name: 1-{_MAX_NAME} bytes, patterns: 1-100 patterns"
+        if len(body.name.encode()) > _MAX_NAME_BYTES:
+            message = f"a subscription name is at most {_MAX_NAME_BYTES} bytes"
             return {"code": "MALFORMED", "message": message}
-        if name not in self.streams.streams and len(self.streams.streams) >= _MAX_STREAMS:
+        streams = self.streams
+        if body.name not in streams.streams and len(streams.streams) >= _MAX_STREAMS:
             return {"code": "TOO_MANY", "message": f"{_MAX_STREAMS} durable subscriptions"}
         try:
-            stream = self.streams.subscribe(name, identity, [str(p) for p in patterns])
+            stream = streams.subscribe(body.name, identity, body.patterns)
         except PatternError as exc:
             return {"code": "MALFORMED", "message": str(exc)}
-        return {"acked": stream.acked, "last_seq": self.log.last_seq if self.log else 0}
+        return {"acked": stream.acked, "last_seq": self.log.last_seq, "window": streams.window}
 
-    def ack(self, identity: bytes, body: dict[str, Any]) -> None:
-        name, seq = body.get("name"), body.get("seq")
-        if self.streams is not None and isinstance(name, str) and type(seq) is int:
-            self.streams.ack(name, identity, seq)
+    def start(self, name: str) -> None:
+        """Begin sending subscription ``name`` what it has not acknowledged (after its
+        DSUB was answered: the answer must not queue behind a window of deliveries)."""
+        streams = self.streams
+        stream = streams.streams.get(name) if streams is not None else None
+        if streams is not None and stream is not None:
+            streams.pump(stream)
 
-    def replay(self, body: dict[str, Any]) -> dict[str, Any]:
+    def ack(self, identity: bytes, body: Dack) -> None:
+        if self.streams is not None:
+            self.streams.ack(body.name, identity, body.seq)
+
+    def replay(self, body: Replay) -> dict[str, Any]:
         """REPLAY: up to ``limit`` events matching ``pattern`` after ``since`` (a sequence
         number) or at/after ``since_time``; ``next`` continues."""
         if self.log is None:
             return {"code": "NO_STORE", "message": "this broker has no data_dir"}
         try:
-            pattern = Pattern(str(body.get("pattern", "**")))
+            pattern = Pattern(body.pattern)
         except PatternError as exc:
             return {"code": "MALFORMED", "message": str(exc)}
-        since, since_time, limit = body.get("since", 0), body.get("since_time"), body.get("limit")
-        limit = limit if type(limit) is int and 0 < limit <= _MAX_REPLAY else _MAX_REPLAY
-        after = since if type(since) is int and 0 <= since < 2**63 else 0
-        after = max(after, self.log.first_seq - 1)
+        since_time, limit = body.since_time, body.limit
+        limit = limit if limit is not None and 0 < limit <= _MAX_REPLAY else _MAX_REPLAY
+        after = max(body.since, self.log.first_seq - 1)
         events: list[list[Any]] = []
         scanned = size = 0
         while len(events) < limit and scanned < _MAX_REPLAY_SCAN and size < _MAX_REPLAY_BYTES:
@@ -499,7 +553,7 @@ class DurablePlane:
             for seq, topic, header, payload, when in chunk:
                 after = seq
                 scanned += 1
-                ok_time = not isinstance(since_time, int | float) or when >= since_time
+                ok_time = since_time is None or when >= since_time
                 if ok_time and pattern.matches(topic.decode()):
                     events.append([seq, when, topic, header, payload])
                     size += len(payload) + len(header)
@@ -516,7 +570,7 @@ class DurablePlane:
         if self.streams is None or self.log is None or now < self._next_save:
             return
         self._next_save = now + 1.0
-        self.streams.pump_all()  # streams a full peer queue paused, on a quiet mesh
+        self.streams.pump_all(retry=True)  # streams a full peer queue paused
         try:
             self.streams.save()
             self.counts["trimmed"] += self.log.trim()

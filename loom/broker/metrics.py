@@ -73,12 +73,12 @@ class BrokerCollector(Collector):
             if family not in families and len(families) >= _MAX_FAMILIES:
                 family = "(other)"
             totals = families.setdefault(family, [0, 0, 0, 0])
-            for i, value in enumerate(list(row)):
+            for i, value in enumerate(row[:4]):
                 totals[i] += value
         for name, row in (("(other)", stats.other), ("(unparsed)", stats.unparsed)):
-            if any(row):
+            if any(row[:4]):
                 totals = families.setdefault(name, [0, 0, 0, 0])
-                for i, value in enumerate(list(row)):
+                for i, value in enumerate(row[:4]):
                     totals[i] += value
         for i, counter in enumerate(_COUNTERS):
             metric = CounterMetricFamily(

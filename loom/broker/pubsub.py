@@ -25,7 +25,7 @@ from loom.logs import DropCounter
 from loom.protocol import (
     EVENT,
     IdSource,
-    check_header,
+    decode_header,
     decode_topic,
     encode_payload,
     encode_topic,
@@ -37,49 +37,56 @@ from loom.protocol import (
 
 __all__ = ["PubSubProxy", "TopicStats"]
 
-PUBLISHED, FORWARDED, DROPPED, MALFORMED = range(4)
+PUBLISHED, FORWARDED, DROPPED, MALFORMED, TOPIC = range(5)
 COUNTER_NAMES = ("published", "forwarded", "dropped", "malformed")
+Row = list[Any]
+"""``[published, forwarded, dropped, malformed, topic]``: a topic's counters, and its
+frame as the one bytes object the trace buffer refers to for every message of it."""
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK_MORE = _NOBLOCK | _SNDMORE
 _XPUB_NODROP = int(zmq.XPUB_NODROP)
+MAX_SUBSCRIPTIONS = 10_000
+"""Distinct subscription prefixes listed in STATS (libzmq itself keeps them all)."""
+MAX_SENDERS = 10_000
+"""Distinct sender names the trace buffer keeps (later ones are recorded as ``(other)``)."""
 _SHED = "forwarded while a subscriber is stalled: it may have missed this"
 
 
 class TopicStats:
-    """Per-topic counters ``[published, forwarded, dropped, malformed]``.
+    """Per-topic counters ``[published, forwarded, dropped, malformed, topic]``.
 
     ``dropped`` counts messages at least one subscriber did not get. Distinct topics are
     capped; past the cap, new topics share the ``(other)`` row so memory stays bounded.
     """
 
     def __init__(self, max_topics: int = 10_000) -> None:
-        self.rows: dict[bytes, list[int]] = {}
-        self.other = [0, 0, 0, 0]
-        self.unparsed = [0, 0, 0, 0]
+        self.rows: dict[bytes, Row] = {}
+        self.other: Row = [0, 0, 0, 0, b"(other)"]
+        self.unparsed: Row = [0, 0, 0, 0, b"(unparsed)"]
         """Messages whose topic could not be read at all (bad frames, not UTF-8)."""
         self._max = max_topics
 
-    def row(self, topic: bytes) -> list[int]:
+    def row(self, topic: bytes) -> Row:
         """The counters for ``topic`` (a topic already known to be valid)."""
         row = self.rows.get(topic)
         if row is None:
             if len(self.rows) >= self._max:
                 return self.other
-            row = self.rows[topic] = [0, 0, 0, 0]
+            row = self.rows[topic] = [0, 0, 0, 0, topic]
         return row
 
     def snapshot(self) -> dict[str, Any]:
         """Counters by topic and in total, as plain data."""
         topics = {
-            t.decode(): dict(zip(COUNTER_NAMES, r, strict=True)) for t, r in self.rows.items()
+            t.decode(): dict(zip(COUNTER_NAMES, r[:TOPIC], strict=True))
+            for t, r in self.rows.items()
         }
-        if any(self.other):
-            topics["(other)"] = dict(zip(COUNTER_NAMES, self.other, strict=True))
-        totals = [
-            sum(col) for col in zip(self.other, self.unparsed, *self.rows.values(), strict=True)
-        ]
+        if any(self.other[:TOPIC]):
+            topics["(other)"] = dict(zip(COUNTER_NAMES, self.other[:TOPIC], strict=True))
+        rows = (self.other, self.unparsed, *self.rows.values())
+        totals = [sum(col) for col in zip(*(r[:TOPIC] for r in rows), strict=True)]
         return {
             "topics": topics,
             "totals": dict(zip(COUNTER_NAMES, totals, strict=True)),
@@ -128,6 +135,8 @@ class PubSubProxy:
         self.drops = DropCounter(log)
         self.subscriptions: set[bytes] = set()
         self._ids = IdSource()
+        self._senders: dict[str, str] = {}
+        """Senders' names as the trace buffer refers to them: one object per name."""
         xpub.setsockopt(zmq.XPUB_NODROP, 1)
         xpub.setsockopt(zmq.SNDTIMEO, max(1, int(stall_timeout * 1000)))
         xsub.send(b"\x01")  # subscribe-all: publishers send everything, the XPUB filters
@@ -145,6 +154,7 @@ class PubSubProxy:
         shedding = bool(self._shed_until)
         traces = self.traces
         trace = traces.messages.append if traces is not None else None
+        senders = self._senders
         traced = 0  # records appended, added to the buffer's count once, at the end
         try:
             for _ in range(budget):
@@ -158,7 +168,7 @@ class PubSubProxy:
                     self.drops.drop(exc.reason, str(exc))
                     continue
                 try:
-                    fields = check_header(header)
+                    env = decode_header(header)
                 except ProtocolError as exc:
                     self._drop(row, MALFORMED, exc.reason, str(exc), topic)
                     continue
@@ -167,23 +177,24 @@ class PubSubProxy:
                     size = f"payload of {len(payload)} bytes over the limit of {max_payload}"
                     self._drop(row, DROPPED, "oversized", size, topic)
                     continue
-                deadline = fields[8]  # Envelope.deadline
+                deadline = env.deadline
                 if deadline is not None and deadline < self._clock():
                     self._drop(row, DROPPED, "expired", "deadline passed", topic)
                     continue
-                if trace is not None:  # only what the trace needs, and only if well formed
-                    tid, mid, sender, parent = fields[10], fields[2], fields[3], fields[11]
-                    if (  # _traceable, inlined: a call per message costs ~4% of the proxy
-                        type(tid) is bytes
-                        and type(mid) is bytes
-                        and type(sender) is str
-                        and len(tid) <= 32
-                        and len(mid) <= 32
-                        and len(sender) <= 256
-                        and (parent is None or (type(parent) is bytes and len(parent) <= 32))
-                    ):
-                        trace((tid, mid, parent, sender, fields[4], fields[1], topic))
-                        traced += 1
+                if trace is not None and env.trace_id is not None:  # checked and bounded
+                    sender = senders.get(env.sender) or self._intern(env.sender)
+                    trace(
+                        (
+                            env.trace_id,
+                            env.id,
+                            env.parent_id,
+                            sender,  # one str per sender, not per message
+                            env.timestamp,
+                            env.kind,
+                            row[TOPIC],  # one bytes object per topic, not per message
+                        )
+                    )
+                    traced += 1
                 try:
                     raw_send(xpub, topic, _NOBLOCK_MORE)
                 except zmq.Again:
@@ -199,7 +210,15 @@ class PubSubProxy:
             if traced and traces is not None:
                 traces.messages_seen += traced
 
-    def _new_row(self, topic: bytes) -> list[int]:
+    def _intern(self, sender: str) -> str:
+        """The one object the trace buffer keeps for ``sender`` (``(other)`` once
+        ``MAX_SENDERS`` names are known: the buffer's size stays bounded)."""
+        if len(self._senders) >= MAX_SENDERS:
+            return "(other)"
+        self._senders[sender] = sender
+        return sender
+
+    def _new_row(self, topic: bytes) -> Row:
         """Counters for a topic not seen yet (validated once, then found in ``rows``).
 
         Raises:
@@ -208,7 +227,7 @@ class PubSubProxy:
         decode_topic(topic)
         return self.stats.row(topic)
 
-    def _forward_blocked(self, topic: bytes, header: bytes, payload: bytes, row: list[int]) -> None:
+    def _forward_blocked(self, topic: bytes, header: bytes, payload: bytes, row: Row) -> None:
         """A subscriber's queue is full: wait up to the stall timeout (backpressure), then
         shed: lossy delivery for ``10 * stall_timeout``, so the subscribers that keep up
         go on receiving."""
@@ -229,7 +248,7 @@ class PubSubProxy:
         xpub.send(payload)
         row[FORWARDED] += 1
 
-    def _drop(self, row: list[int], column: int, reason: str, message: str, topic: bytes) -> None:
+    def _drop(self, row: Row, column: int, reason: str, message: str, topic: bytes) -> None:
         row[column] += 1
         self.drops.drop(reason, message, topic=topic.decode())
 
@@ -252,10 +271,11 @@ class PubSubProxy:
         row[PUBLISHED] += 1
         if self.traces is not None:  # durable events and the broker's own are traced too
             with contextlib.suppress(ProtocolError):
-                fields = check_header(header)
-                if _traceable(fields):
-                    record = (fields[10], fields[2], fields[11], fields[3], fields[4], fields[1])
-                    self.traces.messages.append((*record, topic))
+                env = decode_header(header)
+                if env.trace_id is not None:
+                    sender = self._senders.get(env.sender) or self._intern(env.sender)
+                    record = (env.trace_id, env.id, env.parent_id, sender, env.timestamp)
+                    self.traces.messages.append((*record, env.kind, row[TOPIC]))
                     self.traces.messages_seen += 1
         try:
             send_message(self._xpub, topic, header, payload)
@@ -272,7 +292,8 @@ class PubSubProxy:
             except zmq.Again:
                 return
             if frame[:1] == b"\x01":
-                self.subscriptions.add(frame[1:])
+                if len(self.subscriptions) < MAX_SUBSCRIPTIONS:
+                    self.subscriptions.add(frame[1:])
             elif frame[:1] == b"\x00":
                 self.subscriptions.discard(frame[1:])
 
@@ -282,18 +303,3 @@ class PubSubProxy:
         snap["drops"] = dict(self.drops.counts)
         snap["subscriptions"] = sorted(p.decode(errors="replace") for p in self.subscriptions)
         return snap
-
-
-def _traceable(fields: tuple[Any, ...]) -> bool:
-    """Whether a checked header's trace id, id, sender and parent can go in the trace
-    buffer (bytes ids and a string sender, bounded; the rest is checked when read)."""
-    tid, mid, sender, parent = fields[10], fields[2], fields[3], fields[11]
-    return (
-        type(tid) is bytes
-        and type(mid) is bytes
-        and type(sender) is str
-        and len(tid) <= 32
-        and len(mid) <= 32
-        and len(sender) <= 256
-        and (parent is None or (type(parent) is bytes and len(parent) <= 32))
-    )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from typing import Any
 
-__all__ = ["Call", "Slot", "ToolEntry", "WorkerState", "last_used", "valid_spec"]
+__all__ = ["Call", "Slot", "ToolEntry", "WorkerState", "last_used"]
 
 
 class Slot:
@@ -41,11 +40,13 @@ class WorkerState:
 class ToolEntry:
     """A tool: its announced spec, the workers serving it, its queue and counters."""
 
-    __slots__ = ("calls", "errors", "free", "name", "queue", "slots", "spec")
+    __slots__ = ("calls", "errors", "free", "name", "queue", "size", "slots", "spec")
 
     def __init__(self, name: str, spec: dict[str, Any]) -> None:
         self.name = name
         self.spec = spec
+        self.size = 0
+        """The spec's encoded bytes (counted against the broker's bound)."""
         self.slots: dict[bytes, Slot] = {}
         self.free: list[Slot] = []
         """Slots with free capacity, least recently used first."""
@@ -111,21 +112,3 @@ class Call:
 
 def last_used(slot: Slot) -> float:
     return slot.last_used
-
-
-def valid_spec(spec: Any) -> bool:
-    if not isinstance(spec, dict):
-        return False
-    concurrency = spec.get("concurrency")
-    timeout = spec.get("timeout")
-    return (
-        isinstance(spec.get("name"), str)
-        and bool(spec["name"])
-        and isinstance(spec.get("schema"), dict)
-        and type(concurrency) is int
-        and concurrency >= 1
-        and (timeout is None or (type(timeout) in (int, float) and 0 < timeout < math.inf))
-        and isinstance(spec.get("description", ""), str | None)
-        and isinstance(spec.get("returns"), dict | None)
-        and isinstance(spec.get("idempotent", False), bool)
-    )

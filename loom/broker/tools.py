@@ -17,10 +17,11 @@ from fnmatch import fnmatchcase as fnmatch
 from typing import Any
 
 import msgpack
+import msgspec
 
 from loom.broker.approvals import ApprovalDesk
 from loom.broker.tool_metrics import ToolMetrics
-from loom.broker.tool_records import Call, Slot, ToolEntry, WorkerState, last_used, valid_spec
+from loom.broker.tool_records import Call, Slot, ToolEntry, WorkerState, last_used
 from loom.broker.traces import TraceBuffer
 from loom.errors import ProtocolError
 from loom.logs import DropCounter
@@ -30,12 +31,15 @@ from loom.protocol import (
     DEFAULT_MAX_TIMEOUT,
     ERROR_CODES,
     FAIL,
+    MAX_SCHEMA_BYTES,
     PROGRESS,
     RESET,
     RESULT,
+    Ready,
     decode_call,
     decode_failure,
     decode_ref,
+    encode_body,
     encode_control,
     encode_failure,
     encode_ref,
@@ -47,6 +51,10 @@ Send = Callable[[bytes, list[bytes]], bool]
 """Sends frames to a peer identity; False if it could not be routed or queued."""
 
 _packb = msgpack.packb
+MAX_TOOL_ENTRIES = 10_000
+"""Distinct tools the broker knows at once (READY announcing more is refused)."""
+MAX_SPEC_BYTES = 64 << 20
+"""Bytes of tool specs (schemas, descriptions) the broker keeps in all."""
 
 
 class ToolRouter:
@@ -60,6 +68,8 @@ class ToolRouter:
         max_attempts: dispatches of an idempotent call before WORKER_LOST.
         max_payload: largest arguments or result forwarded, bytes.
         max_timeout: the longest timeout a call gets, whatever it asks for.
+        max_call_bytes: bytes of arguments of the calls held at once (queued, waiting for
+            approval, or running: kept to dispatch them again); past it, OVERLOADED.
         require_approval: tool name patterns whose calls need approval, whatever the
             workers announce.
         clock: monotonic seconds; ``wall``: Unix seconds (for traced calls).
@@ -75,6 +85,7 @@ class ToolRouter:
         max_attempts: int = 3,
         max_payload: int = 1 << 20,
         max_timeout: float = DEFAULT_MAX_TIMEOUT,
+        max_call_bytes: int = 256 << 20,
         require_approval: tuple[str, ...] = (),
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -86,6 +97,9 @@ class ToolRouter:
         self.max_attempts = max_attempts
         self.max_payload = max_payload
         self.max_timeout = max_timeout
+        self.max_call_bytes = max_call_bytes
+        self.call_bytes = 0
+        """Bytes of arguments of the calls held now (queued, awaiting approval, running)."""
         self.require_approval = require_approval
         self._clock = clock
         self._wall = wall
@@ -109,23 +123,33 @@ class ToolRouter:
         """Where calls to tools that need approval wait (set by the broker)."""
         self.drops = DropCounter(log)
         self.counts = {"calls": 0, "results": 0, "failures": 0, "late": 0, "redispatched": 0}
+        self.spec_bytes = 0
+        """Encoded bytes of the specs of the tools known now."""
 
     # --- workers -----------------------------------------------------------------
 
-    def ready(self, identity: bytes, body: dict[str, Any]) -> str | None:
+    def ready(self, identity: bytes, body: Ready) -> str | None:
         """A worker announces (or re-announces) its tools; returns an error message if the
-        announcement is invalid."""
-        specs = body.get("tools")
-        if not isinstance(specs, list) or not all(valid_spec(s) for s in specs):
-            return "READY needs tools: [{name: str, schema: map, concurrency: int >= 1, ...}]"
+        announcement cannot be taken (a spec too large, or no room for more tools)."""
+        specs: list[tuple[dict[str, Any], int]] = []
+        growth = 0
+        for tool in body.tools:
+            size = len(encode_body(tool))
+            if size > MAX_SCHEMA_BYTES:
+                return f"READY: the spec of {tool.name} is {size} bytes (limit {MAX_SCHEMA_BYTES})"
+            entry = self.tools.get(tool.name)
+            growth += size - (entry.size if entry is not None else 0)
+            if entry is None and len(self.tools) + len(specs) >= MAX_TOOL_ENTRIES:
+                return f"READY: the broker already knows {MAX_TOOL_ENTRIES} tools"
+            specs.append((msgspec.structs.asdict(tool), size))
+        if growth > 0 and self.spec_bytes + growth > MAX_SPEC_BYTES:
+            return f"READY: tool specs would take more than {MAX_SPEC_BYTES} bytes"
         now = self._clock()
         worker = self.workers.get(identity)
         if worker is None:
-            pid = body.get("pid")
-            name = str(body.get("name", "worker"))
-            worker = WorkerState(identity, name, pid if isinstance(pid, int) else None, now)
+            worker = WorkerState(identity, body.name, body.pid, now)
             self.workers[identity] = worker
-        for spec in specs:
+        for spec, size in specs:
             name, capacity = spec["name"], spec["concurrency"]
             entry = self.tools.get(name)
             if entry is None:
@@ -137,6 +161,8 @@ class ToolRouter:
             if relaxed:  # once a tool needs approval, no worker can take that back
                 self._log.info("approval required here", tool=name, worker=worker.name)
             entry.spec = {**spec, "approval": True} if relaxed else spec
+            self.spec_bytes += size - entry.size
+            entry.size = size
             slot = worker.slots.get(name)
             if slot is None:
                 slot = worker.slots[name] = Slot(worker, name, capacity)
@@ -146,7 +172,7 @@ class ToolRouter:
                 entry.free.remove(slot)
             self._make_free(entry, slot)
             self._pump(entry)
-        self._log.info("worker ready", worker=worker.name, tools=[s["name"] for s in specs])
+        self._log.info("worker ready", worker=worker.name, tools=[t.name for t in body.tools])
         return None
 
     def drain(self, identity: bytes) -> None:
@@ -225,12 +251,17 @@ class ToolRouter:
             message = f"{name}: {self.approvals.max_held} calls already wait for approval"
             self._reply_fail(client, call_id, "OVERLOADED", message, name)
             return
+        if self.call_bytes + len(args) > self.max_call_bytes:
+            message = f"{name}: the broker holds {self.call_bytes} bytes of calls' arguments"
+            self._reply_fail(client, call_id, "OVERLOADED", message, name)
+            return
         timeout = float(timeout or entry.spec.get("timeout") or self.default_timeout)
         timeout = min(timeout, self.max_timeout)
         self._tokens += 1
         now = self._clock()
         call = Call(self._tokens, client, call_id, name, args, timeout, now + timeout, trace)
         self._live[call.token] = call
+        self.call_bytes += len(args)
         calls = self._by_client.get(client)
         if calls is None:  # not setdefault: that builds a dict on every call
             calls = self._by_client[client] = {}
@@ -455,9 +486,12 @@ class ToolRouter:
         self._send(client, encode_ref(FAIL, call_id, encode_failure(code, message)))
 
     def _settle(self, call: Call) -> None:
-        """Nobody waits for ``call`` any more: forget it everywhere but on its worker."""
+        """Nobody waits for ``call`` any more: forget it everywhere but on its worker, and
+        its arguments (no one will dispatch it again)."""
         call.answered = True
         self._live.pop(call.token, None)
+        self.call_bytes -= len(call.args)
+        call.args = b""
         calls = self._by_client.get(call.client)
         if calls is not None:
             calls.pop(call.call_id, None)
@@ -481,6 +515,7 @@ class ToolRouter:
         entry = self.tools.get(name)
         if entry is not None and not entry.slots and not entry.queue:
             del self.tools[name]
+            self.spec_bytes -= entry.size
 
     def _push_deadline(self, call: Call) -> None:
         heapq.heappush(self._deadlines, (call.deadline, call.token))

@@ -10,6 +10,8 @@ import signal
 import sys
 from typing import Any
 
+import msgspec
+
 from loom.actor import Actor, Event
 from loom.actor.link import query
 from loom.cli import agent as agent_commands
@@ -23,9 +25,9 @@ from loom.cli import tools as tool_commands
 from loom.cli import trace as trace_commands
 from loom.cli.demo import run_demo
 from loom.config import broker_address
-from loom.errors import LoomError
+from loom.errors import LoomError, ProtocolError
 from loom.logs import configure_logging
-from loom.protocol import REPLAY, decode_header, decode_payload
+from loom.protocol import REPLAY, ReplayAnswer, decode_header, decode_payload, decode_topic
 
 EXAMPLES = """examples:
   loom demo                                   # a broker, demo actors, a dashboard on :7780
@@ -296,9 +298,15 @@ async def replay(args: argparse.Namespace, broker: str) -> int:
         if command != REPLAY:
             print(f"loom replay: {body.get('code')}: {body.get('message')}", file=sys.stderr)
             return 1
-        for seq, when, topic, header, payload in body["events"]:
+        try:
+            page = msgspec.convert(body, ReplayAnswer)
+        except msgspec.ValidationError as exc:
+            raise ProtocolError("body", f"unreadable answer to REPLAY: {exc}") from None
+        for seq, when, topic, header, payload in page.events:
             envelope = decode_header(header)
-            event = Event(topic.decode(), decode_payload(payload, envelope.content_type), envelope)
+            event = Event(
+                decode_topic(topic), decode_payload(payload, envelope.content_type), envelope
+            )
             if args.json:
                 print(format_event(event, as_json=True, seq=seq, logged=when), flush=True)
             else:
@@ -306,9 +314,9 @@ async def replay(args: argparse.Namespace, broker: str) -> int:
             shown += 1
             if args.limit and shown >= args.limit:
                 return 0
-        if body["next"] >= body["last_seq"]:
+        if page.next >= page.last_seq:
             return 0
-        after = body["next"]
+        after = page.next
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 * :mod:`loom.protocol.envelope`: the pub/sub plane, ``[topic, header, payload]``.
 * :mod:`loom.protocol.commands`: the broker's ROUTER, control commands and tool calls.
+* :mod:`loom.protocol.bodies`: every control body, typed.
 
 ``docs/protocol.md`` is the normative description; keep the two in step.
 """
 
-from loom.protocol import commands, envelope
-from loom.protocol.commands import *  # noqa: F403 - the package re-exports both modules
+from loom.protocol import bodies, commands, envelope
+from loom.protocol.bodies import *  # noqa: F403 - the package re-exports its modules
+from loom.protocol.commands import *  # noqa: F403
 from loom.protocol.envelope import *  # noqa: F403
 
-__all__ = commands.__all__ + envelope.__all__
+__all__ = bodies.__all__ + commands.__all__ + envelope.__all__

@@ -13,15 +13,15 @@ word. Two layouts follow it:
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
+import msgspec
 import zmq
 from pydantic_core import to_jsonable_python
 
 from loom.errors import EncodeError, PayloadTooLargeError, ProtocolError
-from loom.protocol.envelope import DEFAULT_MAX_PAYLOAD, raw_send
+from loom.protocol.envelope import DEFAULT_MAX_PAYLOAD, MAX_ID_BYTES, MAX_NAME_CHARS, raw_send
 
 __all__ = [
     "ANNOUNCE",
@@ -54,8 +54,10 @@ __all__ = [
     "STATS",
     "TOOL_COMMANDS",
     "TRACE",
+    "decode_acks",
     "decode_call",
     "decode_control",
+    "decode_delivery",
     "decode_failure",
     "decode_ref",
     "decode_value",
@@ -209,30 +211,62 @@ def encode_call(
     return [CALL, _packb((call_id, tool, timeout, trace)), args]
 
 
+class _CallMeta(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    id: int
+    tool: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    timeout: Annotated[float, msgspec.Meta(gt=0.0, le=1e9)] | None
+    trace: Annotated[bytes, msgspec.Meta(max_length=MAX_ID_BYTES)] | None
+    approved_by: Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)] | None = None
+
+
+_decode_call_meta = msgspec.msgpack.Decoder(_CallMeta).decode
+
+
 def decode_call(meta: bytes) -> tuple[int, str, float | None, bytes | None, str | None]:
     """``(id, tool, timeout, trace, approved_by)`` from a ``CALL``'s meta frame; the
     broker adds ``approved_by`` (the approver's name) to calls it let through approval.
+    Every field is checked: a positive, finite timeout; a trace id of at most
+    ``MAX_ID_BYTES`` (the broker keeps it with every answered call).
 
     Raises:
         ProtocolError: not an array of that shape (``reason == "meta"``).
     """
     try:
-        fields = _unpackb(meta, use_list=False)
-        call_id, tool, timeout, trace = fields[:4]
-        approved_by = fields[4] if len(fields) == 5 else None
-        if not 4 <= len(fields) <= 5:
-            raise ValueError(f"{len(fields)} fields")
-    except Exception as exc:
-        raise ProtocolError("meta", f"CALL meta is not [id, tool, timeout, trace]: {exc}") from exc
-    if type(call_id) is not int or type(tool) is not str:
-        raise ProtocolError("meta", "CALL id must be an int and tool a string")
-    if timeout is not None and not (type(timeout) in (int, float) and 0 < timeout < math.inf):
-        raise ProtocolError("meta", f"CALL timeout must be a positive number, not {timeout!r}")
-    if trace is not None and type(trace) is not bytes:
-        raise ProtocolError("meta", "CALL trace must be bytes")
-    if approved_by is not None and type(approved_by) is not str:
-        raise ProtocolError("meta", "CALL approved_by must be a string")
-    return call_id, tool, timeout, trace, approved_by
+        call = _decode_call_meta(meta)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("meta", f"CALL meta is not [id, tool, timeout, trace]: {exc}") from None
+    return call.id, call.tool, call.timeout, call.trace, call.approved_by
+
+
+_Acks = list[tuple[Annotated[bytes, msgspec.Meta(max_length=MAX_ID_BYTES)], int | None, str | None]]
+_decode_acks = msgspec.msgpack.Decoder(_Acks).decode
+_decode_delivery = msgspec.msgpack.Decoder(
+    tuple[Annotated[int, msgspec.Meta(ge=1)], Annotated[str, msgspec.Meta(max_length=200)]]
+).decode
+
+
+def decode_acks(meta: bytes) -> list[tuple[bytes, int | None, str | None]]:
+    """A ``PUBACK``'s ``[[id, seq, error], ...]``.
+
+    Raises:
+        ProtocolError: not a list of such triples (``reason == "meta"``).
+    """
+    try:
+        return _decode_acks(meta)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("meta", f"PUBACK meta: {exc}") from None
+
+
+def decode_delivery(meta: bytes) -> tuple[int, str]:
+    """A ``DELIVER``'s ``[seq, name]``.
+
+    Raises:
+        ProtocolError: not such a pair (``reason == "meta"``).
+    """
+    try:
+        return _decode_delivery(meta)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("meta", f"DELIVER meta: {exc}") from None
 
 
 def encode_ref(command: bytes, ref: int, body: bytes = b"") -> list[bytes]:
@@ -307,18 +341,30 @@ def decode_failure(body: bytes) -> dict[str, Any]:
     return info
 
 
-def recv_frames(sock: zmq.Socket[bytes], flags: int = _NOBLOCK) -> list[bytes]:
+def recv_frames(sock: zmq.Socket[bytes], flags: int = _NOBLOCK, max_frames: int = 0) -> list[bytes]:
     """Receive every frame of one message (``Frame.more``: cheaper than ``RCVMORE``).
+
+    Args:
+        max_frames: keep at most this many frames (0: no bound); a longer message is
+            read to its end and refused.
 
     Raises:
         zmq.Again: nothing to receive (with ``NOBLOCK``).
+        ProtocolError: more than ``max_frames`` frames (``reason == "frames"``); all of
+            them have been consumed.
     """
     recv = sock.recv
     frame = recv(flags, False)
     frames = [frame.bytes]
+    extra = 0
     while frame.more:
         frame = recv(0, False)
+        if max_frames and len(frames) >= max_frames:
+            extra += 1
+            continue
         frames.append(frame.bytes)
+    if extra:
+        raise ProtocolError("frames", f"message of {len(frames) + extra} frames")
     return frames
 
 

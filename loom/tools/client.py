@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from loom.config import DEFAULT_BROKER
 from loom.errors import (
@@ -140,7 +140,8 @@ class ToolClient:
     def __init__(self, session: Session, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         self.session = session
         self.max_payload = max_payload
-        self.max_timeout = float(session.hello.get("max_call_timeout", DEFAULT_MAX_TIMEOUT))
+        hello = session.hello
+        self.max_timeout = hello.max_call_timeout if hello is not None else DEFAULT_MAX_TIMEOUT
         """The longest timeout the broker grants a call (its HELLO says)."""
         self.late = 0
         """Answers that arrived for calls no longer waiting (cancelled, timed out)."""
@@ -170,7 +171,7 @@ class ToolClient:
         except BaseException:
             context.term()
             raise
-        client = cls(session, max_payload=int(hello.get("max_payload", DEFAULT_MAX_PAYLOAD)))
+        client = cls(session, max_payload=hello.max_payload)
         client._owned = (context, session)
         return client
 
@@ -258,8 +259,11 @@ class ToolClient:
         """
         command, body = await self.session.ask(DIRECTORY, {}, timeout)
         if command != DIRECTORY:
-            raise ProtocolError("directory", f"unexpected answer {command!r}: {body}")
-        return Directory.model_validate(body)
+            raise ProtocolError("directory", f"unexpected answer {command[:32]!r}")
+        try:
+            return Directory.model_validate(body)
+        except ValidationError as exc:
+            raise ProtocolError("directory", f"unreadable directory: {exc}") from None
 
     async def approvals(self, timeout: float = 5.0) -> list[dict[str, Any]]:
         """The calls waiting for approval: ``id``, ``tool``, ``args``, ``caller``,

@@ -196,7 +196,7 @@ class Worker:
         session.restored_hooks.append(self._announce)
         hello = await session.open(self._connect_timeout)
         self._session = session
-        self._max_payload = int(hello.get("max_payload", DEFAULT_MAX_PAYLOAD))
+        self._max_payload = hello.max_payload
         try:
             await self._start_sandboxes()
             await self._announce()

@@ -16,7 +16,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
-from conftest import make_header, until
+from conftest import ill_typed_headers, make_header, until
 
 from loom import Actor, Event, ProtocolError
 from loom.protocol import HEARTBEAT, HELLO, VERSION, decode_control, encode_control
@@ -171,3 +171,90 @@ def test_unusable_announced_endpoints_fail_start_cleanly(
             await asyncio.wait_for(actor.start(), timeout=10)
 
     asyncio.run(body())
+
+
+def test_ill_typed_header_fields_never_deafen_an_actor(permissive: Permissive) -> None:
+    """A header with any field of the wrong type (a map as kind, a list as id...) on the
+    events socket or the inbox is dropped and counted; the actor still handles events and
+    still gets the replies it asks for, and stops at once."""
+    bad_headers = ill_typed_headers()
+    assert len(bad_headers) > 60
+
+    async def body() -> tuple[Actor, list[Event], Any, float]:
+        responder = Actor(name="responder", broker=permissive.control)
+        await responder.subscribe("ask.*", lambda event: {"echo": event.data})
+        await responder.start()
+        try:
+            async with sink_and_raw_publisher(permissive, "bad.*") as (sink, got, raw):
+                inbox = f"$inbox.{sink.id}".encode()
+                for header in bad_headers:
+                    raw.send_multipart([b"bad.a", header, msgpack.packb(1)])
+                    raw.send_multipart([inbox, header, msgpack.packb(1)])
+                raw.send_multipart([b"bad.ok", make_header(), msgpack.packb("fine")])
+                await until(lambda: got)
+                answer = await sink.request("ask.x", 7, timeout=5)
+                started = asyncio.get_running_loop().time()
+            stopped = asyncio.get_running_loop().time()
+        finally:
+            await responder.stop()
+        return sink, got, answer, stopped - started
+
+    sink, got, answer, stop_took = asyncio.run(body())
+    assert [(e.topic, e.data) for e in got] == [("bad.ok", "fine")]
+    assert answer == {"echo": 7}
+    assert sink.stats.drops.counts == {"header": 2 * len(bad_headers)}
+    assert stop_took < 2.0  # not the whole grace: no reader died
+
+
+def test_handlers_see_only_checked_fields(permissive: Permissive) -> None:
+    """Oversized ids, names and headers, and topics with wildcard or empty tokens, are
+    dropped before any handler runs."""
+
+    async def body() -> tuple[Actor, list[Event]]:
+        async with sink_and_raw_publisher(permissive, "t.**") as (sink, got, raw):
+            one = msgpack.packb(1)
+            raw.send_multipart([b"t.a", make_header(id=b"x" * 65), one])
+            raw.send_multipart([b"t.a", make_header(sender="s" * 257), one])
+            raw.send_multipart([b"t.a", make_header(thread_id="t" * 5000), one])
+            raw.send_multipart([b"t.*", make_header(), one])
+            raw.send_multipart([b"t..a", make_header(), one])
+            raw.send_multipart([b"t." + b".".join([b"x"] * 200), make_header(), one])
+            raw.send_multipart([b"t.ok", make_header(), msgpack.packb("fine")])
+            await until(lambda: got)
+        return sink, got
+
+    sink, got = asyncio.run(body())
+    assert [e.topic for e in got] == ["t.ok"]
+    assert sink.stats.drops.counts == {"header": 3, "topic": 3}
+
+
+def test_an_actor_survives_fuzzing_on_both_sockets(permissive: Permissive) -> None:
+    """Thousands of random and almost-right messages, on the actor's topics and on its
+    inbox, reach it unfiltered; it drops and counts them, handles the good event after
+    them, answers a request, and still gets its own replies."""
+    from clients.fuzzer import Fuzzer
+
+    fuzz = Fuzzer(seed=3)
+
+    async def body() -> tuple[Actor, list[Event], Any]:
+        responder = Actor(name="responder", broker=permissive.control)
+        await responder.subscribe("ask.*", lambda event: {"echo": event.data})
+        await responder.start()
+        try:
+            async with sink_and_raw_publisher(permissive, "ping.*") as (sink, got, raw):
+                inbox = f"$inbox.{sink.id}".encode()
+                for _ in range(2000):
+                    frames = fuzz.publish()
+                    raw.send_multipart(frames)
+                    raw.send_multipart([inbox, *frames[1:]])
+                raw.send_multipart([b"ping.ok", make_header(), msgpack.packb("fine")])
+                await until(lambda: any(e.topic == "ping.ok" for e in got), timeout=20)
+                answer = await sink.request("ask.x", 7, timeout=5)
+        finally:
+            await responder.stop()
+        return sink, got, answer
+
+    sink, got, answer = asyncio.run(body())
+    assert got[-1].data == "fine" and answer == {"echo": 7}
+    assert sum(sink.stats.drops.counts.values()) > 1000
+    assert "error" not in sink.stats.drops.counts  # every bad input had a reason

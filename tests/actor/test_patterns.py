@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from loom import PatternError
+from loom import PatternError, TopicError
 from loom.actor.patterns import Pattern, Router
+from loom.protocol import encode_topic
 
 CASES = [
     # pattern, topic, matches
@@ -87,3 +88,53 @@ def test_router_caches_per_topic_and_resets_on_add() -> None:
     assert router.match(b"a") == ("h2",)
     assert router.match(b"b") == ()
     assert router.prefixes() == {b"a.", b"a"}
+
+
+def _reference(pattern: tuple[str, ...], topic: tuple[str, ...]) -> bool:
+    """Plain recursion over tokens (exponential in ``**``): the semantics, for small cases."""
+    if not pattern:
+        return not topic
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_reference(rest, topic[k:]) for k in range(len(topic) + 1))
+    return bool(topic) and head in ("*", topic[0]) and _reference(rest, topic[1:])
+
+
+def test_matching_agrees_with_the_recursive_definition() -> None:
+    """On every small pattern and topic over a few tokens, the NFA answers as the
+    recursive definition does (collapsed `**`, `*`, literals)."""
+    import itertools
+    import random
+
+    rnd = random.Random(7)
+    words = ["a", "b", "*", "**"]
+    for _ in range(3000):
+        pattern = tuple(rnd.choice(words) for _ in range(rnd.randint(1, 6)))
+        topic = tuple(rnd.choice("abc") for _ in range(rnd.randint(1, 7)))
+        assert Pattern(".".join(pattern)).matches(".".join(topic)) is _reference(pattern, topic)
+    for length in range(1, 4):
+        for topic in itertools.product("ab", repeat=length):
+            assert Pattern("**.**.a.**").matches(".".join(topic)) is ("a" in topic)
+
+
+def test_hostile_patterns_match_in_linear_time() -> None:
+    """`a.**.**...**.z` against a long topic that almost matches took exponential time;
+    it is now one pass over the topic (the test would run into its timeout before)."""
+    hostile = Pattern(".".join(["a", *["**"] * 60, "z"]))
+    interleaved = Pattern(".".join(["a", "**", "b"] * 40))
+    topic = ".".join(["a", *["b"] * 126])
+    for _ in range(100):
+        assert not hostile.matches(topic)
+        assert not interleaved.matches(topic)
+    assert hostile.matches(topic + ".z")
+
+
+def test_patterns_and_topics_are_bounded() -> None:
+    """More than 128 tokens, or more than 1024 bytes, is refused with a clear error."""
+    with pytest.raises(PatternError, match="129 tokens"):
+        Pattern(".".join(["a"] * 129))
+    with pytest.raises(PatternError, match="1024 bytes"):
+        Pattern("a" * 1025)
+    assert Pattern(".".join(["a"] * 128)).matches(".".join(["a"] * 128))
+    with pytest.raises(TopicError, match="129 tokens"):
+        encode_topic(".".join(["a"] * 129))

@@ -16,6 +16,7 @@ from conftest import (
     Proc,
     broker_stats,
     free_tcp_endpoint,
+    ill_typed_headers,
     make_header,
     spawn_actor,
     start_broker,
@@ -180,6 +181,42 @@ def test_malformed_frames_are_dropped_counted_and_survived(
     broker.wait_line("reason=frames")
     assert "message dropped" in broker.output
     echo.wait_line("reason=payload")
+
+
+def test_ill_typed_headers_are_dropped_not_forwarded(
+    spawn: Callable[..., Proc], short_tmp: Any
+) -> None:
+    """The broker checks every header field's type and bound (and the header's size), so
+    it never forwards a message no Loom peer can read: an actor behind it sees none of
+    them, and handles the good event that follows."""
+    endpoint = f"ipc://{short_tmp}/b"
+    start_broker(spawn, endpoint)
+    spawn_actor(spawn, "echo", endpoint)
+    padded = [*msgpack.unpackb(make_header()), "appended" * 1200]  # extra fields: 9.6 KB
+    bad_headers = [*ill_typed_headers(), msgpack.packb(padded)]
+    _, info = hello(endpoint)
+    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as raw:
+        raw.linger = 1000
+        raw.connect(info["pub"])
+        wait_for(lambda: raw.poll(10, zmq.POLLOUT) and _delivered(raw, endpoint), timeout=10)
+        for header in bad_headers:
+            raw.send_multipart([b"ping.bad", header, msgpack.packb(1)])
+        raw.send_multipart([b"ping.good", make_header(), msgpack.packb("fine")])
+        wait_for(lambda: broker_stats(endpoint)["topics"].get("ping.good"))
+
+    async def echo_stats() -> Any:
+        client = Actor(name="client", broker=endpoint)
+        await client.start()
+        try:
+            return await client.request("echo.stats", timeout=5)
+        finally:
+            await client.stop()
+
+    stats = asyncio.run(echo_stats())
+    assert stats == {"handled": 1, "errors": 0, "drops": {}}
+    topics = broker_stats(endpoint)["topics"]
+    assert topics["ping.bad"]["malformed"] == len(bad_headers)
+    assert topics["ping.bad"]["forwarded"] == 0
 
 
 def _delivered(raw: zmq.Socket[bytes], endpoint: str) -> bool:

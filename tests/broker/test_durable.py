@@ -276,3 +276,65 @@ def test_a_bad_message_id_is_refused_alone(
             answers.update({mid: (seq, error) for mid, seq, error in msgpack.unpackb(meta)})
     assert answers[b""] == (None, "MALFORMED")
     assert answers[b"a" * 16] == (1, None) and answers[b"b" * 16] == (2, None)
+
+
+def _ask(sock: zmq.Socket[bytes], command: bytes, body: dict[str, object]) -> tuple[bytes, dict]:
+    """Send a control command on a raw DEALER and read its answer (skipping deliveries)."""
+    sock.send_multipart([command, msgpack.packb(body)])
+    while True:
+        assert sock.poll(5000), f"no answer to {command!r}"
+        frames = sock.recv_multipart()
+        if frames[0] not in (b"DELIVER", b"PUBACK"):
+            return frames[0], msgpack.unpackb(frames[1])
+
+
+def test_durable_streams_live_only_as_long_as_their_peer(
+    spawn: Callable[..., Proc], endpoint: str, short_tmp: Path
+) -> None:
+    """A DSUB from a peer that never said HELLO is refused (UNKNOWN_PEER), a thousand of
+    them leave nothing behind; a stream whose peer goes silent is dropped at the
+    liveness deadline, and its position waits in the log for the next subscriber."""
+    durable_broker(spawn, endpoint, short_tmp / "data")
+
+    async def publish(numbers: range) -> None:
+        publisher = Actor(name="publisher", broker=endpoint)
+        await publisher.start()
+        for i in numbers:
+            await publisher.emit("orders.1", i, qos="reliable")
+        await publisher.stop()
+
+    asyncio.run(publish(range(3)))
+    dsub = {"name": "audit", "patterns": ["orders.*"], "rid": 1}
+    with zmq.Context() as ctx:
+        strangers = []
+        for _ in range(1000):
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.connect(endpoint)
+            sock.send_multipart([b"DSUB", msgpack.packb({**dsub, "name": f"x{len(strangers)}"})])
+            strangers.append(sock)
+        for sock in strangers:
+            assert sock.poll(5000)
+            command, body = sock.recv_multipart()
+            assert command == b"ERROR" and msgpack.unpackb(body)["code"] == "UNKNOWN_PEER"
+            sock.close()
+        assert broker_stats(endpoint)["durable"]["subscribers"] == {}
+
+        with ctx.socket(zmq.DEALER) as sock:  # says HELLO, takes two events, goes silent
+            sock.linger = 0
+            sock.connect(endpoint)
+            assert _ask(sock, b"HELLO", {"version": 1, "name": "quiet", "rid": 0})[0] == b"HELLO"
+            command, answer = _ask(sock, b"DSUB", dsub)
+            assert command == b"DSUB" and answer["acked"] == 0
+            sock.send_multipart([b"DACK", msgpack.packb({"name": "audit", "seq": 2})])
+            assert wait_for(lambda: broker_stats(endpoint)["durable"]["subscribers"])
+            wait_for(lambda: broker_stats(endpoint)["durable"]["subscribers"] == {}, timeout=5)
+
+    async def resume() -> list[int]:
+        keeper = Keeper(endpoint)
+        await keeper.start()
+        await until(lambda: keeper.got)
+        await keeper.stop()
+        return keeper.got
+
+    assert asyncio.run(resume()) == [2]  # 0 and 1 were acknowledged by the silent peer
