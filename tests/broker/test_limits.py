@@ -1,0 +1,152 @@
+"""The broker holds no more memory than its limits say, whatever peers send it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import psutil
+import zmq
+from conftest import Proc, broker_stats, start_broker, start_worker, wait_for
+
+from loom import Actor, OverloadedError, ToolClient
+from loom.protocol import CALL, FAIL, HELLO, VERSION
+
+MiB = 1 << 20
+
+
+def rss(proc: Proc) -> int:
+    return int(psutil.Process(proc.pid).memory_info().rss)
+
+
+def hello(endpoint: str) -> dict[str, Any]:
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+        sock.linger = 0
+        sock.connect(endpoint)
+        sock.send_multipart([HELLO, msgpack.packb({"version": VERSION, "name": "probe"})])
+        assert sock.poll(5000), "no answer to HELLO"
+        command, body = sock.recv_multipart()
+        assert command == HELLO
+        return dict(msgpack.unpackb(body))
+
+
+def test_frames_over_the_limit_are_refused_by_libzmq(
+    spawn: Callable[..., Proc], short_tmp: Path
+) -> None:
+    """A 32 MiB frame on the control or publish socket never reaches Python: libzmq
+    disconnects the sender on reading the frame's size, the broker does not grow by it,
+    and it keeps serving."""
+    endpoint = f"ipc://{short_tmp}/b"
+    broker = start_broker(spawn, endpoint)
+    announced = hello(endpoint)
+    before = rss(broker)
+    huge = b"x" * (32 * MiB)
+    with zmq.Context() as ctx:
+        for address, kind in ((endpoint, zmq.DEALER), (announced["pub"], zmq.PUB)):
+            for _ in range(3):
+                with ctx.socket(kind) as sock:
+                    sock.linger = 2000
+                    sock.connect(address)
+                    time.sleep(0.05)  # a PUB drops what it sends before it is connected
+                    sock.send_multipart([b"big.topic", msgpack.packb([1]), huge])
+    time.sleep(0.5)  # (nothing to wait for: the point is what does not happen)
+    assert hello(endpoint)["version"] == VERSION
+    assert rss(broker) - before < 16 * MiB
+    assert "big.topic" not in broker_stats(endpoint)["topics"]
+
+
+def test_a_call_trace_is_bounded(spawn: Callable[..., Proc], short_tmp: Path) -> None:
+    """A CALL whose trace id is over 64 bytes is answered MALFORMED (the broker keeps a
+    call's trace with every answered call)."""
+    endpoint = f"ipc://{short_tmp}/b"
+    start_broker(spawn, endpoint)
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+        sock.linger = 0
+        sock.connect(endpoint)
+        meta = msgpack.packb([7, "any.tool", None, b"t" * (1 * MiB)])
+        sock.send_multipart([CALL, meta, msgpack.packb({})])
+        assert sock.poll(5000)
+        command, ref, body = sock.recv_multipart()
+    assert command == FAIL and msgpack.unpackb(ref) == [7]
+    assert msgpack.unpackb(body)["code"] == "MALFORMED"
+
+
+def test_a_peers_patterns_are_kept_up_to_a_byte_bound(
+    spawn: Callable[..., Proc], short_tmp: Path
+) -> None:
+    """HELLO with a thousand 1000-byte patterns: the directory keeps 8 KiB of them."""
+    endpoint = f"ipc://{short_tmp}/b"
+    start_broker(spawn, endpoint)
+    patterns = [f"p{i:03}." + "x" * 995 for i in range(1000)]
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+        sock.linger = 0
+        sock.connect(endpoint)
+        body = {"version": VERSION, "name": "greedy", "role": "actor", "patterns": patterns}
+        sock.send_multipart([HELLO, msgpack.packb(body)])
+        assert sock.poll(5000)
+        assert sock.recv_multipart()[0] == HELLO
+        peers = broker_stats(endpoint)["peers"]
+    kept = next(p for p in peers if p["name"] == "greedy")["patterns"]
+    assert kept == patterns[: len(kept)] and 0 < sum(map(len, kept)) <= 8 * 1024
+
+
+def test_a_subscriber_that_never_reads_holds_a_bounded_queue(
+    spawn: Callable[..., Proc], short_tmp: Path
+) -> None:
+    """A subscriber that stops reading while 300 events of 256 KB pass (75 MB) costs the
+    broker about --queue-bytes, not the 75 MB: past that its queue is full, the broker
+    sheds, and the messages at risk are counted as dropped."""
+    endpoint = f"ipc://{short_tmp}/b"
+    broker = start_broker(spawn, endpoint, "--queue-bytes", str(8 * MiB), "--stall-timeout", "0.05")
+    announced = hello(endpoint)
+    with zmq.Context() as ctx, ctx.socket(zmq.SUB) as stalled:
+        stalled.rcvhwm = 2
+        stalled.rcvbuf = 4096
+        stalled.connect(announced["sub"])
+        stalled.subscribe(b"big")
+        before = rss(broker)
+
+        async def publish() -> None:
+            actor = Actor(name="big", broker=endpoint)
+            await actor.start()
+            for i in range(300):
+                await actor.emit("big.event", [i, b"x" * 256_000], qos="realtime")
+                await asyncio.sleep(0.002)
+            await actor.stop()
+
+        asyncio.run(publish())
+        grown = rss(broker) - before
+        stats = broker_stats(endpoint)
+    assert grown < 40 * MiB, grown
+    assert stats["topics"]["big.event"]["dropped"] > 0
+    assert stats["drops"]["stalled"] > 0
+
+
+def test_calls_arguments_held_are_bounded(spawn: Callable[..., Proc], short_tmp: Path) -> None:
+    """Past --max-call-bytes of arguments held (here: queued behind a busy worker), new
+    calls are answered OVERLOADED at once."""
+    endpoint = f"ipc://{short_tmp}/b"
+    start_broker(spawn, endpoint, "--max-call-bytes", str(1 * MiB))
+    start_worker(spawn, endpoint, "w")
+
+    marker = str(short_tmp / "marker")
+
+    async def body() -> list[BaseException | Any]:
+        async with await ToolClient.connect(endpoint) as client:
+            hold = {"marker": marker, "seconds": 2}
+            slow = asyncio.ensure_future(client.call("sample.hold_idempotent", hold))
+            await asyncio.sleep(0.3)
+            big = {"marker": marker, "seconds": 0, "pad": "y" * 300_000}  # queued behind
+            calls = [client.call("sample.hold_idempotent", big) for _ in range(6)]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            await slow
+            return results
+
+    results = asyncio.run(body())
+    overloaded = [r for r in results if isinstance(r, OverloadedError)]
+    assert 0 < len(overloaded) < 6, results
+    wait_for(lambda: broker_stats(endpoint)["tool_calls"]["calls"] >= 7)
