@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import queue
 import socket
 import statistics
 import sys
@@ -65,37 +66,53 @@ def _raw_frames(ids: IdSource, data: Any) -> tuple[bytes, bytes]:
     return header, msgpack.packb(data)
 
 
-def raw_publisher(endpoint: str, count: int, ready: Any, rate: int) -> None:
-    """Send warm-up messages until the receiver is ready, then ``count`` measured ones."""
+def raw_publisher(endpoint: str, count: int, ready: Any, rate: int, done: Any) -> None:
+    """Send warm-up messages until the receiver is ready, then ``count`` measured ones;
+    keep the socket open until the receiver has them all (libzmq may drop what a closing
+    socket still holds, docs/decisions.md #8)."""
     ctx = zmq.Context()
     pub = ctx.socket(zmq.XPUB)
     pub.setsockopt(zmq.XPUB_NODROP, 1)
     pub.connect(endpoint)
     ids = IdSource()
-    send = pub.send
-    more = zmq.SNDMORE.value
+    send = _sender(pub)
     while not ready.is_set():
         header, payload = _raw_frames(ids, None)
-        send(WARM, more)
-        send(header, more)
-        send(payload)
+        send(WARM, header, payload)
         time.sleep(0.002)
     if rate:
-        _paced(count, rate, lambda: _send_timed(send, ids, more))
+        _paced(count, rate, lambda: _send_timed(send, ids))
     else:
         for _ in range(count):
             header, payload = _raw_frames(ids, PAYLOAD)
-            send(TOPIC, more)
-            send(header, more)
-            send(payload)
-    ctx.destroy(linger=5000)
+            send(TOPIC, header, payload)
+    done.wait(60)
+    ctx.destroy(linger=0)
 
 
-def _send_timed(send: Callable[..., Any], ids: IdSource, more: int) -> None:
+def _sender(pub: zmq.Socket[bytes]) -> Callable[[bytes, bytes, bytes], None]:
+    """Send one message, waiting while the queue is full: an XPUB with NODROP answers
+    EAGAIN instead of blocking (as a Loom actor's emit waits)."""
+    raw = pub.send
+    more = zmq.SNDMORE.value
+    noblock = zmq.NOBLOCK.value
+
+    def send(topic: bytes, header: bytes, payload: bytes) -> None:
+        while True:
+            try:
+                raw(topic, more | noblock)
+                break
+            except zmq.Again:
+                time.sleep(0.0005)
+        raw(header, more)
+        raw(payload)
+
+    return send
+
+
+def _send_timed(send: Callable[[bytes, bytes, bytes], None], ids: IdSource) -> None:
     header, payload = _raw_frames(ids, [time.perf_counter_ns(), PAYLOAD[:48]])
-    send(TOPIC, more)
-    send(header, more)
-    send(payload)
+    send(TOPIC, header, payload)
 
 
 def _paced(count: int, rate: int, send_one: Callable[[], None]) -> None:
@@ -111,34 +128,42 @@ def _paced(count: int, rate: int, send_one: Callable[[], None]) -> None:
 
 
 def raw_subscriber(
-    endpoint: str, count: int, ready: Any, results: Any, timed: bool, bind: bool
+    endpoint: str, count: int, ready: Any, results: Any, timed: bool, bind: bool, done: Any
 ) -> None:
-    """Receive and decode; report messages/s (or latencies) over the measured ones."""
+    """Receive and decode; report messages/s (or latencies) over the measured ones, or
+    an error when nothing has come for 20 s."""
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVTIMEO, 20_000)
     sub.bind(endpoint) if bind else sub.connect(endpoint)
     sub.subscribe(b"")
     recv = sub.recv
     got = 0
     latencies: list[int] = []
     start = 0.0
-    while got < count:
-        topic = recv()
-        header = recv()
-        payload = recv()
-        envelope = decode_header(header)
-        data = decode_payload(payload, envelope.content_type)
-        if topic == WARM:
-            ready.set()
-            continue
-        if got == 0:
-            start = time.perf_counter()
-        got += 1
-        if timed:
-            latencies.append(time.perf_counter_ns() - data[0])
-    elapsed = time.perf_counter() - start
-    results.put(latencies if timed else (count - 1) / elapsed)
-    ctx.destroy(linger=0)
+    try:
+        while got < count:
+            topic = recv()
+            header = recv()
+            payload = recv()
+            envelope = decode_header(header)
+            data = decode_payload(payload, envelope.content_type)
+            if topic == WARM:
+                ready.set()
+                continue
+            if got == 0:
+                start = time.perf_counter()
+            got += 1
+            if timed:
+                latencies.append(time.perf_counter_ns() - data[0])
+    except zmq.Again:
+        results.put(RuntimeError(f"the subscriber got {got} of {count} messages, then none"))
+    else:
+        elapsed = time.perf_counter() - start
+        results.put(latencies if timed else (count - 1) / elapsed)
+    finally:
+        done.set()
+        ctx.destroy(linger=0)
 
 
 def c_proxy(front: str, back: str, ready: Any) -> None:
@@ -231,30 +256,37 @@ def actor_publisher(broker: str, count: int, ready: Any, rate: int) -> None:
 
 
 def _run(roles: list[tuple[Callable[..., None], tuple[Any, ...]]], results: Any) -> Any:
+    """Start the roles, return the figure the receiver reports; raise (never hang) when it
+    reports an error or nothing within two minutes."""
     procs = [mp.get_context("spawn").Process(target=fn, args=args) for fn, args in roles]
     for proc in procs:
         proc.start()
     try:
-        return results.get(timeout=120)
+        figure = results.get(timeout=120)
+    except queue.Empty:
+        raise RuntimeError("no figure within 120 s: a role died or hung") from None
     finally:
         for proc in procs:
             proc.join(10)
             if proc.is_alive():
                 proc.terminate()
                 proc.join()
+    if isinstance(figure, Exception):
+        raise figure
+    return figure
 
 
 def scenario(kind: str, new: Callable[[], str], count: int, rate: int = 0) -> Any:
     """Run one repetition of ``kind`` (raw, cproxy, broker, actors); its figure."""
     ctx = mp.get_context("spawn")
-    ready, results, up = ctx.Event(), ctx.Queue(), ctx.Event()
+    ready, results, up, done = ctx.Event(), ctx.Queue(), ctx.Event(), ctx.Event()
     timed = bool(rate)
     if kind == "raw":  # the subscriber binds, the publisher connects: no third hop
         direct = new()
         return _run(
             [
-                (raw_subscriber, (direct, count, ready, results, timed, True)),
-                (raw_publisher, (direct, count, ready, rate)),
+                (raw_subscriber, (direct, count, ready, results, timed, True, done)),
+                (raw_publisher, (direct, count, ready, rate, done)),
             ],
             results,
         )
@@ -280,8 +312,8 @@ def scenario(kind: str, new: Callable[[], str], count: int, rate: int = 0) -> An
             pub_at, sub_at = _announced(control)
         return _run(
             [
-                (raw_subscriber, (sub_at, count, ready, results, timed, False)),
-                (raw_publisher, (pub_at, count, ready, rate)),
+                (raw_subscriber, (sub_at, count, ready, results, timed, False, done)),
+                (raw_publisher, (pub_at, count, ready, rate, done)),
             ],
             results,
         )
