@@ -31,8 +31,8 @@ from typing import Any
 from aiohttp import web
 from playwright.sync_api import Page, sync_playwright
 
-from loom.actor.link import query, wait_for_broker
 from loom.protocol import DIRECTORY, HELLO, RECENT, STATS, VERSION
+from loom.session import ask, wait_for_broker
 
 PY = sys.executable
 FLAGS = [
@@ -150,7 +150,7 @@ async def round_trips(broker: str, count: int = 50) -> dict[str, float]:
         times = []
         for _ in range(count):
             started = time.perf_counter()
-            await query(broker, command, body)
+            await ask(broker, command, body)
             times.append((time.perf_counter() - started) * 1000)
         medians[command.decode()] = statistics.median(times)
     return medians

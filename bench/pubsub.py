@@ -34,7 +34,6 @@ import msgpack
 import zmq
 
 from loom import Actor, Event
-from loom.actor.link import query
 from loom.broker import Broker
 from loom.logs import configure_logging
 from loom.protocol import (
@@ -46,6 +45,7 @@ from loom.protocol import (
     decode_payload,
     pack_header,
 )
+from loom.session import ask
 
 PAYLOAD = b"x" * 64
 WARM = b"warm"
@@ -323,7 +323,7 @@ def scenario(kind: str, new: Callable[[], str], count: int, rate: int = 0) -> An
 
 
 def _announced(control: str) -> tuple[str, str]:
-    _, hello = asyncio.run(query(control, HELLO, {"version": VERSION}))
+    hello = asyncio.run(ask(control, HELLO, {"version": VERSION}))
     return hello["pub"], hello["sub"]
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import zmq
 
-from loom.actor.link import wait_for_broker
 from loom.protocol import HELLO, VERSION, decode_control, encode_control
+from loom.session import wait_for_broker
 from loom.tools import ToolClient
 
 ROOT = Path(__file__).parent.parent

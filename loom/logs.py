@@ -6,11 +6,12 @@ import logging
 import sys
 import time
 from collections.abc import Callable, MutableMapping
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["DropCounter", "configure_logging", "get_logger"]
+__all__ = ["DropCounter", "configure_logging", "get_logger", "handled_event"]
 
 
 def configure_logging(
@@ -46,14 +47,18 @@ def configure_logging(
     )
 
 
+handled_event: ContextVar[Any] = ContextVar("loom_handled_event", default=None)
+"""The event whose handler is running (an actor sets it, ``loom.actor.current_event`` is
+this variable): anything with ``topic`` and ``trace_id``. Log lines written meanwhile name
+them; it lives here, at the bottom, so logging needs nothing from above."""
+
+
 def _handled_event(
     logger: Any, method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """Add the topic and trace id of the event being handled, when a line is logged inside
     an actor's handler (read at log time: handling an event costs nothing more)."""
-    from loom.actor.event import current_event  # here: loom.actor imports this module
-
-    event = current_event.get()
+    event = handled_event.get()
     if event is not None:
         event_dict.setdefault("topic", event.topic)
         event_dict.setdefault("trace", event.trace_id)

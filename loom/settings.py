@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from loom.config import DEFAULT_BROKER
-from loom.errors import LoomError
+from loom.errors import ConfigError
 from loom.protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_TIMEOUT
 
 __all__ = [
@@ -42,10 +42,6 @@ __all__ = [
 
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(LoomError, ValueError):
-    """A configuration file is missing, not TOML, or has an invalid key or value."""
 
 
 class _Section(BaseModel):
@@ -138,7 +134,7 @@ class Settings(_Section):
     def _valid_llms(cls, tables: dict[str, Any]) -> dict[str, Any]:
         # imported here: loom.cognition is heavy, and most programs never need it
         from loom.cognition.config import load_llm_settings
-        from loom.cognition.errors import LLMConfigError
+        from loom.errors import LLMConfigError
 
         try:
             return load_llm_settings(tables)

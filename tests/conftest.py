@@ -21,8 +21,8 @@ import msgpack
 import msgspec
 import pytest
 
-from loom.actor.link import query
 from loom.protocol import STATS, VERSION, Envelope, encode_header
+from loom.session import ask
 from loom.tools.builtin import _paths
 from loom.tools.sandbox.policy import Sandbox
 from loom.tools.tool import ToolContext
@@ -217,7 +217,7 @@ def spawn_actor(spawn: Callable[..., Proc], script: str, endpoint: str, *args: s
 
 def broker_stats(endpoint: str) -> dict[str, Any]:
     """Ask the broker for its counters (STATS on the control socket)."""
-    return asyncio.run(query(endpoint, STATS))[1]
+    return asyncio.run(ask(endpoint, STATS))
 
 
 async def until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:

@@ -2,6 +2,6 @@
 
 from loom.actor.actor import Actor, ActorStats, on
 from loom.actor.event import Event
-from loom.actor.patterns import Pattern
+from loom.protocol import Pattern
 
 __all__ = ["Actor", "ActorStats", "Event", "Pattern", "on"]

@@ -15,8 +15,8 @@ import zmq
 from loom.actor.durable import Durability
 from loom.actor.event import Event, current_event
 from loom.actor.link import Link
-from loom.actor.patterns import Pattern, Router
 from loom.actor.receiver import Receiver
+from loom.actor.router import Router
 from loom.actor.verbs import Verbs
 from loom.config import DEFAULT_BROKER, broker_address
 from loom.errors import BrokerUnavailableError, ClosedError, LoomError
@@ -28,8 +28,9 @@ from loom.protocol import (
     HANDLER_BUCKETS,
     REPLY,
     IdSource,
+    Pattern,
 )
-from loom.tools.client import ToolClient
+from loom.session import ToolClient
 
 __all__ = ["Actor", "ActorStats", "on"]
 

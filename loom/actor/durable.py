@@ -8,17 +8,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
-
 from loom.actor.event import Event
-from loom.actor.patterns import Router
-from loom.errors import ClosedError, DurableError, ProtocolError
+from loom.actor.router import Router
+from loom.errors import ClosedError, ProtocolError
 from loom.logs import DropCounter
 from loom.protocol import (
     DACK,
     DELIVER,
     DSUB,
-    ERROR_COMMAND,
     PUBACK,
     PUBLISH,
     DsubAnswer,
@@ -172,18 +169,13 @@ class Durability:
         """Ask the broker to stream each subscription (all of them by default).
 
         Raises:
-            DurableError: the broker has no durable log, or refused the subscription.
+            DurableError: the broker has no durable log, or no room for the subscription.
+            RefusedError: the broker refused the subscription otherwise.
             BrokerUnavailableError: no answer within ``timeout`` seconds.
         """
         for name in names if names is not None else list(self._routes):
             body = {"name": name, "patterns": self._routes[name].patterns()}
-            command, answer = await self._session.ask(DSUB, body, timeout)
-            if command == ERROR_COMMAND:
-                raise DurableError(f"durable subscription {name!r}: {answer.get('message')}")
-            try:
-                position = msgspec.convert(answer, DsubAnswer)
-            except msgspec.ValidationError as exc:
-                raise ProtocolError("body", f"unreadable answer to DSUB: {exc}") from None
+            position = await self._session.request(DSUB, body, DsubAnswer, timeout=timeout)
             acked, last = position.acked, position.last_seq
             self._ack_every = min(_ACK_EVERY, max(1, position.window // 2))
             if last < self.delivered.get(name, 0):  # a new log (data_dir wiped): start over

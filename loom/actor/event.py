@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
+from loom.logs import handled_event
 from loom.protocol import REQUEST, Envelope, Kind
 
 __all__ = ["Event", "current_event"]
@@ -75,6 +76,6 @@ class Event:
         return f"Event(topic={self.topic!r}, sender={self.sender!r}, data={self.data!r})"
 
 
-current_event: ContextVar[Event | None] = ContextVar("loom_current_event", default=None)
+current_event: ContextVar[Event | None] = handled_event
 """The event whose handler is running (inherited by tasks it creates): emits made there
-carry its trace, thread and hop count."""
+carry its trace, thread and hop count, log lines its topic and trace."""

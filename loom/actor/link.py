@@ -2,131 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
-from loom.errors import BrokerUnavailableError, ProtocolError
-from loom.protocol import (
-    HELLO,
-    MAX_ANSWER_BYTES,
-    MAX_SUBSCRIPTION_FRAME,
-    VERSION,
-    HelloAnswer,
-    decode_control,
-    encode_control,
-    max_frame,
-)
-from loom.session import Session
+from loom.errors import ProtocolError
+from loom.protocol import MAX_SUBSCRIPTION_FRAME, HelloAnswer, max_frame
+from loom.session import Session, announced_endpoint
 
-__all__ = [
-    "Link",
-    "announced_endpoint",
-    "broker_answers",
-    "control_request",
-    "query",
-    "reachable_endpoint",
-    "wait_for_broker",
-]
-
-_WILDCARD_HOSTS = ("*", "0.0.0.0", "[::]", "::")
-
-
-def announced_endpoint(announced: str, control: str) -> str:
-    """Make an endpoint the broker announced reachable from here.
-
-    A broker bound to a wildcard host (``tcp://0.0.0.0:41000``) announces that host;
-    the client substitutes the host it reached the control endpoint at.
-    """
-    return reachable_endpoint(announced, control.partition("://")[2].rpartition(":")[0])
-
-
-def reachable_endpoint(endpoint: str, host: str = "127.0.0.1") -> str:
-    """``endpoint`` with a wildcard host (``*``, ``0.0.0.0``, ``::``) replaced by
-    ``host``, so that a client can connect to what a broker bound."""
-    scheme, _, rest = endpoint.partition("://")
-    if scheme != "tcp":
-        return endpoint
-    bound, _, port = rest.rpartition(":")
-    if bound not in _WILDCARD_HOSTS:
-        return endpoint
-    return f"tcp://{host}:{port}"
-
-
-async def control_request(
-    context: zmq.Context[Any], address: str, command: bytes, body: dict[str, Any], timeout: float
-) -> tuple[bytes, dict[str, Any]]:
-    """Send one control command to the broker at ``address`` and return its answer.
-
-    Raises:
-        BrokerUnavailableError: no answer within ``timeout`` seconds.
-        ProtocolError: the answer is unreadable.
-    """
-    actx = zmq.asyncio.Context.shadow(context.underlying)
-    dealer = actx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.setsockopt(zmq.MAXMSGSIZE, MAX_ANSWER_BYTES)
-    try:
-        dealer.connect(address)
-        await dealer.send_multipart(encode_control(command, body))
-        try:
-            async with asyncio.timeout(timeout):
-                frames = await dealer.recv_multipart()
-        except TimeoutError:
-            raise BrokerUnavailableError(
-                f"no broker answered at {address} within {timeout:g}s"
-            ) from None
-    finally:
-        dealer.close(linger=0)
-    return decode_control(frames)
-
-
-async def query(
-    address: str, command: bytes, body: dict[str, Any] | None = None, timeout: float = 5.0
-) -> tuple[bytes, dict[str, Any]]:
-    """``control_request`` on a private context: one question to a broker, for tools.
-
-    Raises:
-        BrokerUnavailableError: no answer within ``timeout`` seconds.
-        ProtocolError: the answer is unreadable.
-    """
-    context: zmq.Context[Any] = zmq.Context()
-    try:
-        return await control_request(context, address, command, body or {}, timeout)
-    finally:
-        context.term()
-
-
-async def broker_answers(address: str, timeout: float = 0.3) -> bool:
-    """Whether a broker answers HELLO at ``address`` within ``timeout`` seconds."""
-    try:
-        await query(address, HELLO, {"version": VERSION, "name": "probe"}, timeout=timeout)
-    except BrokerUnavailableError:
-        return False
-    return True
-
-
-async def wait_for_broker(
-    address: str, timeout: float, exited: Callable[[], bool] = lambda: False
-) -> None:
-    """Wait until a broker answers HELLO at ``address``.
-
-    Args:
-        exited: tells whether the process meant to serve there has exited (stop early).
-
-    Raises:
-        BrokerUnavailableError: it exited, or did not answer within ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while not await broker_answers(address):
-        if exited():
-            raise BrokerUnavailableError(f"the broker meant for {address} exited")
-        if time.monotonic() > deadline:
-            raise BrokerUnavailableError(f"the broker at {address} did not answer in {timeout:g}s")
+__all__ = ["Link"]
 
 
 class Link:

@@ -24,7 +24,7 @@ from loom.protocol import (
     pack_header,
     send_message,
 )
-from loom.tools.client import Directory, ToolClient
+from loom.session import Directory, ToolClient
 
 __all__ = ["Verbs"]
 

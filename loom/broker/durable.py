@@ -11,6 +11,7 @@ the log, at most ``window`` unacknowledged at a time: catch-up and live are one 
 from __future__ import annotations
 
 import contextlib
+import errno
 import struct
 import time
 from collections import deque
@@ -21,21 +22,21 @@ from typing import Any
 import lmdb
 import msgpack
 
-from loom.actor.patterns import Pattern
-from loom.errors import LoomError, PatternError, ProtocolError
+from loom.errors import PatternError, ProtocolError, StoreError, StoreFullError
 from loom.logs import DropCounter
 from loom.protocol import (
     DELIVER,
     PUBACK,
     Dack,
     Dsub,
+    Pattern,
     Replay,
     decode_header,
     decode_topic,
     header_id,
 )
 
-__all__ = ["DurableLog", "DurablePlane", "StoreFullError", "Streams"]
+__all__ = ["DurableLog", "DurablePlane", "Streams"]
 
 Send = Callable[[bytes, list[bytes]], bool]
 Forward = Callable[[bytes, bytes, bytes], None]
@@ -53,9 +54,11 @@ _BATCH_MAX = 1000
 _SEQ = struct.Struct(">Q")
 
 
-class StoreFullError(LoomError):
-    """The durable log cannot take a write (its map or the disk is full, or the disk
-    fails): the transaction is aborted, nothing of it is written."""
+def _store_error(exc: lmdb.Error, what: str) -> StoreError:
+    """The error for an LMDB failure: full (its map, or the disk) or anything else."""
+    full = isinstance(exc, lmdb.MapFullError) or getattr(exc, "errno", None) == errno.ENOSPC
+    full = full or "No space left" in str(exc)
+    return (StoreFullError if full else StoreError)(f"durable log {what}: {exc}")
 
 
 class DurableLog:
@@ -105,6 +108,7 @@ class DurableLog:
 
         Raises:
             StoreFullError: the map or the disk is full; nothing of the batch is written.
+            StoreError: the log cannot be written (I/O); nothing of the batch is written.
         """
         seq = previous = self.last_seq
         out: list[tuple[int, bool]] = []
@@ -124,14 +128,14 @@ class DurableLog:
                     seq += 1
                     record = msgpack.packb((topic, header, payload, now, mid))
                     if not txn.put(_SEQ.pack(seq), record, db=self._log, append=True):
-                        raise StoreFullError(f"sequence {seq} is already logged (shared data_dir?)")
+                        raise StoreError(f"sequence {seq} is already logged (shared data_dir?)")
                     txn.put(mid, _SEQ.pack(seq), db=self._ids)
                     seen[mid] = seq
                     added += len(record)
                     out.append((seq, True))
                 txn.put(b"last_seq", _SEQ.pack(seq), db=self._meta)
         except lmdb.Error as exc:  # map full, disk full (ENOSPC), I/O error
-            raise StoreFullError(f"durable log is full: {exc}") from exc
+            raise _store_error(exc, "cannot be written") from exc
         self.last_seq = seq
         if not self.first_seq and seq > previous:  # the log was empty
             self.first_seq = previous + 1
@@ -161,20 +165,21 @@ class DurableLog:
 
         Raises:
             StoreFullError: the map or the disk is full.
+            StoreError: the log cannot be written.
         """
         try:
             with self.env.begin(write=True) as txn:
                 for name, seq in acks.items():
                     txn.put(name.encode(), _SEQ.pack(seq), db=self._cursors)
         except lmdb.Error as exc:  # map full, disk full (ENOSPC), I/O error
-            raise StoreFullError(f"durable log is full: {exc}") from exc
+            raise _store_error(exc, "cannot be written") from exc
 
     def trim(self, limit: int = 10_000) -> int:
         """Drop the oldest events past the age and size limits, at most ``limit`` per
         call (the broker calls it every second); returns how many.
 
         Raises:
-            StoreFullError: the log cannot be written.
+            StoreError: the log cannot be written (``StoreFullError``: it is full).
         """
         if not (self._max_age or self._max_bytes):
             return 0
@@ -196,7 +201,7 @@ class DurableLog:
                     dropped += 1
                 first = _SEQ.unpack(cursor.key())[0] if cursor.first() else 0
         except lmdb.Error as exc:
-            raise StoreFullError(f"durable log cannot be trimmed: {exc}") from exc
+            raise _store_error(exc, "cannot be trimmed") from exc
         self.bytes -= freed  # only once committed
         self.first_seq = first
         return dropped
@@ -348,7 +353,7 @@ class Streams:
         """A subscriber's session ended: keep its position, stop sending."""
         leaving = self._by_peer.pop(identity, set())
         if leaving:
-            with contextlib.suppress(StoreFullError):  # logged at the tick; may repeat events
+            with contextlib.suppress(StoreError):  # logged at the tick; may repeat events
                 self.save()
         for name in leaving:
             del self.streams[name]
@@ -357,7 +362,7 @@ class Streams:
         """Persist the positions that moved.
 
         Raises:
-            StoreFullError: the map or the disk is full.
+            StoreError: the log cannot be written (``StoreFullError``: it is full).
         """
         dirty = {s.name: s.acked for s in self.streams.values() if s.dirty}
         if dirty:
@@ -410,6 +415,9 @@ class DurablePlane:
         self._batch: list[tuple[bytes, bytes, bytes, bytes, bytes]] = []
         self._batch_bytes = 0
         self._max_batch_bytes = batch_bytes
+        self._refused = "STORE_FULL"
+        """The PUBACK error of the events the last commit refused (``STORE_FAILED``: the
+        log could not be written, for another reason than being full)."""
         self._batch_since = 0.0
         self._commit_delay = commit_delay
         self._clock = clock
@@ -466,7 +474,7 @@ class DurablePlane:
         for (identity, mid, topic, header, payload), result in zip(batch, results, strict=True):
             if result is None:
                 self.counts["refused"] += 1
-                acks.setdefault(identity, []).append((mid, None, "STORE_FULL"))
+                acks.setdefault(identity, []).append((mid, None, self._refused))
                 continue
             seq, new = result
             if new:
@@ -487,7 +495,8 @@ class DurablePlane:
         assert self.log is not None
         try:
             return list(self.log.append([(mid, t, h, p) for _, mid, t, h, p in batch]))
-        except StoreFullError as exc:
+        except StoreError as exc:
+            self._refused = "STORE_FULL" if isinstance(exc, StoreFullError) else "STORE_FAILED"
             if len(batch) == 1:
                 self._logger.error("durable event refused", error=str(exc))
                 return [None]
@@ -574,7 +583,7 @@ class DurablePlane:
         try:
             self.streams.save()
             self.counts["trimmed"] += self.log.trim()
-        except StoreFullError as exc:
+        except StoreError as exc:
             self._logger.error("cannot save durable positions or trim", error=str(exc))
 
     def snapshot(self) -> dict[str, Any]:
@@ -592,7 +601,7 @@ class DurablePlane:
         if self.streams is not None:
             try:
                 self.streams.save()
-            except StoreFullError:
+            except StoreError:
                 self._logger.exception("cannot save durable positions at close")
         if self.log is not None:
             self.log.close()

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 from loom.actor import Actor, Event
-from loom.actor.link import broker_answers, wait_for_broker
 from loom.errors import BrokerUnavailableError
 from loom.logs import get_logger
+from loom.session import broker_answers, wait_for_broker
 
 ROLES = ("worker", "analyst", "trader", "ticker")
 

@@ -10,10 +10,7 @@ import signal
 import sys
 from typing import Any
 
-import msgspec
-
 from loom.actor import Actor, Event
-from loom.actor.link import query
 from loom.cli import agent as agent_commands
 from loom.cli import approvals as approval_commands
 from loom.cli import bench as bench_commands
@@ -25,9 +22,10 @@ from loom.cli import tools as tool_commands
 from loom.cli import trace as trace_commands
 from loom.cli.demo import run_demo
 from loom.config import broker_address
-from loom.errors import LoomError, ProtocolError
+from loom.errors import LoomError, RefusedError
 from loom.logs import configure_logging
 from loom.protocol import REPLAY, ReplayAnswer, decode_header, decode_payload, decode_topic
+from loom.session import ask
 
 EXAMPLES = """examples:
   loom demo                                   # a broker, demo actors, a dashboard on :7780
@@ -289,19 +287,12 @@ async def replay(args: argparse.Namespace, broker: str) -> int:
         since_time = moment.timestamp()
     shown = 0
     while True:
-        command, body = await query(
-            broker,
-            REPLAY,
-            {"pattern": args.pattern, "limit": 1000, "since": after, "since_time": since_time},
-            args.timeout,
-        )
-        if command != REPLAY:
-            print(f"loom replay: {body.get('code')}: {body.get('message')}", file=sys.stderr)
-            return 1
+        body = {"pattern": args.pattern, "limit": 1000, "since": after, "since_time": since_time}
         try:
-            page = msgspec.convert(body, ReplayAnswer)
-        except msgspec.ValidationError as exc:
-            raise ProtocolError("body", f"unreadable answer to REPLAY: {exc}") from None
+            page = await ask(broker, REPLAY, body, ReplayAnswer, timeout=args.timeout)
+        except RefusedError as exc:
+            print(f"loom replay: {exc.code}: {exc}", file=sys.stderr)
+            return 1
         for seq, when, topic, header, payload in page.events:
             envelope = decode_header(header)
             event = Event(

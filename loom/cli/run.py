@@ -8,9 +8,9 @@ import signal
 import sys
 from typing import Any
 
-from loom.actor.link import wait_for_broker
 from loom.loader import load_actor
 from loom.logs import configure_logging, get_logger
+from loom.session import wait_for_broker
 from loom.settings import BrokerSettings, RunSettings, load_run_settings
 from loom.supervisor import Child, ChildSpec, Supervisor
 

@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Any
 
-from loom.actor.link import query
 from loom.protocol import STATS
+from loom.session import ask
 from loom.tables import format_table
 
 _CLEAR = "\x1b[H\x1b[2J"
@@ -60,7 +60,7 @@ async def show_stats(args: argparse.Namespace, broker: str) -> int:
 
 
 async def _snapshot(broker: str, timeout: float) -> dict[str, Any]:
-    return (await query(broker, STATS, timeout=timeout))[1]
+    return await ask(broker, STATS, timeout=timeout)
 
 
 def format_rates(before: dict[str, Any], now: dict[str, Any], seconds: float, top: int) -> str:

@@ -7,8 +7,9 @@ import json
 import sys
 from typing import Any
 
-from loom.actor.link import query
+from loom.errors import RefusedError
 from loom.protocol import TRACE
+from loom.session import ask
 
 _KINDS = {0: "event", 1: "request", 2: "reply", 3: "error"}
 
@@ -29,9 +30,10 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 
 async def show_trace(args: argparse.Namespace, broker: str) -> int:
     """Exit 1 when the broker holds nothing of that trace (any more)."""
-    command, found = await query(broker, TRACE, {"trace": args.trace_id}, timeout=args.timeout)
-    if command != TRACE:
-        print(f"loom trace: {found.get('message', found)}", file=sys.stderr)
+    try:
+        found = await ask(broker, TRACE, {"trace": args.trace_id}, timeout=args.timeout)
+    except RefusedError as exc:
+        print(f"loom trace: {exc}", file=sys.stderr)
         return 2
     if not found["messages"] and not found["calls"]:
         print(f"loom trace: nothing of {args.trace_id} in the broker's buffer", file=sys.stderr)

@@ -5,7 +5,10 @@ from loom.cognition.actor import CognitiveActor
 from loom.cognition.agent import AgentLoop, AgentResult, MeshTools
 from loom.cognition.config import LLMSettings, load_llm_settings, resolve_api_key
 from loom.cognition.context import ContextConfig, ContextManager
-from loom.cognition.errors import (
+from loom.cognition.memory import Memory, MemoryItem, MemoryStoreError
+from loom.cognition.messages import Completion, ToolCall, Usage
+from loom.cognition.provider import ChatClient
+from loom.errors import (
     LLMAuthError,
     LLMConfigError,
     LLMConnectionError,
@@ -18,9 +21,6 @@ from loom.cognition.errors import (
     ToolArgumentsError,
     ToolNameError,
 )
-from loom.cognition.memory import Memory, MemoryItem, MemoryStoreError
-from loom.cognition.messages import Completion, ToolCall, Usage
-from loom.cognition.provider import ChatClient
 
 __all__ = [
     "AgentLoop",

@@ -29,7 +29,6 @@ from loom.cognition.context import (
     count_tokens,
     prompt_tokens,
 )
-from loom.cognition.errors import LLMError, ToolArgumentsError, ToolNameError
 from loom.cognition.messages import (
     Completion,
     ToolCall,
@@ -42,7 +41,15 @@ from loom.cognition.messages import (
     user,
     wire_name,
 )
-from loom.errors import EncodeError, LoomError, PayloadTooLargeError, ToolError
+from loom.errors import (
+    EncodeError,
+    LLMError,
+    LoomError,
+    PayloadTooLargeError,
+    ToolArgumentsError,
+    ToolError,
+    ToolNameError,
+)
 
 __all__ = ["AgentLoop", "AgentResult", "Emit", "MeshTools", "ToolBox"]
 

@@ -33,7 +33,7 @@ from pydantic import (
     field_validator,
 )
 
-from loom.cognition.errors import LLMConfigError
+from loom.errors import LLMConfigError
 
 __all__ = ["LLMSettings", "load_llm_settings", "resolve_api_key"]
 

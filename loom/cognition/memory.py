@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 import lmdb
 import msgpack
 
-from loom.errors import LoomError
+from loom.errors import MemoryStoreError
 
 __all__ = [
     "CorpusStats",
@@ -44,10 +44,6 @@ _STOP = frozenset(
      "have", "in", "is", "it", "its", "of", "on", "or", "that", "the", "this", "to", "was",
      "were", "what", "why", "will", "with")
 )  # fmt: skip
-
-
-class MemoryStoreError(LoomError):
-    """The memory store cannot be opened or written (disk full, map full, corrupt)."""
 
 
 class MemoryItem:

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from loom.cognition.errors import LLMResponseError, ToolArgumentsError, ToolNameError
+from loom.errors import LLMResponseError, ToolArgumentsError, ToolNameError
 
 __all__ = [
     "Completion",

@@ -21,7 +21,14 @@ from typing import Any, Self
 import httpx
 
 from loom.cognition.config import LLMSettings
-from loom.cognition.errors import (
+from loom.cognition.messages import (
+    Completion,
+    Message,
+    StreamedCompletion,
+    Usage,
+    completion_from_json,
+)
+from loom.errors import (
     LLMAuthError,
     LLMConnectionError,
     LLMError,
@@ -30,13 +37,6 @@ from loom.cognition.errors import (
     LLMResponseError,
     LLMServerError,
     LLMTimeoutError,
-)
-from loom.cognition.messages import (
-    Completion,
-    Message,
-    StreamedCompletion,
-    Usage,
-    completion_from_json,
 )
 from loom.logs import get_logger
 

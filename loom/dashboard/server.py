@@ -141,13 +141,13 @@ class Dashboard:
             await session.open(timeout)
             self._session = session
         view = self.view
-        _, stats = await _ask(session, STATS, {}, timeout)
+        stats = await session.request(STATS, {}, timeout=timeout)
         view.add_stats(stats, time.monotonic())
-        _, directory = await _ask(session, DIRECTORY, {}, timeout)
+        directory = await session.request(DIRECTORY, {}, timeout=timeout)
         view.add_directory(directory)
         after, calls_after = view.cursor()
         body = {"after": after, "calls_after": calls_after, "limit": RECENT_LIMIT}
-        _, recent = await _ask(session, RECENT, body, timeout)
+        recent = await session.request(RECENT, body, timeout=timeout)
         view.add_recent(recent)
         if not view.connected:
             self._log.info("broker connected", broker=self.broker)
@@ -198,15 +198,6 @@ class Dashboard:
         finally:
             self._listeners.discard(queue)
         return response
-
-
-async def _ask(
-    session: Session, command: bytes, body: dict[str, Any], timeout: float
-) -> tuple[bytes, dict[str, Any]]:
-    answer, reply = await session.ask(command, body, timeout)
-    if answer != command:
-        raise LoomError(f"the broker refused {command.decode()}: {reply.get('message', reply)}")
-    return answer, reply
 
 
 def _sse(data: bytes) -> bytes:

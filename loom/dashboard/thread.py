@@ -15,8 +15,8 @@ from typing import Any
 
 import zmq
 
-from loom.actor.link import reachable_endpoint
 from loom.dashboard.server import Dashboard
+from loom.session import reachable_endpoint
 
 __all__ = ["DashboardThread"]
 

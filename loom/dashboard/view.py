@@ -11,9 +11,8 @@ import math
 from collections import OrderedDict, deque
 from typing import Any
 
-from loom.actor.patterns import Pattern
 from loom.errors import PatternError
-from loom.protocol import HANDLER_BUCKETS
+from loom.protocol import HANDLER_BUCKETS, Pattern
 
 __all__ = ["MeshView"]
 

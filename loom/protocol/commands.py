@@ -140,7 +140,8 @@ PUBLISH = b"PUBLISH"
 """peer -> broker ``[PUBLISH, topic, header, payload]``: log, then forward, then PUBACK."""
 PUBACK = b"PUBACK"
 """broker -> peer ``[PUBACK, [[id, seq, error], ...], b""]``, one per publisher and
-commit; ``error`` nil, ``NO_STORE``, ``TOO_LARGE`` or ``STORE_FULL`` (then ``seq`` is nil)."""
+commit; ``error`` nil, ``NO_STORE``, ``TOO_LARGE``, ``MALFORMED``, ``STORE_FULL`` or
+``STORE_FAILED`` (then ``seq`` is nil)."""
 DELIVER = b"DELIVER"
 """broker -> durable subscriber ``[DELIVER, [seq, name], topic, header, payload]``."""
 

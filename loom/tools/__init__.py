@@ -1,6 +1,6 @@
 """Tools: ``@tool`` functions served by ``Worker`` processes, called through the broker."""
 
-from loom.tools.client import ActorInfo, Directory, ToolClient, ToolInfo, WorkerInfo
+from loom.session import ActorInfo, Directory, ToolClient, ToolInfo, WorkerInfo
 from loom.tools.tool import Tool, ToolContext, tool
 from loom.tools.worker import Worker, WorkerStats
 

@@ -20,7 +20,6 @@ import zmq
 
 from loom.config import broker_address
 from loom.errors import (
-    BrokerUnavailableError,
     EncodeError,
     InvalidParamsError,
     LoomError,
@@ -38,6 +37,7 @@ from loom.protocol import (
     PROGRESS,
     READY,
     RESULT,
+    Empty,
     decode_call,
     decode_ref,
     decode_value,
@@ -177,7 +177,7 @@ class Worker:
         Raises:
             BrokerUnavailableError: the broker did not answer in time.
             VersionMismatchError: the broker speaks another protocol version.
-            ProtocolError: the broker refused the tools.
+            ToolsRefusedError: the broker refused the tools.
         """
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -247,9 +247,7 @@ class Worker:
             "pid": os.getpid(),
             "tools": [self._spec(t) for t in self.tools.values()],
         }
-        command, reply = await self._session.ask(READY, body, self._connect_timeout)
-        if command != READY:
-            raise ProtocolError("ready", f"broker refused the tools: {reply.get('message')}")
+        await self._session.request(READY, body, Empty, timeout=self._connect_timeout)
 
     def _spec(self, item: Tool) -> dict[str, Any]:
         """A tool's READY spec; a sandboxed tool's carries the layers that confine it."""
@@ -265,8 +263,8 @@ class Worker:
         self._draining = True
         grace = self.grace if grace is None else grace
         try:
-            await self._session.ask(DRAIN, {}, timeout=min(grace, 2.0) or 0.1)
-        except BrokerUnavailableError:
+            await self._session.request(DRAIN, {}, Empty, timeout=min(grace, 2.0) or 0.1)
+        except LoomError:
             self.log.warning("broker did not confirm the drain")
         tasks = {running.task for running in self._running.values()}
         if tasks:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from loom import PatternError, TopicError
-from loom.actor.patterns import Pattern, Router
-from loom.protocol import encode_topic
+from loom.actor.router import Router
+from loom.protocol import Pattern, encode_topic
 
 CASES = [
     # pattern, topic, matches

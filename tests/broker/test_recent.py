@@ -10,12 +10,16 @@ from typing import Any
 from conftest import Proc, broker_stats, loom_at, start_broker, start_worker, wait_for
 
 from loom import Actor
-from loom.actor.link import query
+from loom.errors import RefusedError
 from loom.protocol import ERROR_COMMAND, RECENT, TRACE
+from loom.session import ask
 
 
 def recent(broker: str, **body: Any) -> tuple[bytes, dict[str, Any]]:
-    return asyncio.run(query(broker, RECENT, {"calls_after": -1, **body}))
+    try:
+        return RECENT, asyncio.run(ask(broker, RECENT, {"calls_after": -1, **body}))
+    except RefusedError as exc:
+        return ERROR_COMMAND, {"code": exc.code, "message": str(exc)}
 
 
 def publish(broker: str, topics: list[str]) -> None:
@@ -60,7 +64,7 @@ def raw_publisher(broker: str) -> tuple[Any, Any]:
 
     from loom.protocol import HELLO, VERSION
 
-    _, answer = asyncio.run(query(broker, HELLO, {"version": VERSION, "name": "raw"}))
+    answer = asyncio.run(ask(broker, HELLO, {"version": VERSION, "name": "raw"}))
     context = zmq.Context()
     pub = context.socket(zmq.PUB)
     pub.connect(answer["pub"])
@@ -156,5 +160,5 @@ def test_durable_events_and_the_brokers_own_are_in_the_buffer(
     by_topic = {m["topic"]: m for m in answer["messages"]}
     assert by_topic["orders.created"]["sender"] == "auditor"
     assert by_topic["$sys.actor.joined"]["sender"] == "loom-broker"
-    _, found = asyncio.run(query(endpoint, TRACE, {"trace": by_topic["orders.created"]["trace"]}))
+    found = asyncio.run(ask(endpoint, TRACE, {"trace": by_topic["orders.created"]["trace"]}))
     assert [m["topic"] for m in found["messages"]] == ["orders.created"]

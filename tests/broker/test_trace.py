@@ -64,12 +64,12 @@ def test_a_malformed_header_cannot_spoil_a_trace(mesh: str) -> None:
     import zmq
     from conftest import make_header
 
-    from loom.actor.link import query
     from loom.protocol import HELLO, VERSION
+    from loom.session import ask
 
     trace = bytes.fromhex("ab" * 16)
     hello = {"version": VERSION, "name": "raw", "role": "client", "pid": 1}
-    _, answer = asyncio.run(query(mesh, HELLO, hello))
+    answer = asyncio.run(ask(mesh, HELLO, hello))
     context = zmq.Context()
     pub = context.socket(zmq.PUB)
     pub.connect(answer["pub"])

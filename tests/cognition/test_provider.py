@@ -13,19 +13,6 @@ import pytest
 from llm_server import ScriptedLLM
 
 from loom.cognition.config import LLMSettings, load_llm_settings, resolve_api_key
-from loom.cognition.errors import (
-    LLMAuthError,
-    LLMConfigError,
-    LLMConnectionError,
-    LLMError,
-    LLMRateLimitError,
-    LLMRequestError,
-    LLMResponseError,
-    LLMServerError,
-    LLMTimeoutError,
-    ToolArgumentsError,
-    ToolNameError,
-)
 from loom.cognition.messages import (
     Completion,
     ToolCall,
@@ -39,7 +26,20 @@ from loom.cognition.messages import (
     wire_name,
 )
 from loom.cognition.provider import ChatClient
-from loom.errors import LoomError
+from loom.errors import (
+    LLMAuthError,
+    LLMConfigError,
+    LLMConnectionError,
+    LLMError,
+    LLMRateLimitError,
+    LLMRequestError,
+    LLMResponseError,
+    LLMServerError,
+    LLMTimeoutError,
+    LoomError,
+    ToolArgumentsError,
+    ToolNameError,
+)
 
 SCRIPTS = Path(__file__).parent / "scripts"
 T = TypeVar("T")

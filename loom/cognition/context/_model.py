@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from loom.errors import LoomError
+from loom.errors import ContextConfigError, ContextError, ReducerError
 
 __all__ = [
     "ContextConfig",
@@ -22,18 +22,6 @@ __all__ = [
 DAY = 24 * 3600.0
 _ARGS_IN_REF = 160
 """Characters of a call's arguments quoted in a reference to it."""
-
-
-class ContextError(LoomError):
-    """The root of the context manager's errors."""
-
-
-class ContextConfigError(ContextError, ValueError):
-    """A :class:`ContextConfig` value is out of range; the message names the field."""
-
-
-class ReducerError(ContextError):
-    """A reducer raised on a step's result; the original exception is the ``__cause__``."""
 
 
 def canonical_json(value: Any) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from loom.cognition.context._model import DAY, ContextError
+from loom.errors import OffloadMissingError, OffloadRefError
 
 try:
     import fcntl
@@ -44,15 +45,6 @@ _FOUND = re.compile(r"offload://[0-9a-f]{16}(?![0-9a-f])")
 DIRECTORY = ".offload"
 _INDEX = "index.json"
 _LOCK = "index.lock"
-
-
-class OffloadRefError(ContextError, ValueError):
-    """A reference is not ``offload://`` and 16 lowercase hex digits (or a bare id), or a
-    read range is negative."""
-
-
-class OffloadMissingError(ContextError, LookupError):
-    """No stored output has that id: it was never stored, or it expired and was removed."""
 
 
 @dataclass(frozen=True, slots=True)

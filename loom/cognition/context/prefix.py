@@ -10,14 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from loom.cognition.context._model import ContextError, canonical_json
+from loom.cognition.context._model import canonical_json
 from loom.cognition.messages import wire_name
+from loom.errors import ToolListError
 
 __all__ = ["ToolListError", "canonical_json", "stable_prefix", "stable_tools", "wire_name"]
-
-
-class ToolListError(ContextError, ValueError):
-    """A tool list names the same tool twice."""
 
 
 def stable_prefix(system_prompt: str, task: str) -> list[dict[str, Any]]:

@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from loom.cognition.context._model import ContextError, Step, call_ref
+from loom.cognition.context._model import Step, call_ref
 from loom.cognition.context._text import cap
+from loom.errors import SummaryError
 
 __all__ = [
     "ExtractiveSummarizer",
@@ -56,10 +57,6 @@ _PROMPT = (
     "the call line (step N tool {arguments}) of each step, so the details can be read or "
     "fetched again. No preamble."
 )
-
-
-class SummaryError(ContextError):
-    """The summarizer produced no summary (an empty answer from the model)."""
 
 
 @dataclass(frozen=True, slots=True)

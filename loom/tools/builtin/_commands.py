@@ -20,17 +20,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loom.errors import InvalidParamsError, LoomError
+from loom.errors import CommandRefusedError, InvalidParamsError
 from loom.tools.builtin._paths import resolve
 
 __all__ = ["COMMANDS", "CommandRefusedError", "check_argv"]
 
 _BIN_DIRS = ("/usr/bin", "/bin")
-
-
-class CommandRefusedError(LoomError, PermissionError):
-    """``shell.run`` refused a command line: the command is not allowed, or one of its
-    options is unsafe."""
 
 
 @dataclass(frozen=True)

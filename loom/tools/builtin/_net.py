@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 import httpx
 
-from loom.errors import InvalidParamsError, LoomError
+from loom.errors import (
+    FetchError,
+    FetchTimeoutError,
+    HostRefusedError,
+    InvalidParamsError,
+)
 from loom.tools.sandbox.policy import NetRules
 from loom.tools.tool import ToolContext
 
@@ -22,21 +27,6 @@ __all__ = ["FetchError", "FetchTimeoutError", "HostRefusedError", "Target", "che
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class HostRefusedError(LoomError, PermissionError):
-    """The call's network policy does not let ``http.fetch`` reach a URL (the network is
-    off, the host or port is not listed, or the host resolves to an address the policy
-    excludes)."""
-
-
-class FetchError(LoomError, ConnectionError):
-    """An HTTP request failed: the host cannot be resolved or reached, the server broke
-    the protocol, or it redirected too many times."""
-
-
-class FetchTimeoutError(FetchError, TimeoutError):
-    """The answer did not arrive completely within the call's ``timeout``."""
 
 
 @dataclass(frozen=True)

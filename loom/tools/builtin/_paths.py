@@ -20,7 +20,7 @@ import os
 import stat
 from pathlib import Path
 
-from loom.errors import InvalidParamsError, LoomError
+from loom.errors import InvalidParamsError, JailRequiredError, PathEscapeError
 from loom.tools.tool import ToolContext
 
 __all__ = [
@@ -42,16 +42,6 @@ _MAX_SYMLINKS = 40
 """Symlinks one resolution may follow, as the kernel allows (``ELOOP`` past it)."""
 _RETRIES = 8
 """``openat2`` answers ``EAGAIN`` when a rename raced with ``..``; it is then retried."""
-
-
-class PathEscapeError(LoomError, PermissionError):
-    """A path leads outside the tool's jail: an absolute path elsewhere, ``..`` above the
-    jail, or a symbolic link whose target is outside it."""
-
-
-class JailRequiredError(LoomError, PermissionError):
-    """A file or command tool was called without a jail (its call has no sandbox policy
-    and so no working directory to confine it to)."""
 
 
 class _OpenHow(ctypes.Structure):

@@ -7,7 +7,7 @@ import zoneinfo
 
 from typing_extensions import TypedDict
 
-from loom.errors import LoomError
+from loom.errors import UnknownTimeZoneError
 from loom.tools.sandbox.policy import Sandbox
 from loom.tools.tool import tool
 
@@ -16,10 +16,6 @@ __all__ = ["NowResult", "UnknownTimeZoneError", "time_now"]
 _SANDBOX = Sandbox()
 """The defaults: no network, no files but the system's (the time zone database is under
 ``/usr``, which the launcher makes readable)."""
-
-
-class UnknownTimeZoneError(LoomError, ValueError):
-    """``time.now`` was given a name that is not in the time zone database."""
 
 
 class NowResult(TypedDict):

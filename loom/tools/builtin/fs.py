@@ -17,7 +17,7 @@ from typing import Annotated, Literal, NotRequired
 from pydantic import Field
 from typing_extensions import TypedDict
 
-from loom.errors import LoomError
+from loom.errors import DirectoryNotEmptyError, JailRootError, NotAFileError
 from loom.tools.builtin._paths import jail_of, open_in_jail, open_parent, relative
 from loom.tools.builtin._paths import make_dirs as create_dirs
 from loom.tools.sandbox.policy import Sandbox
@@ -44,19 +44,6 @@ default)."""
 _FILE_MODE = 0o644
 _SANDBOX = Sandbox()
 """The defaults: the jail read-write, no network."""
-
-
-class JailRootError(LoomError, PermissionError):
-    """``fs.delete`` was asked to delete the jail itself."""
-
-
-class NotAFileError(LoomError, OSError):
-    """The path names something that is not a regular file (a directory, a FIFO...)."""
-
-
-class DirectoryNotEmptyError(LoomError, OSError):
-    """``fs.delete`` was asked to delete a directory that has entries, without
-    ``recursive``."""
 
 
 class ReadResult(TypedDict):

@@ -53,7 +53,7 @@ async def check_host(policy: Sandbox | None = None) -> tuple[dict[str, str], dic
     """Start a sandbox, return its layer report and the escape probe's results.
 
     Raises:
-        SandboxError: the launcher could not start here.
+        SandboxUnavailableError: the launcher could not start here.
         ToolError: the probe call failed.
     """
     policy = policy or probe_escapes.sandbox or Sandbox()

@@ -18,20 +18,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from loom.errors import LoomError, ToolError, tool_error
+from loom.errors import SandboxUnavailableError, ToolError, tool_error
 from loom.logs import get_logger
 from loom.protocol.pipe import FrameReader, pack_frame
 from loom.tools.sandbox.host import HostLayers
 from loom.tools.sandbox.policy import Sandbox
 from loom.tools.tool import Tool, ToolContext
 
-__all__ = ["SandboxError", "SandboxRunner", "tool_origin"]
+__all__ = ["SandboxRunner", "SandboxUnavailableError", "tool_origin"]
 
 _PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-class SandboxError(LoomError):
-    """A sandbox launcher could not start, or broke its protocol."""
 
 
 class _Launch:
@@ -97,7 +93,7 @@ class SandboxRunner:
         Raises:
             ToolError: the tool failed (``TOOL_ERROR``), hit a limit (``LIMIT_EXCEEDED``),
                 was cancelled, or its result is too large.
-            SandboxError: the launcher could not be started.
+            SandboxUnavailableError: the launcher could not be started.
             asyncio.CancelledError: the awaiting task was cancelled (the call is killed).
         """
         launch = await self._running()
@@ -119,7 +115,7 @@ class SandboxRunner:
         """Start the launcher now (else the first call does); the layers it applied.
 
         Raises:
-            SandboxError: it failed to start, load the tools, or confine itself.
+            SandboxUnavailableError: it failed to start, load the tools, or confine itself.
         """
         await self._running()
         return self.report
@@ -129,7 +125,7 @@ class SandboxRunner:
         if launch is not None and launch.process.returncode is None:
             return launch
         if self._closed:
-            raise SandboxError("the sandbox is closed")
+            raise SandboxUnavailableError("the sandbox is closed")
         if self._starting is None or self._starting.done():
             self._starting = asyncio.ensure_future(self._spawn())
         return await asyncio.shield(self._starting)
@@ -152,7 +148,7 @@ class SandboxRunner:
                 start_new_session=True,
             )
         except OSError as exc:
-            raise SandboxError(f"cannot start the sandbox launcher: {exc}") from exc
+            raise SandboxUnavailableError(f"cannot start the sandbox launcher: {exc}") from exc
         launch = _Launch(process, cgroup)
         init = {
             "sys_path": _import_path(self.jail),
@@ -174,7 +170,7 @@ class SandboxRunner:
         if frame is None or frame[0] != "ready":
             await self._end(launch)
             why = "did not start in time" if frame is None else "exited while starting"
-            raise SandboxError(f"the sandbox launcher {why} (see its log)")
+            raise SandboxUnavailableError(f"the sandbox launcher {why} (see its log)")
         self.report = {**frame[1], **self.host.outside_report(cgroup)}
         self.log.info("sandbox ready", pid=process.pid, **self.report)
         launch.reader = asyncio.ensure_future(self._read(launch, reader))
@@ -273,12 +269,14 @@ def tool_origin(tool: Tool) -> str:
     the same file, else the file's path.
 
     Raises:
-        SandboxError: the tool is defined where a new process cannot import it from.
+        SandboxUnavailableError: the tool is defined where a new process cannot import it from.
     """
     module = sys.modules.get(tool.fn.__module__)
     path = getattr(module, "__file__", None)
     if module is None or path is None:
-        raise SandboxError(f"{tool.name}: its module cannot be imported by a new process")
+        raise SandboxUnavailableError(
+            f"{tool.name}: its module cannot be imported by a new process"
+        )
     name = tool.fn.__module__
     if "." in name:  # a package's module: loaded by name (a file loaded by path has no dot)
         return name

@@ -1,4 +1,5 @@
-"""``ToolClient``: call tools through the broker (what ``Actor.tool`` and ``loom call`` use)."""
+"""``ToolClient``: tool calls and approvals over a session (what ``Actor.tool``, ``loom
+call`` and ``loom approve`` use)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from loom.config import DEFAULT_BROKER
 from loom.errors import (
-    ApprovalError,
     BrokerLostError,
     ClosedError,
     ProtocolError,
@@ -30,6 +30,8 @@ from loom.protocol import (
     FAIL,
     PROGRESS,
     RESULT,
+    ApprovalsAnswer,
+    Empty,
     decode_failure,
     decode_ref,
     decode_value,
@@ -37,69 +39,12 @@ from loom.protocol import (
     encode_ref,
     encode_value,
 )
-from loom.session import Session
+from loom.session._directory import Directory
+from loom.session._session import Session
 
-__all__ = ["ActorInfo", "Directory", "ToolClient", "ToolInfo", "WorkerInfo"]
+__all__ = ["ToolClient"]
 
 ProgressCallback = Callable[[Any], Any]
-
-
-class ActorInfo(BaseModel):
-    """A live actor (or client) the broker knows."""
-
-    name: str
-    role: str
-    pid: int | None = None
-    patterns: list[str] = Field(default_factory=list)
-    since: float
-    last_seen: float
-
-
-class WorkerInfo(BaseModel):
-    """A live worker: its tools and the calls it runs now."""
-
-    name: str
-    pid: int | None = None
-    tools: list[str]
-    in_flight: int
-    draining: bool
-    since: float
-    last_seen: float
-
-
-class ToolInfo(BaseModel):
-    """A tool some worker announced, with its schema and counters."""
-
-    name: str
-    description: str = ""
-    schema_: dict[str, Any] = Field(alias="schema")
-    returns: dict[str, Any] | None = None
-    timeout: float | None = None
-    idempotent: bool = False
-    approval: bool = False
-    """Calls wait for an approver's yes (``loom approve``)."""
-    sandbox: dict[str, str] | None = None
-    """The layers confining the tool's calls, as its worker reported them."""
-    workers: list[str]
-    capacity: int
-    in_flight: int
-    queued: int
-    calls: int
-    errors: int
-
-
-class Directory(BaseModel):
-    """What the broker knows of the mesh at one moment."""
-
-    actors: list[ActorInfo]
-    clients: list[ActorInfo] = Field(default_factory=list)
-    """Peers that said HELLO but are not actors (``loom call``, scripts)."""
-    workers: list[WorkerInfo]
-    tools: list[ToolInfo]
-
-    def tool(self, name: str) -> ToolInfo | None:
-        """The tool called ``name``, if any worker serves it."""
-        return next((t for t in self.tools if t.name == name), None)
 
 
 class _Pending:
@@ -256,14 +201,13 @@ class ToolClient:
 
         Raises:
             BrokerUnavailableError: no answer within ``timeout`` seconds.
+            ProtocolError: the answer is not a directory.
         """
-        command, body = await self.session.ask(DIRECTORY, {}, timeout)
-        if command != DIRECTORY:
-            raise ProtocolError("directory", f"unexpected answer {command[:32]!r}")
+        body = await self.session.request(DIRECTORY, {}, timeout=timeout)
         try:
             return Directory.model_validate(body)
         except ValidationError as exc:
-            raise ProtocolError("directory", f"unreadable directory: {exc}") from None
+            raise ProtocolError("answer", f"unreadable directory: {exc}") from None
 
     async def approvals(self, timeout: float = 5.0) -> list[dict[str, Any]]:
         """The calls waiting for approval: ``id``, ``tool``, ``args``, ``caller``,
@@ -272,11 +216,8 @@ class ToolClient:
         Raises:
             BrokerUnavailableError: no answer within ``timeout`` seconds.
         """
-        command, body = await self.session.ask(APPROVALS, {}, timeout)
-        if command != APPROVALS:
-            raise ProtocolError("approvals", f"unexpected answer {command!r}: {body}")
-        pending = body.get("pending")
-        return list(pending) if isinstance(pending, list) else []
+        answer = await self.session.request(APPROVALS, {}, ApprovalsAnswer, timeout=timeout)
+        return answer.pending
 
     async def decide(
         self,
@@ -300,9 +241,7 @@ class ToolClient:
             BrokerUnavailableError: no answer within ``timeout`` seconds.
         """
         body = {"id": approval_id, "approve": approve, "reason": reason, "by": by}
-        command, answer = await self.session.ask(APPROVE, body, timeout)
-        if command != APPROVE:
-            raise ApprovalError(str(answer.get("message", answer)))
+        await self.session.request(APPROVE, body, Empty, timeout=timeout)
 
     def fail_all(self, error: Exception) -> None:
         """Fail every waiting call with ``error``."""

@@ -1,7 +1,7 @@
 """Topic patterns: dot-separated tokens where ``*`` is one token and ``**`` any number.
 
 ZeroMQ filters by byte prefix, so an actor subscribes to each pattern's longest literal
-prefix and matches the full pattern here; the decision is cached per topic.
+prefix (``Pattern.prefix``) and matches the full pattern itself.
 
 A wildcard in the first position never matches a topic starting with ``$`` (``$sys``,
 ``$inbox``...): those are reached only by naming them.
@@ -14,15 +14,10 @@ more than a plain one. Patterns and topics are bounded (``MAX_TOPIC_BYTES``,
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
-
 from loom.errors import PatternError
-from loom.protocol import MAX_TOKENS, MAX_TOPIC_BYTES, decode_topic
+from loom.protocol.envelope import MAX_TOKENS, MAX_TOPIC_BYTES
 
-__all__ = ["Pattern", "Router"]
-
-H = TypeVar("H")
-MAX_CACHE = 10_000
+__all__ = ["Pattern"]
 
 
 class Pattern:
@@ -103,55 +98,3 @@ def _literal_prefix(tokens: tuple[str, ...]) -> bytes:
         if token == "**":  # may match zero tokens: "a.**" matches "a" itself
             return ".".join(tokens[:i]).encode()
     return ".".join(tokens).encode()
-
-
-class Router(Generic[H]):
-    """Patterns bound to handlers (any objects), with a per-topic cache of which handlers
-    match (and of the topic's checked text)."""
-
-    def __init__(self) -> None:
-        self._routes: list[tuple[Pattern, H]] = []
-        self._cache: dict[bytes, tuple[str, tuple[H, ...]]] = {}
-
-    def add(self, pattern: str | Pattern, handler: H) -> Pattern:
-        """Bind ``handler`` to ``pattern``; returns the compiled pattern.
-
-        Raises:
-            PatternError: the pattern is invalid.
-        """
-        compiled = pattern if isinstance(pattern, Pattern) else Pattern(pattern)
-        self._routes.append((compiled, handler))
-        self._cache.clear()
-        return compiled
-
-    def route(self, topic: bytes) -> tuple[str, tuple[H, ...]]:
-        """The text of ``topic`` (a topic frame from a peer) and the handlers it reaches,
-        in binding order.
-
-        Raises:
-            ProtocolError: the frame is not a valid topic (``reason == "topic"``).
-        """
-        found = self._cache.get(topic)
-        if found is None:
-            text = decode_topic(topic)
-            found = (text, tuple(h for p, h in self._routes if p.matches(text)))
-            if len(self._cache) >= MAX_CACHE:
-                self._cache.clear()
-            self._cache[topic] = found
-        return found
-
-    def match(self, topic: bytes) -> tuple[H, ...]:
-        """The handlers for ``topic``, in binding order.
-
-        Raises:
-            ProtocolError: the frame is not a valid topic.
-        """
-        return self.route(topic)[1]
-
-    def patterns(self) -> list[str]:
-        """The bound patterns' texts, each once, in binding order."""
-        return list(dict.fromkeys(p.text for p, _ in self._routes))
-
-    def prefixes(self) -> set[bytes]:
-        """The zmq subscription prefixes that cover every bound pattern."""
-        return {p.prefix for p, _ in self._routes}

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import msgspec
 import zmq
@@ -18,6 +18,7 @@ from loom.errors import (
     LoomError,
     ProtocolError,
     VersionMismatchError,
+    refusal,
 )
 from loom.logs import DropCounter
 from loom.protocol import (
@@ -29,6 +30,7 @@ from loom.protocol import (
     RESET,
     TOOL_COMMANDS,
     VERSION,
+    ErrorAnswer,
     HelloAnswer,
     decode_control,
     encode_control,
@@ -38,6 +40,7 @@ from loom.protocol import (
 
 __all__ = ["Session"]
 
+B = TypeVar("B")
 ToolHandler = Callable[[bytes, bytes], None]
 """Called with a tool message's ``meta`` and ``body`` frames."""
 
@@ -118,14 +121,9 @@ class Session:
         """Missed intervals after which a silent peer counts as dead."""
         return self.hello.liveness if self.hello is not None else 3
 
-    async def open(self, timeout: float) -> HelloAnswer:
-        """Connect, say HELLO, start heartbeating; returns the broker's HELLO answer.
-
-        Raises:
-            BrokerUnavailableError: no answer within ``timeout`` seconds.
-            VersionMismatchError: the broker speaks another protocol version.
-            ProtocolError: the broker answered something unreadable.
-        """
+    def connect(self) -> None:
+        """Connect the socket and start reading it, without a HELLO (a one-shot question
+        needs none: ``loom.session.ask``)."""
         self._loop = asyncio.get_running_loop()
         context: zmq.Context[Any] = zmq.Context.shadow(self._context.underlying)
         sock = self._sock = context.socket(zmq.DEALER)
@@ -134,11 +132,23 @@ class Session:
         sock.connect(self.address)
         self._loop.add_reader(sock.FD, self._on_readable)
         self._loop.call_soon(self._on_readable)  # the fd is edge-triggered
+
+    async def open(self, timeout: float) -> HelloAnswer:
+        """Connect, say HELLO, start heartbeating; returns the broker's HELLO answer.
+
+        Raises:
+            BrokerUnavailableError: no answer within ``timeout`` seconds.
+            VersionMismatchError: the broker speaks another protocol version.
+            RefusedError: the broker refused the HELLO (``TooManyPeersError``...).
+            ProtocolError: the broker answered something unreadable.
+        """
+        self.connect()
         try:
             await self._say_hello(timeout)
         except BaseException:
             self.close(bye=False)
             raise
+        assert self._loop is not None
         self._beat = self._loop.create_task(self._heartbeat(), name=f"loom-heartbeat-{self.name}")
         assert self.hello is not None
         return self.hello
@@ -147,30 +157,68 @@ class Session:
         body = {"version": VERSION, "name": self.name, "role": self.role, "pid": os.getpid()}
         if self._hello_extra is not None:
             body.update(self._hello_extra())
-        command, reply = await self.ask(HELLO, body, timeout)
-        if command == ERROR_COMMAND:
-            if reply.get("code") == "VERSION_MISMATCH":
-                raise VersionMismatchError(VERSION, reply.get("version"))
-            raise ProtocolError("hello", f"broker refused HELLO: {reply.get('message')}")
-        if command != HELLO:
-            raise ProtocolError("hello", f"unexpected answer to HELLO: {command[:32]!r}")
-        try:
-            self.hello = msgspec.convert(reply, HelloAnswer)
-        except msgspec.ValidationError as exc:
-            raise ProtocolError("hello", f"unreadable answer to HELLO: {exc}") from None
+        self.hello = await self.request(HELLO, body, HelloAnswer, timeout=timeout)
 
-    async def ask(
-        self, command: bytes, body: dict[str, Any], timeout: float
-    ) -> tuple[bytes, dict[str, Any]]:
-        """Send a control command and wait for the answer carrying its ``rid``.
+    @overload
+    async def request(
+        self, command: bytes, body: dict[str, Any], answer: type[B], *, timeout: float
+    ) -> B: ...
 
-        Returns:
-            The answer's command (``ERROR`` when the broker refused) and body.
+    @overload
+    async def request(
+        self, command: bytes, body: dict[str, Any], answer: None = None, *, timeout: float
+    ) -> dict[str, Any]: ...
+
+    async def request(
+        self,
+        command: bytes,
+        body: dict[str, Any],
+        answer: type[B] | None = None,
+        *,
+        timeout: float,
+    ) -> B | dict[str, Any]:
+        """Send a control command; return the broker's answer, checked as ``answer``
+        (a msgspec Struct of ``loom.protocol.bodies``), or as a plain map when ``None``.
 
         Raises:
             BrokerUnavailableError: no answer within ``timeout`` seconds.
+            RefusedError: the broker answered ``ERROR``: the subclass for its code
+                (``ApprovalError``, ``DurableError``, ``MalformedRequestError``...).
+            VersionMismatchError: the broker speaks another protocol version.
+            ProtocolError: the answer is another command, or not of that type.
         """
-        assert self._loop is not None
+        replied, reply = await self._ask(command, body, timeout)
+        if replied == ERROR_COMMAND:
+            try:
+                error = msgspec.convert(reply, ErrorAnswer)
+            except msgspec.ValidationError as exc:
+                raise ProtocolError("answer", f"unreadable ERROR answer: {exc}") from None
+            if error.code == "VERSION_MISMATCH":
+                raise VersionMismatchError(VERSION, error.version)
+            raise refusal(error.code, error.message or f"the broker refused {command!r}")
+        if replied != command:
+            message = f"{replied[:32]!r} answered {command.decode()}"
+            raise ProtocolError("answer", message)
+        if answer is None:
+            return reply
+        try:
+            return msgspec.convert(reply, answer)
+        except msgspec.ValidationError as exc:
+            message = f"unreadable answer to {command.decode()}: {exc}"
+            raise ProtocolError("answer", message) from None
+
+    async def _ask(
+        self, command: bytes, body: dict[str, Any], timeout: float
+    ) -> tuple[bytes, dict[str, Any]]:
+        """Send a control command and wait for the answer carrying its ``rid``: the
+        answer's command (``ERROR`` when the broker refused) and body.
+
+        Raises:
+            BrokerUnavailableError: no answer within ``timeout`` seconds.
+            ClosedError: the session is not open.
+        """
+        if self._loop is None or self._sock is None:
+            raise ClosedError(f"the session to {self.address} is not open")
         self._rid += 1
         rid = self._rid
         fut: asyncio.Future[tuple[bytes, dict[str, Any]]] = self._loop.create_future()

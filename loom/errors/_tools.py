@@ -1,125 +1,37 @@
-"""Every error Loom raises derives from :class:`LoomError`.
-
-Names describe a state. Where an error is also a standard condition (a timeout, a bad
-value, an un-encodable type) it subclasses the matching builtin too, so ``except
-TimeoutError`` works as a caller expects.
-"""
+"""Tool calls' errors: the codes a call fails with, the sandbox, the built-in tools."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from loom.errors._core import LoomError
+
 __all__ = [
-    "ApprovalError",
     "BrokerLostError",
-    "BrokerUnavailableError",
     "CallCancelledError",
-    "ClosedError",
-    "DurableError",
-    "EncodeError",
-    "HopLimitError",
+    "CommandRefusedError",
+    "DirectoryNotEmptyError",
+    "FetchError",
+    "FetchTimeoutError",
+    "HostRefusedError",
     "InvalidParamsError",
-    "LoomError",
-    "NoReplyToError",
+    "JailRequiredError",
+    "JailRootError",
+    "NotAFileError",
     "OverloadedError",
-    "PatternError",
-    "PayloadTooLargeError",
-    "ProtocolError",
-    "RemoteError",
-    "RequestTimeoutError",
+    "PathEscapeError",
     "ResultTooLargeError",
-    "TargetError",
+    "SandboxUnavailableError",
     "ToolDefinitionError",
     "ToolDeniedError",
     "ToolError",
     "ToolFailedError",
     "ToolLimitError",
     "ToolTimeoutError",
-    "TopicError",
+    "UnknownTimeZoneError",
     "UnknownToolError",
-    "VersionMismatchError",
     "WorkerLostError",
 ]
-
-
-class LoomError(Exception):
-    """The root of every error Loom raises."""
-
-
-class ProtocolError(LoomError):
-    """Bytes on the wire do not follow the Loom protocol (frames, header, topic)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        """A short, stable key for the kind of fault (``frames``, ``header``, ``topic``...)."""
-
-
-class VersionMismatchError(ProtocolError):
-    """The peer speaks another protocol version."""
-
-    def __init__(self, ours: int, theirs: object) -> None:
-        super().__init__("version", f"protocol version {theirs!r} is not supported (ours: {ours})")
-        self.ours = ours
-        self.theirs = theirs
-
-
-class EncodeError(LoomError, TypeError):
-    """Data passed to Loom cannot be encoded with msgpack."""
-
-
-class PayloadTooLargeError(LoomError, ValueError):
-    """An encoded payload is larger than the broker accepts."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"payload of {size} bytes exceeds the limit of {limit} bytes")
-        self.size = size
-        self.limit = limit
-
-
-class TopicError(LoomError, ValueError):
-    """A topic is not a valid Loom topic (empty token, wildcard, not UTF-8...)."""
-
-
-class PatternError(LoomError, ValueError):
-    """A subscription pattern is not valid."""
-
-
-class BrokerUnavailableError(LoomError, ConnectionError):
-    """The broker did not answer, or did not confirm the link, within the deadline."""
-
-
-class ClosedError(LoomError):
-    """The actor is not running: it was never started, or it was stopped."""
-
-
-class RequestTimeoutError(LoomError, TimeoutError):
-    """No reply arrived before the request's deadline."""
-
-
-class RemoteError(LoomError):
-    """The handler that received a request raised; carries the remote type and message."""
-
-    def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(f"{type_name}: {message}")
-        self.type_name = type_name
-        self.message = message
-
-
-class HopLimitError(LoomError):
-    """An emit would exceed the hop limit: a handler chain is probably looping."""
-
-
-class NoReplyToError(LoomError, ValueError):
-    """``reply`` was called for an event that is not a request."""
-
-
-class DurableError(LoomError):
-    """The broker cannot keep durable events: it has no data_dir, or its log is full."""
-
-
-class TargetError(LoomError, ValueError):
-    """A ``PATH_OR_MODULE[:attr]`` cannot be imported or does not name what it should."""
 
 
 class ToolDefinitionError(LoomError, TypeError):
@@ -217,10 +129,6 @@ class ToolDeniedError(ToolError, PermissionError):
     code = "DENIED"
 
 
-class ApprovalError(LoomError, LookupError):
-    """No call waits for approval under that id (decided, expired or cancelled)."""
-
-
 class BrokerLostError(ToolError, ConnectionError):
     """The broker stopped answering while the call was in flight."""
 
@@ -256,3 +164,57 @@ def tool_error(
     error = ToolError(message, tool=tool, details=details)
     error.code = code
     return error
+
+
+# --- the sandbox and the built-in tools ----------------------------------------------
+
+
+class SandboxUnavailableError(LoomError):
+    """A sandbox launcher could not start, or broke its protocol (its calls fail)."""
+
+
+class UnknownTimeZoneError(LoomError, ValueError):
+    """``time.now`` was given a name that is not in the time zone database."""
+
+
+class HostRefusedError(LoomError, PermissionError):
+    """The call's network policy does not let ``http.fetch`` reach a URL (the network is
+    off, the host or port is not listed, or the host resolves to an address the policy
+    excludes)."""
+
+
+class FetchError(LoomError, ConnectionError):
+    """An HTTP request failed: the host cannot be resolved or reached, the server broke
+    the protocol, or it redirected too many times."""
+
+
+class FetchTimeoutError(FetchError, TimeoutError):
+    """The answer did not arrive completely within the call's ``timeout``."""
+
+
+class JailRootError(LoomError, PermissionError):
+    """``fs.delete`` was asked to delete the jail itself."""
+
+
+class NotAFileError(LoomError, OSError):
+    """The path names something that is not a regular file (a directory, a FIFO...)."""
+
+
+class DirectoryNotEmptyError(LoomError, OSError):
+    """``fs.delete`` was asked to delete a directory that has entries, without
+    ``recursive``."""
+
+
+class PathEscapeError(LoomError, PermissionError):
+    """A path leads outside the tool's jail: an absolute path elsewhere, ``..`` above the
+    jail, or a symbolic link whose target is outside it."""
+
+
+class JailRequiredError(LoomError, PermissionError):
+    """A file or command tool was called without a jail (its call has no sandbox policy
+    and so no working directory to confine it to)."""
+
+
+class CommandRefusedError(LoomError, PermissionError):
+    """``shell.run`` refused a command line: the command is not allowed, or one of its
+    options is unsafe."""

@@ -1,14 +1,12 @@
-"""Errors of the LLM client: every one derives from :class:`LLMError` (a ``LoomError``).
-
-A failure that was retried says how many attempts were made, both in ``.attempts`` and
-in its message; an HTTP failure carries the status in ``.status``.
-"""
+"""Cognition's errors: the LLM client, context engineering, agent memory."""
 
 from __future__ import annotations
 
-from loom.errors import LoomError
+from loom.errors._core import LoomError
 
 __all__ = [
+    "ContextConfigError",
+    "ContextError",
     "LLMAuthError",
     "LLMConfigError",
     "LLMConnectionError",
@@ -18,7 +16,13 @@ __all__ = [
     "LLMResponseError",
     "LLMServerError",
     "LLMTimeoutError",
+    "MemoryStoreError",
+    "OffloadMissingError",
+    "OffloadRefError",
+    "ReducerError",
+    "SummaryError",
     "ToolArgumentsError",
+    "ToolListError",
     "ToolNameError",
 ]
 
@@ -106,3 +110,39 @@ class ToolArgumentsError(LLMError, ValueError):
 class ToolNameError(LLMError, ValueError):
     """A tool name cannot be mapped to an OpenAI function name, or a function name the
     model produced does not map back to a Loom tool name."""
+
+
+# --- context engineering and memory ----------------------------------------------------
+
+
+class ContextError(LoomError):
+    """The root of the context manager's errors."""
+
+
+class ContextConfigError(ContextError, ValueError):
+    """A ``ContextConfig`` value is out of range; the message names the field."""
+
+
+class ReducerError(ContextError):
+    """A reducer raised on a step's result; the original exception is the ``__cause__``."""
+
+
+class SummaryError(ContextError):
+    """The summarizer produced no summary (an empty answer from the model)."""
+
+
+class OffloadRefError(ContextError, ValueError):
+    """A reference is not ``offload://`` and 16 lowercase hex digits (or a bare id), or a
+    read range is negative."""
+
+
+class OffloadMissingError(ContextError, LookupError):
+    """No stored output has that id: it was never stored, or it expired and was removed."""
+
+
+class ToolListError(ContextError, ValueError):
+    """A tool list names the same tool twice."""
+
+
+class MemoryStoreError(LoomError):
+    """The memory store cannot be opened or written (disk full, map full, corrupt)."""

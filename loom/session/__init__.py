@@ -1,0 +1,33 @@
+"""The connection layer: the one way a process talks to a broker's control socket.
+
+* :class:`Session`: a peer's DEALER, its HELLO and heartbeats, typed requests
+  (``request``) whose ``ERROR`` answers become ``RefusedError`` subclasses, and the tool
+  plane's frames for whoever handles them.
+* :class:`ToolClient`: tool calls (deadlines, progress, cancellation) and approvals over
+  a session; :class:`Directory` and its parts, what DIRECTORY answers.
+* :func:`ask`: one question to a broker without joining the mesh (``loom stats``);
+  :func:`wait_for_broker`, :func:`broker_answers`.
+* :func:`announced_endpoint`, :func:`reachable_endpoint`, :func:`check_endpoint`: the
+  rules for endpoints.
+"""
+
+from loom.session._calls import ToolClient
+from loom.session._directory import ActorInfo, Directory, ToolInfo, WorkerInfo
+from loom.session._endpoints import announced_endpoint, check_endpoint, reachable_endpoint
+from loom.session._oneshot import ask, broker_answers, wait_for_broker
+from loom.session._session import Session
+
+__all__ = [
+    "ActorInfo",
+    "Directory",
+    "Session",
+    "ToolClient",
+    "ToolInfo",
+    "WorkerInfo",
+    "announced_endpoint",
+    "ask",
+    "broker_answers",
+    "check_endpoint",
+    "reachable_endpoint",
+    "wait_for_broker",
+]
