@@ -35,7 +35,7 @@ WORKER = [PY, "-m", "loom.cli.main", "worker", str(ROOT / "tests/workers/sample.
 
 
 def start_broker(endpoint: str, heartbeat: float) -> subprocess.Popen[bytes]:
-    args = [PY, "-m", "loom.broker", "--endpoint", endpoint, "--heartbeat", str(heartbeat)]
+    args = [PY, "-m", "loom.cli.broker", "--endpoint", endpoint, "--heartbeat", str(heartbeat)]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

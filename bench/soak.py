@@ -100,7 +100,7 @@ def main() -> None:
     endpoint = f"ipc://{base}/broker" if args.transport == "ipc" else "tcp://127.0.0.1:7719"
     quiet = subprocess.DEVNULL
     broker = subprocess.Popen(
-        [sys.executable, "-m", "loom.broker", "--endpoint", endpoint, "--data-dir", base],
+        [sys.executable, "-m", "loom.cli.broker", "--endpoint", endpoint, "--data-dir", base],
         stdout=quiet,
         stderr=quiet,
     )

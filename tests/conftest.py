@@ -23,9 +23,9 @@ import pytest
 
 from loom.protocol import STATS, VERSION, Envelope, encode_header
 from loom.session import ask
+from loom.tools._tool import ToolContext
 from loom.tools.builtin import _paths
-from loom.tools.sandbox.policy import Sandbox
-from loom.tools.tool import ToolContext
+from loom.tools.sandbox._policy import Sandbox
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -176,7 +176,7 @@ class BrokerProc(Proc):
 
 
 def start_broker(spawn: Callable[..., Proc], endpoint: str, *extra: str) -> Proc:
-    proc = spawn(sys.executable, "-m", "loom.broker", "--endpoint", endpoint, *extra)
+    proc = spawn(sys.executable, "-m", "loom.cli.broker", "--endpoint", endpoint, *extra)
     proc.wait_line("broker ready")
     return proc
 

@@ -58,7 +58,7 @@ def test_broker_from_environment(spawn: Callable[..., Proc]) -> None:
     """Without --broker the CLI uses $LOOM_BROKER."""
     endpoint = free_tcp_endpoint()
     env = {"LOOM_BROKER": endpoint}
-    spawn(sys.executable, "-m", "loom.broker", env=env).wait_line("broker ready")
+    spawn(sys.executable, "-m", "loom.cli.broker", env=env).wait_line("broker ready")
     result = subprocess.run(
         [*LOOM, "stats"],
         check=False,

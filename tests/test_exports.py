@@ -6,69 +6,56 @@ import loom
 import loom.actor
 import loom.broker
 import loom.cognition
+import loom.dashboard
+import loom.session
 import loom.tools
 import loom.tools.sandbox
 from loom import errors
 
 
 def test_top_level_exports() -> None:
-    """`loom` exports the actor surface and every error."""
+    """`loom` exports what a script writes (the rest is in its packages); the names are
+    imported when first used."""
     assert set(loom.__all__) == {
         "PROTOCOL_VERSION",
         "Actor",
-        "ApprovalError",
-        "BrokerLostError",
-        "BrokerUnavailableError",
-        "CallCancelledError",
-        "ClosedError",
         "Directory",
-        "DurableError",
-        "EncodeError",
         "Event",
-        "HopLimitError",
-        "InvalidParamsError",
         "LoomError",
-        "NoReplyToError",
-        "OverloadedError",
-        "PatternError",
-        "PayloadTooLargeError",
-        "ProtocolError",
         "RemoteError",
         "RequestTimeoutError",
-        "ResultTooLargeError",
         "Sandbox",
         "Tool",
         "ToolClient",
         "ToolContext",
-        "ToolDefinitionError",
-        "ToolDeniedError",
         "ToolError",
-        "ToolFailedError",
-        "ToolLimitError",
-        "ToolTimeoutError",
-        "TopicError",
-        "UnknownToolError",
-        "VersionMismatchError",
         "Worker",
-        "WorkerLostError",
         "__version__",
         "on",
         "tool",
     }
     for name in loom.__all__:
         assert hasattr(loom, name), name
+    assert set(dir(loom)) >= set(loom.__all__)
 
 
 def test_subpackage_exports() -> None:
-    """The actor, broker and tools packages expose a small face."""
-    assert set(loom.actor.__all__) == {"Actor", "ActorStats", "Event", "Pattern", "on"}
-    assert set(loom.broker.__all__) == {
-        "Broker",
-        "ControlPlane",
-        "PubSubProxy",
-        "ToolRouter",
-        "TopicStats",
-        "derive_endpoints",
+    """Each package exposes a small face; its modules are private (``_name``)."""
+    assert set(loom.actor.__all__) == {"Actor", "ActorStats", "Event", "current_event", "on"}
+    assert set(loom.broker.__all__) == {"Broker", "BrokerSettings"}
+    assert set(loom.session.__all__) == {
+        "ActorInfo",
+        "Directory",
+        "Session",
+        "ToolClient",
+        "ToolInfo",
+        "WorkerInfo",
+        "announced_endpoint",
+        "ask",
+        "broker_answers",
+        "check_endpoint",
+        "reachable_endpoint",
+        "wait_for_broker",
     }
     assert set(loom.tools.__all__) == {
         "ActorInfo",
@@ -77,9 +64,13 @@ def test_subpackage_exports() -> None:
         "ToolClient",
         "ToolContext",
         "ToolInfo",
+        "ToolSettings",
         "Worker",
         "WorkerInfo",
+        "WorkerSettings",
         "WorkerStats",
+        "configure_tools",
+        "load_tools",
         "tool",
     }
     assert set(loom.tools.sandbox.__all__) == {
@@ -88,7 +79,12 @@ def test_subpackage_exports() -> None:
         "Limits",
         "NetRules",
         "Sandbox",
+        "check_host",
     }
+    assert set(loom.dashboard.__all__) == {"Dashboard", "DashboardThread", "MeshView"}
+    for package in (loom.actor, loom.broker, loom.session, loom.tools, loom.dashboard):
+        for name in package.__all__:
+            assert hasattr(package, name), (package, name)
 
 
 def test_cognition_exports() -> None:
@@ -107,14 +103,17 @@ def test_every_error_derives_from_loom_error() -> None:
     """One error root; timeouts are also TimeoutError, bad values also ValueError."""
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), loom.LoomError), name
-    assert issubclass(loom.RequestTimeoutError, TimeoutError)
-    assert issubclass(loom.EncodeError, TypeError)
-    assert issubclass(loom.TopicError, ValueError)
-    assert issubclass(loom.BrokerUnavailableError, ConnectionError)
-    assert issubclass(loom.ToolTimeoutError, TimeoutError)
-    assert issubclass(loom.InvalidParamsError, ValueError)
-    assert issubclass(loom.ToolDeniedError, PermissionError)
+    assert issubclass(errors.RequestTimeoutError, TimeoutError)
+    assert issubclass(errors.EncodeError, TypeError)
+    assert issubclass(errors.TopicError, ValueError)
+    assert issubclass(errors.BrokerUnavailableError, ConnectionError)
+    assert issubclass(errors.ToolTimeoutError, TimeoutError)
+    assert issubclass(errors.InvalidParamsError, ValueError)
+    assert issubclass(errors.ToolDeniedError, PermissionError)
     for name in errors.__all__:
         cls = getattr(errors, name)
         if issubclass(cls, errors.ToolError) and cls is not errors.ToolError:
             assert errors.tool_error(cls.code, "m").__class__ is cls, name
+        if issubclass(cls, errors.RefusedError) and cls is not errors.RefusedError:
+            assert errors.refusal(cls.code, "m").__class__ is cls, name
+    assert errors.refusal("TOO_MANY", "m").__class__ is errors.DurableError

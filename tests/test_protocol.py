@@ -8,7 +8,13 @@ import msgpack
 import msgspec
 import pytest
 
-from loom import EncodeError, PayloadTooLargeError, ProtocolError, TopicError, VersionMismatchError
+from loom.errors import (
+    EncodeError,
+    PayloadTooLargeError,
+    ProtocolError,
+    TopicError,
+    VersionMismatchError,
+)
 from loom.protocol import (
     HEADER_FIELDS,
     REQUEST,

@@ -22,7 +22,7 @@ def _commands() -> list[str]:
 def test_readme_has_exactly_two_setup_commands() -> None:
     """One installs and runs the demo, one installs the test extras and runs the checks."""
     run, check = _commands()
-    assert "pip install -e ." in run and run.endswith("loom demo")
+    assert "pip install -e '.[demo]'" in run and run.endswith("loom demo")
     assert "'.[test]'" in check and check.endswith("scripts/check")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, Proc, start_broker
 
-from loom.settings import ConfigError, load_settings
+from loom.cli.settings import ConfigError, load_settings
 
 
 def test_shipped_config_is_valid() -> None:
@@ -58,6 +58,6 @@ def test_broker_rejects_a_bad_config(spawn: Callable[..., Proc], tmp_path: Path)
     """A bad config file stops the broker with exit 2 and a message naming the key."""
     config = tmp_path / "bad.toml"
     config.write_text("[broker]\nstall_timeout = 0\n")
-    proc = spawn(sys.executable, "-m", "loom.broker", "--config", str(config))
+    proc = spawn(sys.executable, "-m", "loom.cli.broker", "--config", str(config))
     assert proc.popen.wait(10) == 2
     proc.wait_line("broker.stall_timeout")

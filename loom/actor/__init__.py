@@ -1,7 +1,6 @@
 """Actors: subclass :class:`Actor`, bind handlers with :func:`on`."""
 
-from loom.actor.actor import Actor, ActorStats, on
-from loom.actor.event import Event
-from loom.protocol import Pattern
+from loom.actor._actor import Actor, ActorStats, on
+from loom.actor._event import Event, current_event
 
-__all__ = ["Actor", "ActorStats", "Event", "Pattern", "on"]
+__all__ = ["Actor", "ActorStats", "Event", "current_event", "on"]

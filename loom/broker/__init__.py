@@ -1,9 +1,7 @@
-"""The broker: the pub/sub proxy, the control plane, the tool router, and the process that
-runs them."""
+"""The broker: the pub/sub proxy, the control plane, the tool router and the durable log,
+built from one validated :class:`BrokerSettings` and run by :class:`Broker`."""
 
-from loom.broker.broker import Broker, derive_endpoints
-from loom.broker.control import ControlPlane
-from loom.broker.pubsub import PubSubProxy, TopicStats
-from loom.broker.tools import ToolRouter
+from loom.broker._broker import Broker
+from loom.broker._settings import BrokerSettings
 
-__all__ = ["Broker", "ControlPlane", "PubSubProxy", "ToolRouter", "TopicStats", "derive_endpoints"]
+__all__ = ["Broker", "BrokerSettings"]

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from loom.actor import Actor, Event
+from loom.cli.settings import load_settings
 from loom.cognition import ChatClient, CognitiveActor, LLMConfigError, resolve_api_key
 from loom.errors import LoomError
-from loom.settings import load_settings
 
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:

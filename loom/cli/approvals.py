@@ -9,8 +9,8 @@ import json
 import sys
 from typing import Any
 
+from loom._tables import format_table
 from loom.errors import ApprovalError
-from loom.tables import format_table
 from loom.tools import ToolClient
 
 

@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import loom
-
 BENCHES = ("pubsub", "tools", "durable", "reconnect", "sandbox", "dashboard", "context")
 """In the order they run; ``context`` is deterministic and takes no ``--runs``."""
 _PROGRESS = re.compile(r"run (\d+)/(\d+) done")
@@ -42,7 +40,7 @@ def find_benches(explicit: Path | None) -> Path | None:
     if explicit is not None:
         candidates = [explicit]
     else:
-        candidates = [Path.cwd() / "bench", Path(loom.__file__).resolve().parent.parent / "bench"]
+        candidates = [Path.cwd() / "bench", Path(__file__).resolve().parents[2] / "bench"]
     return next((c for c in candidates if (c / "pubsub.py").is_file()), None)
 
 

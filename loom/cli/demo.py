@@ -37,7 +37,7 @@ async def run_demo(address: str, duration: float, dashboard_port: int = 0) -> in
         log.error("a broker already answers at this address; pass --broker ADDR", broker=address)
         return 1
     python = sys.executable
-    children = [subprocess.Popen([python, "-m", "loom.broker", "--endpoint", address])]
+    children = [subprocess.Popen([python, "-m", "loom.cli.broker", "--endpoint", address])]
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

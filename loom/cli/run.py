@@ -8,11 +8,14 @@ import signal
 import sys
 from typing import Any
 
-from loom.loader import load_actor
+from loom._loader import import_target
+from loom.actor import Actor
+from loom.broker import BrokerSettings
+from loom.cli.settings import RunSettings, load_run_settings
+from loom.cli.supervisor import Child, ChildSpec, Supervisor
+from loom.errors import TargetError
 from loom.logs import configure_logging, get_logger
 from loom.session import wait_for_broker
-from loom.settings import BrokerSettings, RunSettings, load_run_settings
-from loom.supervisor import Child, ChildSpec, Supervisor
 
 LOOM = [sys.executable, "-m", "loom.cli.main"]
 
@@ -82,7 +85,7 @@ def child_specs(settings: RunSettings, *, log_json: bool = False) -> list[ChildS
     logs = ["--log-json"] if log_json else []
     specs = []
     if sup.run_broker:
-        argv = [sys.executable, "-m", "loom.broker", *broker_flags(settings.broker), *logs]
+        argv = [sys.executable, "-m", "loom.cli.broker", *broker_flags(settings.broker), *logs]
         specs.append(ChildSpec("broker", "broker", argv, grace=sup.grace, ready=_broker_ready))
     for worker in settings.workers:
         grace = worker.grace or sup.grace
@@ -118,3 +121,30 @@ async def _broker_ready(child: Child) -> None:
     await wait_for_broker(
         endpoint, 15.0, exited=lambda: proc is None or proc.returncode is not None
     )
+
+
+def load_actor(target: str) -> type[Any]:
+    """The ``Actor`` subclass ``PATH_OR_MODULE:ClassName`` names; without ``:ClassName``,
+    the one subclass the file or module defines.
+
+    Raises:
+        TargetError: the import failed, or no (or more than one) such class is there.
+    """
+    where, _, attr = target.partition(":")
+    module = import_target(where)
+    if attr:
+        found = getattr(module, attr, None)
+        if not (isinstance(found, type) and issubclass(found, Actor)):
+            raise TargetError(f"{target}: not an Actor subclass")
+        return found
+    defined = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, Actor)
+        and value.__module__ == module.__name__
+    ]
+    if len(defined) != 1:
+        names = ", ".join(sorted(c.__name__ for c in defined)) or "none"
+        raise TargetError(f"{target}: name the class (PATH:ClassName); found {names}")
+    return defined[0]

@@ -6,8 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from loom.tables import format_table
-from loom.tools.sandbox.check import check_host
+from loom._tables import format_table
+from loom.tools.sandbox import check_host
 
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:

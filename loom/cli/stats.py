@@ -9,9 +9,9 @@ import sys
 import time
 from typing import Any
 
+from loom._tables import format_table
 from loom.protocol import STATS
 from loom.session import ask
-from loom.tables import format_table
 
 _CLEAR = "\x1b[H\x1b[2J"
 

@@ -10,11 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loom._tables import format_table
+from loom.cli.settings import Settings, load_settings
 from loom.errors import ToolError
-from loom.settings import Settings, load_settings
-from loom.tables import format_table
-from loom.tools import Directory, ToolClient, Worker
-from loom.tools.loader import configure_tools, load_tools
+from loom.tools import Directory, ToolClient, Worker, configure_tools, load_tools
 
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:

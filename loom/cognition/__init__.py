@@ -1,13 +1,13 @@
 """Cognition: LLM providers, the agent loop over mesh tools, context engineering
 (``loom.cognition.context``), memory, sub-agents."""
 
-from loom.cognition.actor import CognitiveActor
-from loom.cognition.agent import AgentLoop, AgentResult, MeshTools
-from loom.cognition.config import LLMSettings, load_llm_settings, resolve_api_key
+from loom.cognition._actor import CognitiveActor
+from loom.cognition._agent import AgentLoop, AgentResult, MeshTools
+from loom.cognition._config import LLMSettings, load_llm_settings, resolve_api_key
+from loom.cognition._memory import Memory, MemoryItem, MemoryStoreError
+from loom.cognition._messages import Completion, ToolCall, Usage
+from loom.cognition._provider import ChatClient
 from loom.cognition.context import ContextConfig, ContextManager
-from loom.cognition.memory import Memory, MemoryItem, MemoryStoreError
-from loom.cognition.messages import Completion, ToolCall, Usage
-from loom.cognition.provider import ChatClient
 from loom.errors import (
     LLMAuthError,
     LLMConfigError,

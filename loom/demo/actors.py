@@ -7,7 +7,8 @@ import asyncio
 import random
 from typing import Any
 
-from loom import Actor, Event, ToolError, on
+from loom.actor import Actor, Event, on
+from loom.errors import ToolError
 
 SYMBOLS = ("BTC", "ETH", "SOL")
 

@@ -178,7 +178,7 @@ class Session:
         timeout: float,
     ) -> B | dict[str, Any]:
         """Send a control command; return the broker's answer, checked as ``answer``
-        (a msgspec Struct of ``loom.protocol.bodies``), or as a plain map when ``None``.
+        (a msgspec Struct of ``loom.protocol._bodies``), or as a plain map when ``None``.
 
         Raises:
             BrokerUnavailableError: no answer within ``timeout`` seconds.

@@ -1,8 +1,10 @@
 """Tools: ``@tool`` functions served by ``Worker`` processes, called through the broker."""
 
 from loom.session import ActorInfo, Directory, ToolClient, ToolInfo, WorkerInfo
-from loom.tools.tool import Tool, ToolContext, tool
-from loom.tools.worker import Worker, WorkerStats
+from loom.tools._config import ToolSettings, WorkerSettings
+from loom.tools._loader import configure_tools, load_tools
+from loom.tools._tool import Tool, ToolContext, tool
+from loom.tools._worker import Worker, WorkerStats
 
 __all__ = [
     "ActorInfo",
@@ -11,8 +13,12 @@ __all__ = [
     "ToolClient",
     "ToolContext",
     "ToolInfo",
+    "ToolSettings",
     "Worker",
     "WorkerInfo",
+    "WorkerSettings",
     "WorkerStats",
+    "configure_tools",
+    "load_tools",
     "tool",
 ]

@@ -11,17 +11,8 @@ from typing import Any
 import pytest
 from conftest import ACTORS, Proc, broker_stats, spawn_actor, until
 
-from loom import (
-    Actor,
-    ClosedError,
-    EncodeError,
-    Event,
-    PayloadTooLargeError,
-    RemoteError,
-    RequestTimeoutError,
-    TopicError,
-    on,
-)
+from loom import Actor, Event, RemoteError, RequestTimeoutError, on
+from loom.errors import ClosedError, EncodeError, PayloadTooLargeError, TopicError
 
 
 class Collector(Actor):

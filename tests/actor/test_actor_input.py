@@ -18,7 +18,8 @@ import pytest
 import zmq
 from conftest import ill_typed_headers, make_header, until
 
-from loom import Actor, Event, ProtocolError
+from loom import Actor, Event
+from loom.errors import ProtocolError
 from loom.protocol import HEARTBEAT, HELLO, VERSION, decode_control, encode_control
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loom import PatternError, TopicError
-from loom.actor.router import Router
+from loom.actor._router import Router
+from loom.errors import PatternError, TopicError
 from loom.protocol import Pattern, encode_topic
 
 CASES = [

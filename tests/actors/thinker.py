@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from loom import Event, on
-from loom.cognition.actor import CognitiveActor
-from loom.cognition.config import LLMSettings
-from loom.cognition.provider import ChatClient
+from loom.cognition._actor import CognitiveActor
+from loom.cognition._config import LLMSettings
+from loom.cognition._provider import ChatClient
 from loom.logs import configure_logging
 
 

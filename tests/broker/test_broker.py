@@ -70,7 +70,7 @@ def test_broker_json_logs(spawn: Callable[..., Proc], short_tmp: Any) -> None:
 def test_broker_endpoint_from_environment(spawn: Callable[..., Proc]) -> None:
     """Without --endpoint the broker binds $LOOM_BROKER."""
     endpoint = free_tcp_endpoint()
-    proc = spawn(sys.executable, "-m", "loom.broker", env={"LOOM_BROKER": endpoint})
+    proc = spawn(sys.executable, "-m", "loom.cli.broker", env={"LOOM_BROKER": endpoint})
     proc.wait_line("broker ready")
     assert hello(endpoint)[0] == HELLO
     assert proc.stop() == 0
@@ -80,7 +80,7 @@ def test_broker_in_use_address_is_a_clear_error(spawn: Callable[..., Proc]) -> N
     """A second broker on a taken TCP address exits 1 saying why."""
     endpoint = free_tcp_endpoint()
     first = start_broker(spawn, endpoint)
-    second = spawn(sys.executable, "-m", "loom.broker", "--endpoint", endpoint)
+    second = spawn(sys.executable, "-m", "loom.cli.broker", "--endpoint", endpoint)
     assert second.popen.wait(10) == 1
     assert "cannot bind" in second.output
     assert first.stop() == 0

@@ -24,7 +24,8 @@ from conftest import (
     wait_for,
 )
 
-from loom import Actor, DurableError, Event
+from loom import Actor, Event
+from loom.errors import DurableError
 from loom.protocol import PUBACK, PUBLISH
 
 

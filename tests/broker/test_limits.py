@@ -13,7 +13,8 @@ import psutil
 import zmq
 from conftest import Proc, broker_stats, start_broker, start_worker, wait_for
 
-from loom import Actor, OverloadedError, ToolClient
+from loom import Actor, ToolClient
+from loom.errors import OverloadedError
 from loom.protocol import CALL, FAIL, HELLO, VERSION
 
 MiB = 1 << 20

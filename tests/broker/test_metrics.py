@@ -13,7 +13,8 @@ import pytest
 from conftest import HEARTBEAT, Proc, spawn_actor, start_broker, start_worker, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from loom import Actor, ToolClient, ToolFailedError
+from loom import Actor, ToolClient
+from loom.errors import ToolFailedError
 
 
 def free_port() -> int:
@@ -110,7 +111,13 @@ def test_a_metrics_port_in_use_is_a_clear_error(spawn: Callable[..., Proc], endp
         taken.listen()
         port = taken.getsockname()[1]
         proc = spawn(
-            sys.executable, "-m", "loom.broker", "--endpoint", endpoint, "--metrics-port", str(port)
+            sys.executable,
+            "-m",
+            "loom.cli.broker",
+            "--endpoint",
+            endpoint,
+            "--metrics-port",
+            str(port),
         )
         assert proc.popen.wait(20) == 1
     assert "cannot bind" in "\n".join(proc.lines)

@@ -19,7 +19,8 @@ from conftest import (
     until,
 )
 
-from loom import Actor, BrokerLostError, Event
+from loom import Actor, Event
+from loom.errors import BrokerLostError
 
 
 class Watcher(Actor):

@@ -29,7 +29,7 @@ def test_context_read_through_a_worker(spawn: Callable[..., Proc], tmp_path: Pat
         "context",
         "--jail",
         str(jail),
-        target="loom.cognition.context.tool:context_read",
+        target="loom.cognition.context._tool:context_read",
     )
 
     async def calls() -> tuple[dict[str, Any], str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loom.cognition.memory import CorpusStats, Memory, MemoryItem, MemoryStoreError
+from loom.cognition._memory import CorpusStats, Memory, MemoryItem, MemoryStoreError
 
 
 class Clock:

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import pytest
 from llm_server import ScriptedLLM
 
-from loom.cognition.config import LLMSettings, load_llm_settings, resolve_api_key
-from loom.cognition.messages import (
+from loom.cognition._config import LLMSettings, load_llm_settings, resolve_api_key
+from loom.cognition._messages import (
     Completion,
     ToolCall,
     Usage,
@@ -25,7 +25,7 @@ from loom.cognition.messages import (
     user,
     wire_name,
 )
-from loom.cognition.provider import ChatClient
+from loom.cognition._provider import ChatClient
 from loom.errors import (
     LLMAuthError,
     LLMConfigError,

@@ -118,7 +118,7 @@ def test_bad_flags_and_a_taken_port_exit_non_zero(spawn: Callable[..., Proc]) ->
         busy = loom_at(free_tcp_endpoint(), "dashboard", "--port", port)
         assert busy.returncode == 1 and port in busy.stderr
         broker = spawn(
-            sys.executable, "-m", "loom.broker", "--endpoint", free_tcp_endpoint(),
+            sys.executable, "-m", "loom.cli.broker", "--endpoint", free_tcp_endpoint(),
             "--dashboard-port", port,
         )  # fmt: skip
         assert broker.popen.wait(30) == 1
@@ -126,6 +126,6 @@ def test_bad_flags_and_a_taken_port_exit_non_zero(spawn: Callable[..., Proc]) ->
 
 def test_the_assets_ship_in_the_package() -> None:
     """The page's files are inside the installed package, next to the server."""
-    from loom.dashboard.server import STATIC
+    from loom.dashboard._server import STATIC
 
     assert {"index.html", "app.js", "style.css"} <= {p.name for p in Path(STATIC).iterdir()}

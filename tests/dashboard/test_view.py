@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.dashboard import view as view_module
-from loom.dashboard.view import MeshView
+from loom.dashboard import _view as view_module
+from loom.dashboard._view import MeshView
 
 NOW = 1_800_000_000.0
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from conftest import HEARTBEAT, Proc, eventually, loom_at, start_broker, start_worker, until
 
-from loom import Actor, Event, ToolClient, ToolDeniedError
-from loom.errors import ApprovalError
+from loom import Actor, Event, ToolClient
+from loom.errors import ApprovalError, MalformedRequestError, ToolDeniedError
 
 
 async def wait_pending(client: ToolClient) -> list[dict[str, Any]]:
@@ -193,7 +193,7 @@ def test_a_caller_cannot_approve_its_own_call(
                 with pytest.raises(ApprovalError, match="its own call"):
                     await client.decide(request["id"], True)
                 async with await ToolClient.connect(broker, name="operator") as other:
-                    with pytest.raises(ApprovalError):
+                    with pytest.raises(MalformedRequestError):  # an id must be an int
                         await other.decide(True, True)  # type: ignore[arg-type]
                     await other.decide(request["id"], True, by="the CEO")
                 assert await asyncio.wait_for(call, 10) == "done"

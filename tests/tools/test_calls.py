@@ -14,18 +14,17 @@ from typing import Any
 import pytest
 from conftest import Proc, eventually, start_worker, until
 
-from loom import (
-    Actor,
+from loom import Actor, ToolClient
+from loom.errors import (
     CallCancelledError,
     InvalidParamsError,
     OverloadedError,
-    ToolClient,
     ToolFailedError,
     ToolTimeoutError,
     UnknownToolError,
     WorkerLostError,
 )
-from loom.tools.loader import load_tools
+from loom.tools._loader import load_tools
 
 Body = Callable[[ToolClient], Awaitable[None]]
 

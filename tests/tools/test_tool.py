@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from loom import InvalidParamsError, ToolContext, ToolDefinitionError, tool
+from loom import ToolContext, tool
+from loom.errors import InvalidParamsError, ToolDefinitionError
 from loom.protocol import decode_value, encode_value
-from loom.tools.loader import load_tools
+from loom.tools._loader import load_tools
 
 
 class Point(BaseModel):

@@ -12,7 +12,8 @@ import pytest
 import zmq
 from conftest import Proc, broker_stats, start_broker, start_worker
 
-from loom import ResultTooLargeError, ToolClient, ToolError
+from loom import ToolClient, ToolError
+from loom.errors import ResultTooLargeError
 from loom.protocol import (
     CALL,
     FAIL,

@@ -206,7 +206,7 @@ def _answer_pipe() -> int:
 @tool(name="escape.forge", sandbox=TIGHT)
 def forge(how: str) -> str:
     """Write a forged or broken frame on the answer pipe, then answer normally."""
-    from loom.protocol.pipe import pack_frame
+    from loom.protocol._pipe import pack_frame
 
     pipe = _answer_pipe()
     if how == "short":

@@ -16,6 +16,7 @@ Five techniques, each switched on or off in :class:`ContextConfig`:
 :func:`prompt_tokens` estimate the cost of a prompt without a tokenizer.
 """
 
+from loom.cognition.context._manager import ContextManager
 from loom.cognition.context._model import (
     ContextConfig,
     ContextConfigError,
@@ -25,8 +26,7 @@ from loom.cognition.context._model import (
     call_ref,
     canonical_json,
 )
-from loom.cognition.context.manager import ContextManager
-from loom.cognition.context.offload import (
+from loom.cognition.context._offload import (
     OffloadMissingError,
     OffloadRecord,
     OffloadRefError,
@@ -34,17 +34,17 @@ from loom.cognition.context.offload import (
     find_refs,
     parse_ref,
 )
-from loom.cognition.context.prefix import ToolListError, stable_prefix, stable_tools, wire_name
-from loom.cognition.context.reducers import Limits, Reducer, Reducers, reduce_json
-from loom.cognition.context.summarize import (
+from loom.cognition.context._prefix import ToolListError, stable_prefix, stable_tools, wire_name
+from loom.cognition.context._reducers import Limits, Reducer, Reducers, reduce_json
+from loom.cognition.context._summarize import (
     ExtractiveSummarizer,
     LLMSummarizer,
     Observation,
     Summarizer,
     SummaryError,
 )
-from loom.cognition.context.tokens import count_tokens, prompt_tokens
-from loom.cognition.context.tool import context_read
+from loom.cognition.context._tokens import count_tokens, prompt_tokens
+from loom.cognition.context._tool import context_read
 
 __all__ = [
     "ContextConfig",

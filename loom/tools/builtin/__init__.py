@@ -6,10 +6,10 @@ HTTP tool reaches only the hosts its network policy allows (none until an operat
 them). Each checks its policy itself as well as running under the sandbox.
 """
 
+from loom.tools._tool import Tool
+from loom.tools.builtin._clock import UnknownTimeZoneError, time_now
 from loom.tools.builtin._commands import CommandRefusedError
-from loom.tools.builtin._paths import JailRequiredError, PathEscapeError
-from loom.tools.builtin.clock import UnknownTimeZoneError, time_now
-from loom.tools.builtin.fs import (
+from loom.tools.builtin._fs import (
     DirectoryNotEmptyError,
     JailRootError,
     NotAFileError,
@@ -18,9 +18,9 @@ from loom.tools.builtin.fs import (
     fs_read,
     fs_write,
 )
-from loom.tools.builtin.shell import shell_run
-from loom.tools.builtin.web import FetchError, FetchTimeoutError, HostRefusedError, http_fetch
-from loom.tools.tool import Tool
+from loom.tools.builtin._paths import JailRequiredError, PathEscapeError
+from loom.tools.builtin._shell import shell_run
+from loom.tools.builtin._web import FetchError, FetchTimeoutError, HostRefusedError, http_fetch
 
 __all__ = [
     "TOOLS",

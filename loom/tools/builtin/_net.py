@@ -20,8 +20,8 @@ from loom.errors import (
     HostRefusedError,
     InvalidParamsError,
 )
-from loom.tools.sandbox.policy import NetRules
-from loom.tools.tool import ToolContext
+from loom.tools._tool import ToolContext
+from loom.tools.sandbox._policy import NetRules
 
 __all__ = ["FetchError", "FetchTimeoutError", "HostRefusedError", "Target", "check", "rules_of"]
 

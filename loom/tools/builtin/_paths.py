@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 
 from loom.errors import InvalidParamsError, JailRequiredError, PathEscapeError
-from loom.tools.tool import ToolContext
+from loom.tools._tool import ToolContext
 
 __all__ = [
     "JailRequiredError",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from loom.errors import LoomError
 from loom.tools import builtin
-from loom.tools.loader import load_tools
+from loom.tools._loader import load_tools
 
 
 def test_public_names() -> None:

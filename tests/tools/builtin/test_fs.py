@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import MakeContext
 
+from loom.tools._tool import Tool
 from loom.tools.builtin import (
     DirectoryNotEmptyError,
     JailRequiredError,
@@ -20,7 +21,6 @@ from loom.tools.builtin import (
     fs_read,
     fs_write,
 )
-from loom.tools.tool import Tool
 
 
 def test_write_then_read(jail: Path, context: MakeContext) -> None:

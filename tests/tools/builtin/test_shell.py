@@ -18,7 +18,7 @@ from loom.tools.builtin import (
     PathEscapeError,
     shell_run,
 )
-from loom.tools.sandbox.policy import Sandbox
+from loom.tools.sandbox._policy import Sandbox
 
 
 def run(

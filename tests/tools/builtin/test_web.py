@@ -16,11 +16,11 @@ import httpx
 import pytest
 
 from loom.errors import InvalidParamsError
+from loom.tools._tool import ToolContext
 from loom.tools.builtin import FetchError, FetchTimeoutError, HostRefusedError, http_fetch
 from loom.tools.builtin._net import Target, check
-from loom.tools.builtin.web import _exchange, _Request
-from loom.tools.sandbox.policy import NetRules, Sandbox
-from loom.tools.tool import ToolContext
+from loom.tools.builtin._web import _exchange, _Request
+from loom.tools.sandbox._policy import NetRules, Sandbox
 
 MakeContext = Callable[..., ToolContext]
 BIG = bytes(range(256)) * 40

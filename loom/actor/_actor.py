@@ -1,0 +1,517 @@
+"""``Actor``: subclass it, bind handlers with ``@on``, use ``emit``/``request``/``reply``."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import zmq
+
+from loom._histogram import Histogram
+from loom.actor._durable import Durability
+from loom.actor._event import Event, current_event
+from loom.actor._link import Link
+from loom.actor._receiver import Receiver
+from loom.actor._router import Router
+from loom.actor._verbs import Verbs
+from loom.config import DEFAULT_BROKER, broker_address
+from loom.errors import BrokerUnavailableError, ClosedError, LoomError
+from loom.logs import DropCounter, get_logger
+from loom.protocol import (
+    ANNOUNCE,
+    DEFAULT_MAX_PAYLOAD,
+    HANDLER_BUCKETS,
+    REPLY,
+    IdSource,
+    Pattern,
+)
+from loom.session import ToolClient
+
+__all__ = ["Actor", "ActorStats", "on"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_PATTERNS_ATTR = "__loom_patterns__"
+
+
+def on(*patterns: str, durable: str | None = None) -> Callable[[F], F]:
+    """Bind an actor method (sync or async) to one or more topic patterns.
+
+    With ``durable="NAME"`` the method gets the *durable* events of those patterns
+    through the subscription NAME (kept by the broker while the actor is away; the
+    broker needs a ``data_dir``), instead of live events.
+
+    Raises:
+        PatternError: a pattern is invalid (at class definition).
+    """
+    for text in patterns:
+        Pattern(text)
+
+    def bind(fn: F) -> F:
+        tagged = tuple((text, durable) for text in patterns)
+        setattr(fn, _PATTERNS_ATTR, (*getattr(fn, _PATTERNS_ATTR, ()), *tagged))
+        return fn
+
+    return bind
+
+
+class ActorStats:
+    """What an actor counted: handled events, handler errors, drops by reason."""
+
+    __slots__ = (
+        "dropped",
+        "drops",
+        "errors",
+        "expired",
+        "handled",
+        "handler_seconds",
+        "late_replies",
+        "unmatched",
+    )
+
+    def __init__(self, drops: DropCounter) -> None:
+        self.handled = 0
+        self.handler_seconds = Histogram(HANDLER_BUCKETS)
+        """Seconds handlers took, for a sample of events (see ``Receiver``)."""
+        self.errors = 0
+        self.unmatched = 0
+        self.late_replies = 0
+        self.expired = 0
+        self.drops = drops
+        self.dropped: dict[str, int] = {}
+        """Events this actor dropped by topic (``realtime`` and ``background`` emits)."""
+
+    def drop_topic(self, topic: str, reason: str) -> None:
+        """Count one event dropped on ``topic`` (at most 10 000 topics, then ``(other)``)."""
+        key = topic if topic in self.dropped or len(self.dropped) < 10_000 else "(other)"
+        self.dropped[key] = self.dropped.get(key, 0) + 1
+        self.drops.drop(reason, "the link is full: event dropped", topic=topic)
+
+
+class Actor(Verbs):
+    """A long-running process on the mesh.
+
+    Args:
+        name: how the actor signs its messages (default: the class name, lower case).
+        broker: the broker's control endpoint; ``None`` means ``$LOOM_BROKER`` when started
+            with ``run()``, else ``tcp://127.0.0.1:7700``.
+        context: the zmq context to use; a private one by default.
+        mailbox_size: events buffered before the actor stops reading (backpressure).
+        connect_timeout: seconds ``start()`` waits for the broker to confirm the link.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        broker: str | None = None,
+        *,
+        context: zmq.Context[Any] | None = None,
+        mailbox_size: int = 10_000,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.name = name or type(self).__name__.lower()
+        self.broker = broker
+        self.ids = IdSource()
+        self.id = self.ids.prefix.hex()
+        self.log = get_logger("loom.actor", actor=self.name)
+        self.stats = ActorStats(DropCounter(self.log))
+        self._context = context
+        self._mailbox_size = mailbox_size
+        self._connect_timeout = connect_timeout
+        self._router: Router[tuple[Callable[[Event], Any], bool]] = Router()
+        self._receiver: Receiver | None = None
+        self._lifecycle = asyncio.Lock()
+        self._state = "idle"
+        """idle -> starting -> running -> stopping -> idle"""
+        self._abort = False
+        self._accepting = False
+        """Verbs allowed: from the confirmed link (``on_start`` may emit) to teardown."""
+        self._stop_task: asyncio.Future[None] | None = None
+        self._starting_task: asyncio.Task[Any] | None = None
+        self._inbox = f"$inbox.{self.id}"
+        self._topics: dict[str, bytes] = {}
+        self._pending: dict[bytes, asyncio.Future[Any]] = {}
+        self._max_payload = DEFAULT_MAX_PAYLOAD
+        self._link: Link | None = None
+        self._tools: ToolClient | None = None
+        self._streams: dict[str, Router[tuple[Callable[[Event], Any], bool]]] = {}
+        """Durable subscriptions: handlers by subscription name."""
+        self._durability: Durability | None = None
+        self._background: collections.deque[tuple[bytes, bytes, bytes]] = collections.deque()
+        self._background_task: asyncio.Task[None] | None = None
+        self._hook_tasks: set[asyncio.Task[None]] = set()
+        self._running = False
+        """The sockets are usable (probes may go out)."""
+        self._own_context = False
+        self._probes = 0
+        names = dict.fromkeys(n for k in reversed(type(self).__mro__) for n in vars(k))
+        for attr in names:  # definition order, base classes first; overrides win
+            tagged = getattr(getattr(type(self), attr, None), _PATTERNS_ATTR, ())
+            for pattern, durable in tagged:
+                self._bind(pattern, getattr(self, attr), durable)
+
+    # --- hooks -------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        """Runs once the link is confirmed, before any handler. Override it."""
+
+    async def on_stop(self) -> None:
+        """Runs when the actor stops, while it can still emit. Override it."""
+
+    def _report_stats(self) -> dict[str, Any]:
+        """What the broker's metrics show of this actor (sent with each heartbeat)."""
+        stats = self.stats
+        receiver = self._receiver
+        return {
+            "handled": stats.handled,
+            "errors": stats.errors,
+            "unmatched": stats.unmatched,
+            "dropped": sum(stats.dropped.values()),
+            "mailbox": receiver.backlog() if receiver is not None else 0,
+            "handler_seconds": [*stats.handler_seconds.counts, stats.handler_seconds.total],
+        }
+
+    async def on_link_lost(self) -> None:
+        """Runs when the broker has been silent for ~3 heartbeats; tool calls waiting
+        have failed with ``BrokerLostError``. Events emitted meanwhile may be lost.
+        Override it."""
+
+    async def on_link_restored(self) -> None:
+        """Runs when the broker answers again (restarted, perhaps on new ports): the
+        actor has said HELLO again, followed the endpoints it announces, and confirmed
+        its subscriptions. Override it."""
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Start, serve until SIGINT or SIGTERM, stop. Blocks; for scripts.
+
+        A broker given as ``None`` is taken from ``$LOOM_BROKER`` (this is the program's
+        edge, where the environment may be read).
+        """
+        self.broker = broker_address(self.broker)
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        starting = asyncio.ensure_future(self.start())
+        signalled = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # a signal while starting (a broker slow to answer)
+            starting.cancel()
+        try:
+            await starting
+            await signalled
+        except asyncio.CancelledError:
+            return
+        finally:
+            signalled.cancel()
+            await self.stop()
+
+    async def start(self) -> None:
+        """Connect, subscribe, and confirm the subscriptions end to end.
+
+        When it returns, every event published afterwards on a bound pattern reaches
+        this actor. Then ``on_start`` runs, then handlers start. Concurrent calls start
+        the actor once; a call during ``stop()`` waits for it, then starts again.
+
+        Raises:
+            BrokerUnavailableError: the broker did not answer or confirm in time.
+            VersionMismatchError: the broker speaks another protocol version.
+            ClosedError: ``stop()`` was called while starting.
+        """
+        async with self._lifecycle:
+            if self._state == "running":
+                return
+            self._state, self._abort = "starting", False
+            self._starting_task = asyncio.current_task()
+            try:
+                await self._open_link()
+                self._check_abort()
+                await self._confirm()
+                await self._confirm(inbox=True)
+                self._check_abort()
+                if self._streams:
+                    assert self._durability is not None
+                    await self._durability.announce(self._connect_timeout)
+                self._accepting = True
+                self.log.info("actor started", broker=self.broker, id=self.id)
+                try:
+                    await self.on_start()
+                except Exception:
+                    self.log.exception("on_start failed")
+                    raise
+                self._check_abort()
+            except BaseException:
+                await self._teardown(flush=self._accepting)
+                raise
+            assert self._receiver is not None
+            self._state = "running"
+            self._receiver.dispatch(name=f"loom-{self.name}")
+
+    async def _open_link(self) -> None:
+        self._own_context = self._context is None
+        context = self._context if self._context is not None else zmq.Context()
+        self._context = context
+        if self.broker is None:
+            self.broker = DEFAULT_BROKER
+        link = self._link = Link(
+            self.broker, context, name=self.name, log=self.log, patterns=self._router.patterns
+        )
+        hello = await link.open(self._connect_timeout)
+        self._max_payload = hello.max_payload
+        self._tools = ToolClient(link.session, max_payload=self._max_payload)
+        link.session.stats = self._report_stats
+        link.session.lost_hooks.append(self._link_lost)
+        link.session.restored_hooks.append(self._link_restored)
+        assert link.sub is not None and link.pub is not None and link.inbox is not None
+        self._sub, self._pub = link.sub, link.pub
+        for prefix in self._router.prefixes():
+            self._sub.subscribe(prefix)
+        link.inbox.subscribe(self._inbox.encode())
+        self._receiver = Receiver(
+            self._sub,
+            link.inbox,
+            route=self._router.route,
+            pending=self._pending,
+            stats=self.stats,
+            answer=self._answer,
+            log=self.log,
+            size=self._mailbox_size,
+            handled=self._on_handled,
+        )
+        self._durability = Durability(
+            link.session,
+            routes=self._streams,
+            enqueue=self._receiver.enqueue,
+            drops=self.stats.drops,
+            log=self.log,
+        )
+        self._receiver.open()
+        self._running = True
+
+    def _link_lost(self) -> None:
+        if self._state == "running":
+            task = asyncio.get_running_loop().create_task(self._hook(self.on_link_lost))
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_tasks.discard)
+
+    async def _link_restored(self) -> None:
+        link = self._link
+        if link is None or self._state != "running":
+            return
+        try:
+            moved = link.follow()
+            await self._confirm()
+            await self._confirm(inbox=True)
+            if self._durability is not None:
+                await self._durability.resend()
+                await self._durability.announce(self._connect_timeout)
+        except LoomError as exc:
+            self.log.warning("could not restore the link yet", error=str(exc))
+            raise  # the session tries again
+        self.log.info("link restored", endpoints_moved=moved)
+        await self._hook(self.on_link_restored)
+
+    async def _hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await hook()
+        except Exception:
+            self.log.exception("hook failed", hook=hook.__name__)
+
+    def _check_abort(self) -> None:
+        if self._abort:
+            raise ClosedError(f"actor {self.name!r} was stopped while starting")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Run ``on_stop``, let the handler in progress finish (up to ``grace`` seconds,
+        then it is cancelled), make sure the broker has everything this actor emitted,
+        close the link. Events still queued are not handled.
+
+        Idempotent; concurrent callers share one stop. Called while ``start()`` runs, it
+        makes ``start()`` fail with ``ClosedError`` at its next step and waits for that.
+        A cancelled caller does not cancel the stop itself.
+        """
+        if self._state == "idle":
+            return
+        if self._state == "starting":
+            self._abort = True
+            if asyncio.current_task() is self._starting_task:  # on_start stopping it
+                return
+            async with self._lifecycle:  # start() notices, tears down, releases
+                return
+        if self._stop_task is None:
+            in_handler = current_event.get() is not None  # a handler stopping its own actor
+            self._stop_task = asyncio.ensure_future(self._stop(grace, in_handler))
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self, grace: float, in_handler: bool) -> None:
+        try:
+            async with self._lifecycle:
+                if self._state != "running":
+                    return
+                self._state = "stopping"
+                try:
+                    await self.on_stop()
+                except Exception:
+                    self.log.exception("on_stop failed")
+                left = await self._teardown(grace, flush=True, wait_handler=not in_handler)
+                self.log.info(
+                    "actor stopped",
+                    handled=self.stats.handled,
+                    errors=self.stats.errors,
+                    unhandled=left,
+                )
+        finally:
+            self._stop_task = None
+
+    async def _teardown(
+        self, grace: float = 0.0, *, flush: bool = False, wait_handler: bool = True
+    ) -> int:
+        """Finish the handler in progress, flush, close. Always leaves the actor idle with
+        its sockets closed, even when cancelled half-way (then without the flush)."""
+        left = 0
+        receiver = self._receiver
+        try:
+            if receiver is not None:
+                left = await receiver.drain(grace, wait=wait_handler)
+            self._accepting = False  # verbs fail from here on; the flush still runs
+            self._fail_pending()
+            if flush and receiver is not None and self._running:
+                await self._flush_background(max(grace, 1.0))
+                if self._durability is not None:
+                    await self._durability.flush(max(grace, 1.0))
+                await self._flush(max(grace, 1.0))
+        finally:
+            self._fail_pending()
+            if receiver is not None:
+                receiver.close()
+            self._receiver = None
+            self._running = self._accepting = False
+            self._state = "idle"
+            if self._link is not None:
+                self._link.close()
+                self._link = None
+            if self._durability is not None:
+                self._durability.close()
+            self._tools = self._durability = None
+            if self._own_context and self._context is not None:
+                self._context.term()  # the flush made the broker hold what we sent
+                self._context = None
+        return left
+
+    def _fail_pending(self) -> None:
+        closed = ClosedError(f"actor {self.name!r} stopped")
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(closed)
+        self._pending.clear()
+        if self._tools is not None:
+            self._tools.fail_all(closed)
+
+    async def subscribe(
+        self, pattern: str, handler: Callable[[Event], Any], *, durable: str | None = None
+    ) -> None:
+        """Bind ``handler`` to ``pattern`` now; once this returns the subscription holds.
+        ``durable="NAME"``: durable events through subscription NAME (see :func:`on`).
+
+        Raises:
+            PatternError: the pattern is invalid.
+            BrokerUnavailableError: a running actor's broker did not confirm in time.
+            DurableError: the broker keeps no durable events.
+        """
+        if self._state == "stopping":
+            raise ClosedError(f"actor {self.name!r} is stopping")
+        compiled = self._bind(pattern, handler, durable)
+        if durable is not None:
+            if self._running and self._durability is not None:
+                await self._durability.announce(self._connect_timeout, [durable])
+            return
+        if self._running and self._receiver is not None:
+            self._receiver.subscribe(compiled.prefix)
+            await self._confirm()
+            if self._link is not None:
+                self._link.session.tell(ANNOUNCE, {"patterns": self._router.patterns()})
+
+    def _bind(
+        self, pattern: str, handler: Callable[[Event], Any], durable: str | None = None
+    ) -> Pattern:
+        is_async = inspect.iscoroutinefunction(handler)
+        router = self._router if durable is None else self._streams.setdefault(durable, Router())
+        return router.add(pattern, (handler, is_async))
+
+    async def _flush_background(self, timeout: float) -> None:
+        task = self._background_task
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout)
+            if self._background:
+                self.log.warning("background events not sent", events=len(self._background))
+
+    def _on_handled(self, event: Event) -> None:
+        if self._durability is not None:
+            self._durability.on_handled(event)
+
+    async def _flush(self, timeout: float) -> None:
+        """Make sure what this actor published has reached the broker.
+
+        libzmq may drop a PUB/XPUB socket's queue when it is closed, whatever the linger
+        (measured here: the last few hundred of 50 000 messages, even with linger -1). A
+        probe through our own inbox travels behind everything sent before it, so once it
+        is back, the broker has forwarded all of it.
+        """
+        try:
+            await self._confirm(inbox=True, timeout=timeout)
+        except (BrokerUnavailableError, ClosedError):
+            self.log.warning("could not confirm the broker got the last messages", timeout=timeout)
+
+    async def _confirm(self, *, inbox: bool = False, timeout: float | None = None) -> None:
+        """Publish probes to a topic we subscribe to until one comes back.
+
+        Subscriptions travel in order on one pipe, so a probe received on the newest
+        subscription proves the broker holds all the earlier ones on that socket, and
+        that our own publisher has the broker's subscribe-all. Events use a fresh probe
+        topic each time; the inbox socket's only subscription is the inbox itself.
+
+        Raises:
+            BrokerUnavailableError: no probe came back within the connect timeout.
+            ClosedError: the actor was stopped meanwhile.
+        """
+        receiver = self._receiver
+        if receiver is None:
+            raise ClosedError(f"actor {self.name!r} is not running")
+        if inbox:
+            topic = self._inbox
+        else:
+            self._probes += 1
+            topic = f"$probe.{self.id}.{self._probes}"
+            receiver.subscribe(topic.encode())
+        probe_id = self.ids.next()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[probe_id] = fut
+        frames = self._frames(topic, REPLY, None, correlation_id=probe_id, probe=True)
+        deadline = time.monotonic() + (timeout if timeout is not None else self._connect_timeout)
+        interval = 0.002
+        try:
+            with receiver.overdraft():
+                while not fut.done():
+                    if time.monotonic() > deadline:
+                        raise BrokerUnavailableError(
+                            f"broker at {self.broker} did not answer a probe in time"
+                        )
+                    if not self._running:
+                        raise ClosedError(f"actor {self.name!r} stopped")
+                    self._write(frames)
+                    await asyncio.wait({fut}, timeout=interval)
+                    interval = min(interval * 2, 0.1)
+            fut.result()  # ClosedError if stop() failed it
+        finally:
+            self._pending.pop(probe_id, None)
+            if not inbox and self._running:
+                receiver.unsubscribe(topic.encode())

@@ -1,0 +1,311 @@
+"""The verbs an actor uses: ``emit``, ``request``, ``reply``, ``tool``, ``directory``."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from loom.actor._durable import Durability
+from loom.actor._event import Event, current_event
+from loom.errors import ClosedError, HopLimitError, NoReplyToError, RequestTimeoutError
+from loom.protocol import (
+    EVENT,
+    MAX_HOPS,
+    REPLY,
+    REQUEST,
+    IdSource,
+    encode_payload,
+    encode_topic,
+    pack_header,
+    send_message,
+)
+from loom.session import Directory, ToolClient
+
+__all__ = ["Verbs"]
+
+_MAX_TOPIC_CACHE = 10_000
+_BACKGROUND_LIMIT = 100_000
+
+
+class Verbs:
+    """What an :class:`~loom.actor.Actor` does on the mesh once running. The lifecycle
+    (``Actor``) owns the sockets and sets the state these methods read."""
+
+    name: str
+    ids: IdSource
+    _accepting: bool
+    """Verbs allowed: from the confirmed link (``on_start`` may emit) to teardown."""
+    _running: bool
+    """The sockets are usable (probes may go out)."""
+    _inbox: str
+    _topics: dict[str, bytes]
+    _pending: dict[bytes, asyncio.Future[Any]]
+    _max_payload: int
+    _pub: zmq.Socket[bytes]
+    _tools: ToolClient | None
+    _durability: Durability | None
+    _background: collections.deque[tuple[bytes, bytes, bytes]]
+    _background_task: asyncio.Task[None] | None
+    stats: Any
+
+    async def emit(
+        self, topic: str, data: Any = None, *, thread: str | None = None, qos: str = "standard"
+    ) -> None:
+        """Publish an event, with a quality of service (``docs/qos.md``):
+
+        - ``standard``: not lost between here and the broker; when the broker cannot keep
+          up, ``emit`` waits (backpressure). It returns at once when there is room.
+        - ``realtime``: never waits; when the link is full the event is dropped and
+          counted per topic (``stats.dropped``).
+        - ``reliable``: the broker logs it (durable; it needs a ``data_dir``) before
+          forwarding it, and acknowledges it; ``emit`` waits while 1000 events await
+          acknowledgement, and unacknowledged ones are sent again after a broker restart
+          (the broker drops the copies).
+        - ``background``: queued here (up to 100 000, then dropped and counted) and sent
+          when the link has room, after everything else.
+
+        Raises:
+            ClosedError: the actor is not running.
+            TopicError: the topic is invalid.
+            EncodeError: ``data`` cannot be encoded with msgpack.
+            PayloadTooLargeError: the encoded data exceeds the broker's limit.
+            HopLimitError: emitted too many handlers deep (a loop, most likely).
+            ValueError: an unknown ``qos``.
+        """
+        if qos == "standard":
+            frames = self._frames(topic, EVENT, data, thread=thread)
+            if not self._write(frames):
+                await self._write_waiting(frames)
+        elif qos == "realtime":
+            if not self._write(self._frames(topic, EVENT, data, thread=thread)):
+                self.stats.drop_topic(topic, "realtime")
+        elif qos == "reliable":
+            mid = self.ids.next()
+            frames = self._frames(topic, EVENT, data, thread=thread, mid=mid)
+            assert self._durability is not None
+            await self._durability.publish(mid, *frames)
+        elif qos == "background":
+            frames = self._frames(topic, EVENT, data, thread=thread)
+            if len(self._background) >= _BACKGROUND_LIMIT:
+                self.stats.drop_topic(topic, "background")
+                return
+            self._background.append(frames)
+            if self._background_task is None:
+                self._background_task = asyncio.get_running_loop().create_task(
+                    self._send_background()
+                )
+        else:
+            raise ValueError(f"qos must be standard, realtime, reliable or background: {qos!r}")
+
+    async def _send_background(self) -> None:
+        """Send background events while the link has room; yield to everything else."""
+        queue = self._background
+        try:
+            while queue and self._running:
+                for _ in range(64):
+                    if not queue or not self._write(queue[0]):
+                        break
+                    queue.popleft()
+                else:
+                    await asyncio.sleep(0)
+                    continue
+                await asyncio.sleep(0.001 if queue else 0)
+        finally:
+            self._background_task = None
+
+    async def request(
+        self, topic: str, data: Any = None, *, timeout: float = 5.0, thread: str | None = None
+    ) -> Any:
+        """Publish a request and return the first reply's data.
+
+        Raises:
+            RequestTimeoutError: no reply within ``timeout`` seconds (a ``TimeoutError``).
+            RemoteError: the responding handler raised.
+            ClosedError: the actor stopped while waiting.
+            TopicError, EncodeError, PayloadTooLargeError: as for ``emit``.
+        """
+        mid = self.ids.next()
+        frames = self._frames(
+            topic,
+            REQUEST,
+            data,
+            mid=mid,
+            reply_to=self._inbox,
+            deadline=time.time() + timeout,
+            thread=thread,
+        )
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[mid] = fut
+        try:
+            async with asyncio.timeout(timeout):
+                if not self._write(frames):
+                    await self._write_waiting(frames)
+                return await fut
+        except TimeoutError:
+            raise RequestTimeoutError(f"no reply on {topic!r} within {timeout:g}s") from None
+        finally:
+            self._pending.pop(mid, None)
+
+    async def reply(self, event: Event, data: Any) -> None:
+        """Answer a request (a handler may also just return the answer).
+
+        Raises:
+            NoReplyToError: ``event`` is not a request.
+            EncodeError, PayloadTooLargeError: as for ``emit``.
+        """
+        await self._answer(event, REPLY, data)
+
+    async def _answer(self, event: Event, kind: int, data: Any) -> None:
+        envelope = event.envelope
+        if envelope.reply_to is None:
+            raise NoReplyToError(f"event on {event.topic!r} from {event.sender!r} is not a request")
+        frames = self._frames(envelope.reply_to, kind, data, correlation_id=envelope.id)
+        event.replied = True
+        if not self._write(frames):
+            await self._write_waiting(frames)
+
+    async def tool(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        on_progress: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Call the tool ``name`` on some worker and return its result.
+
+        Arguments go as a dict, as keywords, or both (keywords win). A tool parameter
+        called ``timeout`` or ``on_progress`` must go in the dict.
+
+        Args:
+            timeout: seconds the call may run without reporting progress (default: the
+                tool's own, else the broker's).
+            on_progress: called with the data of each progress report.
+
+        Raises:
+            ToolError: a subclass per failure code: ``UnknownToolError``,
+                ``InvalidParamsError``, ``ToolTimeoutError``, ``WorkerLostError``,
+                ``ToolFailedError``, ``OverloadedError``, ``CallCancelledError``,
+                ``ResultTooLargeError``, ``BrokerLostError``.
+            ClosedError: the actor is not running, or stopped while waiting.
+            EncodeError, PayloadTooLargeError: the arguments cannot be sent.
+
+        Cancelling the awaiting task cancels the call on the worker.
+        """
+        if self._tools is None or not self._accepting:
+            raise ClosedError(f"actor {self.name!r} is not running")
+        if kwargs:
+            args = {**(args or {}), **kwargs}
+        parent = current_event.get()
+        trace = None if parent is None else parent.envelope.trace_id
+        return await self._tools.call(
+            name, args, timeout=timeout, on_progress=on_progress, trace=trace
+        )
+
+    async def directory(self, timeout: float = 5.0) -> Directory:
+        """What the broker knows now: live actors, workers, tools with their schemas.
+
+        Raises:
+            ClosedError: the actor is not running.
+            BrokerUnavailableError: no answer within ``timeout`` seconds.
+        """
+        if self._tools is None:
+            raise ClosedError(f"actor {self.name!r} is not running")
+        return await self._tools.directory(timeout)
+
+    async def approve(self, approval_id: int, reason: str = "") -> None:
+        """Let a call that waits for approval run (approvers subscribe to
+        ``$approval.request.**`` to hear of them).
+
+        Raises:
+            ClosedError: the actor is not running.
+            ApprovalError: no call waits under that id.
+        """
+        await self._decide(approval_id, True, reason)
+
+    async def deny(self, approval_id: int, reason: str = "") -> None:
+        """Answer a call that waits for approval DENIED, with ``reason``.
+
+        Raises:
+            ClosedError: the actor is not running.
+            ApprovalError: no call waits under that id.
+        """
+        await self._decide(approval_id, False, reason)
+
+    async def _decide(self, approval_id: int, approve: bool, reason: str) -> None:
+        if self._tools is None:
+            raise ClosedError(f"actor {self.name!r} is not running")
+        await self._tools.decide(approval_id, approve, reason=reason, by=self.name)
+
+    def _frames(
+        self,
+        topic: str,
+        kind: int,
+        data: Any,
+        *,
+        mid: bytes | None = None,
+        correlation_id: bytes | None = None,
+        reply_to: str | None = None,
+        deadline: float | None = None,
+        thread: str | None = None,
+        probe: bool = False,
+    ) -> tuple[bytes, bytes, bytes]:
+        if not (self._accepting or (probe and self._running)):
+            raise ClosedError(f"actor {self.name!r} is not running")
+        topic_frame = self._topics.get(topic)
+        if topic_frame is None:
+            topic_frame = encode_topic(topic)
+            if len(self._topics) < _MAX_TOPIC_CACHE:
+                self._topics[topic] = topic_frame
+        payload = encode_payload(data, self._max_payload)
+        if mid is None:
+            mid = self.ids.next()
+        parent = current_event.get()
+        if parent is None:
+            hops, trace, parent_id = 0, mid, None
+        else:
+            penv = parent.envelope
+            hops = penv.hops + 1
+            if hops > MAX_HOPS:
+                raise HopLimitError(f"emit on {topic!r} is {hops} handlers deep (limit {MAX_HOPS})")
+            trace, parent_id = penv.trace_id or mid, penv.id
+            if thread is None:
+                thread = penv.thread_id
+        header = pack_header(
+            kind,
+            mid,
+            self.name,
+            time.time(),
+            correlation_id,
+            reply_to,
+            thread,
+            deadline,
+            hops,
+            trace,
+            parent_id,
+        )
+        return topic_frame, header, payload
+
+    def _write(self, frames: tuple[bytes, bytes, bytes]) -> bool:
+        try:
+            send_message(self._pub, *frames)
+        except zmq.Again:
+            return False
+        return True
+
+    async def _write_waiting(self, frames: tuple[bytes, bytes, bytes]) -> None:
+        delay = 0.0005
+        while True:
+            await asyncio.sleep(delay)
+            if not self._running:
+                raise ClosedError(f"actor {self.name!r} stopped while sending")
+            if self._write(frames):
+                return
+            delay = min(delay * 2, 0.05)

@@ -1,5 +1,0 @@
-import sys
-
-from loom.broker.cli import main
-
-sys.exit(main())

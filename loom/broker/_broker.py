@@ -1,0 +1,269 @@
+"""The broker: binds the control ROUTER and the pub/sub pair, builds its planes from one
+validated settings object, then runs one poll loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from loom.broker._control import ControlPlane
+from loom.broker._durable import DurableLog, DurablePlane
+from loom.broker._peers import Peers
+from loom.broker._pubsub import PubSubProxy
+from loom.broker._settings import BrokerSettings
+from loom.broker._tools import ToolRouter
+from loom.broker._traces import TraceBuffer
+from loom.errors import EndpointError
+from loom.logs import DropCounter, get_logger
+from loom.protocol import MAX_SUBSCRIPTION_FRAME, max_frame, queue_messages
+
+__all__ = ["Broker", "derive_endpoints"]
+
+
+def derive_endpoints(control: str) -> tuple[str, str]:
+    """Where to bind the publish (XSUB) and subscribe (XPUB) sockets for ``control``.
+
+    TCP takes ephemeral ports on the same host (HELLO announces them); IPC and inproc
+    take sibling names (``<path>.pub``, ``<path>.sub``).
+
+    Raises:
+        EndpointError: an unsupported transport.
+    """
+    scheme, sep, rest = control.partition("://")
+    if not sep:
+        raise EndpointError(f"endpoint {control!r} has no transport (tcp://, ipc://, inproc://)")
+    if scheme == "tcp":
+        host = rest.rsplit(":", 1)[0]
+        return f"tcp://{host}:*", f"tcp://{host}:*"
+    if scheme in ("ipc", "inproc"):
+        return f"{control}.pub", f"{control}.sub"
+    raise EndpointError(f"endpoint {control!r}: transport {scheme!r} is not supported")
+
+
+class Broker:
+    """A Loom broker, built from one validated :class:`BrokerSettings`.
+
+    ``bind()`` binds every socket and builds the planes, each complete; ``run()`` blocks
+    the calling thread (a process's main thread, or a thread of its own) until ``stop()``
+    is called, from any thread or a signal handler.
+
+    Args:
+        settings: what the broker binds and how it forwards (the defaults: a broker on
+            ``tcp://127.0.0.1:7700``).
+        context: the zmq context; a private one by default.
+    """
+
+    def __init__(
+        self,
+        settings: BrokerSettings | None = None,
+        *,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else BrokerSettings()
+        self.endpoint = self.settings.endpoint
+        self.name = self.settings.name
+        self._own_context = context is None
+        self._context = context if context is not None else zmq.Context()
+        self._stopping = threading.Event()
+        self._log = get_logger("loom.broker", broker=self.name)
+        self.endpoints: dict[str, str] = {}
+        self._sockets: list[zmq.Socket[bytes]] = []
+        self.proxy: PubSubProxy | None = None
+        self.control: ControlPlane | None = None
+        self._servers: list[Any] = []
+        """The HTTP servers beside the broker (metrics, dashboard), stopped with it."""
+        self.internal_errors = 0
+        self._errors = DropCounter(self._log)
+
+    def bind(self) -> dict[str, str]:
+        """Bind every socket and build the planes; returns the endpoints (``control``,
+        ``pub``, ``sub``, and ``metrics``/``dashboard`` when served).
+
+        Raises:
+            zmq.ZMQError: an address is in use or invalid.
+            EndpointError: an unsupported transport.
+            OSError: the metrics or dashboard port cannot be bound.
+        """
+        settings = self.settings
+        pub_at, sub_at = derive_endpoints(settings.endpoint)
+        store = None
+        if settings.data_dir is not None:  # before binding: peers get answers at once
+            store = DurableLog(
+                settings.data_dir,
+                map_size=settings.durable_map_size,
+                max_age=settings.durable_max_age,
+                max_bytes=settings.durable_max_bytes,
+            )
+        # Every inbound frame is bounded by libzmq before Python sees it, and every queue
+        # holds about queue_bytes per connection however large its messages are.
+        frame = max_frame(settings.max_payload)
+        messages = queue_messages(settings.hwm, settings.queue_bytes, frame)
+        router = self._socket(zmq.ROUTER, frame, messages)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable answers are counted, not lost
+        router.bind(settings.endpoint)
+        xsub = self._socket(zmq.XSUB, frame, messages)
+        xsub.bind(pub_at)
+        xpub = self._socket(zmq.XPUB, MAX_SUBSCRIPTION_FRAME, messages)
+        xpub.bind(sub_at)
+        self.endpoints = {
+            "control": settings.endpoint,
+            "pub": xsub.getsockopt_string(zmq.LAST_ENDPOINT),
+            "sub": xpub.getsockopt_string(zmq.LAST_ENDPOINT),
+        }
+        log = self._log
+        traces = TraceBuffer()
+        peers = Peers(router, DropCounter(log))
+        proxy = self.proxy = PubSubProxy(xsub, xpub, settings, traces=traces, log=log)
+        tools = ToolRouter(
+            settings,
+            send=peers.send,
+            name_of=peers.name_of,
+            traces=traces,
+            publish=self._system_event,
+            log=log,
+        )
+        durable = DurablePlane(
+            store,
+            settings,
+            send=peers.send,
+            forward=proxy.forward,
+            window=max(1, min(1000, messages // 2)),  # room left in the queue for answers
+            logger=log,
+        )
+        announce = {
+            "broker": self.name,
+            "pub": self.endpoints["pub"],
+            "sub": self.endpoints["sub"],
+            "max_payload": settings.max_payload,
+        }
+        self.control = ControlPlane(
+            peers,
+            settings,
+            tools=tools,
+            durable=durable,
+            announce=announce,
+            stats=proxy.snapshot,
+            publish=self._system_event,
+            log=log,
+        )
+        self._router, self._xsub, self._xpub = router, xsub, xpub
+        try:
+            self._serve_http()
+        except BaseException:
+            self._unbind()
+            raise
+        return self.endpoints
+
+    def _serve_http(self) -> None:
+        """Start the metrics endpoint and the dashboard, when the settings ask for them
+        (their libraries are imported only then)."""
+        settings = self.settings
+        assert self.proxy is not None and self.control is not None
+        if settings.metrics_port:
+            from loom.broker._metrics import serve_metrics
+
+            host = settings.metrics_host
+            server = serve_metrics(self.proxy, self.control, host, settings.metrics_port)
+            self._servers.append(server)
+            self.endpoints["metrics"] = f"http://{host}:{server.server_address[1]}/metrics"
+        if settings.dashboard_port:
+            from loom.dashboard import DashboardThread  # aiohttp only when asked
+
+            dashboard = DashboardThread(
+                self.endpoints["control"],
+                settings.dashboard_host,
+                settings.dashboard_port,
+                log=self._log,
+            )
+            self._servers.append(dashboard)
+            self.endpoints["dashboard"] = dashboard.start()
+
+    def _unbind(self) -> None:
+        """Give the bound addresses back (a later part of ``bind`` failed)."""
+        self._stop_servers()
+        for sock in self._sockets:
+            sock.close(linger=0)
+        self._sockets.clear()
+
+    def _stop_servers(self) -> None:
+        for server in reversed(self._servers):
+            if hasattr(server, "shutdown"):  # the metrics' WSGI server
+                server.shutdown()
+                server.server_close()
+            else:
+                server.stop()
+        self._servers.clear()
+
+    def _socket(self, kind: int, frame: int, hwm: int) -> zmq.Socket[bytes]:
+        sock = self._context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, frame)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        self._sockets.append(sock)
+        return sock
+
+    def run(self) -> None:
+        """Bind (if not done yet), log ``broker ready``, and serve until ``stop()``."""
+        if self.proxy is None:
+            self.bind()
+        assert self.proxy is not None and self.control is not None
+        proxy, control = self.proxy, self.control
+        poller = zmq.Poller()
+        for sock in (self._xsub, self._xpub, self._router):
+            poller.register(sock, zmq.POLLIN)
+        xsub, xpub = self._xsub, self._xpub
+        self._log.info("broker ready", **self.endpoints)
+        try:
+            while not self._stopping.is_set():
+                timeout = 200
+                try:
+                    wake = control.tick()  # dead peers, call deadlines, durable commits
+                    timeout = min(200, max(0, int((wake - time.monotonic()) * 1000) + 1))
+                except Exception as exc:
+                    self._internal_error(exc)
+                for sock, _ in poller.poll(timeout):
+                    try:
+                        if sock is xsub:
+                            proxy.pump()
+                        elif sock is xpub:
+                            proxy.read_subscriptions()
+                        else:
+                            control.serve()
+                    except Exception as exc:  # a bug must not take the mesh down
+                        self._internal_error(exc)
+        finally:
+            self._close()
+
+    def _system_event(self, topic: str, data: dict[str, Any]) -> None:
+        assert self.proxy is not None
+        self.proxy.publish(topic, data, sender=self.name)
+
+    def _internal_error(self, exc: Exception) -> None:
+        """A bug surfaced in the loop: count it, log it (rate-limited, with its
+        traceback), go on serving."""
+        self.internal_errors += 1
+        self._errors.drop("internal", f"{type(exc).__name__}: {exc}", exc_info=exc)
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return (within ~200 ms). Safe from threads and signal handlers."""
+        self._stopping.set()
+
+    def stats(self) -> dict[str, Any]:
+        """The proxy's counters (valid after ``bind()``)."""
+        return self.proxy.snapshot() if self.proxy is not None else {}
+
+    def _close(self) -> None:
+        totals = self.stats().get("totals", {})
+        self._stop_servers()
+        if self.control is not None:
+            self.control.durable.close()
+        for sock in self._sockets:
+            sock.close(linger=0)
+        self._sockets.clear()
+        if self._own_context:
+            self._context.term()
+        self._log.info("broker stopped", **totals)

@@ -1,0 +1,395 @@
+"""The control plane: the ROUTER socket at the address users configure.
+
+It answers HELLO (version check, announces the pub/sub endpoints, limits and heartbeat),
+STATS and DIRECTORY, expires peers silent for ``liveness`` heartbeats, and hands tool
+calls to the :class:`ToolRouter` and durable commands to the :class:`DurablePlane`.
+Every body is decoded against its command's type first (``loom.protocol._bodies``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import zmq
+
+from loom.broker._durable import DurablePlane
+from loom.broker._peers import ROLES, Peer, Peers, bounded
+from loom.broker._settings import BrokerSettings
+from loom.broker._tools import ToolRouter
+from loom.errors import ProtocolError
+from loom.protocol import (
+    ANNOUNCE,
+    APPROVALS,
+    APPROVE,
+    BYE,
+    CALL,
+    CANCEL,
+    DACK,
+    DIRECTORY,
+    DRAIN,
+    DSUB,
+    ERROR_COMMAND,
+    FAIL,
+    HEARTBEAT,
+    HELLO,
+    PROGRESS,
+    PUBLISH,
+    READY,
+    RECENT,
+    REPLAY,
+    RESET,
+    RESULT,
+    STATS,
+    TRACE,
+    VERSION,
+    Approve,
+    Body,
+    Dack,
+    Dsub,
+    Empty,
+    Heartbeat,
+    Hello,
+    Patterns,
+    Ready,
+    Recent,
+    Replay,
+    Trace,
+    decode_body,
+    encode_control,
+    recv_frames,
+    request_id,
+)
+
+__all__ = ["ControlPlane"]
+
+MAX_FRAMES = 8
+"""Frames of one control-socket message read at most; a longer one is malformed."""
+RECENT_LIMIT = 1000
+"""The most messages (and calls) one RECENT answer holds."""
+
+_Handler = Callable[["ControlPlane", bytes, Any], None]
+"""A command's handler: the plane, the peer's identity, the decoded body."""
+
+
+class ControlPlane:
+    """Serves control commands, durable commands and tool calls on the peers' ROUTER.
+
+    Args:
+        peers: the peer table and the ROUTER socket.
+        settings: the broker's settings (heartbeat, liveness).
+        tools: the tool router.
+        durable: the durable topics' plane.
+        announce: what HELLO tells clients (endpoints, limits); version, heartbeat,
+            liveness and the longest call timeout are added.
+        stats: returns the pub/sub counters for STATS.
+        publish: publishes the broker's ``$sys.*`` events (topic, data).
+        log: a structlog logger.
+        clock: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        peers: Peers,
+        settings: BrokerSettings,
+        *,
+        tools: ToolRouter,
+        durable: DurablePlane,
+        announce: dict[str, Any],
+        stats: Callable[[], dict[str, Any]],
+        publish: Callable[[str, dict[str, Any]], None],
+        log: Any,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.peers = peers
+        self.tools = tools
+        self.durable = durable
+        self._announce = {
+            "version": VERSION,
+            **announce,
+            "heartbeat": settings.heartbeat,
+            "liveness": settings.liveness,
+            "max_call_timeout": settings.max_call_timeout,
+        }
+        self._stats = stats
+        self._publish_event = publish
+        self._log = log
+        self._heartbeat = settings.heartbeat
+        self._liveness = settings.liveness
+        self._clock = clock
+        self.boot = os.urandom(8).hex()
+        """This broker's run, in STATS and RECENT: a reader's cursors start again when it
+        changes (a restarted broker numbers from 0; its pid may be the same)."""
+        self.drops = peers.drops
+        self._next_check = clock() + settings.heartbeat
+        self._tool_commands: dict[bytes, Callable[[bytes, bytes, bytes], None]] = {
+            CALL: tools.on_call,
+            CANCEL: tools.on_cancel,
+            RESULT: tools.on_result,
+            FAIL: tools.on_fail,
+            PROGRESS: tools.on_progress,
+        }
+
+    def serve(self, budget: int = 1000) -> None:
+        """Handle up to ``budget`` waiting messages. Durable events received are batched;
+        ``tick`` commits the batch (then forwards and acknowledges it).
+
+        Nothing a peer sends ends the serving: a message that makes a handler fail is
+        counted (``error``) and logged, rate-limited, with its traceback."""
+        router, table, tool_commands = self.peers.router, self.peers.table, self._tool_commands
+        now = self._clock()
+        for _ in range(budget):
+            try:
+                frames = recv_frames(router, max_frames=MAX_FRAMES)
+            except zmq.Again:
+                return
+            except ProtocolError as exc:  # too many frames: drained, nothing to answer
+                self.drops.drop(exc.reason, str(exc), plane="control")
+                continue
+            identity, command = frames[0], frames[1] if len(frames) > 1 else b""
+            peer = table.get(identity)
+            if peer is not None:
+                peer.seen = now
+            try:
+                if command == PUBLISH:
+                    self.durable.on_publish(identity, frames[2:])
+                    continue
+                handle = tool_commands.get(command)
+                if handle is not None and len(frames) > 2:
+                    if len(frames) != 4:
+                        self.drops.drop("frames", f"{command!r} with {len(frames) - 1} frames")
+                    else:
+                        handle(identity, frames[2], frames[3])
+                    continue
+                self._control(identity, frames[1:])
+            except Exception as exc:  # a bug a peer's message found: count, log, go on
+                what = f"{command[:32]!r}: {type(exc).__name__}: {exc}"
+                self.drops.drop("error", what, plane="control", exc_info=exc)
+
+    def _control(self, identity: bytes, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            message = f"control message has {len(frames)} frames, expected 2"
+            self.drops.drop("frames", message, plane="control")
+            self._refuse(identity, "MALFORMED", message, None)
+            return
+        command, frame = frames
+        entry = self._commands.get(command)
+        if entry is None:
+            message = f"unknown command {command[:32]!r}"
+            self.drops.drop("command", message, plane="control")
+            self._refuse(identity, "UNKNOWN_COMMAND", message, request_id(frame))
+            return
+        handler, kind = entry
+        try:
+            body = decode_body(frame, kind)
+        except ProtocolError as exc:
+            self.drops.drop(exc.reason, str(exc), plane="control")
+            self._refuse(identity, "MALFORMED", str(exc), request_id(frame))
+            return
+        handler(self, identity, body)
+
+    def tick(self) -> float:
+        """Expire silent peers, time out calls, commit the durable batch when it is due;
+        returns when to call again (monotonic). The broker calls it after every poll."""
+        if self.tools.doomed:
+            for identity in list(self.tools.doomed):
+                self._forget(identity, "unreachable")
+        now = self._clock()
+        if now >= self._next_check:
+            self._next_check = now + self._heartbeat / 2
+            for identity in self.peers.silent(self._heartbeat * self._liveness):
+                self._forget(identity, "went silent")
+        self.durable.flush()
+        self.durable.tick(now)
+        wake = self._next_check
+        for other in (self.tools.tick(), self.durable.due()):
+            if other is not None and other < wake:
+                wake = other
+        return wake
+
+    def _reply(self, identity: bytes, command: bytes, body: dict[str, Any]) -> None:
+        self.peers.send(identity, encode_control(command, body))
+
+    def _refuse(self, identity: bytes, code: str, message: str, rid: int | None) -> None:
+        """Answer ``ERROR`` with ``code`` (the peer's library raises its RefusedError)."""
+        self._reply(identity, ERROR_COMMAND, {"code": code, "message": message, "rid": rid})
+
+    def _forget(self, identity: bytes, reason: str) -> None:
+        peer = self.peers.pop(identity)
+        if peer is not None:
+            if reason != "left":  # one-shot clients (probes, loom list) just go quiet
+                level = self._log.debug if peer.role == "client" else self._log.info
+                level("peer gone", peer=peer.name, role=peer.role, reason=reason)
+            if peer.joined:
+                self._publish(f"$sys.{peer.role}.left", peer, reason=reason)
+        self.tools.worker_gone(identity, reason)
+        self.tools.client_gone(identity)
+        self.durable.gone(identity)
+
+    def _introduce(
+        self, identity: bytes, name: str, role: str, pid: int | None, rid: int | None
+    ) -> Peer | None:
+        """The peer for ``identity``, made or updated from a HELLO or READY; None (and an
+        error sent) when the table is full."""
+        peer = self.peers.introduce(identity, name, role, pid)
+        if peer is None:
+            message = f"the broker already has {len(self.peers.table)} peers"
+            self.drops.drop("peers", message, plane="control", peer=name)
+            self._refuse(identity, "TOO_MANY_PEERS", message, rid)
+        return peer
+
+    def _publish(self, topic: str, peer: Peer, **extra: Any) -> None:
+        peer.joined = True
+        self._publish_event(topic, {"name": peer.name, "pid": peer.pid, **extra})
+
+    # --- commands ----------------------------------------------------------------
+
+    def _hello(self, identity: bytes, body: Hello) -> None:
+        if body.version != VERSION:
+            message = f"protocol version {body.version!r} is not supported (broker: {VERSION})"
+            self.drops.drop("version", message, plane="control", peer=body.name)
+            error = {"code": "VERSION_MISMATCH", "message": message, "version": VERSION}
+            self._reply(identity, ERROR_COMMAND, {**error, "rid": body.rid})
+            return
+        role = body.role if body.role in ROLES else "client"
+        peer = self._introduce(identity, body.name, role, body.pid, body.rid)
+        if peer is None:
+            return
+        if not peer.joined and peer.role != "worker":
+            self._publish(f"$sys.{peer.role}.joined", peer)
+        peer.patterns = bounded(body.patterns)
+        self._log.debug("hello", peer=peer.name, role=peer.role, pid=peer.pid)
+        self._reply(identity, HELLO, {**self._announce, "rid": body.rid})
+
+    def _announce_patterns(self, identity: bytes, body: Patterns) -> None:
+        peer = self.peers.get(identity)
+        if peer is not None:
+            peer.patterns = bounded(body.patterns)
+
+    def _ready(self, identity: bytes, body: Ready) -> None:
+        error = self.tools.ready(identity, body)
+        if error is not None:
+            self.drops.drop("ready", error, plane="control")
+            self._refuse(identity, "INVALID_READY", error, body.rid)
+            return
+        peer = self._introduce(identity, body.name, "worker", body.pid, body.rid)
+        if peer is not None:
+            self._reply(identity, READY, {"rid": body.rid})
+            if not peer.joined:
+                tools = sorted(self.tools.workers[identity].slots)
+                self._publish("$sys.worker.joined", peer, tools=tools)
+
+    def _drain(self, identity: bytes, body: Empty) -> None:
+        self.tools.drain(identity)
+        self._reply(identity, DRAIN, {"rid": body.rid})
+
+    def _bye(self, identity: bytes, body: Empty) -> None:
+        self._forget(identity, "left")
+
+    def _heartbeat_command(self, identity: bytes, body: Heartbeat) -> None:
+        peer = self.peers.get(identity)
+        if peer is not None and body.stats is not None:
+            self.peers.report(peer, body.stats)
+        self._reply(identity, HEARTBEAT if peer is not None else RESET, {})
+
+    def _stats_command(self, identity: bytes, body: Empty) -> None:
+        snap = self._stats()
+        snap["control_drops"] = dict(self.drops.counts)
+        snap["tool_drops"] = dict(self.tools.drops.counts)
+        snap["tool_calls"] = dict(self.tools.counts)
+        snap["durable"] = self.durable.snapshot()
+        snap["peers"] = self.peers.listed()
+        snap["rid"] = body.rid
+        snap["pid"] = os.getpid()
+        snap["boot"] = self.boot
+        self._reply(identity, STATS, snap)
+
+    def _directory(self, identity: bytes, body: Empty) -> None:
+        listed = [p for p in self.peers.listed() if p["role"] != "worker"]
+        reply = {
+            "actors": [p for p in listed if p["role"] == "actor"],
+            "clients": [p for p in listed if p["role"] != "actor"],
+            "workers": self.tools.workers_snapshot(self.peers),
+            "tools": self.tools.snapshot(),
+            "rid": body.rid,
+        }
+        self._reply(identity, DIRECTORY, reply)
+
+    def _durable_subscribe(self, identity: bytes, body: Dsub) -> None:
+        if identity not in self.peers:  # a stream lives as long as its peer: say HELLO
+            message = "say HELLO before subscribing: a durable stream is tied to a live peer"
+            self._refuse(identity, "UNKNOWN_PEER", message, body.rid)
+            return
+        answer = self.durable.subscribe(identity, body)
+        if "code" in answer:
+            self._refuse(identity, answer["code"], answer["message"], body.rid)
+            return
+        self._reply(identity, DSUB, {**answer, "rid": body.rid})
+        self.durable.start(body.name)  # after the answer: it must not queue behind a window
+
+    def _durable_ack(self, identity: bytes, body: Dack) -> None:
+        self.durable.ack(identity, body)
+
+    def _replay(self, identity: bytes, body: Replay) -> None:
+        answer = self.durable.replay(body)
+        if "code" in answer:
+            self._refuse(identity, answer["code"], answer["message"], body.rid)
+            return
+        self._reply(identity, REPLAY, {**answer, "rid": body.rid})
+
+    def _approvals(self, identity: bytes, body: Empty) -> None:
+        pending = self.tools.approvals.pending()
+        self._reply(identity, APPROVALS, {"pending": pending, "rid": body.rid})
+
+    def _approve(self, identity: bytes, body: Approve) -> None:
+        peer = self.peers.get(identity)
+        if peer is None:  # decisions are recorded under the name the broker knows
+            error: str | None = "say HELLO before deciding approvals"
+        else:
+            desk = self.tools.approvals
+            error = desk.decide(body.id, body.approve, peer.name, body.reason or "", who=identity)
+        if error is not None:
+            self._refuse(identity, "UNKNOWN_APPROVAL", error, body.rid)
+        else:
+            self._reply(identity, APPROVE, {"rid": body.rid})
+
+    def _trace(self, identity: bytes, body: Trace) -> None:
+        try:
+            trace = bytes.fromhex(body.trace)
+        except ValueError:
+            self._refuse(identity, "MALFORMED", "TRACE needs a trace id in hex", body.rid)
+            return
+        try:
+            found = self.tools.traces.find(trace)
+        except Exception as exc:  # a record no client should have been able to make
+            self._log.exception("cannot read a trace")
+            self._refuse(identity, "INTERNAL", f"cannot read the trace: {exc}", body.rid)
+            return
+        self._reply(identity, TRACE, {**found, "rid": body.rid})
+
+    def _recent(self, identity: bytes, body: Recent) -> None:
+        after = -1 if body.after is None else body.after
+        limit = body.limit if body.limit is not None and body.limit > 0 else RECENT_LIMIT
+        answer = self.tools.traces.recent(after, body.calls_after, min(limit, RECENT_LIMIT))
+        self._reply(identity, RECENT, {**answer, "boot": self.boot, "rid": body.rid})
+
+    _commands: ClassVar[dict[bytes, tuple[_Handler, type[Body]]]] = {
+        HELLO: (_hello, Hello),
+        STATS: (_stats_command, Empty),
+        DIRECTORY: (_directory, Empty),
+        ANNOUNCE: (_announce_patterns, Patterns),
+        READY: (_ready, Ready),
+        DRAIN: (_drain, Empty),
+        BYE: (_bye, Empty),
+        HEARTBEAT: (_heartbeat_command, Heartbeat),
+        DSUB: (_durable_subscribe, Dsub),
+        DACK: (_durable_ack, Dack),
+        REPLAY: (_replay, Replay),
+        APPROVALS: (_approvals, Empty),
+        APPROVE: (_approve, Approve),
+        TRACE: (_trace, Trace),
+        RECENT: (_recent, Recent),
+    }
+    """Each command's handler and the type its body is decoded (and checked) as."""

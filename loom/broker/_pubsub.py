@@ -1,0 +1,306 @@
+"""The pub/sub proxy: XSUB (peers publish) -> validate and count -> XPUB (peers subscribe).
+
+Publishers are sent one subscribe-all, so every message reaches the broker and the XPUB
+does all the filtering: a subscription is then in force the moment the broker has read
+it, which is what lets an actor confirm its subscriptions end to end (see
+``docs/protocol.md``, "Confirming a link").
+
+The hot loop wakes once, then drains up to ``budget`` messages with NOBLOCK. Per message
+it costs three ``recv``, three RCVMORE checks, one header decode, a dict lookup and three
+``send``; nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from loom.broker._settings import BrokerSettings
+from loom.broker._traces import TraceBuffer
+from loom.errors import ProtocolError
+from loom.logs import DropCounter
+from loom.protocol import (
+    EVENT,
+    IdSource,
+    decode_header,
+    decode_topic,
+    encode_payload,
+    encode_topic,
+    pack_header,
+    raw_send,
+    recv_message,
+    send_message,
+)
+
+__all__ = ["PubSubProxy", "TopicStats"]
+
+PUBLISHED, FORWARDED, DROPPED, MALFORMED, TOPIC = range(5)
+COUNTER_NAMES = ("published", "forwarded", "dropped", "malformed")
+Row = list[Any]
+"""``[published, forwarded, dropped, malformed, topic]``: a topic's counters, and its
+frame as the one bytes object the trace buffer refers to for every message of it."""
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_NOBLOCK_MORE = _NOBLOCK | _SNDMORE
+_XPUB_NODROP = int(zmq.XPUB_NODROP)
+MAX_SUBSCRIPTIONS = 10_000
+"""Distinct subscription prefixes listed in STATS (libzmq itself keeps them all)."""
+MAX_SENDERS = 10_000
+"""Distinct sender names the trace buffer keeps (later ones are recorded as ``(other)``)."""
+_SHED = "forwarded while a subscriber is stalled: it may have missed this"
+
+
+class TopicStats:
+    """Per-topic counters ``[published, forwarded, dropped, malformed, topic]``.
+
+    ``dropped`` counts messages at least one subscriber did not get. Distinct topics are
+    capped; past the cap, new topics share the ``(other)`` row so memory stays bounded.
+    """
+
+    def __init__(self, max_topics: int = 10_000) -> None:
+        self.rows: dict[bytes, Row] = {}
+        self.other: Row = [0, 0, 0, 0, b"(other)"]
+        self.unparsed: Row = [0, 0, 0, 0, b"(unparsed)"]
+        """Messages whose topic could not be read at all (bad frames, not UTF-8)."""
+        self._max = max_topics
+
+    def row(self, topic: bytes) -> Row:
+        """The counters for ``topic`` (a topic already known to be valid)."""
+        row = self.rows.get(topic)
+        if row is None:
+            if len(self.rows) >= self._max:
+                return self.other
+            row = self.rows[topic] = [0, 0, 0, 0, topic]
+        return row
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters by topic and in total, as plain data."""
+        topics = {
+            t.decode(): dict(zip(COUNTER_NAMES, r[:TOPIC], strict=True))
+            for t, r in self.rows.items()
+        }
+        if any(self.other[:TOPIC]):
+            topics["(other)"] = dict(zip(COUNTER_NAMES, self.other[:TOPIC], strict=True))
+        rows = (self.other, self.unparsed, *self.rows.values())
+        totals = [sum(col) for col in zip(*(r[:TOPIC] for r in rows), strict=True)]
+        return {
+            "topics": topics,
+            "totals": dict(zip(COUNTER_NAMES, totals, strict=True)),
+        }
+
+
+class PubSubProxy:
+    """Forwards ``[topic, header, payload]`` from ``xsub`` to ``xpub``, dropping and
+    counting what is malformed, oversized, expired or undeliverable.
+
+    Args:
+        xsub: a bound XSUB socket (peers' PUB/XPUB sockets connect to it).
+        xpub: a bound XPUB socket (peers' SUB sockets connect to it).
+        settings: the broker's settings: payloads larger than ``max_payload`` are dropped
+            (counted ``oversized``); ``stall_timeout`` is how long a send may wait for a
+            full subscriber before the proxy sheds load: for ``10 * stall_timeout`` it then
+            delivers lossily (the subscribers that keep up get everything) and counts
+            every message it forwards meanwhile as ``dropped`` (reason ``stalled``).
+            libzmq's XPUB cannot say which subscriber missed what, so a stalled
+            subscriber that is still full when the window ends misses messages uncounted
+            until it drains its queue.
+        traces: where forwarded messages are recorded.
+        log: a structlog logger.
+        clock: wall-clock seconds (deadlines are wall-clock).
+    """
+
+    def __init__(
+        self,
+        xsub: zmq.Socket[bytes],
+        xpub: zmq.Socket[bytes],
+        settings: BrokerSettings,
+        *,
+        traces: TraceBuffer,
+        log: Any,
+        max_topics: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._xsub = xsub
+        self._xpub = xpub
+        self._max_payload = settings.max_payload
+        self._stall_timeout = stall_timeout = settings.stall_timeout
+        self._clock = clock
+        self._log = log
+        self._shed_until = 0.0
+        self.traces = traces
+        self.stats = TopicStats(max_topics)
+        self.drops = DropCounter(log)
+        self.subscriptions: set[bytes] = set()
+        self._ids = IdSource()
+        self._senders: dict[str, str] = {}
+        """Senders' names as the trace buffer refers to them: one object per name."""
+        xpub.setsockopt(zmq.XPUB_NODROP, 1)
+        xpub.setsockopt(zmq.SNDTIMEO, max(1, int(stall_timeout * 1000)))
+        xsub.send(b"\x01")  # subscribe-all: publishers send everything, the XPUB filters
+
+    def pump(self, budget: int = 1000) -> None:  # noqa: PLR0915 - the hot loop, in one piece
+        """Forward up to ``budget`` waiting messages (the poll is level-triggered: if more
+        wait, the next poll returns at once)."""
+        xpub = self._xpub
+        stats = self.stats
+        rows = stats.rows
+        max_payload = self._max_payload
+        xsub = self._xsub
+        if self._shed_until and time.monotonic() >= self._shed_until:
+            self._end_shed()
+        shedding = bool(self._shed_until)
+        traces = self.traces
+        trace = traces.messages.append
+        senders = self._senders
+        traced = 0  # records appended, added to the buffer's count once, at the end
+        try:
+            for _ in range(budget):
+                try:
+                    topic, header, payload = recv_message(xsub)
+                    row = rows.get(topic) or self._new_row(topic)
+                except zmq.Again:
+                    return
+                except ProtocolError as exc:  # no readable topic to count it under
+                    stats.unparsed[MALFORMED] += 1
+                    self.drops.drop(exc.reason, str(exc))
+                    continue
+                try:
+                    env = decode_header(header)
+                except ProtocolError as exc:
+                    self._drop(row, MALFORMED, exc.reason, str(exc), topic)
+                    continue
+                row[PUBLISHED] += 1
+                if len(payload) > max_payload:
+                    size = f"payload of {len(payload)} bytes over the limit of {max_payload}"
+                    self._drop(row, DROPPED, "oversized", size, topic)
+                    continue
+                deadline = env.deadline
+                if deadline is not None and deadline < self._clock():
+                    self._drop(row, DROPPED, "expired", "deadline passed", topic)
+                    continue
+                if env.trace_id is not None:  # checked and bounded
+                    sender = senders.get(env.sender) or self._intern(env.sender)
+                    trace(
+                        (
+                            env.trace_id,
+                            env.id,
+                            env.parent_id,
+                            sender,  # one str per sender, not per message
+                            env.timestamp,
+                            env.kind,
+                            row[TOPIC],  # one bytes object per topic, not per message
+                        )
+                    )
+                    traced += 1
+                try:
+                    raw_send(xpub, topic, _NOBLOCK_MORE)
+                except zmq.Again:
+                    self._forward_blocked(topic, header, payload, row)
+                    shedding = bool(self._shed_until)
+                    continue
+                raw_send(xpub, header, _SNDMORE)
+                raw_send(xpub, payload, 0)
+                row[FORWARDED] += 1
+                if shedding:
+                    self._drop(row, DROPPED, "stalled", _SHED, topic)
+        finally:
+            if traced:
+                traces.messages_seen += traced
+
+    def _intern(self, sender: str) -> str:
+        """The one object the trace buffer keeps for ``sender`` (``(other)`` once
+        ``MAX_SENDERS`` names are known: the buffer's size stays bounded)."""
+        if len(self._senders) >= MAX_SENDERS:
+            return "(other)"
+        self._senders[sender] = sender
+        return sender
+
+    def _new_row(self, topic: bytes) -> Row:
+        """Counters for a topic not seen yet (validated once, then found in ``rows``).
+
+        Raises:
+            ProtocolError: the topic is empty, too long or not UTF-8.
+        """
+        decode_topic(topic)
+        return self.stats.row(topic)
+
+    def _forward_blocked(self, topic: bytes, header: bytes, payload: bytes, row: Row) -> None:
+        """A subscriber's queue is full: wait up to the stall timeout (backpressure), then
+        shed: lossy delivery for ``10 * stall_timeout``, so the subscribers that keep up
+        go on receiving."""
+        xpub = self._xpub
+        try:  # blocking send, bounded by SNDTIMEO = stall_timeout
+            xpub.send(topic, _SNDMORE)
+        except zmq.Again:
+            self._shed_until = time.monotonic() + 10 * self._stall_timeout
+            xpub.setsockopt(_XPUB_NODROP, 0)
+            self._log.warning(
+                "subscriber stalled: shedding (lossy delivery)",
+                topic=topic.decode(),
+                shed_seconds=10 * self._stall_timeout,
+            )
+            xpub.send(topic, _NOBLOCK_MORE)
+            self._drop(row, DROPPED, "stalled", _SHED, topic)
+        xpub.send(header, _SNDMORE)
+        xpub.send(payload)
+        row[FORWARDED] += 1
+
+    def _drop(self, row: Row, column: int, reason: str, message: str, topic: bytes) -> None:
+        row[column] += 1
+        self.drops.drop(reason, message, topic=topic.decode())
+
+    def _end_shed(self) -> None:
+        self._shed_until = 0.0
+        self._xpub.setsockopt(_XPUB_NODROP, 1)
+        self._log.info("shedding over: lossless delivery again")
+
+    def publish(self, topic: str, data: Any, sender: str) -> None:
+        """Publish the broker's own event (``$sys.*``) to subscribers. Never blocks the
+        broker: a subscriber whose queue is full misses it (counted as ``stalled``)."""
+        mid = self._ids.next()
+        header = pack_header(EVENT, mid, sender, time.time(), None, None, None, None, 0, mid, None)
+        self.forward(encode_topic(topic), header, encode_payload(data))
+
+    def forward(self, topic: bytes, header: bytes, payload: bytes) -> None:
+        """Send one already validated message to live subscribers (a durable event once
+        logged, a ``$sys`` event), without blocking: a full subscriber misses it, counted."""
+        row = self.stats.row(topic)
+        row[PUBLISHED] += 1
+        with contextlib.suppress(ProtocolError):  # durable and the broker's own are traced too
+            env = decode_header(header)
+            if env.trace_id is not None:
+                sender = self._senders.get(env.sender) or self._intern(env.sender)
+                record = (env.trace_id, env.id, env.parent_id, sender, env.timestamp)
+                self.traces.messages.append((*record, env.kind, row[TOPIC]))
+                self.traces.messages_seen += 1
+        try:
+            send_message(self._xpub, topic, header, payload)
+        except zmq.Again:
+            self._drop(row, DROPPED, "stalled", "a subscriber's queue is full", topic)
+            return
+        row[FORWARDED] += 1
+
+    def read_subscriptions(self) -> None:
+        """Track the prefixes subscribers hold (the XPUB reports first-sub/last-unsub)."""
+        while True:
+            try:
+                frame = self._xpub.recv(_NOBLOCK)
+            except zmq.Again:
+                return
+            if frame[:1] == b"\x01":
+                if len(self.subscriptions) < MAX_SUBSCRIPTIONS:
+                    self.subscriptions.add(frame[1:])
+            elif frame[:1] == b"\x00":
+                self.subscriptions.discard(frame[1:])
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters, drops by reason and live subscription prefixes."""
+        snap = self.stats.snapshot()
+        snap["drops"] = dict(self.drops.counts)
+        snap["subscriptions"] = sorted(p.decode(errors="replace") for p in self.subscriptions)
+        return snap

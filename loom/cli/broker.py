@@ -1,0 +1,158 @@
+"""``loom-broker``: run a broker in the foreground until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from types import FrameType
+
+import zmq
+
+from loom.broker import Broker, BrokerSettings
+from loom.config import LogSettings, broker_address, read_settings, validated
+from loom.errors import ConfigError, LoomError
+from loom.logs import configure_logging, get_logger
+
+EXAMPLES = """examples:
+  loom-broker                                   # tcp://127.0.0.1:7700 or $LOOM_BROKER
+  loom-broker --endpoint ipc:///tmp/loom.sock   # local peers only, faster
+  loom-broker --endpoint tcp://0.0.0.0:7700 --log-json
+  loom-broker --config configs/loom.toml
+  loom-broker --metrics-port 9464              # Prometheus at http://127.0.0.1:9464/metrics
+  loom-broker --dashboard-port 7780            # live dashboard at http://127.0.0.1:7780/
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loom-broker",
+        description="Run a Loom broker: pub/sub proxy and control plane.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="a settings file ([broker] and [log] sections)")
+    parser.add_argument(
+        "--endpoint",
+        "--broker",
+        dest="endpoint",
+        help="control address to bind (default: $LOOM_BROKER, the config, tcp://127.0.0.1:7700)",
+    )
+    parser.add_argument("--max-payload", type=int, help="largest payload forwarded, bytes")
+    parser.add_argument(
+        "--stall-timeout", type=float, help="seconds a full subscriber may stall delivery"
+    )
+    parser.add_argument("--hwm", type=int, help="socket high-water mark, messages")
+    parser.add_argument(
+        "--queue-bytes",
+        type=int,
+        help="bytes one connection's queue may hold with large messages (256 MiB)",
+    )
+    parser.add_argument("--name", help="broker name in logs and HELLO")
+    parser.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 1)")
+    parser.add_argument(
+        "--liveness", type=int, help="missed heartbeats before a peer is dead (default 3)"
+    )
+    parser.add_argument(
+        "--call-timeout", type=float, help="tool call timeout when none is given (default 30)"
+    )
+    parser.add_argument("--max-queue", type=int, help="tool calls waiting per tool (default 1000)")
+    parser.add_argument(
+        "--max-attempts", type=int, help="dispatches of an idempotent call (default 3)"
+    )
+    parser.add_argument(
+        "--max-call-timeout", type=float, help="the longest call timeout granted (default 3600)"
+    )
+    parser.add_argument(
+        "--max-call-bytes", type=int, help="bytes of tool-call arguments held (256 MiB)"
+    )
+    parser.add_argument("--data-dir", help="directory of the durable topics' LMDB log")
+    parser.add_argument("--durable-map-size", type=int, help="largest log size, bytes (1 GiB)")
+    parser.add_argument("--durable-max-age", type=float, help="seconds events are kept (0: ever)")
+    parser.add_argument("--durable-max-bytes", type=int, help="log bytes kept (0: no cap)")
+    parser.add_argument(
+        "--approval-timeout",
+        type=float,
+        help="seconds a call waits for an approver before DENIED (default 120)",
+    )
+    parser.add_argument(
+        "--require-approval",
+        action="append",
+        metavar="PATTERN",
+        help="tools (shell-style pattern, e.g. 'fs.delete' or 'shell.*') whose calls need "
+        "approval whatever their workers say; repeatable",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)"
+    )
+    parser.add_argument(
+        "--metrics-host", help="address of the metrics endpoint (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--dashboard-port", type=int, help="serve the live dashboard on this port (0: off)"
+    )
+    parser.add_argument("--dashboard-host", help="address of the dashboard (default 127.0.0.1)")
+    parser.add_argument(
+        "--log-json", action="store_true", default=None, help="log one JSON object per line"
+    )
+    parser.add_argument("--log-level", help="debug, info, warning, error")
+    return parser
+
+
+SECTIONS = frozenset(("broker", "log", "worker", "tools", "llm"))
+"""The tables of a settings file (``loom-broker`` reads ``[broker]`` and ``[log]``; the
+others belong to other programs, which check them)."""
+
+
+def settings_from(args: argparse.Namespace) -> tuple[BrokerSettings, LogSettings]:
+    """Flags over ``$LOOM_BROKER`` over the config file over defaults.
+
+    Raises:
+        ConfigError: the config file or a flag's value is invalid.
+    """
+    data = read_settings(args.config) if args.config else {}
+    where = args.config or "settings"
+    unknown = sorted(set(data) - SECTIONS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown section {unknown[0]!r}")
+    base = validated(BrokerSettings, data.get("broker", {}), where, "broker.")
+    log = validated(LogSettings, data.get("log", {}), where, "log.")
+    flags = {field: getattr(args, field) for field in BrokerSettings.model_fields}  # one flag each
+    flags["endpoint"] = broker_address(args.endpoint, fallback=base.endpoint)
+    broker = validated(BrokerSettings, {**base.model_dump(), **_given(flags)}, "command line")
+    logs = {"json": args.log_json, "level": args.log_level}
+    log = validated(LogSettings, {**log.model_dump(by_alias=True), **_given(logs)}, "command line")
+    return broker, log
+
+
+def _given(values: dict[str, object]) -> dict[str, object]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings, logs = settings_from(args)
+    except ConfigError as exc:
+        print(f"loom-broker: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(json=logs.json_lines, level=logs.level)
+    log = get_logger("loom.broker")
+    broker = Broker(settings)
+    try:
+        broker.bind()
+    except (zmq.ZMQError, LoomError, OSError) as exc:
+        log.error("cannot bind", endpoint=broker.endpoint, error=str(exc))
+        return 1
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        broker.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    broker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
