@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from loom import Actor
-from loom.broker import Broker
+from loom.broker import Broker, BrokerSettings
 from loom.logs import configure_logging
 
 PAYLOAD = b"x" * 64
@@ -33,7 +33,7 @@ ORDER = ("standard", "reliable")
 
 def broker(endpoint: str, data_dir: str, ready: Any) -> None:
     configure_logging(level="warning", stream=sys.stderr)
-    instance = Broker(endpoint, data_dir=data_dir)
+    instance = Broker(BrokerSettings(endpoint=endpoint, data_dir=data_dir))
     instance.bind()
     signal.signal(signal.SIGTERM, lambda *_: instance.stop())
     ready.set()
@@ -54,11 +54,10 @@ def publisher(endpoint: str, count: int, results: Any) -> None:
             for _ in range(count):
                 await actor.emit("bench.x", PAYLOAD, qos=qos)
             if qos == "reliable":
-                assert actor._durability is not None
-                left = await actor._durability.flush(120)
+                left = await actor.flush(120)
                 assert left == 0, f"{left} durable events were not acknowledged"
             else:
-                await actor._flush(30)  # the broker has them all
+                await actor.flush(30)  # the broker has them all
             figures[qos] = count / (time.perf_counter() - start)
         results.put(figures)
         await actor.stop()

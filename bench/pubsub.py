@@ -34,7 +34,7 @@ import msgpack
 import zmq
 
 from loom import Actor, Event
-from loom.broker import Broker
+from loom.broker import Broker, BrokerSettings
 from loom.logs import configure_logging
 from loom.protocol import (
     EVENT,
@@ -180,7 +180,7 @@ def c_proxy(front: str, back: str, ready: Any) -> None:
 
 def loom_broker(endpoint: str, ready: Any) -> None:
     configure_logging(level="warning", stream=sys.stderr)
-    broker = Broker(endpoint)
+    broker = Broker(BrokerSettings(endpoint=endpoint))
     broker.bind()
     ready.set()
     import signal

@@ -32,7 +32,7 @@ import msgpack
 import zmq
 
 from loom import Actor, ToolClient, Worker, tool
-from loom.broker import Broker
+from loom.broker import Broker, BrokerSettings
 from loom.logs import configure_logging
 from loom.protocol import (
     RESULT,
@@ -112,7 +112,7 @@ def raw_client(endpoint: str, sequential: int, pipelined: int, window: int, resu
 
 def loom_broker(endpoint: str, ready: Any) -> None:
     configure_logging(level="warning", stream=sys.stderr)
-    broker = Broker(endpoint)
+    broker = Broker(BrokerSettings(endpoint=endpoint))
     broker.bind()
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
     ready.set()

@@ -458,6 +458,25 @@ class Actor(Verbs):
         if self._durability is not None:
             self._durability.on_handled(event)
 
+    async def flush(self, timeout: float = 10.0) -> int:
+        """Wait until the broker has everything this actor emitted: background events
+        sent, durable (``reliable``) events logged and acknowledged, and every other
+        event forwarded (a probe through its own inbox comes back behind them).
+
+        Returns:
+            How many durable events are still unacknowledged when ``timeout`` (seconds,
+            for each of the three waits) has passed (0: all of them are logged).
+
+        Raises:
+            ClosedError: the actor is not running.
+        """
+        if not self._accepting:
+            raise ClosedError(f"actor {self.name!r} is not running")
+        await self._flush_background(timeout)
+        left = await self._durability.flush(timeout) if self._durability is not None else 0
+        await self._flush(timeout)
+        return left
+
     async def _flush(self, timeout: float) -> None:
         """Make sure what this actor published has reached the broker.
 

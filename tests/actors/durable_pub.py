@@ -17,8 +17,7 @@ class Publisher(Actor):
             await self.emit(f"orders.{i % 3}", i, qos="reliable")
             if i % 20 == 19:
                 await asyncio.sleep(0.005)
-        assert self._durability is not None
-        left = await self._durability.flush(60)
+        left = await self.flush(60)
         print(f"published {count}, unacknowledged {left}", flush=True)
 
 

@@ -147,8 +147,7 @@ def test_a_full_log_refuses_events_and_keeps_what_it_has(
         await publisher.start()
         for i in range(400):
             await publisher.emit("orders.big", {"i": i, "pad": "x" * 2000}, qos="reliable")
-        assert publisher._durability is not None
-        await publisher._durability.flush(10)
+        await publisher.flush(10)
         refused = publisher.stats.drops.counts.get("durable_store_full", 0)
         assert 0 < refused < 400
         await publisher.stop()
