@@ -20,12 +20,13 @@ from loom.actor._receiver import Receiver
 from loom.actor._router import Router
 from loom.actor._verbs import Verbs
 from loom.config import DEFAULT_BROKER, broker_address
-from loom.errors import BrokerUnavailableError, ClosedError, LoomError
+from loom.errors import BrokerUnavailableError, ClosedError, HeaderError, LoomError
 from loom.logs import DropCounter, get_logger
 from loom.protocol import (
     ANNOUNCE,
     DEFAULT_MAX_PAYLOAD,
     HANDLER_BUCKETS,
+    MAX_NAME_CHARS,
     REPLY,
     IdSource,
     Pattern,
@@ -102,6 +103,9 @@ class Actor(Verbs):
         context: the zmq context to use; a private one by default.
         mailbox_size: events buffered before the actor stops reading (backpressure).
         connect_timeout: seconds ``start()`` waits for the broker to confirm the link.
+
+    Raises:
+        HeaderError: ``name`` is longer than 256 characters.
     """
 
     def __init__(
@@ -114,6 +118,8 @@ class Actor(Verbs):
         connect_timeout: float = 10.0,
     ) -> None:
         self.name = name or type(self).__name__.lower()
+        if type(self.name) is not str or len(self.name) > MAX_NAME_CHARS:
+            raise HeaderError(f"an actor's name is at most {MAX_NAME_CHARS} characters")
         self.broker = broker
         self.ids = IdSource()
         self.id = self.ids.prefix.hex()
@@ -309,6 +315,10 @@ class Actor(Verbs):
             return
         try:
             moved = link.follow()
+            if link.hello is not None:
+                self._max_payload = link.hello.max_payload
+                if self._tools is not None:
+                    self._tools.max_payload = link.hello.max_payload
             await self._confirm()
             await self._confirm(inbox=True)
             if self._durability is not None:

@@ -16,9 +16,12 @@ from loom.protocol import (
     DACK,
     DELIVER,
     DSUB,
+    EVENT,
     PUBACK,
     PUBLISH,
+    VERSION,
     DsubAnswer,
+    Envelope,
     decode_acks,
     decode_delivery,
     decode_header,
@@ -30,6 +33,9 @@ __all__ = ["Durability"]
 
 Handler = tuple[Callable[[Event], Any], bool]
 _ACK_EVERY = 64
+_SKIPPED = Envelope(VERSION, EVENT, b"\x00", "", 0.0, None, None, None, None, 0, None, None, None)
+"""The header of a delivery that could not be read: it takes its turn, to be acknowledged
+in order, and no handler sees it."""
 _ACK_AFTER = 0.05
 _RESEND_AFTER = 2.0
 
@@ -199,13 +205,13 @@ class Durability:
                 self._to_ack[name] = self.handled[name]
                 self._schedule_ack()
             return
-        envelope = decode_header(header)
-        topic, handlers = routes.route(topic_frame)
         self.delivered[name] = seq
         try:
+            envelope = decode_header(header)
+            topic, handlers = routes.route(topic_frame)
             data = decode_payload(payload, envelope.content_type)
         except ProtocolError:  # skipped, but acknowledged in its turn: the stream goes on
-            self._enqueue(Event(topic, None, envelope, seq, name), ())
+            self._enqueue(Event("$skipped", None, _SKIPPED, seq, name), ())
             raise
         self._enqueue(Event(topic, data, envelope, seq, name), handlers)
 

@@ -23,7 +23,7 @@ class Event:
         stream: the durable subscription's name (else ``None``).
     """
 
-    __slots__ = ("data", "envelope", "replied", "seq", "stream", "topic")
+    __slots__ = ("data", "envelope", "payload", "replied", "seq", "stream", "topic")
 
     def __init__(
         self,
@@ -39,6 +39,9 @@ class Event:
         self.replied = False
         self.seq = seq
         self.stream = stream
+        self.payload: bytes | None = None
+        """The payload still to decode (``data`` is filled just before the handler runs,
+        so the mailbox holds bytes, not the objects they decode to)."""
 
     @property
     def sender(self) -> str:

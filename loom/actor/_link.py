@@ -8,10 +8,14 @@ from typing import Any
 import zmq
 
 from loom.errors import ProtocolError
-from loom.protocol import MAX_SUBSCRIPTION_FRAME, HelloAnswer, max_frame
+from loom.protocol import MAX_SUBSCRIPTION_FRAME, HelloAnswer, max_frame, queue_messages
 from loom.session import Session, announced_endpoint
 
 __all__ = ["Link"]
+
+QUEUE_BYTES = 256 << 20
+"""About the most a subscriber socket's queue holds in libzmq (its mark is lowered for a
+broker that allows large payloads), as the broker's default ``queue_bytes``."""
 
 
 class Link:
@@ -79,8 +83,10 @@ class Link:
             # libzmq refuses frames over these before Python sees them: the publisher
             # receives only subscriptions, the subscribers messages of the broker's limit
             pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_FRAME)
-            for sock in (sub, inbox):
-                sock.setsockopt(zmq.MAXMSGSIZE, max_frame(self.hello.max_payload))
+            frame = max_frame(self.hello.max_payload)
+            for sock in (sub, inbox):  # at most ~QUEUE_BYTES held, however large the events
+                sock.setsockopt(zmq.MAXMSGSIZE, frame)
+                sock.setsockopt(zmq.RCVHWM, queue_messages(self._hwm, QUEUE_BYTES, frame))
             self._pub_at = announced_endpoint(self.hello.pub, self.address)
             self._sub_at = announced_endpoint(self.hello.sub, self.address)
             pub.connect(self._pub_at)
@@ -113,11 +119,14 @@ class Link:
                 self.pub.disconnect(self._pub_at)
                 self.pub.connect(pub_at)
                 self._pub_at, moved = pub_at, True
-            if self.sub is not None and self.inbox is not None and sub_at != self._sub_at:
-                for sock in (self.sub, self.inbox):
-                    sock.disconnect(self._sub_at)
-                    sock.connect(sub_at)
-                self._sub_at, moved = sub_at, True
+            if self.sub is not None and self.inbox is not None:
+                for sock in (self.sub, self.inbox):  # a restarted broker may allow more
+                    sock.setsockopt(zmq.MAXMSGSIZE, max_frame(hello.max_payload))
+                if sub_at != self._sub_at:
+                    for sock in (self.sub, self.inbox):
+                        sock.disconnect(self._sub_at)
+                        sock.connect(sub_at)
+                    self._sub_at, moved = sub_at, True
         except (zmq.ZMQError, KeyError, TypeError, ValueError) as exc:
             raise ProtocolError("hello", f"broker announced unusable endpoints: {exc}") from exc
         self.hello = hello

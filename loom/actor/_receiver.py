@@ -57,6 +57,8 @@ class Receiver:
         answer: publishes a reply or error for a request event (the actor's verb).
         log: the actor's logger.
         size: the mailbox's capacity, in events.
+        max_bytes: its capacity in payload bytes (payloads are decoded when their handler
+            runs, so the mailbox holds bytes, not the objects they decode to).
         handled: called after an event of a durable subscription is handled (or skipped
             as expired), to acknowledge it.
         sample_every: one event in this many (the first included) has its handling
@@ -78,6 +80,7 @@ class Receiver:
         answer: Callable[[Event, int, Any], Awaitable[None]],
         log: Any,
         size: int,
+        max_bytes: int = 64 << 20,
         handled: Callable[[Event], None] | None = None,
         sample_every: int = 16,
     ) -> None:
@@ -89,6 +92,9 @@ class Receiver:
         self._reply = answer
         self._log = log
         self._size = size
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        """Payload bytes waiting in the mailbox."""
         self._handled = handled
         if sample_every < 1:
             raise ValueError(f"sample_every must be at least 1, not {sample_every}")
@@ -145,6 +151,7 @@ class Receiver:
                 await asyncio.wait({task}, timeout=1.0)  # bounded: a handler may ignore it
         left = len(self._mailbox)
         self._mailbox.clear()
+        self._bytes = 0
         return left
 
     def subscribe(self, prefix: bytes) -> None:
@@ -223,6 +230,7 @@ class Receiver:
         if not self._reading or self._paused:
             return
         sub, mailbox, route, stats = self._events, self._mailbox, self._route, self._stats
+        size, max_bytes = self._size, self._max_bytes
         queued = False
         for _ in range(_BATCH):
             try:
@@ -234,7 +242,6 @@ class Receiver:
                 if not handlers:
                     stats.unmatched += 1
                     continue
-                data = decode_payload(payload, envelope.content_type)
             except zmq.Again:
                 break
             except ProtocolError as exc:
@@ -245,15 +252,19 @@ class Receiver:
                     return
                 stats.drops.drop("error", f"{type(exc).__name__}: {exc}")
                 continue
-            mailbox.append((Event(text, data, envelope), handlers))
+            event = Event(text, None, envelope)
+            event.payload = payload
+            self._bytes += len(payload)
+            mailbox.append((event, handlers))
             queued = True
+            if (len(mailbox) >= size or self._bytes >= max_bytes) and not self._overdraft:
+                self._paused = True  # full: zmq's queues push back on the broker
+                self._loop.remove_reader(sub.FD)
+                break
         else:
             self._loop.call_soon(self._on_events)  # more may wait: yield, then go on
         if queued:
             self._wake.set()
-            if len(mailbox) >= self._size and not self._overdraft:
-                self._paused = True
-                self._loop.remove_reader(sub.FD)
 
     def _resume(self) -> None:
         self._paused = False
@@ -261,7 +272,8 @@ class Receiver:
         self._loop.call_soon(self._on_events)
 
     async def _dispatch_loop(self) -> None:
-        mailbox, wake, resume_at = self._mailbox, self._wake, self._size // 2
+        mailbox, wake = self._mailbox, self._wake
+        resume_at, resume_bytes = self._size // 2, self._max_bytes // 2
         run, run_sync = self._run, self._run_sync  # bound once, off the per-event path
         latency, every, countdown = self._stats.handler_seconds, self._sample_every, 1
         while not self._closing:
@@ -270,7 +282,21 @@ class Receiver:
                 await wake.wait()
                 continue
             event, handlers = mailbox.popleft()
-            if self._paused and self._reading and len(mailbox) <= resume_at:
+            payload = event.payload
+            if payload is not None:  # decoded only now: the mailbox holds bytes
+                event.payload = None
+                self._bytes -= len(payload)
+                try:
+                    event.data = decode_payload(payload, event.envelope.content_type)
+                except ProtocolError as exc:
+                    self._stats.drops.drop(exc.reason, str(exc))
+                    continue
+            if (
+                self._paused
+                and self._reading
+                and len(mailbox) <= resume_at
+                and self._bytes <= resume_bytes
+            ):
                 self._resume()
             countdown -= 1
             started = perf_counter() if not countdown else 0.0  # one event in ``every``

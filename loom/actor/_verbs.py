@@ -12,10 +12,17 @@ import zmq
 
 from loom.actor._durable import Durability
 from loom.actor._event import Event, current_event
-from loom.errors import ClosedError, HopLimitError, NoReplyToError, RequestTimeoutError
+from loom.errors import (
+    ClosedError,
+    HeaderError,
+    HopLimitError,
+    NoReplyToError,
+    RequestTimeoutError,
+)
 from loom.protocol import (
     EVENT,
     MAX_HOPS,
+    MAX_NAME_CHARS,
     REPLY,
     REQUEST,
     IdSource,
@@ -75,6 +82,7 @@ class Verbs:
             EncodeError: ``data`` cannot be encoded with msgpack.
             PayloadTooLargeError: the encoded data exceeds the broker's limit.
             HopLimitError: emitted too many handlers deep (a loop, most likely).
+            HeaderError: ``thread`` is not a string of at most 256 characters.
             ValueError: an unknown ``qos``.
         """
         if qos == "standard":
@@ -267,6 +275,8 @@ class Verbs:
         payload = encode_payload(data, self._max_payload)
         if mid is None:
             mid = self.ids.next()
+        if thread is not None and (type(thread) is not str or len(thread) > MAX_NAME_CHARS):
+            raise HeaderError(f"a thread id is a string of at most {MAX_NAME_CHARS} characters")
         parent = current_event.get()
         if parent is None:
             hops, trace, parent_id = 0, mid, None

@@ -10,10 +10,11 @@ from typing import Any
 import zmq
 
 from loom.broker._control import ControlPlane
-from loom.broker._durable import DurableLog, DurablePlane
+from loom.broker._durable import DurablePlane
 from loom.broker._peers import Peers
 from loom.broker._pubsub import PubSubProxy
 from loom.broker._settings import BrokerSettings
+from loom.broker._store import DurableLog
 from loom.broker._tools import ToolRouter
 from loom.broker._traces import TraceBuffer
 from loom.errors import EndpointError

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import zmq
 
+from loom.broker._answers import Bucket, Cached, fit
 from loom.broker._durable import DurablePlane
 from loom.broker._peers import ROLES, Peer, Peers, bounded
 from loom.broker._settings import BrokerSettings
@@ -59,6 +60,7 @@ from loom.protocol import (
     Trace,
     decode_body,
     encode_control,
+    max_frame,
     recv_frames,
     request_id,
 )
@@ -123,6 +125,11 @@ class ControlPlane:
         """This broker's run, in STATS and RECENT: a reader's cursors start again when it
         changes (a restarted broker numbers from 0; its pid may be the same)."""
         self.drops = peers.drops
+        self._frame_limit = max_frame(settings.max_payload) - 4096  # room for the framing
+        self._stats_answer = Cached(self._build_stats, clock=clock)
+        self._directory_answer = Cached(self._build_directory, clock=clock)
+        self._scans = Bucket(rate=20.0, burst=20.0, clock=clock)
+        """TRACE and REPLAY scan the broker's buffers or its log: 20 a second, all peers."""
         self._next_check = clock() + settings.heartbeat
         self._tool_commands: dict[bytes, Callable[[bytes, bytes, bytes], None]] = {
             CALL: tools.on_call,
@@ -295,27 +302,50 @@ class ControlPlane:
         self._reply(identity, HEARTBEAT if peer is not None else RESET, {})
 
     def _stats_command(self, identity: bytes, body: Empty) -> None:
+        self._reply(identity, STATS, {**self._stats_answer.get(), "rid": body.rid})
+
+    def _build_stats(self) -> dict[str, Any]:
+        """STATS, within one frame: the busiest topics, and as many peers, subscriptions
+        and durable subscribers as fit (``*_omitted`` say how many did not)."""
+        limit = self._frame_limit
         snap = self._stats()
+        busiest = sorted(snap["topics"].items(), key=lambda item: -item[1]["published"])
+        topics, snap["topics_omitted"] = fit(busiest, limit * 4 // 10)
+        snap["topics"] = dict(topics)
+        snap["subscriptions"], snap["subscriptions_omitted"] = fit(
+            snap["subscriptions"], limit // 10
+        )
+        snap["peers"], snap["peers_omitted"] = fit(self.peers.listed(), limit * 2 // 10)
+        durable = self.durable.snapshot()
+        subscribers = durable.get("subscribers", {})
+        kept, durable["subscribers_omitted"] = fit(subscribers.items(), limit // 10)
+        durable["subscribers"] = dict(kept)
+        snap["durable"] = durable
         snap["control_drops"] = dict(self.drops.counts)
         snap["tool_drops"] = dict(self.tools.drops.counts)
         snap["tool_calls"] = dict(self.tools.counts)
-        snap["durable"] = self.durable.snapshot()
-        snap["peers"] = self.peers.listed()
-        snap["rid"] = body.rid
         snap["pid"] = os.getpid()
         snap["boot"] = self.boot
-        self._reply(identity, STATS, snap)
+        return snap
 
     def _directory(self, identity: bytes, body: Empty) -> None:
+        self._reply(identity, DIRECTORY, {**self._directory_answer.get(), "rid": body.rid})
+
+    def _build_directory(self) -> dict[str, Any]:
+        """DIRECTORY, within one frame: tools first (their schemas are what agents read),
+        then workers and peers; ``truncated`` says something did not fit."""
+        limit = self._frame_limit
+        tools, tools_left = fit(self.tools.snapshot(), limit * 6 // 10)
+        workers, workers_left = fit(self.tools.workers_snapshot(self.peers), limit // 10)
         listed = [p for p in self.peers.listed() if p["role"] != "worker"]
-        reply = {
-            "actors": [p for p in listed if p["role"] == "actor"],
-            "clients": [p for p in listed if p["role"] != "actor"],
-            "workers": self.tools.workers_snapshot(self.peers),
-            "tools": self.tools.snapshot(),
-            "rid": body.rid,
+        peers, peers_left = fit(listed, limit * 2 // 10)
+        return {
+            "actors": [p for p in peers if p["role"] == "actor"],
+            "clients": [p for p in peers if p["role"] != "actor"],
+            "workers": workers,
+            "tools": tools,
+            "truncated": bool(tools_left or workers_left or peers_left),
         }
-        self._reply(identity, DIRECTORY, reply)
 
     def _durable_subscribe(self, identity: bytes, body: Dsub) -> None:
         if identity not in self.peers:  # a stream lives as long as its peer: say HELLO
@@ -333,15 +363,18 @@ class ControlPlane:
         self.durable.ack(identity, body)
 
     def _replay(self, identity: bytes, body: Replay) -> None:
-        answer = self.durable.replay(body)
+        if self._busy(identity, body.rid):
+            return
+        answer = self.durable.replay(body, budget=self._frame_limit // 2)
         if "code" in answer:
             self._refuse(identity, answer["code"], answer["message"], body.rid)
             return
         self._reply(identity, REPLAY, {**answer, "rid": body.rid})
 
     def _approvals(self, identity: bytes, body: Empty) -> None:
-        pending = self.tools.approvals.pending()
-        self._reply(identity, APPROVALS, {"pending": pending, "rid": body.rid})
+        pending, left = fit(self.tools.approvals.pending(), self._frame_limit)
+        answer = {"pending": pending, "omitted": left, "rid": body.rid}
+        self._reply(identity, APPROVALS, answer)
 
     def _approve(self, identity: bytes, body: Approve) -> None:
         peer = self.peers.get(identity)
@@ -349,20 +382,30 @@ class ControlPlane:
             error: str | None = "say HELLO before deciding approvals"
         else:
             desk = self.tools.approvals
-            error = desk.decide(body.id, body.approve, peer.name, body.reason or "", who=identity)
+            reason = (body.reason or "")[:1000]
+            error = desk.decide(body.id, body.approve, peer.name, reason, who=identity)
         if error is not None:
             self._refuse(identity, "UNKNOWN_APPROVAL", error, body.rid)
         else:
             self._reply(identity, APPROVE, {"rid": body.rid})
 
+    def _busy(self, identity: bytes, rid: int | None) -> bool:
+        """Refuse a scan past the rate (``BUSY``): True when refused."""
+        if self._scans.take():
+            return False
+        self._refuse(identity, "BUSY", "the broker serves 20 scans a second: ask again", rid)
+        return True
+
     def _trace(self, identity: bytes, body: Trace) -> None:
+        if self._busy(identity, body.rid):
+            return
         try:
             trace = bytes.fromhex(body.trace)
         except ValueError:
             self._refuse(identity, "MALFORMED", "TRACE needs a trace id in hex", body.rid)
             return
         try:
-            found = self.tools.traces.find(trace)
+            found = self.tools.traces.find(trace, budget=self._frame_limit)
         except Exception as exc:  # a record no client should have been able to make
             self._log.exception("cannot read a trace")
             self._refuse(identity, "INTERNAL", f"cannot read the trace: {exc}", body.rid)
@@ -372,7 +415,9 @@ class ControlPlane:
     def _recent(self, identity: bytes, body: Recent) -> None:
         after = -1 if body.after is None else body.after
         limit = body.limit if body.limit is not None and body.limit > 0 else RECENT_LIMIT
-        answer = self.tools.traces.recent(after, body.calls_after, min(limit, RECENT_LIMIT))
+        answer = self.tools.traces.recent(
+            after, body.calls_after, min(limit, RECENT_LIMIT), budget=self._frame_limit
+        )
         self._reply(identity, RECENT, {**answer, "boot": self.boot, "rid": body.rid})
 
     _commands: ClassVar[dict[bytes, tuple[_Handler, type[Body]]]] = {

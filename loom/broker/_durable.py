@@ -1,32 +1,27 @@
-"""Durable topics: an LMDB log with sequence numbers, and a stream per durable subscriber.
+"""Durable topics: PUBLISH batches committed to the log before anything sees them, the
+durable subscribers' streams (``_streams``), and REPLAY.
 
 The broker appends each durable event to the log under the next sequence number (one
 write transaction per batch, committed before anything is forwarded or acknowledged),
 remembers its message id (a publisher that re-sends after a reconnect is acknowledged
 again, not logged twice), and keeps, per durable subscriber name, the last sequence it
-acknowledged. A subscriber's stream sends what it has not acknowledged, in order, from
-the log, at most ``window`` unacknowledged at a time: catch-up and live are one path.
+acknowledged.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import struct
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import lmdb
 import msgpack
 
 from loom.broker._settings import BrokerSettings
+from loom.broker._store import DurableLog
+from loom.broker._streams import StreamRefused, Streams
 from loom.errors import PatternError, ProtocolError, StoreError, StoreFullError
 from loom.logs import DropCounter
 from loom.protocol import (
-    DELIVER,
     PUBACK,
     Dack,
     Dsub,
@@ -37,7 +32,7 @@ from loom.protocol import (
     header_id,
 )
 
-__all__ = ["DurableLog", "DurablePlane", "Streams"]
+__all__ = ["DurablePlane"]
 
 Send = Callable[[bytes, list[bytes]], bool]
 Forward = Callable[[bytes, bytes, bytes], None]
@@ -47,329 +42,9 @@ _MAX_REPLAY = 1000
 _MAX_REPLAY_SCAN = 20_000
 """Log records one REPLAY examines at most (it answers ``next`` to go on)."""
 _MAX_REPLAY_BYTES = 4 << 20
-_MAX_STREAMS = 10_000
 _MAX_NAME_BYTES = 200
 """Bytes of a durable subscription name (LMDB keys stop at 511)."""
 _BATCH_MAX = 1000
-
-_SEQ = struct.Struct(">Q")
-
-
-def _store_error(exc: lmdb.Error, what: str) -> StoreError:
-    """The error for an LMDB failure: full (its map, or the disk) or anything else."""
-    full = isinstance(exc, lmdb.MapFullError) or getattr(exc, "errno", None) == errno.ENOSPC
-    full = full or "No space left" in str(exc)
-    return (StoreFullError if full else StoreError)(f"durable log {what}: {exc}")
-
-
-class DurableLog:
-    """The LMDB environment of one broker's durable topics.
-
-    Args:
-        path: a directory (created if missing).
-        map_size: the largest size the log may reach, bytes.
-        max_age: seconds an event is kept (0: forever).
-        max_bytes: the log's payload bytes beyond which the oldest events go (0: no cap).
-        clock: Unix seconds.
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        map_size: int = 1 << 30,
-        max_age: float = 0.0,
-        max_bytes: int = 0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=4, subdir=True)
-        self._log = self.env.open_db(b"log")
-        self._ids = self.env.open_db(b"ids")
-        self._cursors = self.env.open_db(b"cursors")
-        self._meta = self.env.open_db(b"meta")
-        self._max_age = max_age
-        self._max_bytes = max_bytes
-        self._clock = clock
-        with self.env.begin() as txn:
-            cursor = txn.cursor(self._log)
-            last_key = _SEQ.unpack(cursor.key())[0] if cursor.last() else 0
-            stored = txn.get(b"last_seq", db=self._meta)
-            # numbers are never reused, even when retention emptied the log
-            self.last_seq = max(last_key, _SEQ.unpack(stored)[0] if stored else 0)
-            self.first_seq = _SEQ.unpack(cursor.key())[0] if cursor.first() else 0
-            self.bytes = sum(len(value) for _, value in cursor)
-
-    def append(self, events: list[tuple[bytes, bytes, bytes, bytes]]) -> list[tuple[int, bool]]:
-        """Log ``(id, topic, header, payload)`` events in one transaction.
-
-        Returns:
-            Per event, its sequence number and whether it is new (False: its id was
-            logged before, under that number).
-
-        Raises:
-            StoreFullError: the map or the disk is full; nothing of the batch is written.
-            StoreError: the log cannot be written (I/O); nothing of the batch is written.
-        """
-        seq = previous = self.last_seq
-        out: list[tuple[int, bool]] = []
-        added = 0
-        now = self._clock()
-        try:
-            with self.env.begin(write=True) as txn:
-                seen: dict[bytes, int] = {}
-                for mid, topic, header, payload in events:
-                    known = seen.get(mid)
-                    if known is None:
-                        raw = txn.get(mid, db=self._ids)
-                        known = _SEQ.unpack(raw)[0] if raw is not None else None
-                    if known is not None:
-                        out.append((known, False))
-                        continue
-                    seq += 1
-                    record = msgpack.packb((topic, header, payload, now, mid))
-                    if not txn.put(_SEQ.pack(seq), record, db=self._log, append=True):
-                        raise StoreError(f"sequence {seq} is already logged (shared data_dir?)")
-                    txn.put(mid, _SEQ.pack(seq), db=self._ids)
-                    seen[mid] = seq
-                    added += len(record)
-                    out.append((seq, True))
-                txn.put(b"last_seq", _SEQ.pack(seq), db=self._meta)
-        except lmdb.Error as exc:  # map full, disk full (ENOSPC), I/O error
-            raise _store_error(exc, "cannot be written") from exc
-        self.last_seq = seq
-        if not self.first_seq and seq > previous:  # the log was empty
-            self.first_seq = previous + 1
-        self.bytes += added
-        return out
-
-    def read(self, after: int, limit: int) -> Iterator[tuple[int, bytes, bytes, bytes, float]]:
-        """Up to ``limit`` events with sequence numbers above ``after``, in order."""
-        with self.env.begin() as txn:
-            cursor = txn.cursor(self._log)
-            if not cursor.set_range(_SEQ.pack(after + 1)):
-                return
-            for count, (key, value) in enumerate(cursor):
-                if count >= limit:
-                    return
-                topic, header, payload, when, _ = msgpack.unpackb(value)
-                yield _SEQ.unpack(key)[0], topic, header, payload, when
-
-    def acked(self, name: str) -> int:
-        """The last sequence number subscriber ``name`` acknowledged (0: none)."""
-        with self.env.begin() as txn:
-            raw = txn.get(name.encode(), db=self._cursors)
-        return _SEQ.unpack(raw)[0] if raw is not None else 0
-
-    def save_acks(self, acks: dict[str, int]) -> None:
-        """Persist subscribers' acknowledged positions (one transaction).
-
-        Raises:
-            StoreFullError: the map or the disk is full.
-            StoreError: the log cannot be written.
-        """
-        try:
-            with self.env.begin(write=True) as txn:
-                for name, seq in acks.items():
-                    txn.put(name.encode(), _SEQ.pack(seq), db=self._cursors)
-        except lmdb.Error as exc:  # map full, disk full (ENOSPC), I/O error
-            raise _store_error(exc, "cannot be written") from exc
-
-    def trim(self, limit: int = 10_000) -> int:
-        """Drop the oldest events past the age and size limits, at most ``limit`` per
-        call (the broker calls it every second); returns how many.
-
-        Raises:
-            StoreError: the log cannot be written (``StoreFullError``: it is full).
-        """
-        if not (self._max_age or self._max_bytes):
-            return 0
-        cutoff = self._clock() - self._max_age if self._max_age else None
-        dropped = freed = 0
-        try:
-            with self.env.begin(write=True) as txn:
-                cursor = txn.cursor(self._log)
-                while dropped < limit and cursor.first():
-                    value = cursor.value()
-                    when, mid = msgpack.unpackb(value)[3:5]
-                    too_old = cutoff is not None and when < cutoff
-                    too_big = bool(self._max_bytes) and self.bytes - freed > self._max_bytes
-                    if not (too_old or too_big):
-                        break
-                    freed += len(value)
-                    txn.delete(mid, db=self._ids)
-                    cursor.delete()
-                    dropped += 1
-                first = _SEQ.unpack(cursor.key())[0] if cursor.first() else 0
-        except lmdb.Error as exc:
-            raise _store_error(exc, "cannot be trimmed") from exc
-        self.bytes -= freed  # only once committed
-        self.first_seq = first
-        return dropped
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "first_seq": self.first_seq,
-            "last_seq": self.last_seq,
-            "bytes": self.bytes,
-            "map_size": self.env.info()["map_size"],
-        }
-
-    def close(self) -> None:
-        self.env.close()
-
-
-class Stream:
-    """One durable subscriber: its patterns, where it is, who receives."""
-
-    __slots__ = (
-        "acked",
-        "blocked",
-        "dirty",
-        "identity",
-        "inflight",
-        "inflight_bytes",
-        "name",
-        "patterns",
-        "sent",
-    )
-
-    def __init__(self, name: str, identity: bytes, patterns: list[Pattern], acked: int) -> None:
-        self.name = name
-        self.identity = identity
-        self.patterns = patterns
-        self.acked = acked
-        """Everything up to here is handled (or did not match)."""
-        self.sent = acked
-        """The last sequence number examined for sending."""
-        self.inflight: deque[tuple[int, int]] = deque()
-        """(sequence number, bytes) delivered and not yet acknowledged (the window)."""
-        self.inflight_bytes = 0
-        self.dirty = False
-        """``acked`` moved since it was last persisted."""
-        self.blocked = False
-        """A send failed (the peer's queue is full): wait for an ack or the tick."""
-
-    def wants(self, topic: str) -> bool:
-        return any(p.matches(topic) for p in self.patterns)
-
-    def settle(self, seq: int) -> None:
-        """Deliveries up to ``seq`` are acknowledged; with none left in flight, what was
-        examined since (events that did not match) counts as acknowledged too."""
-        inflight = self.inflight
-        while inflight and inflight[0][0] <= seq:
-            self.inflight_bytes -= inflight.popleft()[1]
-        position = inflight[0][0] - 1 if inflight else self.sent
-        if position > self.acked:
-            self.acked = position
-            self.dirty = True
-
-
-class Streams:
-    """The durable subscribers and their flow control.
-
-    Args:
-        log: the durable log.
-        send: sends frames to a peer identity; False if it cannot now.
-        window: deliveries a subscriber may hold unacknowledged (keep it below the
-            peer queue's high-water mark, or answers to the peer find its queue full).
-        window_bytes: bytes of deliveries a subscriber may hold unacknowledged (one is
-            always allowed, however large).
-    """
-
-    def __init__(
-        self,
-        log: DurableLog,
-        send: Callable[[bytes, list[bytes]], bool],
-        *,
-        window: int = 1000,
-        window_bytes: int = 64 << 20,
-    ) -> None:
-        self.log = log
-        self._send = send
-        self.window = window
-        self.window_bytes = window_bytes
-        self.streams: dict[str, Stream] = {}
-        self._by_peer: dict[bytes, set[str]] = {}
-
-    def subscribe(self, name: str, identity: bytes, patterns: list[str]) -> Stream:
-        """Start (or take over) stream ``name`` from its last acknowledged event; it
-        sends nothing until ``pump`` (the caller answers first).
-
-        Raises:
-            PatternError: a pattern is invalid.
-        """
-        compiled = [Pattern(p) for p in patterns]
-        old = self.streams.get(name)
-        if old is not None:
-            self._by_peer.get(old.identity, set()).discard(name)
-        acked = old.acked if old is not None else self.log.acked(name)
-        stream = self.streams[name] = Stream(name, identity, compiled, acked)
-        stream.dirty = old is not None and old.dirty
-        self._by_peer.setdefault(identity, set()).add(name)
-        return stream
-
-    def ack(self, name: str, identity: bytes, seq: int) -> None:
-        stream = self.streams.get(name)
-        if stream is None or stream.identity != identity:
-            return
-        stream.settle(min(seq, stream.sent))
-        stream.blocked = False
-        self.pump(stream)
-
-    def pump_all(self, *, retry: bool = False) -> None:
-        """Pump every stream (``retry``: those a full queue blocked too)."""
-        for stream in self.streams.values():
-            if retry:
-                stream.blocked = False
-            if not stream.blocked:
-                self.pump(stream)
-
-    def pump(self, stream: Stream) -> None:
-        """Send what the window allows: the events after ``sent`` that match. Events
-        that do not match take no room; with nothing in flight they count as handled."""
-        log, window, window_bytes = self.log, self.window, self.window_bytes
-        while stream.sent < log.last_seq and len(stream.inflight) < window:
-            batch = list(log.read(stream.sent, window))
-            if not batch:
-                stream.sent = log.last_seq  # a gap (retention): nothing left to examine
-                break
-            for seq, topic, header, payload, _ in batch:
-                if stream.wants(topic.decode()):
-                    size = len(topic) + len(header) + len(payload)
-                    full = stream.inflight_bytes + size > window_bytes and stream.inflight
-                    if len(stream.inflight) >= window or full:
-                        return
-                    meta = msgpack.packb((seq, stream.name))
-                    if not self._send(stream.identity, [DELIVER, meta, topic, header, payload]):
-                        stream.blocked = True  # gone or full: an ack, or the tick, resumes
-                        return
-                    stream.inflight.append((seq, size))
-                    stream.inflight_bytes += size
-                stream.sent = seq
-        if not stream.inflight:
-            stream.settle(stream.sent)
-
-    def gone(self, identity: bytes) -> None:
-        """A subscriber's session ended: keep its position, stop sending."""
-        leaving = self._by_peer.pop(identity, set())
-        if leaving:
-            with contextlib.suppress(StoreError):  # logged at the tick; may repeat events
-                self.save()
-        for name in leaving:
-            del self.streams[name]
-
-    def save(self) -> None:
-        """Persist the positions that moved.
-
-        Raises:
-            StoreError: the log cannot be written (``StoreFullError``: it is full).
-        """
-        dirty = {s.name: s.acked for s in self.streams.values() if s.dirty}
-        if dirty:
-            self.log.save_acks(dirty)
-            for stream in self.streams.values():
-                stream.dirty = False
 
 
 class DurablePlane:
@@ -426,6 +101,8 @@ class DurablePlane:
         self.drops = DropCounter(logger)
         self.counts = {"published": 0, "duplicates": 0, "refused": 0, "trimmed": 0}
         self._next_save = 0.0
+        self._catching_up = False
+        """The last catch-up examined records: more may follow at once."""
 
     def on_publish(self, identity: bytes, frames: list[bytes]) -> None:
         """Queue a PUBLISH for the batch; bad ones are counted and answered."""
@@ -457,7 +134,10 @@ class DurablePlane:
             self.flush(force=True)
 
     def due(self) -> float | None:
-        """When the waiting batch must be committed (monotonic), if one waits."""
+        """When the durable plane needs the loop again (monotonic): at once while streams
+        catch up, else when the waiting batch must be committed, if one waits."""
+        if self._catching_up:
+            return self._clock()
         return self._batch_since + self._commit_delay if self._batch else None
 
     def flush(self, *, force: bool = False) -> None:
@@ -473,6 +153,7 @@ class DurablePlane:
             return
         results = self._append_what_fits(batch)
         acks: dict[bytes, list[Ack]] = {}
+        logged: list[tuple[int, bytes, bytes, bytes]] = []
         for (identity, mid, topic, header, payload), result in zip(batch, results, strict=True):
             if result is None:
                 self.counts["refused"] += 1
@@ -482,12 +163,13 @@ class DurablePlane:
             if new:
                 self.counts["published"] += 1
                 self._forward(topic, header, payload)
+                logged.append((seq, topic, header, payload))
             else:
                 self.counts["duplicates"] += 1
             acks.setdefault(identity, []).append((mid, seq, None))
         for identity, some in acks.items():  # one PUBACK per publisher and commit
             self._send_acks(identity, some)
-        self.streams.pump_all()
+        self.streams.offer(logged)  # from memory to the streams that were caught up
 
     def _append_what_fits(
         self, batch: list[tuple[bytes, bytes, bytes, bytes, bytes]]
@@ -522,12 +204,12 @@ class DurablePlane:
             message = f"a subscription name is at most {_MAX_NAME_BYTES} bytes"
             return {"code": "MALFORMED", "message": message}
         streams = self.streams
-        if body.name not in streams.streams and len(streams.streams) >= _MAX_STREAMS:
-            return {"code": "TOO_MANY", "message": f"{_MAX_STREAMS} durable subscriptions"}
         try:
             stream = streams.subscribe(body.name, identity, body.patterns)
         except PatternError as exc:
             return {"code": "MALFORMED", "message": str(exc)}
+        except StreamRefused as exc:
+            return {"code": exc.code, "message": str(exc)}
         return {"acked": stream.acked, "last_seq": self.log.last_seq, "window": streams.window}
 
     def start(self, name: str) -> None:
@@ -542,9 +224,10 @@ class DurablePlane:
         if self.streams is not None:
             self.streams.ack(body.name, identity, body.seq)
 
-    def replay(self, body: Replay) -> dict[str, Any]:
+    def replay(self, body: Replay, budget: int = _MAX_REPLAY_BYTES) -> dict[str, Any]:
         """REPLAY: up to ``limit`` events matching ``pattern`` after ``since`` (a sequence
-        number) or at/after ``since_time``; ``next`` continues."""
+        number) or at/after ``since_time``, ``budget`` bytes of them at most (one event
+        always fits); ``next`` continues."""
         if self.log is None:
             return {"code": "NO_STORE", "message": "this broker has no data_dir"}
         try:
@@ -556,20 +239,25 @@ class DurablePlane:
         after = max(body.since, self.log.first_seq - 1)
         events: list[list[Any]] = []
         scanned = size = 0
-        while len(events) < limit and scanned < _MAX_REPLAY_SCAN and size < _MAX_REPLAY_BYTES:
+        full = False
+        while len(events) < limit and scanned < _MAX_REPLAY_SCAN and not full:
             chunk = list(self.log.read(after, _MAX_REPLAY))
             if not chunk:
                 after = self.log.last_seq
                 break
             for seq, topic, header, payload, when in chunk:
-                after = seq
-                scanned += 1
                 ok_time = since_time is None or when >= since_time
                 if ok_time and pattern.matches(topic.decode()):
-                    events.append([seq, when, topic, header, payload])
-                    size += len(payload) + len(header)
-                    if len(events) >= limit or size >= _MAX_REPLAY_BYTES:
+                    grown = size + len(topic) + len(header) + len(payload) + 64
+                    if events and grown > budget:
+                        full = True  # this one starts the next page
                         break
+                    events.append([seq, when, topic, header, payload])
+                    size = grown
+                after = seq
+                scanned += 1
+                if len(events) >= limit:
+                    break
         return {"events": events, "next": after, "last_seq": self.log.last_seq}
 
     def gone(self, identity: bytes) -> None:
@@ -577,11 +265,16 @@ class DurablePlane:
             self.streams.gone(identity)
 
     def tick(self, now: float) -> None:
-        """Persist moved ack positions about once a second; trim the log."""
-        if self.streams is None or self.log is None or now < self._next_save:
+        """Let the streams that are behind catch up a little (a bounded number of log
+        records per call: the broker calls this after every poll); about once a second,
+        retry the streams a full peer queue blocked, persist moved ack positions, trim."""
+        if self.streams is None or self.log is None:
+            return
+        self._catching_up = bool(self.streams.behind) and self.streams.catch_up() > 0
+        if now < self._next_save:
             return
         self._next_save = now + 1.0
-        self.streams.pump_all(retry=True)  # streams a full peer queue paused
+        self.streams.catch_up(retry=True)
         try:
             self.streams.save()
             self.counts["trimmed"] += self.log.trim()

@@ -8,10 +8,16 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    field_validator,
 )
 
 from loom.config import DEFAULT_BROKER, Section
-from loom.protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_TIMEOUT
+from loom.errors import EndpointError
+from loom.protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_TIMEOUT, MAX_NAME_CHARS
+from loom.session import check_endpoint
+
+MAX_TIMEOUT = 1e9
+"""The longest timeout a call can carry on the wire (seconds: 31 years)."""
 
 __all__ = ["BrokerSettings"]
 
@@ -20,23 +26,40 @@ class BrokerSettings(Section):
     """``[broker]``: how ``loom-broker`` binds and forwards."""
 
     endpoint: str = DEFAULT_BROKER
+    """The control address to bind: ``tcp://HOST:PORT``, ``ipc:///PATH``, ``inproc://NAME``."""
     max_payload: PositiveInt = DEFAULT_MAX_PAYLOAD
     stall_timeout: PositiveFloat = 0.5
     hwm: PositiveInt = 1000
     queue_bytes: PositiveInt = 256 << 20
     """About how many bytes one connection's queue holds, each way, when its messages
     are as large as ``max_payload``: the high-water mark is lowered to fit."""
-    name: str = Field(default="loom-broker", min_length=1)
+    name: str = Field(default="loom-broker", min_length=1, max_length=MAX_NAME_CHARS)
     heartbeat: PositiveFloat = 1.0
     liveness: PositiveInt = 3
-    call_timeout: PositiveFloat = 30.0
+    call_timeout: PositiveFloat = Field(default=30.0, le=MAX_TIMEOUT)
     max_queue: PositiveInt = 1000
     max_attempts: PositiveInt = 3
-    max_call_timeout: PositiveFloat = Field(default=DEFAULT_MAX_TIMEOUT, allow_inf_nan=False)
+    max_call_timeout: PositiveFloat = Field(default=DEFAULT_MAX_TIMEOUT, le=MAX_TIMEOUT)
     max_call_bytes: PositiveInt = 256 << 20
     """Bytes of arguments of the tool calls the broker holds at once; past it, OVERLOADED."""
     data_dir: str | None = None
     """Where the durable topics' LMDB log lives; without it, durable emits are refused."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _bindable(cls, endpoint: str) -> str:
+        try:
+            return check_endpoint(endpoint, bind=True)
+        except EndpointError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _a_real_path(cls, data_dir: str | None) -> str | None:
+        if data_dir is not None and data_dir.strip() in ("", "None", "null"):
+            raise ValueError(f"{data_dir!r} is not a directory (a missing value written out?)")
+        return data_dir
+
     durable_map_size: PositiveInt = 1 << 30
     durable_max_age: NonNegativeFloat = 0.0
     durable_max_bytes: NonNegativeInt = 0

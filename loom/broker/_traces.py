@@ -16,7 +16,12 @@ from collections import deque
 from itertools import islice
 from typing import Any
 
-__all__ = ["TraceBuffer"]
+from loom.broker._answers import fit
+
+__all__ = ["FIND_LIMIT", "TraceBuffer"]
+
+FIND_LIMIT = 1000
+"""The most messages (and calls) one TRACE answer holds."""
 
 
 class TraceBuffer:
@@ -54,16 +59,29 @@ class TraceBuffer:
         self.calls.append((self.calls_seen, trace, tool, caller, worker, started, ended, outcome))
         self.calls_seen += 1
 
-    def find(self, trace: bytes) -> dict[str, Any]:
-        """One trace's messages and tool calls, oldest first, as plain data."""
+    def find(self, trace: bytes, budget: int = 1 << 20) -> dict[str, Any]:
+        """One trace's messages and tool calls, oldest first, as plain data: at most
+        ``FIND_LIMIT`` of each and ``budget`` bytes in all (``truncated`` then)."""
         found = (_message(record) for record in list(self.messages) if record[0] == trace)
-        messages = [message for message in found if message is not None]
-        calls = [_call(record) for record in list(self.calls) if record[1] == trace]
-        return {"trace": trace.hex(), "messages": messages, "calls": calls}
+        messages, left = fit(
+            islice((m for m in found if m is not None), FIND_LIMIT + 1), budget // 2
+        )
+        records = (record for record in list(self.calls) if record[1] == trace)
+        calls, calls_left = fit(islice(map(_call, records), FIND_LIMIT + 1), budget // 2)
+        truncated = bool(left or calls_left) or FIND_LIMIT in (len(messages), len(calls))
+        return {
+            "trace": trace.hex(),
+            "messages": messages[:FIND_LIMIT],
+            "calls": calls[:FIND_LIMIT],
+            "truncated": truncated,
+        }
 
-    def recent(self, after: int, calls_after: int, limit: int) -> dict[str, Any]:
+    def recent(
+        self, after: int, calls_after: int, limit: int, budget: int = 1 << 20
+    ) -> dict[str, Any]:
         """The messages numbered above ``after`` and the calls numbered above
-        ``calls_after``, at most ``limit`` of each (the newest), oldest first.
+        ``calls_after``, at most ``limit`` of each (the newest) and ``budget`` bytes in
+        all, oldest first.
 
         Numbers are the broker's own (0 for the first message or call recorded), never
         a peer's ids. ``gap`` / ``calls_gap`` say some were skipped: more came than
@@ -77,11 +95,14 @@ class TraceBuffer:
             message = _message(record, seen - 1 - offset)
             if message is not None:
                 messages.append(message)
+        messages, cut = fit(messages, budget // 2)
+        taken -= cut
         calls: list[dict[str, Any]] = []
         for record in reversed(self.calls):
             if record[0] <= calls_after or len(calls) == limit:
                 break
             calls.append(_call(record))
+        calls, _ = fit(calls, budget // 2)
         messages.reverse()
         calls.reverse()
         return {

@@ -8,6 +8,7 @@ __all__ = [
     "ConfigError",
     "EncodeError",
     "EndpointError",
+    "HeaderError",
     "HopLimitError",
     "LoomError",
     "NoReplyToError",
@@ -98,6 +99,11 @@ class NoReplyToError(LoomError, ValueError):
 
 class TargetError(LoomError, ValueError):
     """A ``PATH_OR_MODULE[:attr]`` cannot be imported or does not name what it should."""
+
+
+class HeaderError(LoomError, ValueError):
+    """A value Loom would put in a message header is not one the protocol allows: an
+    actor's name or a thread id that is not a string of at most 256 characters."""
 
 
 class EndpointError(LoomError, ValueError):

@@ -6,6 +6,7 @@ from loom.errors._core import LoomError
 
 __all__ = [
     "ApprovalError",
+    "BrokerBusyError",
     "BrokerInternalError",
     "DurableError",
     "MalformedRequestError",
@@ -72,6 +73,13 @@ class ApprovalError(RefusedError, LookupError):
     code = "UNKNOWN_APPROVAL"
 
 
+class BrokerBusyError(RefusedError):
+    """The broker limits how often it scans its buffers and log (TRACE, REPLAY): ask
+    again in a moment."""
+
+    code = "BUSY"
+
+
 class BrokerInternalError(RefusedError):
     """The broker failed serving the command (a bug, logged on its side)."""
 
@@ -88,6 +96,7 @@ _BY_CODE: dict[str, type[RefusedError]] = {
         ToolsRefusedError,
         DurableError,
         ApprovalError,
+        BrokerBusyError,
         BrokerInternalError,
     )
 }

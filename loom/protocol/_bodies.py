@@ -24,6 +24,7 @@ from loom.protocol._envelope import (
 )
 
 __all__ = [
+    "MAX_CONCURRENCY",
     "MAX_PATTERNS",
     "MAX_SCHEMA_BYTES",
     "MAX_TOOLS",
@@ -54,19 +55,20 @@ __all__ = [
 TOOL_NAME = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 """A tool's name: dot-separated words of letters, digits, ``_`` and ``-`` (``fs.read``);
 it becomes part of topics (``$approval.request.<tool>``)."""
-MAX_PATTERNS = 1000
-"""Patterns one peer may announce (HELLO, ANNOUNCE)."""
+MAX_PATTERNS = 10_000
+"""Patterns one peer may announce (HELLO, ANNOUNCE); the directory keeps 8 KiB of them."""
 MAX_TOOLS = 1000
 """Tools one READY may announce."""
 MAX_SCHEMA_BYTES = 64 * 1024
 """A tool spec's largest encoded size (its schemas are most of it)."""
+MAX_CONCURRENCY = 10_000
+"""The most calls of one tool a worker may announce it runs at once."""
 
 Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)]
 PatternText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOPIC_BYTES)]
 ToolName = Annotated[str, msgspec.Meta(pattern=TOOL_NAME, max_length=200)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[float, msgspec.Meta(gt=0.0)]
-Reason = Annotated[str, msgspec.Meta(max_length=1000)]
 
 
 class Body(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -91,6 +93,7 @@ class Hello(Body, kw_only=True):
     role: Annotated[str, msgspec.Meta(max_length=32)] = "client"
     pid: int | None = None
     patterns: Annotated[list[PatternText], msgspec.Meta(max_length=MAX_PATTERNS)] = []
+    """Kept up to 8 KiB for the directory; the frame's size bounds what is read."""
 
 
 class Patterns(Body, kw_only=True):
@@ -104,13 +107,14 @@ class ToolSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     name: ToolName
     schema: dict[str, Any]
-    concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=MAX_CONCURRENCY)]
     timeout: Positive | None = None
     idempotent: bool = False
-    description: Annotated[str, msgspec.Meta(max_length=16_384)] | None = ""
+    description: str | None = ""
     returns: dict[str, Any] | None = None
     approval: bool = False
-    sandbox: dict[Name, Name] | None = None
+    sandbox: dict[Name, Annotated[str, msgspec.Meta(max_length=4096)]] | None = None
+    """The layers confining the tool's calls, as its worker reported them."""
 
     def __post_init__(self) -> None:
         for schema in (self.schema, self.returns):
@@ -176,7 +180,8 @@ class Approve(Body, kw_only=True):
     id: int
     approve: bool
     by: Name | None = None
-    reason: Reason | None = ""
+    reason: str | None = ""
+    """Said to the caller and published, its first 1000 characters."""
 
 
 class Trace(Body, kw_only=True):
@@ -253,8 +258,8 @@ def _no_ext(code: int, data: memoryview) -> Any:
     raise msgspec.ValidationError(f"msgpack extension type {code} is not part of the protocol")
 
 
-def encode_body(body: msgspec.Struct) -> bytes:
-    """A body's frame."""
+def encode_body(body: msgspec.Struct | dict[str, Any]) -> bytes:
+    """A body's frame (a Struct of this module, or a plain map)."""
     return _encode(body)
 
 
@@ -272,6 +277,8 @@ def decode_body(frame: bytes, kind: type[B]) -> B:
         return decoder.decode(frame)  # type: ignore[no-any-return]
     except msgspec.DecodeError as exc:
         raise ProtocolError("body", f"{kind.__name__.lower()} body: {exc}") from None
+    except RecursionError:  # nested deeper than the interpreter's stack
+        raise ProtocolError("body", f"{kind.__name__.lower()} body nests too deep") from None
 
 
 def request_id(frame: bytes) -> int | None:
@@ -279,7 +286,7 @@ def request_id(frame: bytes) -> int | None:
     error answer)."""
     try:
         body = _lenient.decode(frame)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     rid = body.get("rid") if isinstance(body, dict) else None
     return rid if type(rid) is int else None

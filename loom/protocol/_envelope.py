@@ -85,8 +85,9 @@ MAX_HOPS = 32
 """Emits nested deeper than this inside handlers are refused (a loop, most likely)."""
 FRAME_SLACK = 64 * 1024
 """What a frame may hold besides a payload at the limit (a header, a tool call's meta)."""
-MAX_SUBSCRIPTION_FRAME = MAX_TOPIC_BYTES + 1
-"""A subscription frame: one byte (subscribe or not), then the prefix."""
+MAX_SUBSCRIPTION_FRAME = MAX_TOPIC_BYTES + 64
+"""A subscription frame: a flag byte (or ZMTP 3.1's ``\x09SUBSCRIBE`` command, 10 bytes)
+then the prefix, with room to spare."""
 MAX_ANSWER_BYTES = 256 << 20
 """The largest control answer a peer reads (STATS and DIRECTORY list every peer and tool:
 about 10 KB a peer and 16 MiB of tool specs at the most)."""

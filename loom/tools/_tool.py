@@ -12,6 +12,7 @@ from typing import Any, overload
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from loom.errors import InvalidParamsError, ToolDefinitionError
+from loom.protocol import MAX_CONCURRENCY, MAX_SCHEMA_BYTES, encode_body
 from loom.tools.sandbox._policy import Sandbox
 
 __all__ = ["Tool", "ToolContext", "tool"]
@@ -123,8 +124,10 @@ class Tool:
         self.timeout = timeout
         self.idempotent = idempotent
         self.concurrency = concurrency if concurrency is not None else 8 if self.is_async else 1
-        if self.concurrency < 1:
-            raise ToolDefinitionError(f"tool {self.name!r}: concurrency must be at least 1")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ToolDefinitionError(
+                f"tool {self.name!r}: concurrency must be from 1 to {MAX_CONCURRENCY}"
+            )
         summary, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
         self.description = summary
         self.context_param: str | None = None
@@ -133,6 +136,12 @@ class Tool:
         self.model = self._build_model(arg_docs)
         self.schema: dict[str, Any] = self.model.model_json_schema(by_alias=True)
         self.returns: dict[str, Any] | None = self._return_schema()
+        size = len(encode_body(self.spec()))
+        if size > MAX_SCHEMA_BYTES:  # the broker would refuse the worker's READY
+            raise ToolDefinitionError(
+                f"tool {self.name!r}: its spec (schemas, description) is {size} bytes, "
+                f"more than {MAX_SCHEMA_BYTES}"
+            )
 
     def _build_model(self, arg_docs: dict[str, str]) -> type[BaseModel]:
         try:

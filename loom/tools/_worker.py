@@ -25,6 +25,7 @@ from loom.errors import (
     LoomError,
     PayloadTooLargeError,
     ProtocolError,
+    ToolDefinitionError,
     ToolError,
 )
 from loom.logs import get_logger
@@ -34,6 +35,7 @@ from loom.protocol import (
     DEFAULT_MAX_PAYLOAD,
     DRAIN,
     FAIL,
+    MAX_TOOLS,
     PROGRESS,
     READY,
     RESULT,
@@ -41,9 +43,11 @@ from loom.protocol import (
     decode_call,
     decode_ref,
     decode_value,
+    encode_body,
     encode_failure,
     encode_ref,
     encode_value,
+    max_frame,
 )
 from loom.session import Session
 from loom.tools._tool import Tool, ToolContext
@@ -118,6 +122,8 @@ class Worker:
             if made.name in self.tools:
                 raise ValueError(f"two tools are named {made.name!r}")
             self.tools[made.name] = made
+        if len(self.tools) > MAX_TOOLS:
+            raise ValueError(f"a worker serves at most {MAX_TOOLS} tools")
         self.broker = broker
         self.name = name or f"worker-{os.getpid()}"
         self.grace = grace
@@ -247,12 +253,21 @@ class Worker:
             "pid": os.getpid(),
             "tools": [self._spec(t) for t in self.tools.values()],
         }
+        size = len(encode_body(body))
+        if size > max_frame(self._max_payload):  # the broker would drop the connection
+            raise ToolDefinitionError(
+                f"the tools' specs take {size} bytes, more than the broker's frames allow "
+                f"({max_frame(self._max_payload)}): serve them from several workers"
+            )
         await self._session.request(READY, body, Empty, timeout=self._connect_timeout)
 
     def _spec(self, item: Tool) -> dict[str, Any]:
         """A tool's READY spec; a sandboxed tool's carries the layers that confine it."""
         sandbox = self._sandboxes.get(item.name)
-        return {**item.spec(), "sandbox": sandbox.report if sandbox is not None else None}
+        report = None
+        if sandbox is not None:  # a line the broker keeps at most 4096 characters of
+            report = {layer: line[:4096] for layer, line in sandbox.report.items()}
+        return {**item.spec(), "sandbox": report}
 
     async def stop(self, grace: float | None = None) -> None:
         """Take no more calls, let those in flight finish (up to ``grace`` seconds, default

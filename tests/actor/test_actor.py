@@ -12,7 +12,7 @@ import pytest
 from conftest import ACTORS, Proc, broker_stats, spawn_actor, until
 
 from loom import Actor, Event, RemoteError, RequestTimeoutError, on
-from loom.errors import ClosedError, EncodeError, PayloadTooLargeError, TopicError
+from loom.errors import ClosedError, EncodeError, HeaderError, PayloadTooLargeError, TopicError
 
 
 class Collector(Actor):
@@ -556,3 +556,22 @@ def test_one_event_in_sixteen_has_its_handling_timed(broker: str) -> None:
 
     counts = asyncio.run(run())
     assert sum(counts) == 3
+
+
+def test_header_fields_are_checked_where_they_are_given(broker: str) -> None:
+    """A name or thread id the protocol would refuse fails at once, with HeaderError,
+    instead of leaving the message to be dropped on its way."""
+    with pytest.raises(HeaderError):
+        Actor(name="n" * 300, broker=broker)
+
+    async def body() -> None:
+        actor = Actor(name="short", broker=broker)
+        await actor.start()
+        try:
+            with pytest.raises(HeaderError):
+                await actor.emit("t.x", 1, thread="t" * 300)
+            await actor.emit("t.x", 1, thread="t" * 256)
+        finally:
+            await actor.stop()
+
+    asyncio.run(body())

@@ -259,3 +259,53 @@ def test_an_actor_survives_fuzzing_on_both_sockets(permissive: Permissive) -> No
     assert got[-1].data == "fine" and answer == {"echo": 7}
     assert sum(sink.stats.drops.counts.values()) > 1000
     assert "error" not in sink.stats.drops.counts  # every bad input had a reason
+
+
+def test_the_mailbox_is_bounded_in_bytes_too(permissive: Permissive) -> None:
+    """While its handler is busy, an actor queues large events only up to its mailbox's
+    byte bound (64 MiB), not its 10 000 events: then it stops reading (zmq's queues push
+    back), and payloads wait as bytes, decoded when their handler runs."""
+
+    async def body() -> tuple[int, int, int]:
+        release = asyncio.Event()
+        got: list[int] = []
+
+        async def slow(event: Event) -> None:
+            await release.wait()
+            got.append(len(event.data))
+
+        sink = Actor(name="sink", broker=permissive.control)
+        await sink.subscribe("big.*", slow)
+        await sink.start()
+        raw = permissive.ctx.socket(zmq.XPUB)
+        raw.setsockopt(zmq.XPUB_NODROP, 1)
+        raw.connect(permissive.pub)
+        try:
+            assert raw.poll(5000), "no subscription reached the raw publisher"
+            while raw.poll(200):
+                raw.recv()
+            big = msgpack.packb(b"x" * 500_000)
+            for _ in range(300):
+                while True:
+                    try:
+                        raw.send_multipart([b"big.x", make_header(), big], zmq.NOBLOCK)
+                        break
+                    except zmq.Again:
+                        await asyncio.sleep(0.005)
+                if sink._receiver is not None and sink._receiver._paused:
+                    break
+            receiver = sink._receiver
+            assert receiver is not None
+            await until(lambda: receiver._paused, timeout=20)
+            queued, held = receiver.backlog(), receiver._bytes
+            release.set()
+            await until(lambda: len(got) >= queued, timeout=20)
+        finally:
+            raw.close(0)
+            await sink.stop()
+        return queued, held, len(got)
+
+    queued, held, handled = asyncio.run(body())
+    assert 0 < queued <= 64 * 2**20 // 500_000 + 1, queued
+    assert held <= 64 * 2**20 + 500_100
+    assert handled >= queued

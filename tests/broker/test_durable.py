@@ -338,3 +338,37 @@ def test_durable_streams_live_only_as_long_as_their_peer(
         return keeper.got
 
     assert asyncio.run(resume()) == [2]  # 0 and 1 were acknowledged by the silent peer
+
+
+def test_a_peer_cannot_take_every_stream_or_fill_the_log_with_names(
+    spawn: Callable[..., Proc], endpoint: str, short_tmp: Path
+) -> None:
+    """One peer holds at most 16 durable streams, each with at most 8 KiB of patterns;
+    names that never acknowledge anything leave no position in the log (a peer cycling
+    through names cannot fill it), names that do are kept."""
+    durable_broker(spawn, endpoint, short_tmp / "data")
+
+    async def publish() -> None:
+        publisher = Actor(name="publisher", broker=endpoint)
+        await publisher.start()
+        await publisher.emit("orders.1", 1, qos="reliable")
+        await publisher.stop()
+
+    asyncio.run(publish())
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+        sock.linger = 0
+        sock.connect(endpoint)
+        assert _ask(sock, b"HELLO", {"version": 1, "name": "greedy", "rid": 0})[0] == b"HELLO"
+        answers = [
+            _ask(sock, b"DSUB", {"name": f"s{i}", "patterns": ["orders.*"], "rid": i})
+            for i in range(17)
+        ]
+        assert [command for command, _ in answers[:16]] == [b"DSUB"] * 16
+        assert answers[16][0] == b"ERROR" and answers[16][1]["code"] == "TOO_MANY"
+        wide = {"name": "wide", "patterns": [f"p{i}." + "x" * 995 for i in range(9)], "rid": 20}
+        command, error = _ask(sock, b"DSUB", wide)
+        assert command == b"ERROR" and error["code"] == "MALFORMED"
+        sock.send_multipart([b"DACK", msgpack.packb({"name": "s3", "seq": 1})])
+        sock.send_multipart([b"BYE", msgpack.packb({})])
+    log = wait_for(lambda: (d := broker_stats(endpoint)["durable"]) and not d["subscribers"] and d)
+    assert log["log"]["names"] == 1  # s3 acknowledged; the fifteen others left nothing

@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 import psutil
 import zmq
-from conftest import Proc, broker_stats, start_broker, start_worker, wait_for
+from conftest import Proc, broker_stats, make_header, start_broker, start_worker, wait_for
 
 from loom import Actor, ToolClient
 from loom.errors import OverloadedError
@@ -151,3 +151,80 @@ def test_calls_arguments_held_are_bounded(spawn: Callable[..., Proc], short_tmp:
     overloaded = [r for r in results if isinstance(r, OverloadedError)]
     assert 0 < len(overloaded) < 6, results
     wait_for(lambda: broker_stats(endpoint)["tool_calls"]["calls"] >= 7)
+
+
+def test_the_brokers_answers_fit_in_one_frame(spawn: Callable[..., Proc], short_tmp: Path) -> None:
+    """STATS lists the busiest topics that fit in one frame of the broker's limit (and
+    says how many it left out), so a peer that asks and never reads holds no more than
+    its queue's bound; scans (TRACE, REPLAY) are rate-limited with BUSY."""
+    endpoint = f"ipc://{short_tmp}/b"
+    start_broker(spawn, endpoint, "--max-payload", "100000")
+    announced = hello(endpoint)
+    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as pub:
+        pub.connect(announced["pub"])
+        time.sleep(0.3)
+        for i in range(600):
+            topic = f"t{i:04}.".encode() + b"x" * 900
+            pub.send_multipart([topic, make_header(), msgpack.packb(1)])
+        wait_for(lambda: broker_stats(endpoint)["totals"]["published"] >= 600)
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+        sock.linger = 0
+        sock.connect(endpoint)
+        sock.send_multipart([b"STATS", msgpack.packb({"rid": 1})])
+        assert sock.poll(5000)
+        command, body = sock.recv_multipart()
+        assert command == b"STATS" and len(body) <= 100_000 + 64 * 1024
+        stats = msgpack.unpackb(body)
+        assert stats["topics_omitted"] > 0 and len(stats["topics"]) + stats["topics_omitted"] >= 600
+        for rid in range(60):
+            sock.send_multipart([b"TRACE", msgpack.packb({"trace": "00ff", "rid": rid})])
+        answers = []
+        while len(answers) < 60:
+            assert sock.poll(5000)
+            answers.append(msgpack.unpackb(sock.recv_multipart()[1]))
+    busy = [a for a in answers if a.get("code") == "BUSY"]
+    assert 0 < len(busy) < 60
+
+
+def test_a_subscription_as_long_as_a_topic_does_not_deafen_its_socket(
+    spawn: Callable[..., Proc], short_tmp: Path
+) -> None:
+    """A 1020-byte prefix is a valid subscription: the broker's frame limit leaves room
+    for ZMTP 3.1's SUBSCRIBE command, so the socket keeps its other subscriptions."""
+    endpoint = f"ipc://{short_tmp}/b"
+    start_broker(spawn, endpoint)
+
+    async def body() -> list[Any]:
+        got: list[Any] = []
+        listener = Actor(name="listener", broker=endpoint)
+        await listener.subscribe("long." + "x" * 1015, got.append)
+        await listener.subscribe("orders.*", got.append)
+        await listener.start()
+        sender = Actor(name="sender", broker=endpoint)
+        await sender.start()
+        for i in range(5):
+            await sender.emit("orders.new", i)
+        await sender.stop()
+        deadline = time.monotonic() + 10
+        while len(got) < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await listener.stop()
+        return [event.data for event in got]
+
+    assert asyncio.run(body()) == [0, 1, 2, 3, 4]
+
+
+def test_deep_nesting_is_malformed_not_a_crash(spawn: Callable[..., Proc], short_tmp: Path) -> None:
+    """A body nested deeper than the interpreter's stack is answered MALFORMED."""
+    endpoint = f"ipc://{short_tmp}/b"
+    start_broker(spawn, endpoint)
+    nested = b"\x91" * 100_000 + b"\xc0"  # [[[[...nil...]]]]
+    body = b"\x82\xa3rid\x05\xa5stats" + b"\x81\xa1a" + nested
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+        sock.linger = 0
+        sock.connect(endpoint)
+        sock.send_multipart([b"HEARTBEAT", body])
+        assert sock.poll(5000)
+        command, answer = sock.recv_multipart()
+    assert command == b"ERROR" and msgpack.unpackb(answer)["code"] == "MALFORMED"
+    assert "error" not in broker_stats(endpoint)["control_drops"]

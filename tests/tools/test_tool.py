@@ -144,3 +144,23 @@ def test_loader_finds_tools_in_a_file_or_an_attribute(tmp_path: Path) -> None:
         load_tools(str(tmp_path / "absent.py"))
     with pytest.raises(ToolDefinitionError, match="import failed"):
         load_tools("loom_no_such_module")
+
+
+def test_a_tool_the_broker_would_refuse_is_refused_when_defined() -> None:
+    """A concurrency past 10 000, or a spec over 64 KiB, is a definition error at once,
+    not a worker whose READY the broker turns down."""
+
+    def f(x: int) -> int:
+        """Identity."""
+        return x
+
+    with pytest.raises(ToolDefinitionError, match="concurrency"):
+        tool(name="t.many", concurrency=20_000)(f)
+    huge = "word " * 20_000
+
+    def g(x: int) -> int:
+        return x
+
+    g.__doc__ = huge
+    with pytest.raises(ToolDefinitionError, match="spec"):
+        tool(name="t.huge")(g)
