@@ -1,4 +1,14 @@
-"""Logging set-up (structlog) and the rate-limited drop counter every peer uses."""
+"""Logging: library code logs through the stdlib ``loom.*`` loggers (structlog on top, for
+key-value events), writes nothing unless a program configures it, and programs (the CLI,
+``loom-broker``, ``Actor.run``) configure it once, to standard error.
+
+The library adds one ``NullHandler`` to its own ``loom`` logger, as libraries should, and
+touches no global configuration (structlog's included: every logger is wrapped with its
+own processors). A host application routes or silences Loom's lines like any library's:
+``logging.getLogger("loom").setLevel(logging.ERROR)``. Records carry the event as a
+structlog dict; ``configure_logging`` renders them (console or JSON lines) with
+structlog's ``ProcessorFormatter``.
+"""
 
 from __future__ import annotations
 
@@ -11,41 +21,15 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["DropCounter", "configure_logging", "get_logger", "handled_event"]
+__all__ = [
+    "DropCounter",
+    "configure_logging",
+    "get_logger",
+    "handled_event",
+    "logging_configured",
+]
 
-
-def configure_logging(
-    *, json: bool = False, level: str = "info", stream: TextIO | None = None
-) -> None:
-    """Configure structlog once, at a program's edge (CLI, ``Actor.run``).
-
-    Args:
-        json: one JSON object per line (for machines) instead of the console renderer.
-        level: the minimum level name (``debug``, ``info``, ``warning``...).
-        stream: where lines go; standard output by default.
-    """
-    renderer: Any
-    if json:
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            _handled_event,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
-        cache_logger_on_first_use=False,
-    )
-
+logging.getLogger("loom").addHandler(logging.NullHandler())  # quiet until configured
 
 handled_event: ContextVar[Any] = ContextVar("loom_handled_event", default=None)
 """The event whose handler is running (an actor sets it, ``loom.actor.current_event`` is
@@ -65,9 +49,76 @@ def _handled_event(
     return event_dict
 
 
+_PROCESSORS: list[Any] = [
+    structlog.stdlib.filter_by_level,  # a disabled level costs one isEnabledFor
+    _handled_event,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+]
+
+
 def get_logger(name: str, **context: Any) -> Any:
-    """A structlog logger bound to ``component=name`` and the given context."""
-    return structlog.get_logger(name).bind(component=name, **context)
+    """A structlog logger over the stdlib logger ``name`` (a ``loom.*`` name), bound to
+    ``component=name`` and the given context. It writes nothing until a program
+    configures logging (or the host application attaches its own handlers)."""
+    logger = structlog.wrap_logger(
+        logging.getLogger(name),
+        processors=_PROCESSORS,
+        wrapper_class=structlog.stdlib.BoundLogger,
+        context_class=dict,
+        cache_logger_on_first_use=True,
+    )
+    return logger.bind(component=name, **context)
+
+
+class _LoomHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler ``configure_logging`` installs (and replaces when called again)."""
+
+
+def configure_logging(
+    *, json: bool = False, level: str = "info", stream: TextIO | None = None
+) -> None:
+    """Configure logging once, at a program's edge (CLI, ``loom-broker``, ``Actor.run``):
+    Loom's lines at ``level`` and above, other libraries' at warning, to ``stream``.
+
+    Args:
+        json: one JSON object per line (for machines) instead of the console renderer.
+        level: the minimum level name of Loom's lines (``debug``, ``info``, ``warning``...).
+        stream: where lines go; standard error by default (standard output is the
+            user's).
+    """
+    renderer: Any
+    if json:
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        foreign_pre_chain=[  # other libraries' records
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+        ],
+    )
+    handler = _LoomHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _LoomHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("loom").setLevel(logging.getLevelNamesMapping()[level.upper()])
+
+
+def logging_configured() -> bool:
+    """Whether the process has configured logging already (a host application, or a
+    program): ``Actor.run`` configures it only when nobody did."""
+    return bool(logging.getLogger().handlers)
 
 
 class DropCounter:

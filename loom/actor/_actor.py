@@ -21,7 +21,7 @@ from loom.actor._router import Router
 from loom.actor._verbs import Verbs
 from loom.config import DEFAULT_BROKER, broker_address
 from loom.errors import BrokerUnavailableError, ClosedError, HeaderError, LoomError
-from loom.logs import DropCounter, get_logger
+from loom.logs import DropCounter, configure_logging, get_logger, logging_configured
 from loom.protocol import (
     ANNOUNCE,
     DEFAULT_MAX_PAYLOAD,
@@ -31,7 +31,7 @@ from loom.protocol import (
     IdSource,
     Pattern,
 )
-from loom.session import ToolClient
+from loom.session import ToolClient, check_endpoint
 
 __all__ = ["Actor", "ActorStats", "on"]
 
@@ -103,6 +103,9 @@ class Actor(Verbs):
         context: the zmq context to use; a private one by default.
         mailbox_size: events buffered before the actor stops reading (backpressure).
         connect_timeout: seconds ``start()`` waits for the broker to confirm the link.
+        unique: no other live actor may have this name: ``start()`` waits (up to the
+            connect timeout) for one of that name to be gone, then fails with
+            ``DuplicateNameError``; False lets actors that all say so share a name.
 
     Raises:
         HeaderError: ``name`` is longer than 256 characters.
@@ -116,6 +119,7 @@ class Actor(Verbs):
         context: zmq.Context[Any] | None = None,
         mailbox_size: int = 10_000,
         connect_timeout: float = 10.0,
+        unique: bool = True,
     ) -> None:
         self.name = name or type(self).__name__.lower()
         if type(self.name) is not str or len(self.name) > MAX_NAME_CHARS:
@@ -128,6 +132,7 @@ class Actor(Verbs):
         self._context = context
         self._mailbox_size = mailbox_size
         self._connect_timeout = connect_timeout
+        self.unique = unique
         self._router: Router[tuple[Callable[[Event], Any], bool]] = Router()
         self._receiver: Receiver | None = None
         self._lifecycle = asyncio.Lock()
@@ -196,10 +201,17 @@ class Actor(Verbs):
     def run(self) -> None:
         """Start, serve until SIGINT or SIGTERM, stop. Blocks; for scripts.
 
-        A broker given as ``None`` is taken from ``$LOOM_BROKER`` (this is the program's
-        edge, where the environment may be read).
+        This is a program's edge: a broker given as ``None`` is taken from
+        ``$LOOM_BROKER``, and logging goes to standard error at ``info`` unless the
+        script configured it already.
+
+        Raises:
+            EndpointError: the broker's address is not of an accepted form.
+            BrokerUnavailableError: no broker answered in time.
         """
-        self.broker = broker_address(self.broker)
+        self.broker = check_endpoint(broker_address(self.broker))
+        if not logging_configured():
+            configure_logging()
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
@@ -269,7 +281,11 @@ class Actor(Verbs):
         if self.broker is None:
             self.broker = DEFAULT_BROKER
         link = self._link = Link(
-            self.broker, context, name=self.name, log=self.log, patterns=self._router.patterns
+            self.broker,
+            context,
+            name=self.name,
+            log=self.log,
+            hello=lambda: {"patterns": self._router.patterns(), "unique": self.unique},
         )
         hello = await link.open(self._connect_timeout)
         self._max_payload = hello.max_payload

@@ -32,7 +32,7 @@ class Link:
         context: the zmq context sockets are made in.
         name: the actor's name, sent in HELLO.
         log: the actor's logger.
-        patterns: the actor's patterns now, for HELLO (the broker's directory).
+        hello: the actor's HELLO fields now (its patterns, for the directory).
         hwm: high-water mark of the pub/sub sockets, messages.
     """
 
@@ -43,16 +43,14 @@ class Link:
         *,
         name: str,
         log: Any,
-        patterns: Callable[[], list[str]],
+        hello: Callable[[], dict[str, Any]],
         role: str = "actor",
         hwm: int = 1000,
     ) -> None:
         self.address = address
         self._context = context
         self._hwm = hwm
-        self.session = Session(
-            address, context, name=name, role=role, log=log, hello=lambda: {"patterns": patterns()}
-        )
+        self.session = Session(address, context, name=name, role=role, log=log, hello=hello)
         self.hello: HelloAnswer | None = None
         self.pub: zmq.Socket[bytes] | None = None
         self.sub: zmq.Socket[bytes] | None = None

@@ -249,7 +249,8 @@ class ControlPlane:
 
     def _publish(self, topic: str, peer: Peer, **extra: Any) -> None:
         peer.joined = True
-        self._publish_event(topic, {"name": peer.name, "pid": peer.pid, **extra})
+        data = {"name": peer.name, "pid": peer.pid, "incarnation": peer.incarnation}
+        self._publish_event(topic, {**data, **extra})
 
     # --- commands ----------------------------------------------------------------
 
@@ -261,14 +262,40 @@ class ControlPlane:
             self._reply(identity, ERROR_COMMAND, {**error, "rid": body.rid})
             return
         role = body.role if body.role in ROLES else "client"
+        if role == "actor" and not self._unique(identity, body):
+            return
         peer = self._introduce(identity, body.name, role, body.pid, body.rid)
         if peer is None:
             return
+        if body.incarnation:
+            peer.incarnation = body.incarnation
+        peer.unique = body.unique
         if not peer.joined and peer.role != "worker":
             self._publish(f"$sys.{peer.role}.joined", peer)
         peer.patterns = bounded(body.patterns)
         self._log.debug("hello", peer=peer.name, role=peer.role, pid=peer.pid)
         self._reply(identity, HELLO, {**self._announce, "rid": body.rid})
+
+    def _unique(self, identity: bytes, body: Hello) -> bool:
+        """An actor's name belongs to one live incarnation: a second is refused
+        (``DUPLICATE_NAME``; a restarted actor waits for its old run to be forgotten).
+        The same incarnation on a new connection replaces its old one."""
+        found = self.peers.actor_named(body.name, unique=body.unique)
+        if found is None or found[0] == identity:
+            return True
+        old_identity, old = found
+        if body.incarnation and old.incarnation == body.incarnation:
+            self.peers.pop(old_identity)  # reconnected: it is the same actor
+            self.tools.client_gone(old_identity)
+            self.durable.gone(old_identity)
+            return True
+        message = (
+            f"an actor named {body.name!r} is live (pid {old.pid}, incarnation "
+            f"{old.incarnation}): names are unique; pick another, or stop that one"
+        )
+        self.drops.drop("duplicate", message, plane="control")
+        self._refuse(identity, "DUPLICATE_NAME", message, body.rid)
+        return False
 
     def _announce_patterns(self, identity: bytes, body: Patterns) -> None:
         peer = self.peers.get(identity)

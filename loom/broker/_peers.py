@@ -52,6 +52,7 @@ class Peer:
 
     __slots__ = (
         "histograms",
+        "incarnation",
         "joined",
         "name",
         "patterns",
@@ -60,6 +61,7 @@ class Peer:
         "seen",
         "since",
         "stats",
+        "unique",
     )
 
     def __init__(self, name: str, role: str, pid: int | None, since: float, seen: float) -> None:
@@ -75,6 +77,10 @@ class Peer:
         self.histograms: dict[str, tuple[float, ...]] = {}
         """The histograms it sent with its last heartbeat, as sent (checked)."""
         self.patterns: list[str] = []
+        self.incarnation = ""
+        """This run of the peer (from its HELLO, else its connection's identity)."""
+        self.unique = True
+        """An actor: no other live incarnation may have its name (unless neither is)."""
         self.joined = False
         """``$sys.<role>.joined`` was published (a worker's waits for its READY)."""
 
@@ -83,6 +89,7 @@ class Peer:
             "name": self.name,
             "role": self.role,
             "pid": self.pid,
+            "incarnation": self.incarnation,
             "patterns": self.patterns,
             "since": self.since,
             "last_seen": last_seen,
@@ -145,12 +152,21 @@ class Peers:
             if len(self.table) >= MAX_PEERS:
                 return None
             peer = Peer(name, role, None, self._wall(), self._clock())
+            peer.incarnation = identity.hex()
             self.table[identity] = peer
         peer.name, peer.role, peer.pid = name, role, pid
         return peer
 
     def pop(self, identity: bytes) -> Peer | None:
         return self.table.pop(identity, None)
+
+    def actor_named(self, name: str, *, unique: bool) -> tuple[bytes, Peer] | None:
+        """A live actor called ``name`` that another with that name (``unique`` or not)
+        may not join, if there is one (with its identity)."""
+        for identity, peer in self.table.items():
+            if peer.role == "actor" and peer.name == name and (unique or peer.unique):
+                return identity, peer
+        return None
 
     def silent(self, limit: float) -> list[bytes]:
         """The identities of the peers not heard for ``limit`` seconds."""

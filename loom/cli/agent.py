@@ -83,7 +83,7 @@ def run_agent(args: argparse.Namespace, broker: str) -> int:
 
 async def ask_agent(args: argparse.Namespace, broker: str) -> int:
     """Exit 0 when the agent answered, 1 otherwise (its status on stderr)."""
-    actor = Actor(name="loom-ask", broker=broker, connect_timeout=args.timeout)
+    actor = Actor(name="loom-ask", broker=broker, connect_timeout=args.timeout, unique=False)
 
     def step(event: Event) -> None:
         kind = event.topic.rsplit(".", 1)[1]

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _pub(broker: str, topic: str, data: Any, timeout: float, qos: str) -> None:
-    actor = Actor(name="loom-pub", broker=broker, connect_timeout=timeout)
+    actor = Actor(name="loom-pub", broker=broker, connect_timeout=timeout, unique=False)
     await actor.start()
     try:
         await actor.emit(topic, data, qos=qos)
@@ -258,7 +258,7 @@ async def _tap(broker: str, pattern: str, timeout: float, *, as_json: bool, coun
         if count and seen >= count:
             done.set()
 
-    actor = Actor(name="loom-tap", broker=broker, connect_timeout=timeout)
+    actor = Actor(name="loom-tap", broker=broker, connect_timeout=timeout, unique=False)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)

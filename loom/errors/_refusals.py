@@ -8,6 +8,7 @@ __all__ = [
     "ApprovalError",
     "BrokerBusyError",
     "BrokerInternalError",
+    "DuplicateNameError",
     "DurableError",
     "MalformedRequestError",
     "RefusedError",
@@ -60,6 +61,13 @@ class ToolsRefusedError(RefusedError, ValueError):
     code = "INVALID_READY"
 
 
+class DuplicateNameError(RefusedError):
+    """Another live actor has that name (names are unique; a restarted actor waits for its
+    old run to be forgotten, ``liveness`` heartbeats at most)."""
+
+    code = "DUPLICATE_NAME"
+
+
 class DurableError(RefusedError):
     """The broker cannot keep durable events: it has no data_dir (``NO_STORE``) or no
     room for another durable subscription (``TOO_MANY``)."""
@@ -93,6 +101,7 @@ _BY_CODE: dict[str, type[RefusedError]] = {
         UnknownCommandError,
         TooManyPeersError,
         UnknownPeerError,
+        DuplicateNameError,
         ToolsRefusedError,
         DurableError,
         ApprovalError,

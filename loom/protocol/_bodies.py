@@ -92,6 +92,12 @@ class Hello(Body, kw_only=True):
     name: Name = "?"
     role: Annotated[str, msgspec.Meta(max_length=32)] = "client"
     pid: int | None = None
+    incarnation: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """This run of the peer (the same across reconnections): ``$sys`` events carry it,
+    and an actor's name is refused to a second live incarnation..."""
+    unique: bool = True
+    """... unless both say ``unique: false`` (a tap, a one-shot publisher: many may share
+    a name)."""
     patterns: Annotated[list[PatternText], msgspec.Meta(max_length=MAX_PATTERNS)] = []
     """Kept up to 8 KiB for the directory; the frame's size bounds what is read."""
 

@@ -15,6 +15,7 @@ import zmq.backend
 from loom.errors import (
     BrokerUnavailableError,
     ClosedError,
+    DuplicateNameError,
     LoomError,
     ProtocolError,
     VersionMismatchError,
@@ -37,6 +38,7 @@ from loom.protocol import (
     recv_frames,
     send_frames,
 )
+from loom.session._endpoints import check_endpoint
 
 __all__ = ["Session"]
 
@@ -71,6 +73,9 @@ class Session:
         role: ``actor``, ``worker`` or ``client``.
         log: a structlog logger.
         hello: extra HELLO fields, computed at each HELLO (an actor's patterns).
+
+    Raises:
+        EndpointError: ``address`` is not of an accepted form (``tcp://HOST:PORT``...).
     """
 
     def __init__(
@@ -83,8 +88,10 @@ class Session:
         log: Any,
         hello: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        self.address = address
+        self.address = check_endpoint(address)
         self.name = name
+        self.incarnation = os.urandom(8).hex()
+        """This run of the peer, the same across reconnections (``$sys`` events carry it)."""
         self.role = role
         self.hello: HelloAnswer | None = None
         """The broker's last HELLO answer (endpoints, limits, heartbeat), checked."""
@@ -154,10 +161,36 @@ class Session:
         return self.hello
 
     async def _say_hello(self, timeout: float) -> None:
-        body = {"version": VERSION, "name": self.name, "role": self.role, "pid": os.getpid()}
+        """HELLO; an actor whose name another live incarnation holds asks again until
+        ``timeout`` (a restarted actor's old run is forgotten within the broker's
+        liveness)."""
+        body = {
+            "version": VERSION,
+            "name": self.name,
+            "role": self.role,
+            "pid": os.getpid(),
+            "incarnation": self.incarnation,
+        }
         if self._hello_extra is not None:
             body.update(self._hello_extra())
-        self.hello = await self.request(HELLO, body, HelloAnswer, timeout=timeout)
+        assert self._loop is not None
+        deadline = self._loop.time() + timeout
+        try:
+            while True:
+                left = max(deadline - self._loop.time(), 0.01)
+                try:
+                    self.hello = await self.request(HELLO, body, HelloAnswer, timeout=left)
+                    return
+                except DuplicateNameError:
+                    if self._loop.time() + 0.1 >= deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+        except BrokerUnavailableError:
+            raise BrokerUnavailableError(
+                f"no broker answered at {self.address} within {timeout:g}s: is one running"
+                " there? (start one with `loom-broker`, or name another with --broker or"
+                " $LOOM_BROKER)"
+            ) from None
 
     @overload
     async def request(

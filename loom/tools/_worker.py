@@ -28,7 +28,7 @@ from loom.errors import (
     ToolDefinitionError,
     ToolError,
 )
-from loom.logs import get_logger
+from loom.logs import configure_logging, get_logger, logging_configured
 from loom.protocol import (
     CALL,
     CANCEL,
@@ -49,7 +49,7 @@ from loom.protocol import (
     encode_value,
     max_frame,
 )
-from loom.session import Session
+from loom.session import Session, check_endpoint
 from loom.tools._tool import Tool, ToolContext
 from loom.tools.sandbox._host import probe_host
 from loom.tools.sandbox._runner import SandboxRunner
@@ -158,7 +158,9 @@ class Worker:
         A ``def`` tool still running after the grace period cannot be interrupted (it is
         a thread); the process then ends with ``os._exit(0)`` rather than wait for it.
         """
-        self.broker = broker_address(self.broker)
+        self.broker = check_endpoint(broker_address(self.broker))
+        if not logging_configured():
+            configure_logging()
         asyncio.run(self._serve())
         if self._stuck:
             self.log.warning("exiting with tool threads still running", threads=self._stuck)
