@@ -327,6 +327,8 @@ class Receiver:
             result = handler(event)
         except Exception as exc:
             return self._failed(event, handler, exc)
+        except asyncio.CancelledError as exc:  # raised by the handler itself
+            return self._failed(event, handler, exc)
         finally:
             current_event.reset(token)
         return self._done(event, result)
@@ -338,6 +340,11 @@ class Receiver:
             result = await handler(event)
         except Exception as exc:
             follow = self._failed(event, handler, exc)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # the actor is stopping: so be it
+                raise
+            follow = self._failed(event, handler, exc)  # the handler's own: a failure
         else:
             follow = self._done(event, result)
         finally:
@@ -351,7 +358,7 @@ class Receiver:
             return self._answer_for(event, REPLY, result)
         return None
 
-    def _failed(self, event: Event, handler: Any, exc: Exception) -> Awaitable[None] | None:
+    def _failed(self, event: Event, handler: Any, exc: BaseException) -> Awaitable[None] | None:
         """Count and log a handler's exception; a requester gets it as an error reply."""
         self._stats.errors += 1
         self._log.error(

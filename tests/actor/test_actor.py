@@ -575,3 +575,38 @@ def test_header_fields_are_checked_where_they_are_given(broker: str) -> None:
             await actor.stop()
 
     asyncio.run(body())
+
+
+def test_a_handler_raising_cancelled_error_does_not_end_dispatch(broker: str) -> None:
+    """CancelledError out of a handler (its own, not the actor stopping) is a failure like
+    any other: counted, answered as a RemoteError, and the next event is handled."""
+    got: list[str] = []
+
+    async def cancelled(event: Event) -> None:
+        raise asyncio.CancelledError
+
+    def also_sync(event: Event) -> None:
+        raise asyncio.CancelledError
+
+    async def body() -> Exception:
+        worker = Actor(name="fragile", broker=broker)
+        await worker.subscribe("fragile.async", cancelled)
+        await worker.subscribe("fragile.sync", also_sync)
+        await worker.subscribe("fragile.ok", lambda event: got.append(event.data))
+        await worker.start()
+        asker = Actor(name="asker", broker=broker)
+        await asker.start()
+        try:
+            with pytest.raises(RemoteError) as info:
+                await asker.request("fragile.async", 1, timeout=5)
+            await asker.emit("fragile.sync", 2)
+            await asker.emit("fragile.ok", 3)
+            await until(lambda: got)
+            assert worker.stats.errors == 2
+            return info.value
+        finally:
+            await asker.stop()
+            await worker.stop()
+
+    error = asyncio.run(body())
+    assert error.type_name == "CancelledError" and got == [3]
