@@ -110,7 +110,7 @@ def test_payload_errors_are_typed() -> None:
     with pytest.raises(EncodeError):
         encode_payload(object())
     with pytest.raises(TypeError):
-        encode_payload({"x": {1, 2}})
+        encode_payload({"x": object()})
     with pytest.raises(PayloadTooLargeError) as info:
         encode_payload(b"x" * 2000, limit=1000)
     assert info.value.limit == 1000
@@ -158,3 +158,26 @@ def test_ids_are_unique_and_carry_the_instance_prefix() -> None:
     assert len(ids) == 10_000
     assert all(len(i) == 16 and i[:8] == source.prefix for i in ids)
     assert IdSource().prefix != source.prefix
+
+
+def test_one_encoding_rule_for_events_and_tool_values() -> None:
+    """An event's data and a tool's result follow one rule: msgpack's types as they are,
+    what pydantic can make JSON-able converted (a datetime to its ISO string, a set to an
+    array, a model to a map), anything else EncodeError, both ways alike."""
+    import dataclasses
+    import datetime
+
+    from loom.protocol import encode_value
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    value = {"when": when, "tags": {"a"}, "point": Point(1), "raw": b"\x00"}
+    expected = {"when": "2026-01-02T03:04:05Z", "tags": ["a"], "point": {"x": 1}, "raw": b"\x00"}
+    assert decode_payload(encode_payload(value)) == expected
+    assert encode_value(value) == encode_payload(value)
+    for encode in (encode_payload, encode_value):
+        with pytest.raises(EncodeError):
+            encode({"x": object()})

@@ -18,10 +18,14 @@ from typing import Annotated, Any
 import msgpack
 import msgspec
 import zmq
-from pydantic_core import to_jsonable_python
 
-from loom.errors import EncodeError, PayloadTooLargeError, ProtocolError
-from loom.protocol._envelope import DEFAULT_MAX_PAYLOAD, MAX_ID_BYTES, MAX_NAME_CHARS, raw_send
+from loom.errors import ProtocolError
+from loom.protocol._envelope import (
+    MAX_ID_BYTES,
+    MAX_NAME_CHARS,
+    encode_payload,
+    raw_send,
+)
 
 __all__ = [
     "ANNOUNCE",
@@ -291,21 +295,8 @@ def decode_ref(meta: bytes) -> int:
     return ref
 
 
-def encode_value(value: Any, limit: int = DEFAULT_MAX_PAYLOAD) -> bytes:
-    """Encode a tool's arguments or result. Beyond msgpack's types, anything pydantic can
-    make JSON-able (models, dataclasses, datetimes, paths, sets...) is converted first.
-
-    Raises:
-        EncodeError: the value cannot be encoded.
-        PayloadTooLargeError: the encoding is larger than ``limit`` bytes.
-    """
-    try:
-        data: bytes = _packb(value, default=to_jsonable_python)
-    except Exception as exc:
-        raise EncodeError(f"cannot encode {type(value).__name__}: {exc}") from exc
-    if len(data) > limit:
-        raise PayloadTooLargeError(len(data), limit)
-    return data
+encode_value = encode_payload
+"""A tool's arguments or result: the same rule as an event's data (``encode_payload``)."""
 
 
 def decode_value(body: bytes) -> Any:

@@ -20,6 +20,7 @@ import msgpack
 import msgspec
 import zmq
 import zmq.backend
+from pydantic_core import to_jsonable_python
 
 from loom.errors import (
     EncodeError,
@@ -265,16 +266,21 @@ def _header_error(frame: bytes, exc: msgspec.DecodeError) -> ProtocolError:
 
 
 def encode_payload(data: Any, limit: int = DEFAULT_MAX_PAYLOAD) -> bytes:
-    """Encode user data as a msgpack payload.
+    """Encode a value for the wire: an event's data, a reply, a tool's arguments or
+    result, all by one rule. msgpack's types (nil, booleans, integers, floats, strings,
+    bytes, arrays, maps) go as they are; anything else pydantic can make JSON-able is
+    converted first (models and dataclasses become maps, datetimes ISO strings, sets and
+    tuples arrays, enums their value, paths and UUIDs strings). Converting costs nothing
+    for values that need none.
 
     Raises:
-        EncodeError: the data holds a type msgpack cannot encode.
+        EncodeError: the data holds a value neither can encode (an arbitrary object).
         PayloadTooLargeError: the encoded payload is larger than ``limit``.
     """
     try:
-        payload: bytes = _packb(data)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise EncodeError(f"cannot encode {type(data).__name__} as msgpack: {exc}") from exc
+        payload: bytes = _packb(data, default=to_jsonable_python)
+    except Exception as exc:  # msgpack's TypeError/OverflowError, pydantic's own
+        raise EncodeError(f"cannot encode {type(data).__name__}: {exc}") from exc
     if len(payload) > limit:
         raise PayloadTooLargeError(len(payload), limit)
     return payload
