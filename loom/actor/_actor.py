@@ -384,6 +384,8 @@ class Actor(Verbs):
                 if self._state != "running":
                     return
                 self._state = "stopping"
+                if self._receiver is not None:
+                    self._receiver.stopping = True
                 try:
                     await self.on_stop()
                 except Exception:

@@ -106,6 +106,9 @@ class Receiver:
         self._paused = False
         self._overdraft = 0
         self._closing = False
+        self.stopping = False
+        """The actor is stopping: a handler cancelled now was cancelled by the stop
+        (``on_stop`` ending its work), not failing on its own."""
         self._task: asyncio.Task[None] | None = None
 
     def open(self) -> None:
@@ -141,7 +144,7 @@ class Receiver:
         Returns:
             How many queued events were left unhandled.
         """
-        self._closing = True
+        self._closing = self.stopping = True
         self._wake.set()
         task, self._task = self._task, None
         if task is not None and wait:
@@ -342,8 +345,8 @@ class Receiver:
             follow = self._failed(event, handler, exc)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
-            if task is not None and task.cancelling():  # the actor is stopping: so be it
-                raise
+            if self.stopping or (task is not None and task.cancelling()):
+                raise  # the actor is stopping (its handler's work was cancelled): so be it
             follow = self._failed(event, handler, exc)  # the handler's own: a failure
         else:
             follow = self._done(event, result)

@@ -364,7 +364,12 @@ class ControlPlane:
         limit = self._frame_limit
         tools, tools_left = fit(self.tools.snapshot(), limit * 6 // 10)
         workers, workers_left = fit(self.tools.workers_snapshot(self.peers), limit // 10)
-        listed = [p for p in self.peers.listed() if p["role"] != "worker"]
+        durable = self.durable.patterns_of
+        listed = [
+            p
+            for p in self.peers.listed(lambda identity: {"durable": durable(identity)})
+            if p["role"] != "worker"
+        ]
         peers, peers_left = fit(listed, limit * 2 // 10)
         return {
             "actors": [p for p in peers if p["role"] == "actor"],

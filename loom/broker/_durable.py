@@ -260,6 +260,10 @@ class DurablePlane:
                     break
         return {"events": events, "next": after, "last_seq": self.log.last_seq}
 
+    def patterns_of(self, identity: bytes) -> dict[str, list[str]]:
+        """A peer's durable subscriptions and their patterns (for the directory)."""
+        return self.streams.patterns_of(identity) if self.streams is not None else {}
+
     def gone(self, identity: bytes) -> None:
         if self.streams is not None:
             self.streams.gone(identity)

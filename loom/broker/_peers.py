@@ -182,9 +182,17 @@ class Peers:
         """Unix seconds for a monotonic time."""
         return self._wall() - (self._clock() - monotonic)
 
-    def listed(self) -> list[dict[str, Any]]:
-        """Every peer as plain data (STATS, DIRECTORY)."""
-        return [p.as_dict(self.wall_of(p.seen)) for p in self.table.values()]
+    def listed(
+        self, extra: Callable[[bytes], dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every peer as plain data (STATS, DIRECTORY), with ``extra(identity)``'s fields."""
+        listed = []
+        for identity, peer in self.table.items():
+            entry = peer.as_dict(self.wall_of(peer.seen))
+            if extra is not None:
+                entry.update(extra(identity))
+            listed.append(entry)
+        return listed
 
     @staticmethod
     def report(peer: Peer, stats: dict[str, Any]) -> None:

@@ -285,6 +285,13 @@ class Streams:
                 budget -= self.pump(stream, budget)
         return start - budget
 
+    def patterns_of(self, identity: bytes) -> dict[str, list[str]]:
+        """The durable subscriptions a peer holds, with their patterns."""
+        return {
+            name: [p.text for p in self.streams[name].patterns]
+            for name in sorted(self._by_peer.get(identity, ()))
+        }
+
     def gone(self, identity: bytes) -> None:
         """A subscriber's session ended: keep its position, stop sending."""
         leaving = [self.streams[n] for n in self._by_peer.pop(identity, set())]

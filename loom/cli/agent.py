@@ -1,18 +1,28 @@
 """``loom agent``: run a cognitive actor from the settings file's ``[llm.NAME]``;
-``loom ask``: give one a task and print its answer (its steps, with ``--steps``)."""
+``loom ask``: give one a task and print its answer (its steps, with ``--steps``);
+``loom llm-stub``: a scripted OpenAI-compatible server, to try the agent loop offline."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from loom.actor import Actor, Event
 from loom.cli.settings import load_settings
-from loom.cognition import ChatClient, CognitiveActor, LLMConfigError, resolve_api_key
+from loom.cognition import (
+    ChatClient,
+    CognitiveActor,
+    LLMConfigError,
+    ScriptedLLM,
+    load_script,
+    resolve_api_key,
+)
 from loom.errors import LoomError
 
 
@@ -50,6 +60,18 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     ask.add_argument(
         "--wait", type=float, default=600.0, help="seconds to wait for the answer (600)"
     )
+    stub = commands.add_parser(
+        "llm-stub",
+        parents=[common],
+        help="serve a scripted OpenAI-compatible LLM on loopback (try agents offline)",
+        epilog="example: loom llm-stub script.json --port 8088\n"
+        "         (then [llm.stub] base_url = 'http://127.0.0.1:8088/v1'; the script's\n"
+        "          format: docs/cognition.md, 'Trying it offline')",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    stub.add_argument("script", help="the JSON script: a list of steps")
+    stub.add_argument("--port", type=int, default=0, help="the port (default: any free one)")
+    stub.add_argument("--record", help="append each request's body to this JSONL file")
 
 
 def run_agent(args: argparse.Namespace, broker: str) -> int:
@@ -81,8 +103,28 @@ def run_agent(args: argparse.Namespace, broker: str) -> int:
     return 0
 
 
+def run_llm_stub(args: argparse.Namespace) -> int:
+    """Serve the script until SIGINT/SIGTERM; exit 2 when the script is not valid, 1 when
+    a request did not match what the script expected."""
+    try:
+        steps = load_script(args.script)
+    except (OSError, ValueError) as exc:
+        print(f"loom llm-stub: {args.script}: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with ScriptedLLM(steps, port=args.port, record=args.record) as llm:
+        print(f"listening on {llm.base_url}", flush=True)
+        stop.wait()
+    for failure in llm.failures:
+        print(f"loom llm-stub: {failure}", file=sys.stderr)
+    return 1 if llm.failures else 0
+
+
 async def ask_agent(args: argparse.Namespace, broker: str) -> int:
-    """Exit 0 when the agent answered, 1 otherwise (its status on stderr)."""
+    """Exit 0 when the agent answered, 1 otherwise (its status on stderr), at once when
+    no agent of that name is on the mesh."""
     actor = Actor(name="loom-ask", broker=broker, connect_timeout=args.timeout, unique=False)
 
     def step(event: Event) -> None:
@@ -96,6 +138,15 @@ async def ask_agent(args: argparse.Namespace, broker: str) -> int:
         await actor.subscribe(f"agent.{args.name}.*", step)
     await actor.start()
     try:
+        directory = await actor.directory(args.timeout)
+        if directory.actor(args.name) is None:
+            running = ", ".join(sorted(a.name for a in directory.actors)) or "none"
+            print(
+                f"loom ask: no agent named {args.name!r} on the mesh (actors: {running}); "
+                f"start one with `loom agent {args.name} --llm NAME`",
+                file=sys.stderr,
+            )
+            return 1
         result = await actor.request(
             f"agent.{args.name}.task", {"task": args.task}, timeout=args.wait
         )

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -46,6 +47,7 @@ EXAMPLES = """examples:
   loom dashboard                              # a live web page of the mesh (port 7780)
   loom agent analyst --llm local              # a cognitive actor on a configured LLM
   loom ask analyst 'What failed today?'       # give it a task, print the answer
+  loom llm-stub script.json --port 8088       # a scripted LLM, to try agents offline
 """
 
 
@@ -150,6 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``loom``: exit 0 on success, 1 when a command fails, 2 on bad usage, 130 on
+    Ctrl-C; a reader that stops early (``loom replay | head``) ends it quietly."""
+    try:
+        return _command(argv)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Standard output's reader is gone: point it at /dev/null so that the flush at
+        # exit does not fail again, and stop without a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":  # it configures logging from its file
         try:
@@ -196,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             return agent_commands.run_agent(args, broker)
         elif args.command == "ask":
             return asyncio.run(agent_commands.ask_agent(args, broker))
+        elif args.command == "llm-stub":
+            return agent_commands.run_llm_stub(args)
         elif args.command == "bench":
             return asyncio.run(bench_commands.run_benches(args))
         elif args.command == "dashboard":

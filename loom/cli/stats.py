@@ -37,21 +37,27 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     stats.add_argument("--top", type=int, default=20, help="topics shown, busiest first (20)")
     stats.add_argument("--count", type=int, default=0, help="stop after this many refreshes")
+    stats.add_argument(
+        "--all",
+        action="store_true",
+        help="also Loom's own reply and probe topics ($inbox.*, $probe.*)",
+    )
 
 
 async def show_stats(args: argparse.Namespace, broker: str) -> int:
     if args.watch is None:
-        print(json.dumps(await _snapshot(broker, args.timeout), indent=2, default=repr))
+        snapshot = await _snapshot(broker, args.timeout, everything=args.all)
+        print(json.dumps(snapshot, indent=2, default=repr))
         return 0
     if args.watch <= 0 or args.top < 1:
         print("loom stats: --watch and --top need positive values", file=sys.stderr)
         return 2
     clear = sys.stdout.isatty()
-    before, then = await _snapshot(broker, args.timeout), time.monotonic()
+    before, then = await _snapshot(broker, args.timeout, everything=args.all), time.monotonic()
     shown = 0
     while not args.count or shown < args.count:
         await asyncio.sleep(args.watch)  # the refresh interval, not a wait for a condition
-        now, at = await _snapshot(broker, args.timeout), time.monotonic()
+        now, at = await _snapshot(broker, args.timeout, everything=args.all), time.monotonic()
         table = format_rates(before, now, at - then, args.top)
         print((_CLEAR if clear else "") + table, flush=True)
         before, then = now, at
@@ -59,8 +65,17 @@ async def show_stats(args: argparse.Namespace, broker: str) -> int:
     return 0
 
 
-async def _snapshot(broker: str, timeout: float) -> dict[str, Any]:
-    return await ask(broker, STATS, timeout=timeout)
+PLUMBING = ("$inbox.", "$probe.")
+"""Loom's own topics for replies and link probes: one per actor, noise in a table."""
+
+
+async def _snapshot(broker: str, timeout: float, *, everything: bool) -> dict[str, Any]:
+    """STATS, without the plumbing topics unless ``everything`` (the totals keep them)."""
+    stats = await ask(broker, STATS, timeout=timeout)
+    if not everything and isinstance(stats.get("topics"), dict):
+        topics = stats["topics"]
+        stats["topics"] = {t: c for t, c in topics.items() if not t.startswith(PLUMBING)}
+    return stats
 
 
 def format_rates(before: dict[str, Any], now: dict[str, Any], seconds: float, top: int) -> str:

@@ -126,7 +126,7 @@ def format_directory(directory: Directory, now: float | None = None) -> str:
     """The directory as three plain-text tables."""
     now = time.time() if now is None else now
     actors = [
-        (a.name, str(a.pid or "-"), " ".join(a.patterns) or "-", _ago(now - a.last_seen))
+        (a.name, str(a.pid or "-"), _patterns(a.patterns, a.durable), _ago(now - a.last_seen))
         for a in directory.actors
     ]
     workers = [
@@ -159,6 +159,12 @@ def format_directory(directory: Directory, now: float | None = None) -> str:
             _table(("TOOL", "WORKERS", "BUSY", "QUEUED", "CALLS", "ERRORS", "DESCRIPTION"), tools),
         )
     )
+
+
+def _patterns(live: list[str], durable: dict[str, list[str]]) -> str:
+    """An actor's patterns, then each durable subscription's as ``NAME=PATTERN,...``."""
+    shown = [*live, *(f"durable:{name}={','.join(p)}" for name, p in durable.items())]
+    return " ".join(shown) or "-"
 
 
 def _ago(seconds: float) -> str:

@@ -8,10 +8,8 @@ import sys
 from typing import Any
 
 from loom.errors import RefusedError
-from loom.protocol import TRACE
+from loom.protocol import TRACE, kind_name
 from loom.session import ask
-
-_KINDS = {0: "event", 1: "request", 2: "reply", 3: "error"}
 
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -38,6 +36,8 @@ async def show_trace(args: argparse.Namespace, broker: str) -> int:
     if not found["messages"] and not found["calls"]:
         print(f"loom trace: nothing of {args.trace_id} in the broker's buffer", file=sys.stderr)
         return 1
+    for message in found["messages"]:
+        message["kind"] = kind_name(message.get("kind"))  # a name, as in every JSON output
     print(json.dumps(found, indent=2) if args.json else format_trace(found))
     return 0
 
@@ -69,7 +69,7 @@ def format_trace(found: dict[str, Any]) -> str:
             continue
         seen.add(id(message))
         offset = (message["time"] - start) * 1000
-        kind = _KINDS.get(message["kind"], str(message["kind"]))
+        kind = message["kind"]
         origin = f"({kind} from {message['sender']})"
         lines.append(f"{offset:9.1f} ms  {'  ' * depth}{message['topic']}  {origin}")
         stack.extend((child, depth + 1) for child in reversed(children.get(message["id"], [])))

@@ -7,6 +7,7 @@ from loom.cognition._config import LLMSettings, load_llm_settings, resolve_api_k
 from loom.cognition._memory import Memory, MemoryItem, MemoryStoreError
 from loom.cognition._messages import Completion, ToolCall, Usage
 from loom.cognition._provider import ChatClient
+from loom.cognition._stub import ScriptedLLM, load_script
 from loom.cognition.context import ContextConfig, ContextManager
 from loom.errors import (
     LLMAuthError,
@@ -44,10 +45,12 @@ __all__ = [
     "MemoryItem",
     "MemoryStoreError",
     "MeshTools",
+    "ScriptedLLM",
     "ToolArgumentsError",
     "ToolCall",
     "ToolNameError",
     "Usage",
     "load_llm_settings",
+    "load_script",
     "resolve_api_key",
 ]

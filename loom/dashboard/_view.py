@@ -12,7 +12,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from loom.errors import PatternError
-from loom.protocol import HANDLER_BUCKETS, Pattern
+from loom.protocol import HANDLER_BUCKETS, Pattern, kind_name
 
 __all__ = ["MeshView"]
 
@@ -134,6 +134,7 @@ class MeshView:
         self._after = max(self._after, int(recent.get("messages_seen", 0)) - 1)
         self._calls_after = max(self._calls_after, int(recent.get("calls_seen", 0)) - 1)
         for message in messages:
+            message["kind"] = kind_name(message.get("kind"))  # a name, as in every JSON output
             self.messages.append(message)
             topic = str(message.get("topic", ""))
             if not topic.startswith(LOOM_PREFIX):

@@ -57,6 +57,7 @@ __all__ = [
     "encode_payload",
     "encode_topic",
     "header_id",
+    "kind_name",
     "max_frame",
     "pack_header",
     "queue_messages",
@@ -125,6 +126,12 @@ class Kind(IntEnum):
     REQUEST = REQUEST
     REPLY = REPLY
     ERROR = ERROR
+
+
+def kind_name(kind: object) -> str:
+    """A header's ``kind`` as every JSON output shows it: ``event``, ``request``,
+    ``reply``, ``error`` (``unknown`` for anything else)."""
+    return Kind(kind).name.lower() if kind in (EVENT, REQUEST, REPLY, ERROR) else "unknown"
 
 
 _Id = Annotated[bytes, msgspec.Meta(min_length=1, max_length=MAX_ID_BYTES)]

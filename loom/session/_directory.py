@@ -16,6 +16,8 @@ class ActorInfo(BaseModel):
     role: str
     pid: int | None = None
     patterns: list[str] = Field(default_factory=list)
+    durable: dict[str, list[str]] = Field(default_factory=dict)
+    """Its durable subscriptions, by name, with their patterns."""
     since: float
     last_seen: float
 
@@ -61,6 +63,10 @@ class Directory(BaseModel):
     """Peers that said HELLO but are not actors (``loom call``, scripts)."""
     workers: list[WorkerInfo]
     tools: list[ToolInfo]
+
+    def actor(self, name: str) -> ActorInfo | None:
+        """The live actor called ``name``, if any."""
+        return next((a for a in self.actors if a.name == name), None)
 
     def tool(self, name: str) -> ToolInfo | None:
         """The tool called ``name``, if any worker serves it."""

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from conftest import ACTORS, Proc, eventually, start_worker, wait_for
-from llm_server import ScriptedLLM
 
 from loom import Actor, Event, ToolClient
+from loom.cognition import ScriptedLLM
 
 
 def call(name: str, arguments: Any) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import LOOM, Proc, run_loom, start_worker
-from llm_server import ScriptedLLM
+
+from loom.cognition import ScriptedLLM
 
 
 def test_an_agent_from_config_answers_loom_ask(

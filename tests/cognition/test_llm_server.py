@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import Proc, free_tcp_endpoint
-from llm_server import ScriptedLLM, load_script
+
+from loom.cognition import ScriptedLLM, load_script
 
 HERE = Path(__file__).parent
 SCRIPTS = HERE / "scripts"
@@ -21,10 +22,11 @@ def test_runs_as_a_script(spawn: Callable[..., Proc], tmp_path: Path) -> None:
     """As a script it prints its URL, plays the script and records each request."""
     port = free_tcp_endpoint().rsplit(":", 1)[1]
     record = tmp_path / "requests.jsonl"
-    server = str(HERE / "llm_server.py")
     proc = spawn(
         sys.executable,
-        server,
+        "-m",
+        "loom.cli.main",
+        "llm-stub",
         str(SCRIPTS / "answer.json"),
         "--port",
         port,

@@ -6,9 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from llm_server import ScriptedLLM
-
-from loom.cognition import AgentLoop, ChatClient, LLMSettings
+from loom.cognition import AgentLoop, ChatClient, LLMSettings, ScriptedLLM
 
 
 class Adder:

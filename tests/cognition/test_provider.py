@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from llm_server import ScriptedLLM
 
+from loom.cognition import ScriptedLLM
 from loom.cognition._config import LLMSettings, load_llm_settings, resolve_api_key
 from loom.cognition._messages import (
     Completion,

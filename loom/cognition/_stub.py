@@ -1,4 +1,5 @@
-"""A real loopback HTTP server speaking the OpenAI chat-completions API, playing a script.
+"""A real loopback HTTP server speaking the OpenAI chat-completions API, playing a script:
+the tests' LLM, and ``loom llm-stub`` for trying the agent loop offline.
 
 Each ``POST /v1/chat/completions`` consumes the next step of the script (a JSON list, or
 ``{"steps": [...]}``). A step is one of::
@@ -29,20 +30,18 @@ Python::
     with ScriptedLLM(steps_or_path) as llm:
         llm.base_url, llm.requests, llm.remaining, llm.failures
 
-Script::
+Command::
 
-    python tests/cognition/llm_server.py SCRIPT.json --port N [--record FILE.jsonl]
+    loom llm-stub SCRIPT.json --port N [--record FILE.jsonl]
 
-prints ``listening on http://127.0.0.1:PORT/v1`` and serves until SIGTERM or SIGINT.
-Standard library only.
+prints ``listening on http://127.0.0.1:PORT/v1`` and serves until SIGTERM or SIGINT (see
+``docs/cognition.md``). Standard library only.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import signal
 import sys
 import threading
 from http import HTTPStatus
@@ -57,7 +56,9 @@ EXPECT_KEYS = frozenset(
 )
 
 
-def load_script(source: list[dict[str, Any]] | dict[str, Any] | str | Path) -> list[dict]:
+def load_script(
+    source: list[dict[str, Any]] | dict[str, Any] | str | Path,
+) -> list[dict[str, Any]]:
     """The steps of a script given as steps, ``{"steps": [...]}`` or a JSON file's path.
 
     Raises:
@@ -157,7 +158,7 @@ class ScriptedLLM:
                 raise AssertionError(f"{len(self.requests)} requests of {count} in {timeout}s")
             return list(self.requests)
 
-    def take(self, raw: bytes, headers: dict[str, str]) -> tuple[int, Any, dict | None]:
+    def take(self, raw: bytes, headers: dict[str, str]) -> tuple[int, Any, dict[str, Any] | None]:
         """Record one request; its number, decoded body and step (``None``: none left)."""
         try:
             body = json.loads(raw)
@@ -287,7 +288,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _check(expect: dict[str, Any], body: dict[str, Any]) -> list[str]:
     """What differs between the expectations and the request."""
-    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    found = body.get("messages")
+    messages: list[Any] = found if isinstance(found, list) else []
     got: dict[str, Any] = {
         "tools": [tool.get("function", {}).get("name") for tool in body.get("tools") or []],
         "last_role": messages[-1].get("role") if messages else None,
@@ -414,25 +416,3 @@ def _stream_events(reply: dict[str, Any], body: dict[str, Any], number: int) -> 
         events.append("data: " + json.dumps(data))
     events.append("data: [DONE]")
     return events
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Serve a script until SIGTERM or SIGINT."""
-    parser = argparse.ArgumentParser(description="A scripted OpenAI-compatible LLM server.")
-    parser.add_argument("script", help="the JSON script")
-    parser.add_argument("--port", type=int, default=0, help="the port (default: any free one)")
-    parser.add_argument("--record", help="append each request body to this JSONL file")
-    args = parser.parse_args(argv)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    with ScriptedLLM(args.script, port=args.port, record=args.record) as llm:
-        print(f"listening on {llm.base_url}", flush=True)
-        stop.wait()
-        for failure in llm.failures:
-            print(f"failure: {failure}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
