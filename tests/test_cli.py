@@ -276,3 +276,57 @@ def test_every_command_has_examples_and_the_common_flags() -> None:
         text = parser.format_help()
         assert parser.epilog and "loom" in parser.epilog, name
         assert "--broker" in text and "--log-json" in text and "--timeout" in text, name
+
+
+def test_stats_hides_the_plumbing_topics_unless_asked(broker: str) -> None:
+    """`loom stats` leaves out `$inbox.*` and `$probe.*` (every actor's replies and link
+    probes); `--all` shows them."""
+    assert run_loom("pub", "seen.x", "1", "--broker", broker).returncode == 0
+    shown = json.loads(run_loom("stats", "--broker", broker).stdout)["topics"]
+    everything = json.loads(run_loom("stats", "--all", "--broker", broker).stdout)["topics"]
+    assert "seen.x" in shown and not [t for t in shown if t.startswith(("$inbox", "$probe"))]
+    assert [t for t in everything if t.startswith(("$inbox", "$probe"))]
+
+
+def test_list_shows_durable_subscriptions(spawn: Callable[..., Proc], short_tmp: Path) -> None:
+    """An actor's durable subscriptions appear in `loom list` with their patterns."""
+    from conftest import start_broker
+
+    endpoint = f"ipc://{short_tmp}/b"
+    start_broker(spawn, endpoint, "--data-dir", str(short_tmp / "data"))
+    env = {"LOOM_TEST_AUDIT_FILE": str(short_tmp / "audit.txt")}
+    target = f"{ROOT / 'tests/actors/durable_sub.py'}:Auditor"
+    spawn(*LOOM, "actor", target, "--broker", endpoint, env=env)
+    wait_for(lambda: "durable:audit=orders.*" in run_loom("list", "--broker", endpoint).stdout)
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(broker: str) -> None:
+    """`loom tap ... | head -1`: the command ends quietly when its reader goes."""
+    for i in range(3):
+        run_loom("pub", f"many.x{i}", str(i), "--broker", broker)
+    shell = f"{sys.executable} -m loom.cli.main stats --all --broker {broker} | head -1"
+    done = subprocess.run(
+        ["bash", "-c", shell], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "{" and "Traceback" not in done.stderr, done.stderr
+
+
+def test_ask_fails_at_once_without_that_agent(broker: str) -> None:
+    """`loom ask NAME` with no agent of that name exits 1 at once, saying so."""
+    done = run_loom("ask", "nobody", "hello?", "--broker", broker, "--wait", "60", timeout=30)
+    assert done.returncode == 1 and "no agent named 'nobody'" in done.stderr
+
+
+def test_a_data_dir_of_none_is_refused(tmp_path: Path) -> None:
+    """`--data-dir None` (a missing value written out, which once left a None/ directory
+    in the repository) is refused, naming the key."""
+    done = subprocess.run(
+        [sys.executable, "-m", "loom.cli.broker", "--data-dir", "None"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and "data_dir" in done.stderr
+    assert not (tmp_path / "None").exists()

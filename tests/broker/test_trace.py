@@ -48,6 +48,8 @@ def test_a_trace_shows_the_chain_of_messages_and_tool_calls(
     found = json.loads(loom_at(mesh, "trace", traced[0], "--json").stdout)
     assert found["trace"] == traced[0] and len(found["calls"]) == 1
     assert {m["topic"] for m in found["messages"]} >= {"ping.x", "pong.x"}
+    kinds = {m["topic"]: m["kind"] for m in found["messages"]}
+    assert kinds["ping.x"] == "request" and kinds["pong.x"] == "event"  # names, as in tap
 
 
 def test_an_unknown_trace_is_exit_1_and_a_bad_one_exit_2(mesh: str) -> None:
