@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 from collections.abc import Callable
@@ -93,9 +94,14 @@ def test_run_gives_up_on_a_crash_loop_and_fails(
     """A child that keeps crashing is given up on after max_restarts within the window;
     everything stops and `loom run` exits 1."""
     crash = short_tmp / "crash.py"
-    crash.write_text("raise RuntimeError('crashes on import')\n")
+    crash.write_text(
+        "from loom import Actor\n"
+        "class Crashy(Actor):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        raise RuntimeError('crashes on start')\n"
+    )
     config = run_file(
-        short_tmp, f'[[actor]]\nname = "crashy"\ntarget = "{crash}:Nope"\n', max_restarts=2
+        short_tmp, f'[[actor]]\nname = "crashy"\ntarget = "{crash}:Crashy"\n', max_restarts=2
     )
     run = spawn(*LOOM, "run", str(config))
     assert run.popen.wait(60) == 1, run.output
@@ -154,3 +160,86 @@ def test_a_restarted_actor_resumes_its_durable_subscription(
     wait_for(lambda: handled() == set(range(200)), timeout=30)
     assert directory(endpoint)["actors"]["auditor"] != first
     assert run.stop(signal.SIGTERM, timeout=30) == 0
+
+
+def test_run_checks_every_target_before_starting_anything(short_tmp: Path) -> None:
+    """A run file whose targets are wrong exits 2 naming each problem; no broker, no
+    child is started."""
+    config = run_file(
+        short_tmp,
+        f'[[worker]]\nname = "w1"\ntarget = "{short_tmp}/missing.py"\n'
+        f'[[actor]]\nname = "echo"\ntarget = "{ACTORS}/echo.py:NoSuchActor"\n',
+    )
+    result = subprocess.run(
+        [*LOOM, "run", str(config)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert "nothing started" in result.stderr
+    assert "worker w1:" in result.stderr and "missing.py" in result.stderr
+    assert "actor echo:" in result.stderr and "NoSuchActor" in result.stderr
+    assert "broker started" not in result.stderr
+    assert not (short_tmp / "mesh").exists()
+
+
+@pytest.mark.timeout(120)
+def test_ps_shows_the_children_and_restart_restarts_one(
+    spawn: Callable[..., Proc], short_tmp: Path
+) -> None:
+    """`loom ps` lists a running `loom run`'s children; `loom restart NAME` restarts that
+    child at once (new pid, restarts 1, not a crash); an unknown name fails naming the
+    children; a second `loom run` of the same file is refused; once it stops, `loom ps`
+    exits 1."""
+    runtime = short_tmp / "runtime"
+    runtime.mkdir()
+    env = {"XDG_RUNTIME_DIR": str(runtime)}
+
+    def loom(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*LOOM, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={**os.environ, **env},
+        )
+
+    config = run_file(
+        short_tmp,
+        f'[[worker]]\nname = "w1"\ntarget = "{SAMPLE_TOOLS}"\n'
+        f'[[actor]]\nname = "echo"\ntarget = "{ACTORS}/echo.py:Echo"\n',
+    )
+    endpoint = f"ipc://{short_tmp}/mesh"
+    run = spawn(*LOOM, "run", str(config), env=env)
+    first = wait_for(lambda: directory(endpoint)["actors"].get("echo"), timeout=20)
+
+    def children() -> dict[str, dict[str, object]]:
+        ps = loom("ps", str(config), "--json")
+        assert ps.returncode == 0, ps.stderr
+        [answer] = json.loads(ps.stdout)
+        assert answer["file"] == str(config.resolve())
+        return {child["name"]: child for child in answer["children"]}
+
+    listed = children()
+    assert set(listed) == {"broker", "w1", "echo"}
+    assert listed["echo"]["pid"] == first and listed["echo"]["state"] == "running"
+    table = loom("ps")
+    assert table.returncode == 0 and "echo" in table.stdout and str(first) in table.stdout
+
+    again = loom("run", str(config))
+    assert again.returncode == 2 and "running already" in again.stderr
+
+    unknown = loom("restart", "nope")
+    assert unknown.returncode == 1 and "echo" in unknown.stderr and "w1" in unknown.stderr
+
+    restarted = loom("restart", "echo")
+    assert restarted.returncode == 0, restarted.stderr
+    second = wait_for(
+        lambda: (pid := directory(endpoint)["actors"].get("echo")) not in (None, first) and pid,
+        timeout=20,
+    )
+    now = wait_for(lambda: (c := children()["echo"])["state"] == "running" and c)
+    assert now["pid"] == second and now["restarts"] == 1
+    assert "child restarted on request" in run.output and "child exited" not in run.output
+    assert run.stop(signal.SIGTERM, timeout=30) == 0, run.output
+    gone = loom("ps", str(config))
+    assert gone.returncode == 1 and "no loom run" in gone.stderr

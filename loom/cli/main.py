@@ -39,6 +39,8 @@ EXAMPLES = """examples:
   loom list                                   # live actors, workers and tools
   loom call demo.stats '{"values": [1, 2]}'   # call a tool, print the result
   loom run configs/mesh.toml                  # start and supervise a whole mesh
+  loom ps                                     # its children: state, pid, restarts
+  loom restart trader                         # restart one of them now
   loom sandbox check                          # the tool sandbox's layers on this host
   loom approvals                              # tool calls waiting for approval
   loom approve 7                              # let call #7 run (loom deny 7: refuse it)
@@ -197,6 +199,10 @@ def _command(argv: list[str] | None) -> int:
                 return 0
         elif args.command == "replay":
             return asyncio.run(replay(args, broker))
+        elif args.command == "ps":
+            return asyncio.run(run_commands.show_children(args))
+        elif args.command == "restart":
+            return asyncio.run(run_commands.restart_child(args))
         elif args.command == "actor":
             return run_commands.run_actor(args, broker)
         elif args.command == "worker":

@@ -1,21 +1,34 @@
-"""``loom run FILE.toml`` (supervise a whole mesh) and ``loom actor TARGET`` (run one actor)."""
+"""``loom run FILE.toml`` (supervise a whole mesh), ``loom ps`` and ``loom restart NAME``
+(ask the running supervisor), and ``loom actor TARGET`` (run one actor)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
+import json
+import os
 import signal
+import socket
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
+
+import msgpack
+import zmq
+import zmq.asyncio
 
 from loom._loader import import_target
 from loom.actor import Actor
 from loom.broker import BrokerSettings
 from loom.cli.settings import RunSettings, load_run_settings
-from loom.cli.supervisor import Child, ChildSpec, Supervisor
-from loom.errors import TargetError
+from loom.cli.supervisor import Child, ChildSpec, Supervisor, format_status
+from loom.errors import LoomError, TargetError
 from loom.logs import configure_logging, get_logger
 from loom.session import wait_for_broker
+from loom.tools import load_tools
 
 LOOM = [sys.executable, "-m", "loom.cli.main"]
 
@@ -29,6 +42,22 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         epilog="example: loom run configs/mesh.toml   (see that file for every key)",
     )
     run.add_argument("file", help="a run file: [broker], [supervisor], [[actor]], [[worker]]")
+    ps = commands.add_parser(
+        "ps",
+        parents=[common],
+        help="the children of a running `loom run`: state, pid, restarts, CPU, memory",
+        epilog="example: loom ps   (or: loom ps configs/mesh.toml, when several run)",
+    )
+    ps.add_argument("file", nargs="?", help="the run file (default: the one running)")
+    ps.add_argument("--json", action="store_true", help="the children as JSON")
+    restart = commands.add_parser(
+        "restart",
+        parents=[common],
+        help="restart one child of a running `loom run` now",
+        epilog="example: loom restart trader   (--file configs/mesh.toml when several run)",
+    )
+    restart.add_argument("name", help="the child's name in the run file")
+    restart.add_argument("--file", help="the run file (default: the one running)")
     actor = commands.add_parser(
         "actor",
         parents=[common],
@@ -48,7 +77,8 @@ def run_actor(args: argparse.Namespace, broker: str) -> int:
 
 
 def run_mesh(args: argparse.Namespace) -> int:
-    """Load the run file, start the children, supervise until SIGINT/SIGTERM."""
+    """Load the run file, check every target, start the children, supervise until
+    SIGINT/SIGTERM. Exit 2, starting nothing, when a target is wrong (all are named)."""
     settings = load_run_settings(args.file)
     configure_logging(
         json=args.log_json or settings.log.json_lines,
@@ -59,6 +89,16 @@ def run_mesh(args: argparse.Namespace) -> int:
         settings = settings.model_copy(
             update={"broker": settings.broker.model_copy(update={"endpoint": args.broker})}
         )
+    problems = check_targets(settings)
+    if problems:
+        print(f"loom run: {args.file}: nothing started:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    control = control_endpoint(args.file)
+    if _listening(control) and asyncio.run(_ask_supervisor(control, {"command": "ps"}, 2)):
+        print(f"loom run: {args.file} is running already (loom ps shows it)", file=sys.stderr)
+        return 2
     supervisor = Supervisor(
         child_specs(settings, log_json=args.log_json or settings.log.json_lines),
         log=get_logger("loom.run"),
@@ -68,14 +108,146 @@ def run_mesh(args: argparse.Namespace) -> int:
         max_backoff=settings.supervisor.max_backoff,
         status_every=settings.supervisor.status_every,
     )
-    return asyncio.run(_supervise(supervisor))
+    return asyncio.run(_supervise(supervisor, control, args.file))
 
 
-async def _supervise(supervisor: Supervisor) -> int:
+async def _supervise(supervisor: Supervisor, control: str, file: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.stop)
-    return await supervisor.run()
+    serving = asyncio.create_task(supervisor.serve(control, file=str(Path(file).resolve())))
+    try:
+        return await supervisor.run()
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        with contextlib.suppress(OSError):
+            Path(control.removeprefix("ipc://")).unlink()
+
+
+def check_targets(settings: RunSettings) -> list[str]:
+    """What is wrong with the run file's targets (a missing file, a module that does not
+    import, no such class, no tools), one line each; nothing is started."""
+    problems = []
+    for worker in settings.workers:
+        try:
+            load_tools(worker.target)
+        except LoomError as exc:
+            problems.append(f"worker {worker.name}: {exc}")
+    for actor in settings.actors:
+        try:
+            load_actor(actor.target)
+        except LoomError as exc:
+            problems.append(f"actor {actor.name}: {exc}")
+    return problems
+
+
+def runtime_dir() -> Path:
+    """Where running supervisors listen: ``$XDG_RUNTIME_DIR/loom``, else
+    ``/tmp/loom-<uid>``; only its owner may enter it."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    path = Path(base) / "loom" if base else Path(tempfile.gettempdir()) / f"loom-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def control_endpoint(file: str) -> str:
+    """The endpoint a ``loom run`` of ``file`` answers ``loom ps`` on (one per file)."""
+    digest = hashlib.sha1(str(Path(file).resolve()).encode()).hexdigest()[:12]
+    return f"ipc://{runtime_dir()}/run-{digest}.sock"
+
+
+async def _ask_supervisor(
+    endpoint: str, request: dict[str, Any], timeout: float
+) -> dict[str, Any] | None:
+    """A supervisor's answer, or None when nothing answers there."""
+    context = zmq.asyncio.Context()
+    sock = context.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, 16 << 20)
+    try:
+        sock.connect(endpoint)
+        await sock.send(msgpack.packb(request))
+        if not await sock.poll(int(timeout * 1000)):
+            return None
+        answer = msgpack.unpackb(await sock.recv())
+        return answer if isinstance(answer, dict) else None
+    finally:
+        sock.close(0)
+        context.term()
+
+
+def _listening(endpoint: str) -> bool:
+    """Whether a process listens on this ``ipc://`` socket; a socket file left by a
+    ``loom run`` that was killed is removed."""
+    path = endpoint.removeprefix("ipc://")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except FileNotFoundError:
+            return False
+        except ConnectionRefusedError:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return False
+        except OSError:
+            return True  # let zmq try, and time out if it must
+    return True
+
+
+async def _running(file: str | None, timeout: float) -> list[tuple[str, dict[str, Any]]]:
+    """The running supervisors (endpoint, their ps answer): the one of ``file``, or all."""
+    if file is not None:
+        endpoints = [control_endpoint(file)]
+    else:
+        endpoints = [f"ipc://{path}" for path in sorted(runtime_dir().glob("run-*.sock"))]
+    endpoints = [endpoint for endpoint in endpoints if _listening(endpoint)]
+    found = []
+    for endpoint in endpoints:
+        answer = await _ask_supervisor(endpoint, {"command": "ps"}, timeout)
+        if answer is not None:
+            found.append((endpoint, answer))
+    return found
+
+
+async def show_children(args: argparse.Namespace) -> int:
+    """``loom ps``: exit 1 when no ``loom run`` is running (of that file)."""
+    found = await _running(args.file, args.timeout)
+    if not found:
+        where = f"of {args.file} " if args.file else ""
+        print(f"loom ps: no loom run {where}is running", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([answer for _, answer in found], indent=2))
+        return 0
+    for _, answer in found:
+        if len(found) > 1:
+            print(f"{answer.get('file', '?')}:")
+        print(format_status(answer.get("children", [])))
+    return 0
+
+
+async def restart_child(args: argparse.Namespace) -> int:
+    """``loom restart NAME``: exit 1 when nothing runs or no such child, 2 when several
+    ``loom run`` are running and ``--file`` does not say which."""
+    found = await _running(args.file, args.timeout)
+    if not found:
+        print("loom restart: no loom run is running", file=sys.stderr)
+        return 1
+    if len(found) > 1:
+        files = ", ".join(str(answer.get("file")) for _, answer in found)
+        print(f"loom restart: several are running ({files}): name one with --file", file=sys.stderr)
+        return 2
+    endpoint, _ = found[0]
+    answer = await _ask_supervisor(endpoint, {"command": "restart", "name": args.name}, 5.0)
+    if answer is None or answer.get("error"):
+        why = answer.get("error") if answer else "the supervisor did not answer"
+        print(f"loom restart: {why}", file=sys.stderr)
+        return 1
+    print(f"restarting {args.name}")
+    return 0
 
 
 def child_specs(settings: RunSettings, *, log_json: bool = False) -> list[ChildSpec]:
@@ -105,8 +277,12 @@ def broker_flags(broker: BrokerSettings) -> list[str]:
     """``loom-broker`` flags that reproduce ``broker``."""
     flags = []
     for key, value in broker.model_dump().items():
-        if value is not None:  # an unset option stays unset (data_dir: no durable log)
-            flags += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, tuple | list):  # a repeatable flag, once per item
+            for item in value:
+                flags += [flag, str(item)]
+        elif value is not None:  # an unset option stays unset (data_dir: no durable log)
+            flags += [flag, str(value)]
     return flags
 
 

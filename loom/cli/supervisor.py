@@ -19,11 +19,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import msgpack
 import psutil
+import zmq
+import zmq.asyncio
 
 from loom._tables import format_table
 
-__all__ = ["Child", "ChildSpec", "Supervisor"]
+__all__ = ["Child", "ChildSpec", "Supervisor", "format_status"]
 
 Ready = Callable[["Child"], Awaitable[None]]
 """Waits until a started child is ready (a broker answering); raises if it never is."""
@@ -49,8 +52,10 @@ class Child:
 
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
+        self.restart_asked = False
+        """``loom restart`` asked for it: the next exit restarts it at once, uncounted."""
         self.state = "waiting"
-        """waiting, running, backoff, exited, failed, stopping, stopped"""
+        """waiting, running, restarting, backoff, exited, failed, stopping, stopped"""
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.recent: deque[float] = deque()
@@ -113,6 +118,7 @@ class Supervisor:
         self._out = out
         self._clock = clock
         self._stopping = asyncio.Event()
+        self._restarting: set[asyncio.Task[None]] = set()
         self.gave_up: Child | None = None
 
     def stop(self) -> None:
@@ -174,6 +180,11 @@ class Supervisor:
             code = await child.proc.wait()
             if self._stopping.is_set():
                 return
+            if child.restart_asked:  # loom restart: at once, not counted against it
+                child.restart_asked = False
+                child.restarts += 1
+                self._log.info("child restarted on request", child=spec.name)
+                continue
             self._log.warning("child exited", child=spec.name, code=code)
             if spec.restart == "never" or (spec.restart == "on-failure" and code == 0):
                 child.state = "exited"
@@ -219,7 +230,7 @@ class Supervisor:
         """SIGTERM, the grace period, then SIGKILL to its process group."""
         proc = child.proc
         if proc is None or proc.returncode is not None:
-            if child.state in ("running", "backoff", "waiting"):
+            if child.state in ("running", "restarting", "backoff", "waiting"):
                 child.state = "stopped"
             return
         child.state = "stopping"
@@ -243,23 +254,99 @@ class Supervisor:
             await asyncio.sleep(self._status_every)
             self.print_status()
 
-    def print_status(self) -> None:
-        """One table: each child's name, kind, state, pid, restarts, CPU and RSS."""
-        header = ("CHILD", "KIND", "STATE", "PID", "RESTARTS", "CPU%", "RSS MiB")
+    def status(self) -> list[dict[str, Any]]:
+        """Each child's name, kind, state, pid, restarts, CPU percent and RSS in MiB."""
         rows = []
         for child in self.children:
             cpu, rss = child.usage()
-            pid = child.pid
             rows.append(
-                (
-                    child.spec.name,
-                    child.spec.kind,
-                    child.state,
-                    str(pid) if pid is not None else "-",
-                    str(child.restarts),
-                    f"{cpu:.1f}",
-                    f"{rss:.1f}",
-                )
+                {
+                    "name": child.spec.name,
+                    "kind": child.spec.kind,
+                    "state": child.state,
+                    "pid": child.pid,
+                    "restarts": child.restarts,
+                    "cpu": round(cpu, 1),
+                    "rss_mib": round(rss, 1),
+                }
             )
-        self._out.write(format_table(header, rows) + "\n")
+        return rows
+
+    def print_status(self) -> None:
+        """The status as one table (``loom run`` prints it, ``loom ps`` shows it)."""
+        self._out.write(format_status(self.status()) + "\n")
         self._out.flush()
+
+    def restart(self, name: str) -> str | None:
+        """Restart child ``name`` now (SIGTERM, then it starts again at once); an error
+        message if there is no such running child."""
+        child = next((c for c in self.children if c.spec.name == name), None)
+        if child is None:
+            names = ", ".join(c.spec.name for c in self.children)
+            return f"no child named {name!r} (children: {names})"
+        if child.state != "running" or child.proc is None:
+            return f"{name} is {child.state}, not running"
+        child.restart_asked = True
+        child.state = "restarting"
+        task = asyncio.create_task(self._stop_for_restart(child, child.proc))
+        self._restarting.add(task)
+        task.add_done_callback(self._restarting.discard)
+        return None
+
+    async def _stop_for_restart(self, child: Child, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM, the grace period, then SIGKILL to its process group; the child's own
+        loop sees it exit and starts it again."""
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), child.spec.grace)
+        except TimeoutError:
+            self._log.warning("child ignored SIGTERM: killing it", child=child.spec.name)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    async def serve(self, endpoint: str, *, file: str = "") -> None:
+        """Answer ``loom ps`` and ``loom restart`` on ``endpoint`` (a REP socket) until
+        cancelled: ``{"command": "ps"}`` and ``{"command": "restart", "name": N}``."""
+        context = zmq.asyncio.Context()
+        sock = context.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
+        sock.bind(endpoint)
+        try:
+            while True:
+                frames = await sock.recv_multipart()
+                try:
+                    request = msgpack.unpackb(frames[-1])
+                    command = request.get("command") if isinstance(request, dict) else None
+                except Exception:
+                    command, request = None, {}
+                if command == "ps":
+                    answer: dict[str, Any] = {"file": file, "children": self.status()}
+                elif command == "restart":
+                    error = self.restart(str(request.get("name")))
+                    answer = {"error": error} if error else {"ok": True}
+                else:
+                    answer = {"error": "ask ps or restart"}
+                await sock.send(msgpack.packb(answer))
+        finally:
+            sock.close(0)
+            context.term()
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    """The children as a table: name, kind, state, pid, restarts, CPU and RSS."""
+    header = ("CHILD", "KIND", "STATE", "PID", "RESTARTS", "CPU%", "RSS MiB")
+    cells = [
+        (
+            row["name"],
+            row["kind"],
+            row["state"],
+            str(row["pid"]) if row["pid"] is not None else "-",
+            str(row["restarts"]),
+            f"{row['cpu']:.1f}",
+            f"{row['rss_mib']:.1f}",
+        )
+        for row in rows
+    ]
+    return format_table(header, cells)
