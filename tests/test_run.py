@@ -243,3 +243,20 @@ def test_ps_shows_the_children_and_restart_restarts_one(
     assert run.stop(signal.SIGTERM, timeout=30) == 0, run.output
     gone = loom("ps", str(config))
     assert gone.returncode == 1 and "no loom run" in gone.stderr
+
+
+def test_broker_flags_reproduce_the_run_files_broker_settings(short_tmp: Path) -> None:
+    """What `loom run` passes to its broker child parses back to the same settings,
+    repeatable ones (require_approval) included."""
+    from loom.broker import BrokerSettings
+    from loom.cli.broker import build_parser, settings_from
+    from loom.cli.run import broker_flags
+
+    wanted = BrokerSettings(
+        endpoint=f"ipc://{short_tmp}/mesh",
+        require_approval=("files.*", "shell.run"),
+        data_dir=str(short_tmp / "data"),
+        heartbeat=0.5,
+    )
+    parsed, _ = settings_from(build_parser().parse_args(broker_flags(wanted)))
+    assert parsed == wanted
