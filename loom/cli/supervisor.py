@@ -234,15 +234,7 @@ class Supervisor:
                 child.state = "stopped"
             return
         child.state = "stopping"
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), child.spec.grace)
-        except TimeoutError:
-            self._log.warning("child ignored SIGTERM: killing it", child=child.spec.name)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        await self._end(child, proc)
         with contextlib.suppress(ProcessLookupError):  # its own children, if any are left
             os.killpg(proc.pid, signal.SIGKILL)
         child.state = "failed" if child is self.gave_up else "stopped"
@@ -288,14 +280,14 @@ class Supervisor:
             return f"{name} is {child.state}, not running"
         child.restart_asked = True
         child.state = "restarting"
-        task = asyncio.create_task(self._stop_for_restart(child, child.proc))
+        task = asyncio.create_task(self._end(child, child.proc))
         self._restarting.add(task)
         task.add_done_callback(self._restarting.discard)
         return None
 
-    async def _stop_for_restart(self, child: Child, proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM, the grace period, then SIGKILL to its process group; the child's own
-        loop sees it exit and starts it again."""
+    async def _end(self, child: Child, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM, the grace period, then SIGKILL to its process group; returns once
+        it exited (a restarting child's own loop then starts it again)."""
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
@@ -304,6 +296,7 @@ class Supervisor:
             self._log.warning("child ignored SIGTERM: killing it", child=child.spec.name)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
 
     async def serve(self, endpoint: str, *, file: str = "") -> None:
         """Answer ``loom ps`` and ``loom restart`` on ``endpoint`` (a REP socket) until
