@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import socket
 import statistics
 import sys
@@ -343,6 +345,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("throughput", "latency"), help="run one half")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="loom-bench-", dir="/tmp")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
 
     def new() -> str:
         if args.transport == "ipc":

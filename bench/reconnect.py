@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -130,6 +132,7 @@ def main() -> None:
     parser.add_argument("--heartbeat", type=float, default=1.0)
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="loom-bench-", dir="/tmp")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     loom_times, raw_times = [], []
     for run in range(args.runs):
         loom_times.append(one_run(f"ipc://{tmp}/r{run}", args))

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=20.0, help="ms between spaced calls")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="loom-bench-", dir="/tmp")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     figures: dict[str, list[tuple[float, ...]]] = {"raw": [], "plain": [], "boxed": []}
     for run in range(args.runs):
         for kind, runs in figures.items():

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -230,6 +232,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=32)
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="loom-bench-", dir="/tmp")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     figures: dict[str, list[tuple[float, float, float]]] = {"raw": [], "client": [], "actor": []}
     for run in range(args.runs):
         for kind, runs in figures.items():

@@ -33,6 +33,11 @@ ACTORS = HERE / "actors"
 SAMPLE_TOOLS = str(HERE / "workers" / "sample.py")
 LOOM = [sys.executable, "-m", "loom.cli.main"]
 """The ``loom`` command, run from this interpreter."""
+SCRATCH = Path(tempfile.mkdtemp(prefix="loom-tests-", dir="/tmp"))
+"""This session's TMPDIR, its child processes' too: what a killed process leaves there (a
+SIGKILLed agent's workspace, a jail) goes when the session ends."""
+os.environ["TMPDIR"] = str(SCRATCH)
+tempfile.tempdir = None  # read TMPDIR again
 HEARTBEAT = 0.2
 """Seconds, for the ``mesh`` broker; a peer is dead after 3 missed heartbeats (0.6 s)."""
 
@@ -153,6 +158,10 @@ def spawn() -> Iterator[Callable[..., Proc]]:
     yield start
     for proc in procs:
         proc.kill()
+
+
+def pytest_sessionfinish() -> None:
+    shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 @pytest.fixture
