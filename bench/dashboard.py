@@ -164,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     executable = shutil.which("chromium")
     if executable is None:
-        sys.exit("bench/dashboard.py needs Chromium: scripts/install-chromium")
+        sys.exit("bench/dashboard.py needs Chromium: scripts/install-test-packages")
     fcp, drawn, base = [], [], []
     trips: list[dict[str, float]] = []
     with (

@@ -7,15 +7,18 @@ Each test names the layer that stops the attempt on this host. Where a host lack
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Proc
+from conftest import Proc, wait_for
 
 from loom import ToolClient
 from loom.errors import ToolError, ToolLimitError
@@ -60,12 +63,45 @@ class Sandboxed:
 
 
 @pytest.fixture
-def sandboxed(mesh: str, spawn: Callable[..., Proc], tmp_path: Path) -> Sandboxed:
-    jail = tmp_path / "jail"
+def endpoint(short_tmp: Path) -> str:
+    """ipc:// only (conftest's runs TCP too): here the suite runs twice over the outside
+    layers instead, without bubblewrap and inside it."""
+    return f"ipc://{short_tmp}/broker"
+
+
+@pytest.fixture(params=["host", "bwrap"])
+def layers(request: pytest.FixtureRequest) -> str:
+    """Which outside layers the worker uses: the host's own, or bubblewrap's too."""
+    if request.param == "bwrap" and shutil.which("bwrap") is None:
+        pytest.fail("bubblewrap is not installed (scripts/install-test-packages installs it)")
+    return str(request.param)
+
+
+def start_escapee(
+    spawn: Callable[..., Proc], mesh: str, jail: Path, layers: str, *, shell: str = ""
+) -> Proc:
+    """An escape-tools worker; ``shell``: a ``sh -c`` line that runs ``"$@"`` (the
+    worker's command) with redirections or another directory."""
     command = [sys.executable, "-m", "loom.cli.main", "worker", ESCAPE_TOOLS, "--broker", mesh]
-    worker = spawn(*command, "--name", "escapee", "--jail", str(jail), env={"SECRET": SECRET})
+    command += ["--name", "escapee", "--jail", str(jail)]
+    if shell:
+        command = ["/bin/sh", "-c", shell, "sh", *command]
+    env = {"SECRET": SECRET, "LOOM_SANDBOX_BWRAP": "on" if layers == "bwrap" else "off"}
+    return spawn(*command, env=env)
+
+
+def escapee_ready(mesh: str, worker: Proc, jail: Path, layers: str) -> Sandboxed:
+    box = Sandboxed(mesh, worker, jail)
+    assert box.applied("bwrap") == (layers == "bwrap"), box.report
+    return box
+
+
+@pytest.fixture
+def sandboxed(mesh: str, spawn: Callable[..., Proc], short_tmp: Path, layers: str) -> Sandboxed:
+    jail = short_tmp / "jail"  # short: it holds a socket file in one test
+    worker = start_escapee(spawn, mesh, jail, layers)
     worker.wait_line("worker ready")
-    return Sandboxed(mesh, worker, jail)
+    return escapee_ready(mesh, worker, jail, layers)
 
 
 @pytest.fixture
@@ -198,11 +234,12 @@ def test_a_file_past_the_size_limit_is_refused(sandboxed: Sandboxed) -> None:
 
 
 def test_signalling_the_parent_is_refused(sandboxed: Sandboxed) -> None:
-    """SIGKILL to the worker, the launcher and -1 (everyone) is refused (Landlock's signal
-    scope, and seccomp for these pids); the worker keeps serving."""
+    """SIGKILL to the worker, the launcher and -1 (everyone) is refused (the call's PID
+    namespace, where their pids name nothing; Landlock's signal scope, and seccomp for
+    these pids); the worker keeps serving."""
     worker = sandboxed.worker.popen.pid
     result = sandboxed.call("escape.signal", pids=[worker])
-    assert set(result.values()) <= sandboxed.refused("EPERM")
+    assert set(result.values()) <= sandboxed.refused("EPERM", "ESRCH")
     assert sandboxed.worker.popen.poll() is None
     assert sandboxed.call("escape.whoami")["pid"] > 0
 
@@ -214,7 +251,7 @@ def test_the_parents_environment_stays_secret(sandboxed: Sandboxed) -> None:
     found = sandboxed.call("escape.secret", name="SECRET", worker_pid=worker)
     assert found["here"] == "absent"
     if sandboxed.applied("landlock", "fs"):
-        assert {found["launcher"], found["worker"]} <= sandboxed.refused()
+        assert {found["launcher"], found["worker"]} <= sandboxed.refused() | {"hidden"}
 
 
 def test_a_failed_call_leaves_the_sandbox_serving(sandboxed: Sandboxed) -> None:
@@ -241,6 +278,17 @@ def test_sandbox_check_reports_layers_and_blocks_every_probe() -> None:
     report = json.loads(done.stdout)
     assert {"rlimits", "env", "landlock", "seccomp", "userns"} <= set(report["layers"])
     assert all(value.startswith("blocked") for value in report["escapes"].values())
+    assert {  # a probe for each class of hole found (and the network ones)
+        "send to a socket file from a datagram socketpair",
+        "read another process's limits",
+        "set another process's priority",
+        "make a child of the parent (CLONE_PARENT)",
+        "find an earlier call's System V shared memory",
+        "seek in the worker's standard error",
+        "read a directory on the worker's import path",
+        "connect with MPTCP (protocol 262)",
+        "listen on an unbound socket",
+    } <= set(report["escapes"])
 
 
 def test_a_config_file_overrides_the_declared_policy(
@@ -321,3 +369,178 @@ def test_a_call_cannot_see_an_earlier_calls_arguments(sandboxed: Sandboxed) -> N
     secret = "ARGUMENT-OF-ANOTHER-AGENT-7319"
     assert sandboxed.call("escape.read", path=f"/nonexistent/{secret}") == "ENOENT"
     assert sandboxed.call("escape.snoop", backwards=secret[::-1]) == []
+
+
+def test_a_datagram_socketpair_reaches_no_socket_file(sandboxed: Sandboxed) -> None:
+    """socket(AF_UNIX) is refused, and so is a datagram socketpair, one end of which could
+    sendto() any datagram socket file (/dev/log, a service's): only a stream pair, which
+    leads nowhere (asyncio's wakeup pipe), is allowed (seccomp)."""
+    path = sandboxed.jail / "dgram.sock"  # in the jail: bound inside bubblewrap too
+    received = None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        server.setblocking(False)
+        result = sandboxed.call("escape.dgram_pair", path=str(path))
+        with contextlib.suppress(BlockingIOError):
+            received = server.recv(100)
+    if sandboxed.applied("seccomp"):
+        assert result == "EPERM" and received is None
+
+
+def _ioprio(pid: int) -> int:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.syscall(252, 1, pid))  # ioprio_get(IOPRIO_WHO_PROCESS, pid)
+
+
+def _vitals(pid: int) -> tuple[Any, ...]:
+    import resource
+
+    return (
+        resource.prlimit(pid, resource.RLIMIT_NOFILE),
+        os.getpriority(os.PRIO_PROCESS, pid),
+        os.sched_getaffinity(pid),
+        os.sched_getscheduler(pid),
+        _ioprio(pid),
+    )
+
+
+def test_other_processes_limits_and_priorities_are_out_of_reach(sandboxed: Sandboxed) -> None:
+    """prlimit64, setpriority, sched_setaffinity, sched_setscheduler and ioprio_set on
+    another process of the same user (or on all of a user's) are refused: a call has its
+    own PID namespace where the host allows one (no other pid exists: ESRCH) and seccomp
+    lets these calls name only the caller itself (pid 0: EPERM). On itself they work."""
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        before = _vitals(victim.pid)
+        results = sandboxed.call("escape.meddle", pid=victim.pid)
+        assert _vitals(victim.pid) == before
+    finally:
+        victim.kill()
+        victim.wait()
+    others = {name: result for name, result in results.items() if not name.startswith("self")}
+    assert set(others.values()) <= {"EPERM", "ESRCH"}, results
+    assert results["self setpriority"] == results["self setrlimit"] == "ok"
+    assert sandboxed.call("escape.whoami")["pid"] > 0
+
+
+def test_a_call_addresses_no_process_outside_it(sandboxed: Sandboxed) -> None:
+    """Where the host allows user namespaces, each call gets a PID namespace: it is pid 1
+    there with no parent, and another process's pid names no process (ESRCH, where seccomp
+    or Landlock would say EPERM)."""
+    where = sandboxed.call("escape.whoami")
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        signalled = sandboxed.call("escape.signal", pids=[victim.pid])
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+    if sandboxed.applied("userns", "PID"):
+        assert (where["pid"], where["ppid"]) == (1, 0)
+        assert signalled[str(victim.pid)] == "ESRCH"
+    assert set(signalled.values()) <= {"EPERM", "ESRCH"}, signalled
+
+
+def test_inet_sockets_other_than_tcp_and_udp_are_refused(sandboxed: Sandboxed) -> None:
+    """Landlock's port rules see TCP only: an MPTCP socket (protocol 262) would connect to
+    any port. seccomp allows inet sockets of protocol 0, TCP or UDP only."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        result = sandboxed.call("escape.mptcp", port=server.getsockname()[1])
+    if sandboxed.applied("seccomp"):
+        assert result == "EPERM"
+
+
+def test_listening_without_bind_is_refused(sandboxed: Sandboxed) -> None:
+    """bind() is refused (Landlock), and so is listen() on an unbound socket, which would
+    bind a port itself (seccomp: no sandboxed call is a server)."""
+    result = sandboxed.call("escape.listen")
+    if sandboxed.applied("seccomp"):
+        assert result == "EPERM"
+
+
+def _zombies(root: int) -> list[int]:
+    """The zombie processes among ``root``'s descendants."""
+    parents: dict[int, int] = {}
+    states: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                states[int(entry.name)] = fields[0]
+                parents[int(entry.name)] = int(fields[1])
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        found += [child for child in children if states.get(child) == "Z"]
+        frontier += children
+    return found
+
+
+def test_no_call_leaves_zombies(sandboxed: Sandboxed) -> None:
+    """clone(CLONE_PARENT) would make children of the zygote, which reaped only what it
+    forked (15 calls of them filled the pids limit): seccomp refuses the flag (and a PID
+    namespace's init may not use it); orphans are reaped (the zygote is a subreaper) or
+    die with the call's namespace. The sandbox keeps serving."""
+    made = [sandboxed.call("escape.clone_parent", count=4) for _ in range(5)]
+    for _ in range(5):
+        assert sandboxed.call("escape.orphans", count=4) == "ok"
+    if sandboxed.applied("seccomp"):
+        assert all(set(results) <= {"EPERM", "EINVAL"} for results in made), made
+    wait_for(lambda: not _zombies(sandboxed.worker.pid), timeout=10)
+    assert sandboxed.call("escape.whoami")["pid"] > 0
+
+
+def test_system_v_shared_memory_dies_with_its_call(sandboxed: Sandboxed) -> None:
+    """A segment a call leaves is gone for the next call: each call has its own IPC
+    namespace (or, without user namespaces, seccomp refuses System V IPC)."""
+    key = 0x4C000000 + os.getpid() % 0x10000
+    created = sandboxed.call("escape.shm_create", key=key)
+    assert created in ("ok", "EPERM")
+    assert sandboxed.call("escape.shm_find", key=key) in ("ENOENT", "EPERM")
+
+
+def test_a_call_cannot_rewrite_the_workers_log(
+    mesh: str, spawn: Callable[..., Proc], short_tmp: Path, layers: str
+) -> None:
+    """The worker logs to a file. A call's standard output and error are a pipe the
+    launcher reads, not the worker's file: clearing O_APPEND and truncating fail, and
+    printing more than the policy's file size limit (1 MiB) is no error. What it printed
+    reaches the worker's log, each line naming the tool and call, up to Limits.output_kb
+    (64 KiB); the rest is counted as dropped."""
+    log, jail = short_tmp / "worker.log", short_tmp / "jail"
+    log.touch()
+    worker = start_escapee(spawn, mesh, jail, layers, shell=f'exec "$@" 2>>{log}')
+    wait_for(lambda: "worker ready" in log.read_text(), timeout=20)
+    box = escapee_ready(mesh, worker, jail, layers)
+    where = box.call("escape.stderr")
+    assert where["kind"] == "pipe" and where["truncate"] != "ok", where
+    assert box.call("escape.shout", lines=20000) == "ok"  # 1.4 MB
+    text = wait_for(lambda: log.read_text() if "dropped" in log.read_text() else None)
+    assert "worker ready" in text
+    shouts = [line for line in text.splitlines() if "shout " in line]
+    assert shouts and all("escape.shout" in line for line in shouts)
+    assert 500 < len(shouts) < 64 * 1024 // 60
+
+
+def test_the_workers_directory_is_not_readable(
+    mesh: str, spawn: Callable[..., Proc], short_tmp: Path, tmp_path: Path, layers: str
+) -> None:
+    """`python -m loom.cli.main worker` puts its working directory on sys.path; a secret
+    there stays unreadable: the read list holds Python's prefixes and the modules the
+    launcher imported (a top-level module's file alone), not all of sys.path."""
+    home, jail = tmp_path / "project", short_tmp / "jail"
+    home.mkdir()
+    (home / "secret.txt").write_text(SECRET)
+    worker = start_escapee(spawn, mesh, jail, layers, shell=f'cd {home} && exec "$@"')
+    worker.wait_line("worker ready")
+    box = escapee_ready(mesh, worker, jail, layers)
+    secret = box.call("escape.read", path=str(home / "secret.txt"))
+    sibling = box.call("escape.read", path=str(Path(ESCAPE_TOOLS).with_name("sample.py")))
+    if box.applied("landlock", "fs"):
+        assert {secret, sibling} <= box.refused()
+    assert box.call("escape.read", path=ESCAPE_TOOLS) == "ok"  # the tools' own module

@@ -119,24 +119,33 @@ def big_file() -> str:
 
 @tool(name="escape.signal", sandbox=TIGHT)
 def kill(pids: list[int]) -> dict[str, str]:
-    """SIGKILL the given processes, the launcher (the parent) and everyone (-1)."""
-    targets = [*pids, os.getppid(), -1]
+    """SIGKILL the given processes, the parent (when one is visible: not in a PID
+    namespace of its own, where ``getppid()`` is 0) and everyone (-1)."""
+    targets = [*pids, *([os.getppid()] if os.getppid() else []), -1]
     return {str(pid): outcome(lambda pid=pid: os.kill(pid, signal.SIGKILL)) for pid in targets}
 
 
 @tool(name="escape.secret", sandbox=TIGHT)
 def secret(name: str, worker_pid: int) -> dict[str, str]:
     """Look for an environment variable here, in the parent and in the worker."""
-    found = {"here": os.environ.get(name, "absent")}
-    for who, pid in (("launcher", os.getppid()), ("worker", worker_pid)):
-        found[who] = outcome(lambda pid=pid: Path(f"/proc/{pid}/environ").read_bytes())
+    found = {"here": os.environ.get(name, "absent"), "launcher": "hidden"}
+    parent = os.getppid()  # 0 in a PID namespace of its own
+    for who, pid in (("launcher", parent), ("worker", worker_pid)):
+        if pid:
+            found[who] = outcome(lambda pid=pid: Path(f"/proc/{pid}/environ").read_bytes())
     return found
 
 
 @tool(name="escape.whoami", sandbox=TIGHT)
 def whoami() -> dict[str, Any]:
-    """Where the call runs: pid, uid, working directory, environment."""
-    return {"pid": os.getpid(), "uid": os.getuid(), "cwd": os.getcwd(), "env": dict(os.environ)}
+    """Where the call runs: pid, parent, uid, working directory, environment."""
+    return {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "uid": os.getuid(),
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+    }
 
 
 @tool(name="escape.raw_socket", sandbox=TIGHT)
@@ -241,3 +250,159 @@ def snoop(backwards: str) -> list[str]:
             if len(found) > 5:
                 break
     return found
+
+
+def _syscall(number: int, *args: int) -> str:
+    """A raw system call: ``ok`` or the errno name."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    if libc.syscall(number, *(ctypes.c_long(a) for a in args)) >= 0:
+        return "ok"
+    return errno.errorcode.get(ctypes.get_errno(), "?")
+
+
+@tool(name="escape.dgram_pair", sandbox=TIGHT)
+def dgram_pair(path: str) -> str:
+    """Reach a datagram socket file through a socketpair: no socket() call needed."""
+
+    def attempt() -> None:
+        one, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with one, other:
+            one.sendto(b"escaped", path)
+
+    return outcome(attempt)
+
+
+@tool(name="escape.meddle", sandbox=TIGHT)
+def meddle(pid: int) -> dict[str, str]:
+    """Lower another process's limits and priorities (``pid``, and the parent when one
+    is visible), and every process of a user (a uid with none, 4242)."""
+    import resource
+
+    results: dict[str, str] = {}
+    targets = {"victim": pid}
+    if os.getppid():  # 0 in a PID namespace of its own: no parent to address
+        targets["parent"] = os.getppid()
+    for who, target in targets.items():
+        results[f"{who} prlimit get"] = outcome(
+            lambda target=target: resource.prlimit(target, resource.RLIMIT_NOFILE)
+        )
+    results["victim prlimit set"] = outcome(
+        lambda: resource.prlimit(pid, resource.RLIMIT_NOFILE, (64, 64))
+    )
+    results["victim setpriority"] = outcome(lambda: os.setpriority(os.PRIO_PROCESS, pid, 19))
+    results["victim sched_setaffinity"] = outcome(lambda: os.sched_setaffinity(pid, {0}))
+    results["victim sched_setscheduler"] = outcome(
+        lambda: os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    )
+    results["victim ioprio_set"] = _syscall(251, 1, pid, 3 << 13)  # WHO_PROCESS, class idle
+    results["user setpriority"] = outcome(lambda: os.setpriority(os.PRIO_USER, 4242, 19))
+    results["user ioprio_set"] = _syscall(251, 3, 4242, 3 << 13)  # IOPRIO_WHO_USER
+    results["self setpriority"] = outcome(lambda: os.setpriority(os.PRIO_PROCESS, 0, 5))
+    results["self setrlimit"] = outcome(
+        lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+    )
+    return results
+
+
+@tool(name="escape.mptcp", sandbox=LOOPBACK)
+def mptcp(port: int) -> str:
+    """Connect with MPTCP (protocol 262), which Landlock's TCP port rules do not see."""
+
+    def attempt() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262) as sock:
+            sock.settimeout(2)
+            sock.connect(("127.0.0.1", port))
+
+    return outcome(attempt)
+
+
+@tool(name="escape.listen", sandbox=LOOPBACK)
+def listen() -> str:
+    """listen() on an unbound TCP socket: the kernel binds a port for it."""
+
+    def attempt() -> None:
+        with socket.socket() as sock:
+            sock.listen()
+
+    return outcome(attempt)
+
+
+@tool(name="escape.clone_parent", sandbox=TIGHT)
+def clone_parent(count: int) -> list[str]:
+    """Make children of the parent (``clone(CLONE_PARENT)``) that exit at once: zombies
+    of whoever forked this call, unless someone reaps them."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    results = []
+    for _ in range(count):
+        pid = libc.syscall(56, ctypes.c_long(0x8000 | signal.SIGCHLD), 0, 0, 0, 0)
+        if pid == 0:
+            os._exit(0)
+        results.append("ok" if pid > 0 else errno.errorcode.get(ctypes.get_errno(), "?"))
+    return results
+
+
+@tool(name="escape.orphans", sandbox=TIGHT)
+def orphans(count: int) -> str:
+    """Leave ``count`` children that outlive the call process's own child: orphans."""
+    child = os.fork()
+    if child == 0:
+        for _ in range(count):
+            if os.fork() == 0:
+                os._exit(0)
+        os._exit(0)
+    os.waitpid(child, 0)
+    return "ok"
+
+
+def _shmget(key: int, size: int, flags: int) -> str:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.shmget(key, ctypes.c_size_t(size), flags) >= 0:
+        return "ok"
+    return errno.errorcode.get(ctypes.get_errno(), "?")
+
+
+@tool(name="escape.shm_create", sandbox=TIGHT)
+def shm_create(key: int) -> str:
+    """Create a System V shared memory segment of 1 MiB that no one removes."""
+    return _shmget(key, 1 << 20, 0o1000 | 0o600)  # IPC_CREAT
+
+
+@tool(name="escape.shm_find", sandbox=TIGHT)
+def shm_find(key: int) -> str:
+    """Find a segment an earlier call left."""
+    return _shmget(key, 0, 0)
+
+
+@tool(name="escape.stderr", sandbox=TIGHT)
+def stderr() -> dict[str, str]:
+    """What standard error is, and whether it can be rewritten from the start."""
+    import fcntl
+    import stat
+
+    mode = os.fstat(2).st_mode
+    kind = "pipe" if stat.S_ISFIFO(mode) else "file" if stat.S_ISREG(mode) else "other"
+    flags = fcntl.fcntl(2, fcntl.F_GETFL)
+    return {
+        "kind": kind,
+        "clear append": outcome(lambda: fcntl.fcntl(2, fcntl.F_SETFL, flags & ~os.O_APPEND)),
+        "truncate": outcome(lambda: os.ftruncate(2, 0)),
+    }
+
+
+@tool(name="escape.shout", sandbox=TIGHT)
+def shout(lines: int, width: int = 60) -> str:
+    """Print ``lines`` numbered lines of about ``width`` bytes to standard error."""
+    import sys
+
+    for number in range(lines):
+        sys.stderr.write(f"shout {number} " + "x" * width + "\n")
+    sys.stderr.flush()
+    return "ok"

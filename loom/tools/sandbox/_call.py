@@ -1,20 +1,30 @@
 """A call's process: forked by the zygote ahead of need (a spare), it confines itself
-further (its own process group and user namespace, rlimits, a Landlock signal scope, no
-capabilities, seccomp), warms up an event loop, then waits for its one call, runs it,
-writes the answer and exits. Confinement and warm-up happen before the call arrives, so
-they cost the caller nothing when a spare is ready.
+further (its own process group, user, PID and IPC namespaces, rlimits, a Landlock signal
+scope, no capabilities, seccomp), warms up an event loop, then waits for its one call,
+runs it, writes the answer and exits. Confinement and warm-up happen before the call
+arrives, so they cost the caller nothing when a spare is ready.
+
+A new PID namespace takes effect for children only: the spare forks once more, and the
+child, pid 1 of the new namespace, runs the call; the spare waits for it and ends the same
+way (its exit code, or its signal), so the zygote and the launcher see one process. When
+pid 1 ends, the kernel kills everything else in its namespace. Standard output and error
+are a pipe the launcher reads (never the worker's own descriptors).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
+import select
+import signal
+import time
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from loom.errors import LoomError, PayloadTooLargeError
-from loom.protocol import FrameReader, encode_value, write_frame
+from loom.protocol import FrameReader, encode_value, pack_frame, write_frame
 from loom.tools._tool import ToolContext
 from loom.tools.sandbox import _kernel as kernel
 from loom.tools.sandbox._policy import Limits
@@ -24,32 +34,79 @@ if TYPE_CHECKING:
 
 __all__ = ["call_main"]
 
+_LINGER = 0.002
+"""Seconds a call process waits after its answer before it exits: tearing a process down
+(the pages it copied) takes the CPU the launcher and the worker need to forward the
+answer; so does the zygote reaping it and the launcher asking for a spare."""
 _MB = 1024 * 1024
 _EFBIG = 27
 
 
-def call_main(launcher: Confined, requests: int, answers: int) -> NoReturn:
-    """The body of a forked call process; never returns."""
+def call_main(launcher: Confined, requests: int, answers: int, output: int) -> NoReturn:
+    """The body of a forked call process; never returns.
+
+    Args:
+        requests: the pipe its call comes on.
+        answers: the pipe its frames go to.
+        output: the pipe its standard output and error go to.
+    """
     code = 0
     try:
         kernel.die_with_parent()
         os.setpgid(0, 0)
-        os.dup2(2, 1)  # a tool's print() must not reach the launcher's protocol pipe
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        os.close(null)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
         _close_all_but(requests, answers)  # other calls' pipes, the launcher's own
+        if launcher.call_namespaces:
+            kernel.unshare(launcher.call_namespaces)  # unmapped: the tool sees uid 65534
+            if launcher.call_namespaces & kernel.CLONE_NEWPID:
+                child = os.fork()  # pid 1 of the new PID namespace
+                if child:
+                    os.close(requests)
+                    os.close(answers)
+                    _end_like(child)
+                kernel.die_with_parent()
         _confine(launcher)
         loop = asyncio.new_event_loop() if launcher.any_async else None
+        if not select.select([requests], [], [], 0)[0]:  # no call yet: time to spare
+            _warm_up(launcher, loop)
         frame = _read_frame(requests)
         if frame is not None:  # None: the launcher is shutting down
             _, call_id, name, args, timeout = frame
             _answer(launcher, loop, answers, call_id, name, args=args, timeout=timeout)
+            time.sleep(_LINGER)
     except BaseException:
         traceback.print_exc()
         code = 70
     finally:
         os._exit(code)
+
+
+def _warm_up(launcher: Confined, loop: asyncio.AbstractEventLoop | None) -> None:
+    """Go through what every call goes through (decoding a frame, binding arguments,
+    encoding a result, a turn of the event loop) before the call comes: the first write
+    to a page shared with the zygote copies it, and the caller would wait for that."""
+    next(iter(FrameReader().feed(pack_frame("call", 0, "", {"a": 1}, 1.0))))
+    encode_value({"warm": [1, 2.0, "x", b"y", None, True]}, 1024)
+    for tool in launcher.tools.values():
+        with contextlib.suppress(Exception):
+            tool.bind({})
+    if loop is not None:
+        loop.run_until_complete(asyncio.sleep(0))
+
+
+def _end_like(child: int) -> NoReturn:
+    """Wait for ``child``, then end as it did: its exit code, or killed by its signal."""
+    _, status = os.waitpid(child, 0)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 70)
 
 
 def _close_all_but(*keep: int) -> None:
@@ -61,8 +118,6 @@ def _close_all_but(*keep: int) -> None:
 
 
 def _confine(launcher: Confined) -> None:
-    if launcher.userns:  # its own user namespace: RLIMIT_NPROC counts this call only
-        kernel.unshare(kernel.CLONE_NEWUSER)  # unmapped: the tool sees uid 65534
     _set_limits(launcher.policy.limits)
     if launcher.landlock_abi >= 6:  # a nested domain: signals reach only this call's tree
         kernel.landlock_restrict(
@@ -70,7 +125,7 @@ def _confine(launcher: Confined) -> None:
         )
     kernel.drop_capabilities(launcher.last_cap)
     if launcher.seccomp is not None:
-        launcher.seccomp.load()
+        kernel.load_seccomp(launcher.seccomp)
 
 
 def _set_limits(limits: Limits) -> None:

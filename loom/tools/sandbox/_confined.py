@@ -7,7 +7,7 @@ module (which starts the zygote): no circle between the three.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from loom.tools._tool import Tool
 from loom.tools.sandbox._policy import Sandbox
@@ -26,8 +26,11 @@ class Confined(Protocol):
     """Pids no call may signal or touch (the launcher's, the worker's...)."""
     any_async: bool
     userns: bool
+    call_namespaces: int
+    """The ``CLONE_NEW*`` flags each call unshares (0: none): a user namespace, and a PID
+    and an IPC namespace where the host allows."""
     landlock_abi: int
     last_cap: int
-    seccomp: Any
-    """The call's seccomp filter (``pyseccomp.SyscallFilter``), built in the zygote."""
+    seccomp: bytes | None
+    """The call's seccomp filter, compiled to BPF in the zygote."""
     seccomp_ready: bool

@@ -134,14 +134,17 @@ class HostLayers:
 
 @functools.cache
 def probe_host() -> HostLayers:
-    """Find bubblewrap (it must run a command, not just exist) and a writable pids
-    cgroup hierarchy. Cached: the host does not change under a running process."""
+    """Find bubblewrap (it must run a command, not just exist; ``LOOM_SANDBOX_BWRAP=off``
+    leaves it out) and a writable pids cgroup hierarchy. Cached: the host does not change
+    under a running process."""
     bwrap, bwrap_why = _probe_bwrap()
     cgroup, cgroup_why = _probe_cgroup()
     return HostLayers(bwrap=bwrap, bwrap_why=bwrap_why, cgroup=cgroup, cgroup_why=cgroup_why)
 
 
 def _probe_bwrap() -> tuple[str | None, str]:
+    if os.environ.get("LOOM_SANDBOX_BWRAP", "").lower() in ("0", "off", "no", "false"):
+        return None, "switched off (LOOM_SANDBOX_BWRAP)"
     path = shutil.which("bwrap")
     if path is None:
         return None, "bwrap is not installed (Debian: apt-get install bubblewrap)"

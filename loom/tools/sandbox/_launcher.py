@@ -40,6 +40,8 @@ for the CPU with the answer on its way to the caller."""
 _MAX_PROGRESS = 64 * 1024
 _MAX_MESSAGE = 8192
 _MAX_FRAME = 64 * 1024 * 1024
+_MAX_LINE = 4096
+"""A call's output is forwarded in lines of at most this many bytes."""
 _CALL_CODES = frozenset({"TOOL_ERROR", "TOO_LARGE", "LIMIT_EXCEEDED", "INVALID_PARAMS"})
 """The failures a call's process may report itself."""
 
@@ -47,14 +49,36 @@ _CALL_CODES = frozenset({"TOOL_ERROR", "TOO_LARGE", "LIMIT_EXCEEDED", "INVALID_P
 class _Process:
     """A call process from the zygote: a spare until a call is written to it."""
 
-    __slots__ = ("call_id", "deadline", "killed", "pid", "pipe", "reader", "requests", "sent")
+    __slots__ = (
+        "call_id",
+        "deadline",
+        "dropped",
+        "killed",
+        "output",
+        "partial",
+        "pid",
+        "pipe",
+        "printed",
+        "reader",
+        "requests",
+        "sent",
+        "tool",
+    )
 
-    def __init__(self, pid: int, requests: int, pipe: int) -> None:
+    def __init__(self, pid: int, requests: int, pipe: int, output: int) -> None:
         self.pid = pid
         self.requests = requests
         """Our end of its request pipe (closed once its call is written)."""
         self.pipe = pipe
         """Our end of its answer pipe."""
+        self.output = output
+        """Our end of its standard output and error."""
+        self.printed = 0
+        """Bytes of output forwarded; past ``Limits.output_kb`` the rest is dropped."""
+        self.dropped = 0
+        self.partial = b""
+        """Output after its last newline."""
+        self.tool = ""
         self.call_id: int | None = None
         self.deadline = 0.0
         self.reader = FrameReader(max_frame=_MAX_FRAME)
@@ -81,9 +105,10 @@ class Launcher:
         self.tools = _load(init["origins"], set(init["tools"]))
         self.report: dict[str, str] = {}
         self.userns = False
+        self.call_namespaces = 0
         self.landlock_abi = 0
         self.last_cap = 40
-        self.seccomp: Any = None
+        self.seccomp: bytes | None = None
         """The call processes' filter, built by the zygote (it knows its own pid)."""
         self.seccomp_ready = False
         self.calls: dict[int, _Process] = {}
@@ -93,6 +118,7 @@ class Launcher:
         self.asked = 0
         """Spares asked of the zygote and not yet delivered."""
         self.by_fd: dict[int, _Process] = {}
+        self.by_output: dict[int, _Process] = {}
         self.by_pid: dict[int, _Process] = {}
         self.zygote: socket.socket | None = None
         self.spare_due = 0.0
@@ -131,7 +157,10 @@ class Launcher:
         self.seccomp_ready = True
         families = "inet, inet6, netlink" if self.policy.net.mode != "none" else "none"
         unix = ", unix" if self.policy.net.unix else ""
-        self.report["seccomp"] = f"admin, namespace, ptrace calls denied; sockets: {families}{unix}"
+        self.report["seccomp"] = (
+            f"admin, namespace, ptrace, CLONE_PARENT calls denied; sockets: {families}{unix}"
+            " (TCP/UDP only, no listen); limits, priorities, scheduling: the caller's only"
+        )
 
     def _namespaces(self) -> None:
         flags = kernel.CLONE_NEWUSER | kernel.CLONE_NEWIPC
@@ -151,7 +180,19 @@ class Launcher:
             self.report["netns"] = "private" if flags & kernel.CLONE_NEWNET else "host's"
             return
         self.userns = True
-        self.report["userns"] = "private user and IPC namespaces; one more per call"
+        self.call_namespaces = _call_namespaces()
+        per_call = [
+            name
+            for flag, name in (
+                (kernel.CLONE_NEWUSER, "user"),
+                (kernel.CLONE_NEWPID, "PID"),
+                (kernel.CLONE_NEWIPC, "IPC"),
+            )
+            if self.call_namespaces & flag
+        ]
+        self.report["userns"] = (
+            f"private user and IPC namespaces; per call: {', '.join(per_call)} namespaces"
+        )
         self.report["netns"] = (
             "private, no interfaces up" if flags & kernel.CLONE_NEWNET else "host's (policy)"
         )
@@ -168,7 +209,7 @@ class Launcher:
         try:
             enforced = kernel.landlock_restrict(
                 abi,
-                read=_read_paths(self.policy, self.tools),
+                read=_read_paths(self.policy),
                 write=_write_paths(self),
                 tcp_connect=tcp,
             )
@@ -240,6 +281,7 @@ class Launcher:
     def _dispatch(self, proc: _Process, frame: list[Any]) -> None:
         _, call_id, name, args, timeout = frame
         proc.call_id = call_id
+        proc.tool = name
         proc.deadline = time.monotonic() + self.policy.limits.wall_seconds
         self.calls[call_id] = proc
         heapq.heappush(self.deadlines, (proc.deadline, call_id))
@@ -259,17 +301,19 @@ class Launcher:
             self.asked += 1
 
     def _from_zygote(self, link: socket.socket) -> None:
-        data, fds, _, _ = socket.recv_fds(link, 1024, 2)
+        data, fds, _, _ = socket.recv_fds(link, 1024, 3)
         if not data:
             raise LoomError("the zygote died")
         kind, *rest = next(iter(FrameReader().feed(data)))
         if kind == "spare":
             self.asked -= 1
-            proc = _Process(rest[0], fds[0], fds[1])
-            os.set_blocking(proc.pipe, False)
+            proc = _Process(rest[0], *fds)
+            for fd in (proc.pipe, proc.output):
+                os.set_blocking(fd, False)
+                self.selector.register(fd, selectors.EVENT_READ)
             self.by_pid[proc.pid] = proc
             self.by_fd[proc.pipe] = proc
-            self.selector.register(proc.pipe, selectors.EVENT_READ)
+            self.by_output[proc.output] = proc
             if self.waiting:
                 self._dispatch(proc, self.waiting.pop(0))
             else:
@@ -293,6 +337,56 @@ class Launcher:
         proc = self.by_fd.get(fd)
         if proc is not None:
             self._drain(proc, budget=16)
+        else:
+            printer = self.by_output.get(fd)
+            if printer is not None:
+                self._print(printer, budget=16)
+
+    def _print(self, proc: _Process, budget: int = 1 << 30) -> None:
+        """Forward what a call printed, in lines, up to its ``output_kb``; count the
+        rest as dropped (but keep reading: a call blocked on a full pipe would hang)."""
+        limit = self.policy.limits.output_kb * 1024
+        for _ in range(budget):
+            if proc.output < 0:
+                return
+            try:
+                chunk = os.read(proc.output, 1 << 16)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self._close_output(proc)
+                return
+            kept = chunk[: max(limit - proc.printed, 0)]
+            proc.dropped += len(chunk) - len(kept)
+            proc.printed += len(kept)
+            *lines, proc.partial = (proc.partial + kept).split(b"\n")
+            for line in lines:
+                self._say(proc, line)
+            if len(proc.partial) >= _MAX_LINE:
+                self._say(proc, proc.partial)
+                proc.partial = b""
+
+    def _say(self, proc: _Process, line: bytes) -> None:
+        for start in range(0, max(len(line), 1), _MAX_LINE):
+            self._send("output", proc.call_id or 0, proc.tool, line[start : start + _MAX_LINE])
+
+    def _flush_output(self, proc: _Process, *, final: bool) -> None:
+        """Forward what a call printed so far (before its answer); ``final``: all of it,
+        and how much was dropped."""
+        self._print(proc)
+        if proc.partial:
+            self._say(proc, proc.partial)
+            proc.partial = b""
+        if final and proc.dropped:
+            limit = self.policy.limits.output_kb
+            self._say(proc, f"... {proc.dropped} more bytes dropped (output_kb {limit})".encode())
+            proc.dropped = 0
+
+    def _close_output(self, proc: _Process) -> None:
+        self.selector.unregister(proc.output)
+        del self.by_output[proc.output]
+        os.close(proc.output)
+        proc.output = -1
 
     def _drain(self, proc: _Process, budget: int = 1 << 30) -> None:
         """Forward what a call wrote (``budget`` reads at most: a chatty call must not
@@ -324,10 +418,12 @@ class Launcher:
             self._send("progress", call_id, frame[1])
         elif kind == "result" and len(frame) == 2 and _is_bytes(frame[1], self.max_payload):
             proc.sent = True
+            self._flush_output(proc, final=False)  # printed before it answered: say it first
             self._send("result", call_id, frame[1])
             self.spare_due = time.monotonic() + _SPARE_DELAY
         elif kind == "fail" and len(frame) == 4 and _is_failure(frame[1:]):
             proc.sent = True
+            self._flush_output(proc, final=False)
             self._send("fail", call_id, *frame[1:])
             self.spare_due = time.monotonic() + _SPARE_DELAY
         else:
@@ -347,8 +443,10 @@ class Launcher:
 
     def _finish(self, proc: _Process, *, status: int, cpu: float) -> None:
         self._drain(proc)
-        if proc.pipe >= 0:  # a grandchild still held the pipe: the zygote killed it
-            self._close_pipe(proc)
+        self._flush_output(proc, final=True)
+        for fd, close in ((proc.pipe, self._close_pipe), (proc.output, self._close_output)):
+            if fd >= 0:  # a grandchild still held the pipe: the zygote killed it
+                close(proc)
         if proc.requests >= 0:
             os.close(proc.requests)
         if proc.call_id is None:  # a spare died before its call
@@ -438,16 +536,38 @@ def _load(origins: list[str], names: set[str]) -> dict[str, Tool]:
     return tools
 
 
-def _read_paths(policy: Sandbox, tools: dict[str, Tool]) -> list[Path]:
-    """What every sandbox may read: Python, the tools' code, shared libraries, the few
-    files name resolution, TLS and time zones need, and the policy's own list."""
+def _call_namespaces() -> int:
+    """The namespaces a call process can make here: user, PID and IPC, else fewer (tried
+    in a throwaway child)."""
+    for flags in (
+        kernel.CLONE_NEWUSER | kernel.CLONE_NEWPID | kernel.CLONE_NEWIPC,
+        kernel.CLONE_NEWUSER | kernel.CLONE_NEWIPC,
+        kernel.CLONE_NEWUSER,
+    ):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                kernel.unshare(flags)
+            except OSError:
+                os._exit(1)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return flags
+    return 0
+
+
+def _read_paths(policy: Sandbox) -> list[Path]:
+    """What every sandbox may read: Python's installation (its prefixes: the standard
+    library, site-packages), the code the launcher imported (each package's directory,
+    a top-level module's file alone), shared libraries, the few files name resolution,
+    TLS and time zones need, and the policy's own list. Not all of ``sys.path``: the
+    worker's working directory is there when it runs as ``python -m``."""
     paths = {Path(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    paths.update(Path(p) for p in sys.path if p and os.path.isdir(p))
-    paths.add(Path(__file__).resolve().parents[2])  # the loom package
-    for item in tools.values():
-        module = sys.modules.get(item.fn.__module__)
-        if module is not None and getattr(module, "__file__", None):
-            paths.add(Path(module.__file__).parent)  # type: ignore[arg-type]
+    for module in list(sys.modules.values()):
+        code = _code_of(module)
+        if code is not None:
+            paths.add(code)
     system = (
         "/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc/ssl", "/etc/ca-certificates",
         "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
@@ -458,6 +578,20 @@ def _read_paths(policy: Sandbox, tools: dict[str, Tool]) -> list[Path]:
     paths.update(Path(p) for p in system)
     paths.update(policy.fs.read)
     return sorted(paths)
+
+
+def _code_of(module: Any) -> Path | None:
+    """What must stay readable for ``module`` to work: its top-level package's directory,
+    or a top-level module's own file."""
+    file = getattr(module, "__file__", None)
+    name = getattr(module, "__name__", "")
+    if not isinstance(file, str) or not isinstance(name, str) or not os.path.isabs(file):
+        return None
+    path = Path(file)
+    depth = name.count(".") + (path.stem == "__init__")
+    if depth == 0:
+        return path
+    return path.parents[depth - 1] if depth <= len(path.parents) else None
 
 
 def _write_paths(launcher: Launcher) -> list[Path]:

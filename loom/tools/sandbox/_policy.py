@@ -91,6 +91,9 @@ class Limits(_Rules):
         processes: processes and threads the call may run at once, itself included
             (RLIMIT_NPROC, counted in a private user namespace where the host allows one).
         wall_seconds: real time; the launcher kills the call's process group past it.
+        output_kb: what the call prints (standard output and error, one pipe) reaches the
+            worker's log, line by line with the tool and call, up to this many KiB; the
+            rest is counted and dropped.
     """
 
     cpu_seconds: PositiveFloat = 10.0
@@ -99,6 +102,7 @@ class Limits(_Rules):
     file_size_mb: PositiveInt = 64
     processes: PositiveInt = 16
     wall_seconds: PositiveFloat = 30.0
+    output_kb: PositiveInt = 64
 
 
 class EnvRules(_Rules):

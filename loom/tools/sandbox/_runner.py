@@ -81,6 +81,8 @@ class SandboxRunner:
         self.start_timeout = start_timeout
         self.report: dict[str, str] = {}
         self.log = get_logger("loom.sandbox", tools=sorted(self.tools))
+        self.output_log = get_logger("loom.sandbox.output")
+        """What calls print: one line per record, with the tool and the call's token."""
         self._launch: _Launch | None = None
         self._starting: asyncio.Future[_Launch] | None = None
         self._numbers = 0
@@ -210,6 +212,9 @@ class SandboxRunner:
 
     def _answer(self, launch: _Launch, frame: list[Any]) -> None:
         kind, number = frame[0], frame[1]
+        if kind == "output":
+            self._output(launch, number, frame[2], frame[3])
+            return
         entry = launch.calls.get(number)
         if entry is None:
             return
@@ -226,6 +231,15 @@ class SandboxRunner:
             future.set_exception(error)
         else:
             raise ValueError(f"unexpected frame {str(kind)[:20]!r}")
+
+    def _output(self, launch: _Launch, number: int, tool: str, line: bytes) -> None:
+        """Log a line a call printed (or a spare, ``number`` 0: a crash before its call)."""
+        if type(tool) is not str or type(line) is not bytes:
+            raise ValueError("an output frame of the wrong types")
+        entry = launch.calls.get(number)
+        text = line.decode(errors="replace")
+        call = entry[1] if entry is not None else None
+        self.output_log.info(text, tool=tool or None, call=call)
 
     async def close(self) -> None:
         """Stop the launcher (it kills its calls) and remove its cgroup."""

@@ -3,24 +3,31 @@
 Everything is allowed except: system administration and kernel-attack surface (mounts,
 modules, ``ptrace``, ``bpf``, ``kexec``, ``io_uring``...), new namespaces (``unshare``,
 ``setns``, ``clone`` with namespace flags; ``clone3`` answers ENOSYS so the C library
-uses ``clone``), leaving the call's process group (``setsid``/``setpgid``), socket
-families the network policy does not allow, signals to the launcher and the worker, and
-making the kernel signal anyone on our behalf (``F_SETOWN``/``F_SETSIG``). Arguments are
-compared on their low 32 bits, as the kernel reads them. Refused calls fail with ``EPERM``
-(the tool sees ``PermissionError``); nothing is killed, so a tool can report what it tried.
+uses ``clone``), children of the parent (``clone`` with ``CLONE_PARENT``), leaving the
+call's process group (``setsid``/``setpgid``), socket families the network policy does
+not allow, datagram socket pairs when UNIX sockets are off (one end can ``sendto()`` any
+socket file), inet sockets of any protocol but TCP and UDP (MPTCP would bypass the port
+rules), ``listen()`` (no call is a server), limits, priorities and scheduling of any
+process but the caller (``prlimit64``, ``setpriority``, ``sched_set*``, ``ioprio_set``),
+System V IPC when the call has no IPC namespace of its own, signals to the launcher and
+the worker, and making the kernel signal anyone on our behalf (``F_SETOWN``/``F_SETSIG``).
+Arguments the kernel reads as ``int`` are compared on their low 32 bits; a pid must be
+exactly 0 (the caller). Refused calls fail with ``EPERM`` (the tool sees
+``PermissionError``); nothing is killed, so a tool can report what it tried.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 from collections.abc import Iterable
 from typing import Any
 
 from loom.tools.sandbox._policy import NetRules
 
-__all__ = ["DENIED_SYSCALLS", "build_filter", "seccomp_available"]
+__all__ = ["DENIED_SYSCALLS", "build_filter", "compile_filter", "seccomp_available"]
 
 DENIED_SYSCALLS = (
     "ptrace",
@@ -71,6 +78,7 @@ DENIED_SYSCALLS = (
     "fanotify_init",
     "setsid",
     "setpgid",
+    "listen",
 )
 _SIGNALS = ("kill", "tkill", "tgkill", "pidfd_open", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
 _MAX_FAMILY = 46  # AF_MAX on current kernels; families above it do not exist
@@ -85,6 +93,20 @@ _NAMESPACE_FLAGS: tuple[int, ...] = (
     0x20000000,  # CLONE_NEWPID
     0x40000000,  # CLONE_NEWNET
 )
+_CLONE_PARENT = 0x8000
+_SOCK_TYPE_MASK = 0xF
+_INET_TYPES = (socket.SOCK_STREAM, socket.SOCK_DGRAM)
+_INET_PROTOCOLS = (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP)
+_SELF_ONLY = ("prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam")
+"""Calls whose first argument is a pid: only 0, the caller, may be named."""
+_WHO_SELF_ONLY = {"setpriority": 2, "ioprio_set": 3}
+"""Calls whose second argument is a pid, group or user (``who``), with the value of
+their first argument (``which``) that names a user: ``who`` must be 0 (the caller, its
+group) and ``which`` not a user (0 would mean every process of the caller's user)."""
+_SYSV_IPC = (
+    "shmget", "shmat", "shmctl", "semget", "semop", "semtimedop", "semctl",
+    "msgget", "msgsnd", "msgrcv", "msgctl",
+)  # fmt: skip
 _OWNER_COMMANDS = (8, 10, 15)
 """fcntl F_SETOWN, F_SETSIG, F_SETOWN_EX: SIGIO (or any signal) sent to a chosen process."""
 _OWNER_IOCTLS = (0x8901, 0x8902)
@@ -104,7 +126,7 @@ def seccomp_available() -> str | None:
     return None
 
 
-def build_filter(net: NetRules, protect: Iterable[int]) -> Any:
+def build_filter(net: NetRules, protect: Iterable[int], *, private_ipc: bool) -> Any:
     """A ``pyseccomp.SyscallFilter`` for one sandbox; ``.load()`` it in the call's
     process after everything else is set up (loading needs ``no_new_privs``).
 
@@ -112,6 +134,8 @@ def build_filter(net: NetRules, protect: Iterable[int]) -> Any:
         net: the network policy: which socket families stay allowed.
         protect: process ids (and, negated, process groups) that must not be signalled:
             the launcher's and the worker's.
+        private_ipc: each call has an IPC namespace of its own (else System V IPC, which
+            would outlive the call, is refused).
     """
     import pyseccomp as sc
 
@@ -119,18 +143,18 @@ def build_filter(net: NetRules, protect: Iterable[int]) -> Any:
     flt = sc.SyscallFilter(sc.ALLOW)
     for name in DENIED_SYSCALLS:
         _add(flt, denied, name)
-    allowed = set(_INET_FAMILIES) if net.mode != "none" else set()
-    if net.unix:
-        allowed.add(socket.AF_UNIX)
-    for family in range(_MAX_FAMILY):  # the kernel reads an int: compare 32 bits only
-        if family not in allowed:
-            flt.add_rule(denied, "socket", sc.Arg(0, sc.MASKED_EQ, 0xFFFFFFFF, family))
-            if family != socket.AF_UNIX:  # a connected pair leads nowhere; asyncio needs it
-                rule = sc.Arg(0, sc.MASKED_EQ, 0xFFFFFFFF, family)
-                flt.add_rule(denied, "socketpair", rule)
-    for flag in _NAMESPACE_FLAGS:  # clone() into new namespaces; clone3 hides its flags
+    if not private_ipc:
+        for name in _SYSV_IPC:
+            _add(flt, denied, name)
+    _sockets(flt, denied, net)
+    for flag in (*_NAMESPACE_FLAGS, _CLONE_PARENT):  # clone3 hides its flags: see below
         flt.add_rule(denied, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
     _add(flt, sc.ERRNO(errno.ENOSYS), "clone3")  # the C library falls back to clone()
+    for name in _SELF_ONLY:  # the full 64 bits must be 0: no high bits hiding a pid
+        _add(flt, denied, name, sc.Arg(0, sc.NE, 0))
+    for name, user in _WHO_SELF_ONLY.items():
+        _add(flt, denied, name, sc.Arg(1, sc.NE, 0))
+        _add(flt, denied, name, sc.Arg(0, sc.MASKED_EQ, 0xFFFFFFFF, user))
     for command in _OWNER_COMMANDS:  # signals by file ownership (SIGIO to any process)
         _add(flt, denied, "fcntl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, command))
     for request in _OWNER_IOCTLS:
@@ -140,6 +164,59 @@ def build_filter(net: NetRules, protect: Iterable[int]) -> Any:
         for pid in targets:
             _add(flt, denied, name, sc.Arg(0, sc.MASKED_EQ, 0xFFFFFFFF, pid))
     return flt
+
+
+def compile_filter(flt: Any) -> bytes:
+    """The filter as the kernel's BPF program, compiled once (libseccomp's ``load()``
+    compiles it again each time: about a millisecond a call process).
+    :func:`loom.tools.sandbox._kernel.load_seccomp` installs it."""
+    read, write = os.pipe()
+    try:
+        with open(write, "wb", closefd=False) as sink:
+            flt.export_bpf(sink)
+        os.close(write)
+        write = -1
+        chunks = []
+        while chunk := os.read(read, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+
+
+def _sockets(flt: Any, denied: int, net: NetRules) -> None:
+    """Socket families the policy does not allow; for inet ones, only stream and datagram
+    sockets of protocol 0, TCP or UDP; datagram pairs when UNIX sockets are off."""
+    import pyseccomp as sc
+
+    allowed = set(_INET_FAMILIES) if net.mode != "none" else set()
+    if net.unix:
+        allowed.add(socket.AF_UNIX)
+    for family in range(_MAX_FAMILY):  # the kernel reads an int: compare 32 bits only
+        if family not in allowed:
+            flt.add_rule(denied, "socket", sc.Arg(0, sc.MASKED_EQ, 0xFFFFFFFF, family))
+            if family != socket.AF_UNIX:
+                rule = sc.Arg(0, sc.MASKED_EQ, 0xFFFFFFFF, family)
+                flt.add_rule(denied, "socketpair", rule)
+    if not net.unix:  # a stream pair leads nowhere (asyncio's wakeup pipe needs one)
+        unix = sc.Arg(0, sc.MASKED_EQ, 0xFFFFFFFF, socket.AF_UNIX)
+        for kind in range(_SOCK_TYPE_MASK + 1):
+            if kind != socket.SOCK_STREAM:
+                kind_rule = sc.Arg(1, sc.MASKED_EQ, _SOCK_TYPE_MASK, kind)
+                flt.add_rule(denied, "socketpair", unix, kind_rule)
+    for family in allowed & {socket.AF_INET, socket.AF_INET6}:
+        inet = sc.Arg(0, sc.MASKED_EQ, 0xFFFFFFFF, family)
+        for kind in range(_SOCK_TYPE_MASK + 1):
+            if kind not in _INET_TYPES:
+                flt.add_rule(denied, "socket", inet, sc.Arg(1, sc.MASKED_EQ, _SOCK_TYPE_MASK, kind))
+        # protocols compared on all 64 bits: above 17 (MPTCP is 262, or any value with
+        # high bits set) or one of 1..16 other than TCP
+        flt.add_rule(denied, "socket", inet, sc.Arg(2, sc.GT, max(_INET_PROTOCOLS)))
+        for protocol in range(1, max(_INET_PROTOCOLS)):
+            if protocol not in _INET_PROTOCOLS:
+                flt.add_rule(denied, "socket", inet, sc.Arg(2, sc.EQ, protocol))
 
 
 def _add(flt: Any, action: int, name: str, *args: Any) -> None:
