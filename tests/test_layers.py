@@ -20,6 +20,7 @@ LAYERS = {
     "loom._histogram": 0,
     "loom._tables": 0,
     "loom._loader": 0,
+    "loom.keys": 0,
     "loom.protocol": 1,
     "loom.session": 2,
     "loom.actor": 3,

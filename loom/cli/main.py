@@ -16,6 +16,7 @@ from loom.cli import agent as agent_commands
 from loom.cli import approvals as approval_commands
 from loom.cli import bench as bench_commands
 from loom.cli import dashboard as dashboard_commands
+from loom.cli import keys as key_commands
 from loom.cli import run as run_commands
 from loom.cli import sandbox as sandbox_commands
 from loom.cli import stats as stats_commands
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay_parser.add_argument("--json", action="store_true", help="one JSON object per event")
     run_commands.add_parsers(commands, common)
     sandbox_commands.add_parsers(commands, common)
+    key_commands.add_parsers(commands, common)
     approval_commands.add_parsers(commands, common)
     trace_commands.add_parsers(commands, common)
     bench_commands.add_parsers(commands, common)
@@ -229,6 +231,8 @@ def _command(argv: list[str] | None) -> int:
             return asyncio.run(trace_commands.show_trace(args, broker))
         elif args.command == "sandbox":
             return asyncio.run(sandbox_commands.run_sandbox(args))
+        elif args.command == "keys":
+            return key_commands.run_keys(args)
         else:
             return asyncio.run(run_demo(broker, args.duration, args.dashboard_port))
     except LoomError as exc:

@@ -10,6 +10,7 @@ __all__ = [
     "EndpointError",
     "HeaderError",
     "HopLimitError",
+    "KeyFileError",
     "LoomError",
     "NoReplyToError",
     "PatternError",
@@ -114,6 +115,11 @@ class EndpointError(LoomError, ValueError):
 class ConfigError(LoomError, ValueError):
     """A configuration file is missing, not TOML, or has an invalid key or value; the
     message names the file and the key."""
+
+
+class KeyFileError(LoomError):
+    """A CURVE key file or the keys directory is missing, unreadable, not a key file, or
+    readable by other users; the message names the path and what to do."""
 
 
 class StoreError(LoomError):
