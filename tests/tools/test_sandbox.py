@@ -508,10 +508,10 @@ def test_a_call_cannot_rewrite_the_workers_log(
     mesh: str, spawn: Callable[..., Proc], short_tmp: Path, layers: str
 ) -> None:
     """The worker logs to a file. A call's standard output and error are a pipe the
-    launcher reads, not the worker's file: clearing O_APPEND and truncating fail, and
-    printing more than the policy's file size limit (1 MiB) is no error. What it printed
-    reaches the worker's log, each line naming the tool and call, up to Limits.output_kb
-    (64 KiB); the rest is counted as dropped."""
+    launcher reads, not the worker's file: truncating it fails (clearing O_APPEND on a
+    pipe changes nothing), and printing more than the policy's file size limit (1 MiB) is
+    no error. What it printed reaches the worker's log, each line naming the tool and the
+    call, up to Limits.output_kb (64 KiB); the rest is counted as dropped."""
     log, jail = short_tmp / "worker.log", short_tmp / "jail"
     log.touch()
     worker = start_escapee(spawn, mesh, jail, layers, shell=f'exec "$@" 2>>{log}')
@@ -523,7 +523,7 @@ def test_a_call_cannot_rewrite_the_workers_log(
     text = wait_for(lambda: log.read_text() if "dropped" in log.read_text() else None)
     assert "worker ready" in text
     shouts = [line for line in text.splitlines() if "shout " in line]
-    assert shouts and all("escape.shout" in line for line in shouts)
+    assert shouts and all("escape.shout" in line and "call=" in line for line in shouts)
     assert 500 < len(shouts) < 64 * 1024 // 60
 
 
@@ -544,3 +544,54 @@ def test_the_workers_directory_is_not_readable(
     if box.applied("landlock", "fs"):
         assert {secret, sibling} <= box.refused()
     assert box.call("escape.read", path=ESCAPE_TOOLS) == "ok"  # the tools' own module
+
+
+def test_what_a_tool_prints_reaches_the_workers_log(sandboxed: Sandboxed) -> None:
+    """print() (buffered, and the call process ends with os._exit) and an unterminated
+    last line on stderr both reach the worker's log, with the tool's name; control
+    characters arrive escaped, never as terminal sequences."""
+    assert sandboxed.call("escape.chatter", word="kumquat") == "ok"
+    printed = sandboxed.worker.wait_line("printed kumquat")
+    assert "escape.chatter" in printed
+    assert "escape.chatter" in sandboxed.worker.wait_line("unterminated kumquat")
+    colour = sandboxed.worker.wait_line("colour")
+    assert "\x1b" not in colour and "x1b[31m" in colour
+
+
+def test_the_read_list_holds_code_not_the_directories_around_it() -> None:
+    """A module's readable code: its top-level package's directory when its path ends in
+    its package names, else its file alone (a file loaded by path, dotted stem or not); a
+    zip's archive; nothing for a namespace package."""
+    from types import SimpleNamespace as Module
+
+    from loom.tools.sandbox._code import code_of
+
+    assert code_of(Module(__name__="a.b.c", __file__="/x/a/b/c.py")) == Path("/x/a")
+    package = Module(__name__="a.b", __file__="/x/a/b/__init__.py", __path__=["/x/a/b"])
+    assert code_of(package) == Path("/x/a")
+    built = Module(__name__="p", __file__="/x/p/__init__.cpython-311.so", __path__=["/x/p"])
+    assert code_of(built) == Path("/x/p")
+    assert code_of(Module(__name__="tools", __file__="/p/tools.py")) == Path("/p/tools.py")
+    dotted = Module(__name__="tools.v2", __file__="/p/tools.v2.py")
+    assert code_of(dotted) == Path("/p/tools.v2.py")
+    zipped = Module(
+        __name__="z.m", __file__="/p/a.pyz/z/m.py", __loader__=Module(archive="/p/a.pyz")
+    )
+    assert code_of(zipped) == Path("/p/a.pyz")
+    assert code_of(Module(__name__="spread", __file__=None)) is None
+
+
+def test_a_path_that_cannot_be_opened_leaves_landlock_on() -> None:
+    """A read path inside a file (a module imported from a zip: `app.pyz/pkg/mod.py`) is
+    skipped; Landlock is still applied (it used to be refused as a whole)."""
+    code = (
+        "from pathlib import Path\n"
+        "from loom.tools.sandbox import _kernel as k\n"
+        "abi = k.landlock_abi()\n"
+        "print(k.landlock_restrict(abi, read=[Path('/etc/hostname/inside')]) if abi else 'none')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "none" or "fs" in done.stdout

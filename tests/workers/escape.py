@@ -406,3 +406,15 @@ def shout(lines: int, width: int = 60) -> str:
         sys.stderr.write(f"shout {number} " + "x" * width + "\n")
     sys.stderr.flush()
     return "ok"
+
+
+@tool(name="escape.chatter", sandbox=TIGHT)
+def chatter(word: str) -> str:
+    """print() a line (buffered, never flushed here), a control sequence, and a last
+    line without a newline on standard error."""
+    import sys
+
+    print(f"printed {word}")
+    print(f"colour \x1b[31m{word}\x1b[0m")
+    sys.stderr.write(f"unterminated {word}")
+    return "ok"

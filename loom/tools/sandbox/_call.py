@@ -19,6 +19,7 @@ import os
 import resource
 import select
 import signal
+import sys
 import time
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -58,6 +59,8 @@ def call_main(launcher: Confined, requests: int, answers: int, output: int) -> N
         os.dup2(null, 0)
         os.dup2(output, 1)
         os.dup2(output, 2)
+        with contextlib.suppress(Exception):  # print() reaches the log line by line
+            sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         _close_all_but(requests, answers)  # other calls' pipes, the launcher's own
         if launcher.call_namespaces:
             kernel.unshare(launcher.call_namespaces)  # unmapped: the tool sees uid 65534
@@ -81,6 +84,7 @@ def call_main(launcher: Confined, requests: int, answers: int, output: int) -> N
         traceback.print_exc()
         code = 70
     finally:
+        _flush_streams()
         os._exit(code)
 
 
@@ -161,6 +165,22 @@ def _answer(
         except LoomError:
             write_frame(pipe, "progress", b"")
 
+    answer = _outcome(launcher, loop, report, call_id, name, args=args, timeout=timeout)
+    _flush_streams()  # what it printed reaches the launcher before its answer
+    write_frame(pipe, *answer)
+
+
+def _outcome(
+    launcher: Confined,
+    loop: asyncio.AbstractEventLoop | None,
+    report: Any,
+    call_id: int,
+    name: str,
+    *,
+    args: Any,
+    timeout: float,
+) -> tuple[Any, ...]:
+    """Run the call: its answer frame's items (``result`` or ``fail``)."""
     tool = launcher.tools[name]
     limits = launcher.policy.limits
     try:
@@ -174,26 +194,23 @@ def _answer(
             result = loop.run_until_complete(tool.fn(**kwargs))
         else:
             result = tool.fn(**kwargs)
-        data = encode_value(result, launcher.max_payload)
+        return ("result", encode_value(result, launcher.max_payload))
     except PayloadTooLargeError as exc:
-        write_frame(pipe, "fail", "TOO_LARGE", f"{tool.name}'s result: {exc}", {"size": exc.size})
+        return ("fail", "TOO_LARGE", f"{tool.name}'s result: {exc}", {"size": exc.size})
     except MemoryError:
         message = f"{tool.name} ran out of memory (limit {limits.memory_mb} MiB)"
-        write_frame(pipe, "fail", "LIMIT_EXCEEDED", message, {"limit": "memory_mb"})
+        return ("fail", "LIMIT_EXCEEDED", message, {"limit": "memory_mb"})
     except Exception as exc:
         text = str(exc)[:4096]
         kind = type(exc).__name__
         if isinstance(exc, OSError) and exc.errno == _EFBIG:  # RLIMIT_FSIZE
-            write_frame(
-                pipe, "fail", "LIMIT_EXCEEDED", f"{kind}: {text}", {"limit": "file_size_mb"}
-            )
-        else:
-            write_frame(
-                pipe,
-                "fail",
-                "TOOL_ERROR",
-                f"{kind}: {text}",
-                {"type": kind, "remote_message": text},
-            )
-    else:
-        write_frame(pipe, "result", data)
+            return ("fail", "LIMIT_EXCEEDED", f"{kind}: {text}", {"limit": "file_size_mb"})
+        return ("fail", "TOOL_ERROR", f"{kind}: {text}", {"type": kind, "remote_message": text})
+
+
+def _flush_streams() -> None:
+    """Write out what ``print()`` buffered (the process ends with ``os._exit``, which
+    does not)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken stream: nothing to do
+            stream.flush()

@@ -199,8 +199,10 @@ async def check_host() -> tuple[dict[str, str], dict[str, str]]:
         server = stack.enter_context(socket.socket())
         server.bind(("127.0.0.1", 0))
         server.listen()
+        outside = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="loom-out-")))
+        (outside / "file").write_text("not for tools")
         args = {
-            "outside": _outside_file(),
+            "outside": str(outside / "file"),
             "socket_file": str(jail / "sink"),
             "neighbour": os.getpid(),
             "nice": os.getpriority(os.PRIO_PROCESS, 0),
@@ -210,10 +212,3 @@ async def check_host() -> tuple[dict[str, str], dict[str, str]]:
         report, escapes = await _call_once(probe_escapes, jail, args, calls=2)
         _, network = await _call_once(probe_network, jail, {"port": server.getsockname()[1]})
     return report, {**escapes, **network}
-
-
-def _outside_file() -> str:
-    for candidate in ("/etc/hostname", "/etc/os-release", "/etc/passwd"):
-        if os.access(candidate, os.R_OK):
-            return candidate
-    return "/etc/passwd"

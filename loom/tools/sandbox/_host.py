@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from loom.tools.sandbox._code import imported_code
 from loom.tools.sandbox._policy import Sandbox
 
 __all__ = ["HostLayers", "probe_host"]
@@ -62,7 +63,9 @@ class HostLayers:
         if policy.net.mode == "none":
             args.append("--unshare-net")
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-        for path in sorted({Path(p) for p in (sys.prefix, sys.base_prefix, *sys.path) if p}):
+        code = {Path(p) for p in (sys.prefix, sys.base_prefix, *sys.path) if p}
+        code.update(imported_code())  # editable installs are on no sys.path entry
+        for path in sorted(code):
             if path.is_relative_to("/tmp") and path.exists():  # hidden by the private /tmp
                 args += ["--ro-bind", str(path), str(path)]
         for path in (jail, *policy.fs.write):

@@ -250,7 +250,7 @@ def landlock_restrict(
 def _add_path(ruleset: int, path: Path, rights: int) -> None:
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # missing: nothing to allow
         return
     try:
         if not stat.S_ISDIR(os.fstat(fd).st_mode):

@@ -29,6 +29,7 @@ from loom.errors import LoomError
 from loom.protocol import FrameReader, write_frame
 from loom.tools._tool import Tool
 from loom.tools.sandbox import _kernel as kernel
+from loom.tools.sandbox._code import imported_code
 from loom.tools.sandbox._policy import Limits, Sandbox
 from loom.tools.sandbox._zygote import zygote_main
 
@@ -37,11 +38,14 @@ __all__ = ["main"]
 _SPARE_DELAY = 0.005
 """Seconds after an answer before the next spare is forked: a fork right away competes
 for the CPU with the answer on its way to the caller."""
+_MAX_SPARE_BACKOFF = 2.0
 _MAX_PROGRESS = 64 * 1024
 _MAX_MESSAGE = 8192
 _MAX_FRAME = 64 * 1024 * 1024
 _MAX_LINE = 4096
 """A call's output is forwarded in lines of at most this many bytes."""
+_MIN_LINE_COST = 64
+"""Bytes of ``output_kb`` a forwarded line costs at least (64 KiB: 1,024 lines at most)."""
 _CALL_CODES = frozenset({"TOOL_ERROR", "TOO_LARGE", "LIMIT_EXCEEDED", "INVALID_PARAMS"})
 """The failures a call's process may report itself."""
 
@@ -116,6 +120,9 @@ class Launcher:
         self.waiting: list[list[Any]] = []
         """Calls that came while no spare was ready, in order."""
         self.asked = 0
+        self.spare_deaths = 0
+        """Spares that died before their call, in a row: the next is asked later each time
+        (a spare that cannot confine itself would otherwise be forked again every 5 ms)."""
         """Spares asked of the zygote and not yet delivered."""
         self.by_fd: dict[int, _Process] = {}
         self.by_output: dict[int, _Process] = {}
@@ -190,8 +197,8 @@ class Launcher:
             )
             if self.call_namespaces & flag
         ]
-        self.report["userns"] = (
-            f"private user and IPC namespaces; per call: {', '.join(per_call)} namespaces"
+        self.report["userns"] = "private user and IPC namespaces; per call: " + (
+            f"{', '.join(per_call)} namespaces" if per_call else "none"
         )
         self.report["netns"] = (
             "private, no interfaces up" if flags & kernel.CLONE_NEWNET else "host's (policy)"
@@ -227,6 +234,8 @@ class Launcher:
         wrong, the calls' process groups are killed before the launcher exits."""
         stdin = sys.stdin.buffer.fileno()
         link, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sys.stdout.flush()  # or every call process would print it again
+        sys.stderr.flush()
         if os.fork() == 0:  # before any call's data is in this process's memory
             link.close()
             zygote_main(self, theirs)
@@ -282,6 +291,7 @@ class Launcher:
         _, call_id, name, args, timeout = frame
         proc.call_id = call_id
         proc.tool = name
+        self.spare_deaths = 0
         proc.deadline = time.monotonic() + self.policy.limits.wall_seconds
         self.calls[call_id] = proc
         heapq.heappush(self.deadlines, (proc.deadline, call_id))
@@ -328,7 +338,11 @@ class Launcher:
             ended = self.by_pid.pop(rest[0], None)
             if ended is not None:
                 self._finish(ended, status=rest[1], cpu=rest[2])
-            if self.waiting:
+            if ended is not None and ended.call_id is None:  # a spare died: back off
+                self.spare_deaths += 1
+                delay = min(_SPARE_DELAY * 2**self.spare_deaths, _MAX_SPARE_BACKOFF)
+                self.spare_due = time.monotonic() + delay
+            elif self.waiting:
                 self._ask_spare()
             elif not self.spare_due:
                 self.spare_due = time.monotonic() + _SPARE_DELAY
@@ -356,10 +370,10 @@ class Launcher:
             if not chunk:
                 self._close_output(proc)
                 return
-            kept = chunk[: max(limit - proc.printed, 0)]
-            proc.dropped += len(chunk) - len(kept)
-            proc.printed += len(kept)
-            *lines, proc.partial = (proc.partial + kept).split(b"\n")
+            if proc.printed >= limit:
+                proc.dropped += len(chunk)
+                continue
+            *lines, proc.partial = (proc.partial + chunk).split(b"\n")
             for line in lines:
                 self._say(proc, line)
             if len(proc.partial) >= _MAX_LINE:
@@ -367,19 +381,30 @@ class Launcher:
                 proc.partial = b""
 
     def _say(self, proc: _Process, line: bytes) -> None:
+        """Forward one line (in pieces of ``_MAX_LINE``); each costs at least
+        ``_MIN_LINE_COST`` of the call's ``output_kb``, so empty lines cannot make a
+        flood of log records."""
+        limit = self.policy.limits.output_kb * 1024
         for start in range(0, max(len(line), 1), _MAX_LINE):
-            self._send("output", proc.call_id or 0, proc.tool, line[start : start + _MAX_LINE])
+            piece = line[start : start + _MAX_LINE]
+            if proc.printed >= limit:
+                proc.dropped += len(piece) + 1
+                continue
+            proc.printed += max(len(piece) + 1, _MIN_LINE_COST)
+            self._send("output", proc.call_id or 0, proc.tool, piece)
 
     def _flush_output(self, proc: _Process, *, final: bool) -> None:
-        """Forward what a call printed so far (before its answer); ``final``: all of it,
+        """Forward what a call printed so far (before its answer: a few reads, so a call
+        that keeps its pipe full cannot hold the launcher here); ``final``: all of it,
         and how much was dropped."""
-        self._print(proc)
+        self._print(proc, budget=1 << 30 if final else 4)
         if proc.partial:
             self._say(proc, proc.partial)
             proc.partial = b""
         if final and proc.dropped:
             limit = self.policy.limits.output_kb
-            self._say(proc, f"... {proc.dropped} more bytes dropped (output_kb {limit})".encode())
+            note = f"... {proc.dropped} more bytes dropped (output_kb {limit})"
+            self._send("output", proc.call_id or 0, proc.tool, note.encode())
             proc.dropped = 0
 
     def _close_output(self, proc: _Process) -> None:
@@ -564,10 +589,7 @@ def _read_paths(policy: Sandbox) -> list[Path]:
     TLS and time zones need, and the policy's own list. Not all of ``sys.path``: the
     worker's working directory is there when it runs as ``python -m``."""
     paths = {Path(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    for module in list(sys.modules.values()):
-        code = _code_of(module)
-        if code is not None:
-            paths.add(code)
+    paths.update(imported_code())
     system = (
         "/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc/ssl", "/etc/ca-certificates",
         "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
@@ -578,20 +600,6 @@ def _read_paths(policy: Sandbox) -> list[Path]:
     paths.update(Path(p) for p in system)
     paths.update(policy.fs.read)
     return sorted(paths)
-
-
-def _code_of(module: Any) -> Path | None:
-    """What must stay readable for ``module`` to work: its top-level package's directory,
-    or a top-level module's own file."""
-    file = getattr(module, "__file__", None)
-    name = getattr(module, "__name__", "")
-    if not isinstance(file, str) or not isinstance(name, str) or not os.path.isabs(file):
-        return None
-    path = Path(file)
-    depth = name.count(".") + (path.stem == "__init__")
-    if depth == 0:
-        return path
-    return path.parents[depth - 1] if depth <= len(path.parents) else None
 
 
 def _write_paths(launcher: Launcher) -> list[Path]:

@@ -28,6 +28,8 @@ from loom.tools.sandbox._policy import Sandbox
 __all__ = ["SandboxRunner", "SandboxUnavailableError", "tool_origin"]
 
 _PATH = "/usr/local/bin:/usr/bin:/bin"
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(32), 127) if code != ord("\t")}
+"""Control characters of a call's output, shown escaped in the worker's log."""
 
 
 class _Launch:
@@ -237,7 +239,7 @@ class SandboxRunner:
         if type(tool) is not str or type(line) is not bytes:
             raise ValueError("an output frame of the wrong types")
         entry = launch.calls.get(number)
-        text = line.decode(errors="replace")
+        text = line.decode(errors="replace").translate(_CONTROLS)  # no terminal escapes
         call = entry[1] if entry is not None else None
         self.output_log.info(text, tool=tool or None, call=call)
 

@@ -97,7 +97,9 @@ _CLONE_PARENT = 0x8000
 _SOCK_TYPE_MASK = 0xF
 _INET_TYPES = (socket.SOCK_STREAM, socket.SOCK_DGRAM)
 _INET_PROTOCOLS = (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP)
-_SELF_ONLY = ("prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam")
+_SELF_ONLY = (
+    "prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr",
+)  # fmt: skip
 """Calls whose first argument is a pid: only 0, the caller, may be named."""
 _WHO_SELF_ONLY = {"setpriority": 2, "ioprio_set": 3}
 """Calls whose second argument is a pid, group or user (``who``), with the value of
@@ -106,7 +108,10 @@ group) and ``which`` not a user (0 would mean every process of the caller's user
 _SYSV_IPC = (
     "shmget", "shmat", "shmctl", "semget", "semop", "semtimedop", "semctl",
     "msgget", "msgsnd", "msgrcv", "msgctl",
+    "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
 )  # fmt: skip
+"""System V IPC and POSIX message queues: objects of the IPC namespace, which outlive a
+call that has no namespace of its own (and Landlock does not see them)."""
 _OWNER_COMMANDS = (8, 10, 15)
 """fcntl F_SETOWN, F_SETSIG, F_SETOWN_EX: SIGIO (or any signal) sent to a chosen process."""
 _OWNER_IOCTLS = (0x8901, 0x8902)
@@ -170,20 +175,11 @@ def compile_filter(flt: Any) -> bytes:
     """The filter as the kernel's BPF program, compiled once (libseccomp's ``load()``
     compiles it again each time: about a millisecond a call process).
     :func:`loom.tools.sandbox._kernel.load_seccomp` installs it."""
-    read, write = os.pipe()
-    try:
-        with open(write, "wb", closefd=False) as sink:
-            flt.export_bpf(sink)
-        os.close(write)
-        write = -1
-        chunks = []
-        while chunk := os.read(read, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(read)
-        if write >= 0:
-            os.close(write)
+    memory = os.memfd_create("loom-seccomp", os.MFD_CLOEXEC)  # no size limit, unlike a pipe
+    with open(memory, "w+b") as program:
+        flt.export_bpf(program)
+        program.seek(0)
+        return program.read()
 
 
 def _sockets(flt: Any, denied: int, net: NetRules) -> None:
