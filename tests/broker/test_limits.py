@@ -11,7 +11,8 @@ from typing import Any
 import msgpack
 import psutil
 import zmq
-from conftest import Proc, broker_stats, make_header, start_broker, start_worker, wait_for
+from clients.ready import publisher
+from conftest import Proc, broker_stats, make_header, start_broker, start_worker, until, wait_for
 
 from loom import Actor, ToolClient
 from loom.errors import OverloadedError
@@ -47,14 +48,15 @@ def test_frames_over_the_limit_are_refused_by_libzmq(
     before = rss(broker)
     huge = b"x" * (32 * MiB)
     with zmq.Context() as ctx:
-        for address, kind in ((endpoint, zmq.DEALER), (announced["pub"], zmq.PUB)):
-            for _ in range(3):
-                with ctx.socket(kind) as sock:
+        for _ in range(3):
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.connect(endpoint)
+            for sock in (dealer, publisher(ctx, announced["pub"])):
+                with sock:
                     sock.linger = 2000
-                    sock.connect(address)
-                    time.sleep(0.05)  # a PUB drops what it sends before it is connected
                     sock.send_multipart([b"big.topic", msgpack.packb([1]), huge])
-    time.sleep(0.5)  # (nothing to wait for: the point is what does not happen)
+    # Ending the context waited (linger) until each frame was refused (the broker hung
+    # up on reading its size) or taken whole, which the memory check below would see.
     assert hello(endpoint)["version"] == VERSION
     assert rss(broker) - before < 16 * MiB
     assert "big.topic" not in broker_stats(endpoint)["topics"]
@@ -140,7 +142,7 @@ def test_calls_arguments_held_are_bounded(spawn: Callable[..., Proc], short_tmp:
         async with await ToolClient.connect(endpoint) as client:
             hold = {"marker": marker, "seconds": 2}
             slow = asyncio.ensure_future(client.call("sample.hold_idempotent", hold))
-            await asyncio.sleep(0.3)
+            await until(lambda: Path(marker).exists())  # the worker is busy with it
             big = {"marker": marker, "seconds": 0, "pad": "y" * 300_000}  # queued behind
             calls = [client.call("sample.hold_idempotent", big) for _ in range(6)]
             results = await asyncio.gather(*calls, return_exceptions=True)
@@ -160,9 +162,7 @@ def test_the_brokers_answers_fit_in_one_frame(spawn: Callable[..., Proc], short_
     endpoint = f"ipc://{short_tmp}/b"
     start_broker(spawn, endpoint, "--max-payload", "100000")
     announced = hello(endpoint)
-    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as pub:
-        pub.connect(announced["pub"])
-        time.sleep(0.3)
+    with zmq.Context() as ctx, publisher(ctx, announced["pub"]) as pub:
         for i in range(600):
             topic = f"t{i:04}.".encode() + b"x" * 900
             pub.send_multipart([topic, make_header(), msgpack.packb(1)])

@@ -205,6 +205,8 @@ class Fuzzer:
 
 def run(control: str, frames: int, seed: int) -> dict[str, int]:
     """Send ``frames`` messages on every plane of the broker at ``control``."""
+    from ready import connect, publisher  # beside this file, run as a script
+
     fuzz = Fuzzer(seed)
     ctx = zmq.Context()
     sent = {"publish": 0, "subscribe": 0, "control": 0, "tools": 0, "durable": 0}
@@ -215,11 +217,9 @@ def run(control: str, frames: int, seed: int) -> dict[str, int]:
         if not dealer.poll(5000):
             raise SystemExit("no HELLO answer")
         hello = msgpack.unpackb(dealer.recv_multipart()[1])
-        pub = ctx.socket(zmq.PUB)
-        pub.connect(hello["pub"])
+        pub = publisher(ctx, hello["pub"])
         subscriber = ctx.socket(zmq.XSUB)
-        subscriber.connect(hello["sub"])
-        time.sleep(0.2)  # let the PUB and XSUB connect (a PUB drops what it sends before)
+        connect(subscriber, hello["sub"])
         planes = [
             ("publish", lambda: pub.send_multipart(fuzz.publish())),
             ("subscribe", lambda: subscriber.send(fuzz.subscription())),
