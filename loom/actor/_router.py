@@ -47,14 +47,6 @@ class Router(Generic[H]):
             self._cache[topic] = found
         return found
 
-    def match(self, topic: bytes) -> tuple[H, ...]:
-        """The handlers for ``topic``, in binding order.
-
-        Raises:
-            ProtocolError: the frame is not a valid topic.
-        """
-        return self.route(topic)[1]
-
     def patterns(self) -> list[str]:
         """The bound patterns' texts, each once, in binding order."""
         return list(dict.fromkeys(p.text for p, _ in self._routes))

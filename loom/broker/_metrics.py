@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from loom._histogram import cumulative
 from loom.broker._control import ControlPlane
 from loom.broker._peers import PEER_HISTOGRAMS, PEER_STATS
-from loom.broker._pubsub import PubSubProxy
+from loom.broker._pubsub import TOPIC, PubSubProxy
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -73,12 +73,12 @@ class BrokerCollector(Collector):
             if family not in families and len(families) >= _MAX_FAMILIES:
                 family = "(other)"
             totals = families.setdefault(family, [0, 0, 0, 0])
-            for i, value in enumerate(row[:4]):
+            for i, value in enumerate(row[:TOPIC]):
                 totals[i] += value
         for name, row in (("(other)", stats.other), ("(unparsed)", stats.unparsed)):
-            if any(row[:4]):
+            if any(row[:TOPIC]):
                 totals = families.setdefault(name, [0, 0, 0, 0])
-                for i, value in enumerate(row[:4]):
+                for i, value in enumerate(row[:TOPIC]):
                     totals[i] += value
         for i, counter in enumerate(_COUNTERS):
             metric = CounterMetricFamily(

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import msgpack
 
+from loom.broker._peers import MAX_PATTERN_BYTES
 from loom.broker._store import DurableLog
 from loom.errors import StoreError
 from loom.protocol import DELIVER, Pattern
@@ -26,7 +27,6 @@ MAX_STREAMS = 10_000
 """Durable subscriptions served at once (each holds its patterns and a window)."""
 MAX_PER_PEER = 16
 """Durable subscriptions one peer may hold."""
-MAX_PATTERN_BYTES = 8 * 1024
 """Bytes of patterns one subscription may have."""
 MAX_NAMES = 100_000
 """Subscription names the log keeps a position for (new names are refused past it)."""

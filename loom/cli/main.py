@@ -180,7 +180,7 @@ def _command(argv: list[str] | None) -> int:
             return 2
     long_running = ("demo", "worker", "actor", "agent", "dashboard")
     level = args.log_level or ("info" if args.command in long_running else "warning")
-    configure_logging(json=args.log_json, level=level, stream=sys.stderr)
+    configure_logging(json=args.log_json, level=level)
     broker = broker_address(args.broker)
     try:
         if args.command == "pub":

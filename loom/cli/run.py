@@ -83,7 +83,6 @@ def run_mesh(args: argparse.Namespace) -> int:
     configure_logging(
         json=args.log_json or settings.log.json_lines,
         level=args.log_level or settings.log.level,
-        stream=sys.stderr,
     )
     if args.broker:
         settings = settings.model_copy(
@@ -95,8 +94,7 @@ def run_mesh(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    control = control_endpoint(args.file)
-    if _listening(control) and asyncio.run(_ask_supervisor(control, {"command": "ps"}, 2)):
+    if asyncio.run(_running(args.file, 2.0)):
         print(f"loom run: {args.file} is running already (loom ps shows it)", file=sys.stderr)
         return 2
     supervisor = Supervisor(
@@ -108,7 +106,7 @@ def run_mesh(args: argparse.Namespace) -> int:
         max_backoff=settings.supervisor.max_backoff,
         status_every=settings.supervisor.status_every,
     )
-    return asyncio.run(_supervise(supervisor, control, args.file))
+    return asyncio.run(_supervise(supervisor, control_endpoint(args.file), args.file))
 
 
 async def _supervise(supervisor: Supervisor, control: str, file: str) -> int:
@@ -130,16 +128,13 @@ def check_targets(settings: RunSettings) -> list[str]:
     """What is wrong with the run file's targets (a missing file, a module that does not
     import, no such class, no tools), one line each; nothing is started."""
     problems = []
-    for worker in settings.workers:
-        try:
-            load_tools(worker.target)
-        except LoomError as exc:
-            problems.append(f"worker {worker.name}: {exc}")
-    for actor in settings.actors:
-        try:
-            load_actor(actor.target)
-        except LoomError as exc:
-            problems.append(f"actor {actor.name}: {exc}")
+    loaders = (("worker", settings.workers, load_tools), ("actor", settings.actors, load_actor))
+    for kind, children, load in loaders:
+        for child in children:
+            try:
+                load(child.target)
+            except LoomError as exc:
+                problems.append(f"{kind} {child.name}: {exc}")
     return problems
 
 

@@ -20,7 +20,7 @@ from pydantic import (
 
 from loom.broker import BrokerSettings
 from loom.config import LogSettings, Section, read_settings, validated
-from loom.errors import ConfigError
+from loom.errors import ConfigError, LLMConfigError
 from loom.tools import ToolSettings, WorkerSettings
 
 __all__ = [
@@ -49,7 +49,6 @@ class Settings(Section):
     def _valid_llms(cls, tables: dict[str, Any]) -> dict[str, Any]:
         # imported here: loom.cognition is heavy, and most programs never need it
         from loom.cognition import load_llm_settings
-        from loom.errors import LLMConfigError
 
         try:
             return load_llm_settings(tables)

@@ -84,7 +84,7 @@ async def _main(config: dict[str, Any]) -> int:
 
 def main() -> None:
     """Entry point."""
-    configure_logging(level="warning", stream=sys.stderr)
+    configure_logging(level="warning")
     sys.exit(asyncio.run(_main(json.loads(sys.stdin.buffer.readline()))))
 
 

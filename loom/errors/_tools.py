@@ -49,10 +49,19 @@ class ToolError(LoomError):
 
     code = "TOOL_ERROR"
 
-    def __init__(self, message: str, *, tool: str = "", details: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        tool: str = "",
+        details: dict[str, Any] | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.tool = tool
         self.details = details or {}
+        if code is not None:
+            self.code = code
 
 
 class UnknownToolError(ToolError):
@@ -158,12 +167,7 @@ def tool_error(
 ) -> ToolError:
     """The ``ToolError`` subclass for a wire ``code`` (the base class for codes it does not
     know, with ``.code`` set to that code)."""
-    cls = _BY_CODE.get(code)
-    if cls is not None:
-        return cls(message, tool=tool, details=details)
-    error = ToolError(message, tool=tool, details=details)
-    error.code = code
-    return error
+    return _BY_CODE.get(code, ToolError)(message, tool=tool, details=details, code=code)
 
 
 # --- the sandbox and the built-in tools ----------------------------------------------

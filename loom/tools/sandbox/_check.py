@@ -24,6 +24,7 @@ from typing import Any
 
 from loom.protocol import decode_value
 from loom.tools._tool import Tool, ToolContext, tool
+from loom.tools.sandbox import _kernel as kernel
 from loom.tools.sandbox._host import probe_host
 from loom.tools.sandbox._policy import NetRules, Sandbox
 from loom.tools.sandbox._runner import SandboxRunner
@@ -31,7 +32,6 @@ from loom.tools.sandbox._runner import SandboxRunner
 __all__ = ["check_host", "probe_escapes", "probe_network"]
 
 _IPC_CREAT = 0o1000
-_CLONE_PARENT = 0x8000
 _IPPROTO_MPTCP = 262
 _PORT_ALLOWED = 1
 """The one port :func:`probe_network`'s policy allows (nothing listens there)."""
@@ -50,12 +50,6 @@ def _outcomes(attempts: dict[str, Callable[[], Any]]) -> dict[str, str]:
     return results
 
 
-def _libc_check(result: int) -> None:
-    if result < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
 def _dgram_pair(path: str) -> None:
     one, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with one, other:
@@ -63,21 +57,19 @@ def _dgram_pair(path: str) -> None:
 
 
 def _clone_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    pid = libc.syscall(56, ctypes.c_long(_CLONE_PARENT | signal.SIGCHLD), 0, 0, 0, 0)
+    flags = ctypes.c_long(kernel.CLONE_PARENT | signal.SIGCHLD)
+    pid = kernel.libc.syscall(kernel.syscall_number("clone"), flags, 0, 0, 0, 0)
     if pid == 0:
         os._exit(0)
-    _libc_check(pid)
+    kernel.check(pid)
 
 
 def _earlier_shm(key: int) -> None:
     """Succeeds if an earlier call left a segment under ``key``; else leaves one."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.shmget(key, ctypes.c_size_t(0), 0) >= 0:
+    if kernel.libc.shmget(key, ctypes.c_size_t(0), 0) >= 0:
         return
     code = ctypes.get_errno()
-    libc.shmget(key, ctypes.c_size_t(4096), _IPC_CREAT | 0o600)
+    kernel.libc.shmget(key, ctypes.c_size_t(4096), _IPC_CREAT | 0o600)
     raise OSError(code, os.strerror(code))
 
 

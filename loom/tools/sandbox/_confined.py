@@ -25,7 +25,6 @@ class Confined(Protocol):
     protect: list[int]
     """Pids no call may signal or touch (the launcher's, the worker's...)."""
     any_async: bool
-    userns: bool
     call_namespaces: int
     """The ``CLONE_NEW*`` flags each call unshares (0: none): a user namespace, and a PID
     and an IPC namespace where the host allows."""

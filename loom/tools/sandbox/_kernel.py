@@ -20,18 +20,23 @@ __all__ = [
     "CLONE_NEWNET",
     "CLONE_NEWPID",
     "CLONE_NEWUSER",
+    "CLONE_PARENT",
+    "check",
     "child_subreaper",
     "die_with_parent",
     "drop_capabilities",
     "landlock_abi",
     "landlock_restrict",
     "last_capability",
+    "libc",
     "load_seccomp",
     "map_ids",
     "no_new_privs",
+    "syscall_number",
     "unshare",
 ]
 
+CLONE_PARENT = 0x00008000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
@@ -47,8 +52,8 @@ _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 _SYSCALLS = {  # the generic numbers; x86_64 keeps its own for the older calls
-    "x86_64": {"capset": 126, "create": 444, "add": 445, "restrict": 446},
-    "aarch64": {"capset": 91, "create": 444, "add": 445, "restrict": 446},
+    "x86_64": {"capset": 126, "clone": 56, "create": 444, "add": 445, "restrict": 446},
+    "aarch64": {"capset": 91, "clone": 220, "create": 444, "add": 445, "restrict": 446},
 }
 
 # Landlock access rights (include/uapi/linux/landlock.h)
@@ -69,8 +74,8 @@ _RULE_PATH_BENEATH = 1
 _RULE_NET_PORT = 2
 _CREATE_RULESET_VERSION = 1
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -106,14 +111,16 @@ class _CapData(ctypes.Structure):
     )
 
 
-def _check(result: int) -> int:
+def check(result: int) -> int:
+    """``result`` of a libc call, or ``OSError`` with its errno when it is negative."""
     if result < 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
     return result
 
 
-def _number(name: str) -> int:
+def syscall_number(name: str) -> int:
+    """This machine's number of the system call ``name`` (``OSError`` ENOSYS elsewhere)."""
     table = _SYSCALLS.get(platform.machine())
     if table is None:
         raise OSError(errno.ENOSYS, f"no syscall table for {platform.machine()}")
@@ -123,12 +130,12 @@ def _number(name: str) -> int:
 def no_new_privs() -> None:
     """Neither this process nor its children can gain privileges again (setuid bits,
     file capabilities); Landlock and seccomp require it."""
-    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+    check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
 
 
 def die_with_parent() -> None:
     """Be killed (SIGKILL) when the parent process ends."""
-    _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
+    check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
 
 
 def load_seccomp(program: bytes) -> None:
@@ -136,18 +143,18 @@ def load_seccomp(program: bytes) -> None:
     process and its future children; needs ``no_new_privs``."""
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // 8, ctypes.addressof(buffer))
-    _check(_libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0))
+    check(libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0))
 
 
 def child_subreaper() -> None:
     """Orphaned descendants become this process's children (to be reaped here), not
     init's."""
-    _check(_libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
+    check(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
 
 
 def unshare(flags: int) -> None:
     """Move this process into new namespaces (``CLONE_NEW*``)."""
-    _check(_libc.unshare(flags))
+    check(libc.unshare(flags))
 
 
 def map_ids(uid: int, gid: int) -> None:
@@ -165,21 +172,21 @@ def last_capability() -> int:
 def drop_capabilities(last: int) -> None:
     """Give up every capability up to ``last``: effective, permitted, inheritable, ambient
     and the bounding set (so a later ``exec`` cannot get them back)."""
-    _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     for cap in range(last + 1):
-        _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # EPERM without CAP_SETPCAP: none held
+        libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # EPERM without CAP_SETPCAP: none held
     header = _CapHeader(0x20080522, 0)
     data = (_CapData * 2)()
-    _check(_libc.syscall(_number("capset"), ctypes.byref(header), ctypes.byref(data)))
+    check(libc.syscall(syscall_number("capset"), ctypes.byref(header), ctypes.byref(data)))
 
 
 def landlock_abi() -> int:
     """The Landlock ABI version the kernel offers; 0 when it has none (or it is off)."""
     try:
-        number = _number("create")
+        number = syscall_number("create")
     except OSError:
         return 0
-    result = _libc.syscall(number, None, ctypes.c_size_t(0), _CREATE_RULESET_VERSION)
+    result = libc.syscall(number, None, ctypes.c_size_t(0), _CREATE_RULESET_VERSION)
     return max(int(result), 0)
 
 
@@ -226,7 +233,7 @@ def landlock_restrict(
         attr.scoped = _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL
         enforced.append("scope")
     size = 8 if abi < 4 else 16 if abi < 6 else 24
-    ruleset = _check(_libc.syscall(_number("create"), ctypes.byref(attr), size, 0))
+    ruleset = check(libc.syscall(syscall_number("create"), ctypes.byref(attr), size, 0))
     try:
         if restrict_fs:
             handled = attr.handled_access_fs
@@ -237,11 +244,13 @@ def landlock_restrict(
         if attr.handled_access_net & _NET_CONNECT_TCP:
             for port in tcp_connect or ():
                 rule = _NetPortAttr(_NET_CONNECT_TCP, port)
-                _check(
-                    _libc.syscall(_number("add"), ruleset, _RULE_NET_PORT, ctypes.byref(rule), 0)
+                check(
+                    libc.syscall(
+                        syscall_number("add"), ruleset, _RULE_NET_PORT, ctypes.byref(rule), 0
+                    )
                 )
         no_new_privs()
-        _check(_libc.syscall(_number("restrict"), ruleset, 0))
+        check(libc.syscall(syscall_number("restrict"), ruleset, 0))
     finally:
         os.close(ruleset)
     return enforced
@@ -256,6 +265,8 @@ def _add_path(ruleset: int, path: Path, rights: int) -> None:
         if not stat.S_ISDIR(os.fstat(fd).st_mode):
             rights &= _FILE_RIGHTS
         rule = _PathBeneathAttr(rights, fd)
-        _check(_libc.syscall(_number("add"), ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0))
+        check(
+            libc.syscall(syscall_number("add"), ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0)
+        )
     finally:
         os.close(fd)

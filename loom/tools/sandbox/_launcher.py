@@ -108,7 +108,6 @@ class Launcher:
         ]
         self.tools = _load(init["origins"], set(init["tools"]))
         self.report: dict[str, str] = {}
-        self.userns = False
         self.call_namespaces = 0
         self.landlock_abi = 0
         self.last_cap = 40
@@ -120,10 +119,10 @@ class Launcher:
         self.waiting: list[list[Any]] = []
         """Calls that came while no spare was ready, in order."""
         self.asked = 0
+        """Spares asked of the zygote and not yet delivered."""
         self.spare_deaths = 0
         """Spares that died before their call, in a row: the next is asked later each time
         (a spare that cannot confine itself would otherwise be forked again every 5 ms)."""
-        """Spares asked of the zygote and not yet delivered."""
         self.by_fd: dict[int, _Process] = {}
         self.by_output: dict[int, _Process] = {}
         self.by_pid: dict[int, _Process] = {}
@@ -186,7 +185,6 @@ class Launcher:
             self.report["userns"] = f"unmapped (uid 65534 inside): {exc}"
             self.report["netns"] = "private" if flags & kernel.CLONE_NEWNET else "host's"
             return
-        self.userns = True
         self.call_namespaces = _call_namespaces()
         per_call = [
             name

@@ -25,6 +25,7 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
+from loom.tools.sandbox._kernel import CLONE_PARENT
 from loom.tools.sandbox._policy import NetRules
 
 __all__ = ["DENIED_SYSCALLS", "build_filter", "compile_filter", "seccomp_available"]
@@ -93,7 +94,6 @@ _NAMESPACE_FLAGS: tuple[int, ...] = (
     0x20000000,  # CLONE_NEWPID
     0x40000000,  # CLONE_NEWNET
 )
-_CLONE_PARENT = 0x8000
 _SOCK_TYPE_MASK = 0xF
 _INET_TYPES = (socket.SOCK_STREAM, socket.SOCK_DGRAM)
 _INET_PROTOCOLS = (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP)
@@ -152,7 +152,7 @@ def build_filter(net: NetRules, protect: Iterable[int], *, private_ipc: bool) ->
         for name in _SYSV_IPC:
             _add(flt, denied, name)
     _sockets(flt, denied, net)
-    for flag in (*_NAMESPACE_FLAGS, _CLONE_PARENT):  # clone3 hides its flags: see below
+    for flag in (*_NAMESPACE_FLAGS, CLONE_PARENT):  # clone3 hides its flags: see below
         flt.add_rule(denied, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
     _add(flt, sc.ERRNO(errno.ENOSYS), "clone3")  # the C library falls back to clone()
     for name in _SELF_ONLY:  # the full 64 bits must be 0: no high bits hiding a pid
