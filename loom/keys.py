@@ -105,6 +105,9 @@ def _checked_name(name: str) -> str:
 def new_keypair(name: str, directory: Path, *, force: bool = False) -> Keypair:
     """Write a new keypair ``NAME.key`` / ``NAME.key_secret`` into ``directory``.
 
+    Without ``force`` the secret file is linked into place, which fails if one exists:
+    of two processes making the same pair at once, one wins and the other is told.
+
     Raises:
         KeyFileError: a bad name, a pair of that name exists (and not ``force``), or the
             files cannot be written.
@@ -120,7 +123,15 @@ def new_keypair(name: str, directory: Path, *, force: bool = False) -> Keypair:
             made_public, made_secret = zmq.auth.create_certificates(staging, name)
             os.chmod(made_secret, 0o600)
             os.chmod(made_public, 0o644)
-            os.replace(made_secret, secret_file)
+            if force:
+                os.replace(made_secret, secret_file)
+            else:
+                try:
+                    os.link(made_secret, secret_file)  # atomic, and never over another
+                except FileExistsError:
+                    raise KeyFileError(
+                        f"{secret_file}: a key named {name!r} exists (--force replaces it)"
+                    ) from None
             os.replace(made_public, public_file)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

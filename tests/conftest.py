@@ -38,6 +38,11 @@ SCRATCH = Path(tempfile.mkdtemp(prefix="loom-tests-", dir="/tmp"))
 SIGKILLed agent's workspace, a jail) goes when the session ends."""
 os.environ["TMPDIR"] = str(SCRATCH)
 tempfile.tempdir = None  # read TMPDIR again
+os.environ["LOOM_HOME"] = str(SCRATCH / "home")
+"""Every broker and peer of the session shares this Loom home (its keys, its audit log),
+as one user's processes do: never the real one's."""
+for _name in ("LOOM_KEY", "LOOM_BROKER_KEY"):
+    os.environ.pop(_name, None)
 HEARTBEAT = 0.2
 """Seconds, for the ``mesh`` broker; a peer is dead after 3 missed heartbeats (0.6 s)."""
 

@@ -42,10 +42,13 @@ def test_top_level_exports() -> None:
 def test_subpackage_exports() -> None:
     """Each package exposes a small face; its modules are private (``_name``)."""
     assert set(loom.actor.__all__) == {"Actor", "ActorStats", "Event", "current_event", "on"}
-    assert set(loom.broker.__all__) == {"Broker", "BrokerSettings"}
+    assert set(loom.broker.__all__) == {"Broker", "BrokerSettings", "SecuritySettings"}
     assert set(loom.session.__all__) == {
+        "NO_KEY",
         "ActorInfo",
         "Directory",
+        "KeySpec",
+        "PeerKey",
         "Session",
         "ToolClient",
         "ToolInfo",
@@ -54,7 +57,9 @@ def test_subpackage_exports() -> None:
         "ask",
         "broker_answers",
         "check_endpoint",
+        "peer_key",
         "reachable_endpoint",
+        "secure_client",
         "wait_for_broker",
     }
     assert set(loom.tools.__all__) == {

@@ -67,7 +67,7 @@ def test_pack_header_matches_encode_header() -> None:
 def test_header_is_an_array_with_version_first() -> None:
     """On the wire the header is a msgpack array: version, kind, id, sender, ..."""
     fields = msgpack.unpackb(encode_header(make_envelope()))
-    assert len(fields) == HEADER_FIELDS == 13
+    assert len(fields) == HEADER_FIELDS == 14
     assert fields[0] == VERSION
     assert fields[3] == "alice"
 

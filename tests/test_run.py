@@ -258,5 +258,5 @@ def test_broker_flags_reproduce_the_run_files_broker_settings(short_tmp: Path) -
         data_dir=str(short_tmp / "data"),
         heartbeat=0.5,
     )
-    parsed, _ = settings_from(build_parser().parse_args(broker_flags(wanted)))
+    parsed, _, _ = settings_from(build_parser().parse_args(broker_flags(wanted)))
     assert parsed == wanted

@@ -31,7 +31,7 @@ from loom.protocol import (
     IdSource,
     Pattern,
 )
-from loom.session import ToolClient, check_endpoint
+from loom.session import KeySpec, ToolClient, check_endpoint
 
 __all__ = ["Actor", "ActorStats", "on"]
 
@@ -106,6 +106,8 @@ class Actor(Verbs):
         unique: no other live actor may have this name: ``start()`` waits (up to the
             connect timeout) for one of that name to be gone, then fails with
             ``DuplicateNameError``; False lets actors that all say so share a name.
+        key: the CURVE keys to present: a key file, ``"none"`` (no CURVE), or ``None``
+            for ``$LOOM_KEY``, else the Loom home's local identity.
 
     Raises:
         HeaderError: ``name`` is longer than 256 characters.
@@ -120,7 +122,9 @@ class Actor(Verbs):
         mailbox_size: int = 10_000,
         connect_timeout: float = 10.0,
         unique: bool = True,
+        key: KeySpec = None,
     ) -> None:
+        self.key = key
         self.name = name or type(self).__name__.lower()
         if type(self.name) is not str or len(self.name) > MAX_NAME_CHARS:
             raise HeaderError(f"an actor's name is at most {MAX_NAME_CHARS} characters")
@@ -143,7 +147,9 @@ class Actor(Verbs):
         """Verbs allowed: from the confirmed link (``on_start`` may emit) to teardown."""
         self._stop_task: asyncio.Future[None] | None = None
         self._starting_task: asyncio.Task[Any] | None = None
-        self._inbox = f"$inbox.{self.id}"
+        self.identity = "anonymous"
+        """The identity the broker knows this actor's key as (set once connected)."""
+        self._inbox = f"$inbox.{self.identity}.{self.id}"
         self._topics: dict[str, bytes] = {}
         self._pending: dict[bytes, asyncio.Future[Any]] = {}
         self._max_payload = DEFAULT_MAX_PAYLOAD
@@ -286,9 +292,12 @@ class Actor(Verbs):
             name=self.name,
             log=self.log,
             hello=lambda: {"patterns": self._router.patterns(), "unique": self.unique},
+            key=self.key,
         )
         hello = await link.open(self._connect_timeout)
         self._max_payload = hello.max_payload
+        self.identity = hello.identity
+        self._inbox = f"$inbox.{hello.identity}.{self.id}"  # topics of its own identity
         self._tools = ToolClient(link.session, max_payload=self._max_payload)
         link.session.stats = self._report_stats
         link.session.lost_hooks.append(self._link_lost)
@@ -537,7 +546,7 @@ class Actor(Verbs):
             topic = self._inbox
         else:
             self._probes += 1
-            topic = f"$probe.{self.id}.{self._probes}"
+            topic = f"$probe.{self.identity}.{self.id}.{self._probes}"
             receiver.subscribe(topic.encode())
         probe_id = self.ids.next()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -33,7 +33,9 @@ __all__ = ["Durability"]
 
 Handler = tuple[Callable[[Event], Any], bool]
 _ACK_EVERY = 64
-_SKIPPED = Envelope(VERSION, EVENT, b"\x00", "", 0.0, None, None, None, None, 0, None, None, None)
+_SKIPPED = Envelope(
+    VERSION, EVENT, b"\x00", "", 0.0, None, None, None, None, 0, None, None, None, None
+)
 """The header of a delivery that could not be read: it takes its turn, to be acknowledged
 in order, and no handler sees it."""
 _ACK_AFTER = 0.05

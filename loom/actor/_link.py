@@ -9,7 +9,7 @@ import zmq
 
 from loom.errors import ProtocolError
 from loom.protocol import MAX_SUBSCRIPTION_FRAME, HelloAnswer, max_frame, queue_messages
-from loom.session import Session, announced_endpoint
+from loom.session import KeySpec, Session, announced_endpoint, secure_client
 
 __all__ = ["Link"]
 
@@ -46,11 +46,14 @@ class Link:
         hello: Callable[[], dict[str, Any]],
         role: str = "actor",
         hwm: int = 1000,
+        key: KeySpec = None,
     ) -> None:
         self.address = address
         self._context = context
         self._hwm = hwm
-        self.session = Session(address, context, name=name, role=role, log=log, hello=hello)
+        self.session = Session(
+            address, context, name=name, role=role, log=log, hello=hello, key=key
+        )
         self.hello: HelloAnswer | None = None
         self.pub: zmq.Socket[bytes] | None = None
         self.sub: zmq.Socket[bytes] | None = None
@@ -81,6 +84,8 @@ class Link:
             # libzmq refuses frames over these before Python sees them: the publisher
             # receives only subscriptions, the subscribers messages of the broker's limit
             pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_FRAME)
+            for sock in sockets:  # the session's keys: the broker knows one identity
+                secure_client(sock, self.session.key)
             frame = max_frame(self.hello.max_payload)
             for sock in (sub, inbox):  # at most ~QUEUE_BYTES held, however large the events
                 sock.setsockopt(zmq.MAXMSGSIZE, frame)

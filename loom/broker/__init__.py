@@ -2,6 +2,6 @@
 built from one validated :class:`BrokerSettings` and run by :class:`Broker`."""
 
 from loom.broker._broker import Broker
-from loom.broker._settings import BrokerSettings
+from loom.broker._settings import BrokerSettings, SecuritySettings
 
-__all__ = ["Broker", "BrokerSettings"]
+__all__ = ["Broker", "BrokerSettings", "SecuritySettings"]

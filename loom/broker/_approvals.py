@@ -138,6 +138,11 @@ class ApprovalDesk:
         """How many calls are held (safe from another thread: one ``len``)."""
         return len(self._held)
 
+    def tool_of(self, approval_id: Any) -> str | None:
+        """The tool of a held call (``None``: no call waits under that id)."""
+        held = self._held.get(approval_id) if type(approval_id) is int else None
+        return held.call.tool if held is not None else None
+
     def pending(self) -> list[dict[str, Any]]:
         """The requests still waiting, oldest first."""
         return [h.summary for h in self._held.values() if not h.call.answered]

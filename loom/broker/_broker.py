@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -13,7 +14,8 @@ from loom.broker._control import ControlPlane
 from loom.broker._durable import DurablePlane
 from loom.broker._peers import Peers
 from loom.broker._pubsub import PubSubProxy
-from loom.broker._settings import BrokerSettings
+from loom.broker._security import Guard
+from loom.broker._settings import BrokerSettings, SecuritySettings
 from loom.broker._store import DurableLog
 from loom.broker._tools import ToolRouter
 from loom.broker._traces import TraceBuffer
@@ -54,16 +56,25 @@ class Broker:
     Args:
         settings: what the broker binds and how it forwards (the defaults: a broker on
             ``tcp://127.0.0.1:7700``).
+        security: who may connect and what each identity may do (the default: CURVE
+            with the Loom home's keys, only its own user, with every right).
         context: the zmq context; a private one by default.
+        home: the Loom home (default: ``$LOOM_HOME``, else the XDG data directory).
     """
 
     def __init__(
         self,
         settings: BrokerSettings | None = None,
         *,
+        security: SecuritySettings | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        home: Path | None = None,
     ) -> None:
         self.settings = settings if settings is not None else BrokerSettings()
+        self.security = security if security is not None else SecuritySettings()
+        self.home = home
+        self.guard: Guard | None = None
+        self._reload = threading.Event()
         self.endpoint = self.settings.endpoint
         self.name = self.settings.name
         self._own_context = context is None
@@ -87,9 +98,24 @@ class Broker:
             zmq.ZMQError: an address is in use or invalid.
             EndpointError: an unsupported transport.
             OSError: the metrics or dashboard port cannot be bound.
+            KeyFileError: the broker's keys cannot be read or made.
+            ConfigError: the ACL file is invalid.
         """
         settings = self.settings
         pub_at, sub_at = derive_endpoints(settings.endpoint)
+        guard = self.guard = Guard(self.security, self.name, self._log, self.home)
+        guard.start(self._context)  # before any bind: no connection goes unauthenticated
+        try:
+            self._build(guard, pub_at, sub_at)
+            self._serve_http()
+        except BaseException:
+            self._unbind()
+            raise
+        return self.endpoints
+
+    def _build(self, guard: Guard, pub_at: str, sub_at: str) -> None:
+        """Bind the three sockets and build the planes on them."""
+        settings = self.settings
         store = None
         if settings.data_dir is not None:  # before binding: peers get answers at once
             store = DurableLog(
@@ -108,6 +134,8 @@ class Broker:
         xsub = self._socket(zmq.XSUB, frame, messages)
         xsub.bind(pub_at)
         xpub = self._socket(zmq.XPUB, MAX_SUBSCRIPTION_FRAME, messages)
+        if not guard.insecure:  # each subscription is granted by the broker, or not
+            xpub.setsockopt(zmq.XPUB_MANUAL, 1)
         xpub.bind(sub_at)
         self.endpoints = {
             "control": settings.endpoint,
@@ -117,7 +145,10 @@ class Broker:
         log = self._log
         traces = TraceBuffer()
         peers = Peers(router, DropCounter(log))
-        proxy = self.proxy = PubSubProxy(xsub, xpub, settings, traces=traces, log=log)
+        checked = None if guard.insecure else guard
+        proxy = self.proxy = PubSubProxy(
+            xsub, xpub, settings, traces=traces, log=log, guard=checked
+        )
         tools = ToolRouter(
             settings,
             send=peers.send,
@@ -125,6 +156,7 @@ class Broker:
             traces=traces,
             publish=self._system_event,
             log=log,
+            guard=checked,
         )
         durable = DurablePlane(
             store,
@@ -139,6 +171,7 @@ class Broker:
             "pub": self.endpoints["pub"],
             "sub": self.endpoints["sub"],
             "max_payload": settings.max_payload,
+            "insecure": guard.insecure,
         }
         self.control = ControlPlane(
             peers,
@@ -149,14 +182,9 @@ class Broker:
             stats=proxy.snapshot,
             publish=self._system_event,
             log=log,
+            guard=checked,
         )
         self._router, self._xsub, self._xpub = router, xsub, xpub
-        try:
-            self._serve_http()
-        except BaseException:
-            self._unbind()
-            raise
-        return self.endpoints
 
     def _serve_http(self) -> None:
         """Start the metrics endpoint and the dashboard, when the settings ask for them
@@ -188,6 +216,8 @@ class Broker:
         for sock in self._sockets:
             sock.close(linger=0)
         self._sockets.clear()
+        if self.guard is not None:
+            self.guard.stop()
 
     def _stop_servers(self) -> None:
         for server in reversed(self._servers):
@@ -200,6 +230,8 @@ class Broker:
 
     def _socket(self, kind: int, frame: int, hwm: int) -> zmq.Socket[bytes]:
         sock = self._context.socket(kind)
+        assert self.guard is not None
+        self.guard.secure(sock)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, frame)
         sock.setsockopt(zmq.SNDHWM, hwm)
@@ -221,6 +253,9 @@ class Broker:
         try:
             while not self._stopping.is_set():
                 timeout = 200
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self._reload_rights()
                 try:
                     wake = control.tick()  # dead peers, call deadlines, durable commits
                     timeout = min(200, max(0, int((wake - time.monotonic()) * 1000) + 1))
@@ -238,6 +273,19 @@ class Broker:
                         self._internal_error(exc)
         finally:
             self._close()
+
+    def reload(self) -> None:
+        """Ask the loop to read the ACL file again (SIGHUP). Safe from signal handlers."""
+        self._reload.set()
+
+    def _reload_rights(self) -> None:
+        if self.guard is None or self.guard.insecure:
+            self._log.info("nothing to reload: the broker runs --insecure")
+            return
+        try:
+            self.guard.reload()
+        except Exception as exc:
+            self._internal_error(exc)
 
     def _system_event(self, topic: str, data: dict[str, Any]) -> None:
         assert self.proxy is not None
@@ -265,6 +313,8 @@ class Broker:
         for sock in self._sockets:
             sock.close(linger=0)
         self._sockets.clear()
+        if self.guard is not None:
+            self.guard.stop()
         if self._own_context:
             self._context.term()
         self._log.info("broker stopped", **totals)

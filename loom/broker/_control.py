@@ -11,16 +11,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import zmq
 
 from loom.broker._answers import Bucket, Cached, fit
 from loom.broker._durable import DurablePlane
 from loom.broker._peers import ROLES, Peer, Peers, bounded
+from loom.broker._rights import ANONYMOUS, OWNER
 from loom.broker._settings import BrokerSettings
 from loom.broker._tools import ToolRouter
-from loom.errors import ProtocolError
+from loom.errors import PatternError, ProtocolError
 from loom.protocol import (
     ANNOUNCE,
     APPROVALS,
@@ -53,17 +54,24 @@ from loom.protocol import (
     Empty,
     Heartbeat,
     Hello,
+    Pattern,
     Patterns,
     Ready,
     Recent,
     Replay,
     Trace,
     decode_body,
+    decode_header,
     encode_control,
+    header_id,
     max_frame,
     recv_frames,
+    recv_frames_signed,
     request_id,
 )
+
+if TYPE_CHECKING:
+    from loom.broker._security import Guard
 
 __all__ = ["ControlPlane"]
 
@@ -89,6 +97,8 @@ class ControlPlane:
         stats: returns the pub/sub counters for STATS.
         publish: publishes the broker's ``$sys.*`` events (topic, data).
         log: a structlog logger.
+        guard: identities and rights (``None``: the broker runs insecure, every peer
+            is ``anonymous`` and may do anything).
         clock: monotonic seconds.
     """
 
@@ -103,9 +113,15 @@ class ControlPlane:
         stats: Callable[[], dict[str, Any]],
         publish: Callable[[str, dict[str, Any]], None],
         log: Any,
+        guard: Guard | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.peers = peers
+        self.guard = guard
+        self.who = ANONYMOUS
+        """The identity of the message being served."""
+        self.owners: dict[str, str] = {}
+        """Durable subscription name -> the identity that created it (this run)."""
         self.tools = tools
         self.durable = durable
         self._announce = {
@@ -146,10 +162,14 @@ class ControlPlane:
         Nothing a peer sends ends the serving: a message that makes a handler fail is
         counted (``error``) and logged, rate-limited, with its traceback."""
         router, table, tool_commands = self.peers.router, self.peers.table, self._tool_commands
+        guard = self.guard
         now = self._clock()
         for _ in range(budget):
             try:
-                frames = recv_frames(router, max_frames=MAX_FRAMES)
+                if guard is None:
+                    frames = recv_frames(router, max_frames=MAX_FRAMES)
+                else:
+                    frames, self.who = recv_frames_signed(router, max_frames=MAX_FRAMES)
             except zmq.Again:
                 return
             except ProtocolError as exc:  # too many frames: drained, nothing to answer
@@ -161,12 +181,15 @@ class ControlPlane:
                 peer.seen = now
             try:
                 if command == PUBLISH:
-                    self.durable.on_publish(identity, frames[2:])
+                    if guard is None or self._admit_durable(guard, identity, frames):
+                        self.durable.on_publish(identity, frames[2:])
                     continue
                 handle = tool_commands.get(command)
                 if handle is not None and len(frames) > 2:
                     if len(frames) != 4:
                         self.drops.drop("frames", f"{command!r} with {len(frames) - 1} frames")
+                    elif command == CALL:
+                        self.tools.on_call(identity, frames[2], frames[3], self.who)
                     else:
                         handle(identity, frames[2], frames[3])
                     continue
@@ -174,6 +197,36 @@ class ControlPlane:
             except Exception as exc:  # a bug a peer's message found: count, log, go on
                 what = f"{command[:32]!r}: {type(exc).__name__}: {exc}"
                 self.drops.drop("error", what, plane="control", exc_info=exc)
+
+    def _admit_durable(self, guard: Guard, identity: bytes, frames: list[bytes]) -> bool:
+        """A durable PUBLISH, checked like any publish (its origin written in); False
+        when refused (acknowledged ``DENIED``) or unreadable (the durable plane says)."""
+        if len(frames) != 5:
+            return True  # the durable plane counts and answers it
+        try:
+            env = decode_header(frames[3])
+        except ProtocolError:
+            return True
+        signed = guard.admit(frames[2], frames[3], env, self.who)
+        if signed is None:
+            self.durable.refuse(identity, header_id(frames[3]) or env.id, "DENIED")
+            return False
+        frames[3] = signed
+        return True
+
+    def _denied(self, right: str, what: str, identity: bytes, rid: int | None) -> bool:
+        """Refuse with ``DENIED`` (counted, logged, audited); True, for ``return``."""
+        assert self.guard is not None
+        message = self.guard.deny(right, self.who, what)
+        self._refuse(identity, "DENIED", message, rid)
+        return True
+
+    def _may_read(self, what: str, identity: bytes, rid: int | None) -> bool:
+        guard = self.guard
+        if guard is None or guard.rights(self.who).may_read(what):
+            return True
+        self._denied("read", what, identity, rid)
+        return False
 
     def _control(self, identity: bytes, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -225,6 +278,9 @@ class ControlPlane:
 
     def _forget(self, identity: bytes, reason: str) -> None:
         peer = self.peers.pop(identity)
+        if peer is not None and self.guard is not None:
+            still = self.peers.holds(peer.name, peer.identity)
+            self.guard.release(peer.name, peer.identity, still)
         if peer is not None:
             if reason != "left":  # one-shot clients (probes, loom list) just go quiet
                 level = self._log.debug if peer.role == "client" else self._log.info
@@ -262,6 +318,10 @@ class ControlPlane:
             self._reply(identity, ERROR_COMMAND, {**error, "rid": body.rid})
             return
         role = body.role if body.role in ROLES else "client"
+        if self.guard is not None and not self._may_join(identity, body.name, body.rid):
+            return
+        if self.guard is not None and self._refused_patterns(identity, body.patterns, body.rid):
+            return
         if role == "actor" and not self._unique(identity, body):
             return
         peer = self._introduce(identity, body.name, role, body.pid, body.rid)
@@ -269,12 +329,52 @@ class ControlPlane:
             return
         if body.incarnation:
             peer.incarnation = body.incarnation
+        self._claim(peer)
         peer.unique = body.unique
         if not peer.joined and peer.role != "worker":
             self._publish(f"$sys.{peer.role}.joined", peer)
         peer.patterns = bounded(body.patterns)
-        self._log.debug("hello", peer=peer.name, role=peer.role, pid=peer.pid)
-        self._reply(identity, HELLO, {**self._announce, "rid": body.rid})
+        self._log.debug("hello", peer=peer.name, role=peer.role, pid=peer.pid, who=self.who)
+        self._reply(identity, HELLO, {**self._announce, "identity": self.who, "rid": body.rid})
+
+    def _may_join(self, identity: bytes, name: str, rid: int | None) -> bool:
+        """The name is one this identity may take, and no live peer of another holds."""
+        assert self.guard is not None
+        who = self.who
+        if not self.guard.rights(who).may_take(name):
+            self._denied("take the name", repr(name[:64]), identity, rid)
+            return False
+        holder = self.guard.holders.get(name)
+        peer = self.peers.get(identity)
+        renaming = peer is not None and peer.name == name
+        if holder is not None and holder != who and not renaming:
+            self._denied(
+                "take the name", f"{name[:64]!r} (another identity's peer has it)", identity, rid
+            )
+            return False
+        return True
+
+    def _refused_patterns(self, identity: bytes, patterns: list[str], rid: int | None) -> bool:
+        """Refuse a HELLO (or ANNOUNCE) whose patterns subscribe where its identity may
+        not read (the XPUB would refuse the subscriptions: say so at once instead)."""
+        assert self.guard is not None
+        rights = self.guard.rights(self.who)
+        refused = []
+        for text in patterns[:1000]:
+            try:
+                prefix = Pattern(text).prefix
+            except PatternError:
+                continue  # not a pattern the peer can subscribe with either
+            if not rights.may_subscribe(prefix):
+                refused.append(text)
+        if not refused:
+            return False
+        what = "to " + ", ".join(repr(p[:80]) for p in refused[:5])
+        if rid is None:
+            self.guard.deny("subscribe", self.who, what)
+        else:
+            self._denied("subscribe", what, identity, rid)
+        return True
 
     def _unique(self, identity: bytes, body: Hello) -> bool:
         """An actor's name belongs to one live incarnation: a second is refused
@@ -297,12 +397,28 @@ class ControlPlane:
         self._refuse(identity, "DUPLICATE_NAME", message, body.rid)
         return False
 
+    def _claim(self, peer: Peer) -> None:
+        peer.identity = self.who
+        if self.guard is not None:
+            self.guard.hold(peer.name, self.who)
+
     def _announce_patterns(self, identity: bytes, body: Patterns) -> None:
+        if self.guard is not None and self._refused_patterns(identity, body.patterns, None):
+            return
         peer = self.peers.get(identity)
         if peer is not None:
             peer.patterns = bounded(body.patterns)
 
     def _ready(self, identity: bytes, body: Ready) -> None:
+        guard = self.guard
+        if guard is not None:
+            if not self._may_join(identity, body.name, body.rid):
+                return
+            rights = guard.rights(self.who)
+            refused = [t.name for t in body.tools if not rights.may("serve", t.name)]
+            if refused:
+                self._denied("serve", ", ".join(map(repr, refused[:10])), identity, body.rid)
+                return
         error = self.tools.ready(identity, body)
         if error is not None:
             self.drops.drop("ready", error, plane="control")
@@ -310,6 +426,10 @@ class ControlPlane:
             return
         peer = self._introduce(identity, body.name, "worker", body.pid, body.rid)
         if peer is not None:
+            self._claim(peer)
+            if guard is not None:
+                tools = [t.name for t in body.tools]
+                guard.audit.record("tools served", self.who, worker=peer.name, tools=tools)
             self._reply(identity, READY, {"rid": body.rid})
             if not peer.joined:
                 tools = sorted(self.tools.workers[identity].slots)
@@ -329,6 +449,8 @@ class ControlPlane:
         self._reply(identity, HEARTBEAT if peer is not None else RESET, {})
 
     def _stats_command(self, identity: bytes, body: Empty) -> None:
+        if not self._may_read("stats", identity, body.rid):
+            return
         self._reply(identity, STATS, {**self._stats_answer.get(), "rid": body.rid})
 
     def _build_stats(self) -> dict[str, Any]:
@@ -353,9 +475,15 @@ class ControlPlane:
         snap["tool_calls"] = dict(self.tools.counts)
         snap["pid"] = os.getpid()
         snap["boot"] = self.boot
+        if self.guard is not None:
+            snap["security"] = self.guard.snapshot()
+        else:
+            snap["security"] = {"insecure": True}
         return snap
 
     def _directory(self, identity: bytes, body: Empty) -> None:
+        if not self._may_read("directory", identity, body.rid):
+            return
         self._reply(identity, DIRECTORY, {**self._directory_answer.get(), "rid": body.rid})
 
     def _build_directory(self) -> dict[str, Any]:
@@ -377,12 +505,15 @@ class ControlPlane:
             "workers": workers,
             "tools": tools,
             "truncated": bool(tools_left or workers_left or peers_left),
+            "insecure": self.guard is None,
         }
 
     def _durable_subscribe(self, identity: bytes, body: Dsub) -> None:
         if identity not in self.peers:  # a stream lives as long as its peer: say HELLO
             message = "say HELLO before subscribing: a durable stream is tied to a live peer"
             self._refuse(identity, "UNKNOWN_PEER", message, body.rid)
+            return
+        if self.guard is not None and not self._may_own(identity, body.name, body.rid):
             return
         answer = self.durable.subscribe(identity, body)
         if "code" in answer:
@@ -394,7 +525,26 @@ class ControlPlane:
     def _durable_ack(self, identity: bytes, body: Dack) -> None:
         self.durable.ack(identity, body)
 
+    def _may_own(self, identity: bytes, name: str, rid: int | None) -> bool:
+        """A durable subscription name belongs to the identity that created it (this
+        run of the broker), and to one whose ``durable`` rights cover it."""
+        assert self.guard is not None
+        who = self.who
+        owner = self.owners.get(name)
+        if owner is not None and owner != who:
+            return not self._denied(
+                "use the durable name", f"{name!r} (it is {owner}'s)", identity, rid
+            )
+        if not self.guard.rights(who).may_own(name):
+            return not self._denied("own the durable name", repr(name), identity, rid)
+        if owner is None and len(self.owners) < 100_000:
+            self.owners[name] = who
+        return True
+
     def _replay(self, identity: bytes, body: Replay) -> None:
+        if self.guard is not None and not self.guard.rights(self.who).replay:
+            self._denied("replay", "the durable log", identity, body.rid)
+            return
         if self._busy(identity, body.rid):
             return
         answer = self.durable.replay(body, budget=self._frame_limit // 2)
@@ -404,7 +554,14 @@ class ControlPlane:
         self._reply(identity, REPLAY, {**answer, "rid": body.rid})
 
     def _approvals(self, identity: bytes, body: Empty) -> None:
-        pending, left = fit(self.tools.approvals.pending(), self._frame_limit)
+        listed = self.tools.approvals.pending()
+        if self.guard is not None:
+            rights = self.guard.rights(self.who)
+            if not rights.may_approve_any():
+                self._denied("approve", "any tool's calls", identity, body.rid)
+                return
+            listed = [p for p in listed if rights.may("approve", p["tool"])]
+        pending, left = fit(listed, self._frame_limit)
         answer = {"pending": pending, "omitted": left, "rid": body.rid}
         self._reply(identity, APPROVALS, answer)
 
@@ -415,7 +572,18 @@ class ControlPlane:
         else:
             desk = self.tools.approvals
             reason = (body.reason or "")[:1000]
-            error = desk.decide(body.id, body.approve, peer.name, reason, who=identity)
+            by = peer.name
+            if self.guard is not None:
+                tool = desk.tool_of(body.id)
+                if tool is not None and not self.guard.rights(self.who).may("approve", tool):
+                    self._denied("approve", f"calls of {tool!r}", identity, body.rid)
+                    return
+                if self.who != OWNER:  # another identity's approver says whose it is
+                    by = f"{peer.name}@{self.who}"
+                self.guard.audit.record(
+                    "approval", self.who, id=body.id, tool=tool, approve=body.approve, by=by
+                )
+            error = desk.decide(body.id, body.approve, by, reason, who=identity)
         if error is not None:
             self._refuse(identity, "UNKNOWN_APPROVAL", error, body.rid)
         else:
@@ -429,7 +597,7 @@ class ControlPlane:
         return True
 
     def _trace(self, identity: bytes, body: Trace) -> None:
-        if self._busy(identity, body.rid):
+        if not self._may_read("traces", identity, body.rid) or self._busy(identity, body.rid):
             return
         try:
             trace = bytes.fromhex(body.trace)
@@ -445,6 +613,8 @@ class ControlPlane:
         self._reply(identity, TRACE, {**found, "rid": body.rid})
 
     def _recent(self, identity: bytes, body: Recent) -> None:
+        if not self._may_read("traces", identity, body.rid):
+            return
         after = -1 if body.after is None else body.after
         limit = body.limit if body.limit is not None and body.limit > 0 else RECENT_LIMIT
         answer = self.tools.traces.recent(

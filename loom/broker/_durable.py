@@ -190,6 +190,10 @@ class DurablePlane:
             return [*first, *([None] * (len(batch) - half))]
         return [*first, *self._append_what_fits(batch[half:])]
 
+    def refuse(self, identity: bytes, mid: bytes, code: str) -> None:
+        """Acknowledge a PUBLISH that was not taken (``DENIED``...)."""
+        self._ack(identity, mid, None, code)
+
     def _ack(self, identity: bytes, mid: bytes, seq: int | None, error: str | None) -> None:
         self._send_acks(identity, [(mid, seq, error)])
 

@@ -52,6 +52,7 @@ class Peer:
 
     __slots__ = (
         "histograms",
+        "identity",
         "incarnation",
         "joined",
         "name",
@@ -83,10 +84,13 @@ class Peer:
         """An actor: no other live incarnation may have its name (unless neither is)."""
         self.joined = False
         """``$sys.<role>.joined`` was published (a worker's waits for its READY)."""
+        self.identity = "anonymous"
+        """The identity of its connection (its CURVE key's, in the ACL)."""
 
     def as_dict(self, last_seen: float) -> dict[str, Any]:
         return {
             "name": self.name,
+            "identity": self.identity,
             "role": self.role,
             "pid": self.pid,
             "incarnation": self.incarnation,
@@ -167,6 +171,10 @@ class Peers:
             if peer.role == "actor" and peer.name == name and (unique or peer.unique):
                 return identity, peer
         return None
+
+    def holds(self, name: str, identity: str) -> bool:
+        """Whether a live peer of ``identity`` is called ``name``."""
+        return any(p.name == name and p.identity == identity for p in self.table.values())
 
     def silent(self, limit: float) -> list[bytes]:
         """The identities of the peers not heard for ``limit`` seconds."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -33,12 +33,19 @@ from loom.protocol import (
     pack_header,
     raw_send,
     recv_message,
+    recv_signed,
     send_message,
+    user_id,
 )
+
+if TYPE_CHECKING:
+    from loom.broker._security import Guard
 
 __all__ = ["PubSubProxy", "TopicStats"]
 
 PUBLISHED, FORWARDED, DROPPED, MALFORMED, TOPIC = range(5)
+DENIED = DROPPED
+"""A message refused by the ACL is counted as dropped (and by right in the guard)."""
 COUNTER_NAMES = ("published", "forwarded", "dropped", "malformed")
 Row = list[Any]
 """``[published, forwarded, dropped, malformed, topic]``: a topic's counters, and its
@@ -111,6 +118,9 @@ class PubSubProxy:
             until it drains its queue.
         traces: where forwarded messages are recorded.
         log: a structlog logger.
+        guard: identities and rights: each message is checked against its publisher's
+            rights and gets its origin written in, each subscription is granted or
+            refused (the XPUB is in manual mode); ``None`` on a broker run insecure.
         clock: wall-clock seconds (deadlines are wall-clock).
     """
 
@@ -123,9 +133,13 @@ class PubSubProxy:
         traces: TraceBuffer,
         log: Any,
         max_topics: int = 10_000,
+        guard: Guard | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._xsub = xsub
+        self._guard = guard
+        self.granted: dict[bytes, int] = {}
+        """Subscriptions granted (manual mode): prefix -> how many grants stand."""
         self._xpub = xpub
         self._max_payload = settings.max_payload
         self._stall_timeout = stall_timeout = settings.stall_timeout
@@ -158,10 +172,15 @@ class PubSubProxy:
         trace = traces.messages.append
         senders = self._senders
         traced = 0  # records appended, added to the buffer's count once, at the end
+        guard = self._guard
+        who = ""
         try:
             for _ in range(budget):
                 try:
-                    topic, header, payload = recv_message(xsub)
+                    if guard is None:
+                        topic, header, payload = recv_message(xsub)
+                    else:
+                        topic, header, payload, who = recv_signed(xsub)
                     row = rows.get(topic) or self._new_row(topic)
                 except zmq.Again:
                     return
@@ -183,6 +202,12 @@ class PubSubProxy:
                 if deadline is not None and deadline < self._clock():
                     self._drop(row, DROPPED, "expired", "deadline passed", topic)
                     continue
+                if guard is not None:
+                    signed = guard.admit(topic, header, env, who)
+                    if signed is None:  # counted, logged and audited by the guard
+                        row[DENIED] += 1
+                        continue
+                    header = signed
                 if env.trace_id is not None:  # checked and bounded
                     sender = senders.get(env.sender) or self._intern(env.sender)
                     trace(
@@ -263,7 +288,11 @@ class PubSubProxy:
         """Publish the broker's own event (``$sys.*``) to subscribers. Never blocks the
         broker: a subscriber whose queue is full misses it (counted as ``stalled``)."""
         mid = self._ids.next()
-        header = pack_header(EVENT, mid, sender, time.time(), None, None, None, None, 0, mid, None)
+        now = time.time()
+        origin = None if self._guard is None else sender
+        header = pack_header(
+            EVENT, mid, sender, now, None, None, None, None, 0, mid, None, None, origin
+        )
         self.forward(encode_topic(topic), header, encode_payload(data))
 
     def forward(self, topic: bytes, header: bytes, payload: bytes) -> None:
@@ -286,7 +315,11 @@ class PubSubProxy:
         row[FORWARDED] += 1
 
     def read_subscriptions(self) -> None:
-        """Track the prefixes subscribers hold (the XPUB reports first-sub/last-unsub)."""
+        """Track the prefixes subscribers hold (the XPUB reports first-sub/last-unsub);
+        with a guard, grant each subscription its subscriber's identity may hold."""
+        if self._guard is not None:
+            self._grant_subscriptions(self._guard)
+            return
         while True:
             try:
                 frame = self._xpub.recv(_NOBLOCK)
@@ -297,6 +330,44 @@ class PubSubProxy:
                     self.subscriptions.add(frame[1:])
             elif frame[:1] == b"\x00":
                 self.subscriptions.discard(frame[1:])
+
+    def _grant_subscriptions(self, guard: Guard) -> None:
+        """Manual mode: every (un)subscription of every subscriber arrives here, with
+        the identity of its connection; a granted one is applied to that subscriber's
+        pipe (``setsockopt`` acts on the pipe of the message just read), a refused one
+        never is. A subscriber's subscriptions go with it when it disconnects (libzmq
+        then reports each prefix no one requests any more, without an identity)."""
+        xpub, granted = self._xpub, self.granted
+        while True:
+            try:
+                frame = xpub.recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            data = frame.bytes
+            flag, prefix = data[:1], data[1:]
+            who = user_id(frame)
+            if flag == b"\x01":
+                rights = guard.rights(who)
+                allowed = rights.subscribed.get(prefix)
+                if allowed is None:
+                    allowed = rights.may_subscribe(prefix)
+                if not allowed:
+                    what = repr(prefix.decode(errors="replace")[:200])
+                    guard.deny("subscribe", who or "(unknown)", f"to {what}")
+                    continue
+                xpub.setsockopt(zmq.SUBSCRIBE, prefix)
+                if prefix in granted or len(granted) < MAX_SUBSCRIPTIONS:
+                    granted[prefix] = granted.get(prefix, 0) + 1
+                    self.subscriptions.add(prefix)
+            elif flag == b"\x00":
+                if who:  # the subscriber asked; a disconnect's report names no one
+                    xpub.setsockopt(zmq.UNSUBSCRIBE, prefix)
+                left = granted.get(prefix, 0) - 1 if who else 0
+                if left > 0:
+                    granted[prefix] = left
+                else:
+                    granted.pop(prefix, None)
+                    self.subscriptions.discard(prefix)
 
     def snapshot(self) -> dict[str, Any]:
         """Counters, drops by reason and live subscription prefixes."""

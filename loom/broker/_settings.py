@@ -19,7 +19,7 @@ from loom.session import check_endpoint
 MAX_TIMEOUT = 1e9
 """The longest timeout a call can carry on the wire (seconds: 31 years)."""
 
-__all__ = ["BrokerSettings"]
+__all__ = ["BrokerSettings", "SecuritySettings"]
 
 
 class BrokerSettings(Section):
@@ -73,3 +73,22 @@ class BrokerSettings(Section):
     dashboard_port: int = Field(default=0, ge=0, le=65535)
     """Serve the live dashboard at ``http://dashboard_host:dashboard_port/`` (0: off)."""
     dashboard_host: str = "127.0.0.1"
+
+
+class SecuritySettings(Section):
+    """``[security]``: who may connect to the broker and what each identity may do."""
+
+    insecure: bool = False
+    """Run without CURVE: no identities, no rights, anyone who reaches the broker may do
+    anything (logged loudly, said in HELLO and ``loom list``)."""
+    key: str | None = None
+    """The broker's secret key file (default: ``keys/broker.key_secret`` in the Loom
+    home, made on first start)."""
+    acl: str | None = None
+    """The ACL file: enrolled identities and their rights (reloaded on SIGHUP). Without
+    one, only the Loom home's own user connects, with every right."""
+    audit_log: str | None = None
+    """Where security events are appended as JSON lines (default: ``audit.jsonl`` in
+    the Loom home; ``"off"``: nowhere)."""
+    audit_max_bytes: PositiveInt = 64 << 20
+    """The audit log is rotated past this size (one old file kept)."""

@@ -14,7 +14,7 @@ import heapq
 import time
 from collections.abc import Callable
 from fnmatch import fnmatchcase as fnmatch
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import msgspec
@@ -46,6 +46,9 @@ from loom.protocol import (
     encode_ref,
 )
 
+if TYPE_CHECKING:
+    from loom.broker._security import Guard
+
 __all__ = ["ToolRouter"]
 
 Send = Callable[[bytes, list[bytes]], bool]
@@ -74,6 +77,8 @@ class ToolRouter:
         traces: where answered calls are recorded.
         publish: publishes the broker's events (the approval desk's requests).
         log: a structlog logger.
+        guard: identities and rights: a CALL needs its caller's ``call`` right
+            (``None``: the broker runs insecure).
         clock: monotonic seconds; ``wall``: Unix seconds (for traced calls).
     """
 
@@ -86,10 +91,12 @@ class ToolRouter:
         traces: TraceBuffer,
         publish: Callable[[str, dict[str, Any]], None],
         log: Any,
+        guard: Guard | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._send = send
+        self.guard = guard
         self._log = log
         self.default_timeout = settings.call_timeout
         self.max_queue = settings.max_queue
@@ -235,13 +242,19 @@ class ToolRouter:
 
     # --- messages ----------------------------------------------------------------
 
-    def on_call(self, client: bytes, meta: bytes, args: bytes) -> None:
+    def on_call(self, client: bytes, meta: bytes, args: bytes, who: str = "") -> None:
+        """A CALL from ``client``, whose connection's identity is ``who``."""
         try:
             call_id, name, timeout, trace, _ = decode_call(meta)
         except ProtocolError as exc:
             self._malformed(client, meta, exc)
             return
         self.counts["calls"] += 1
+        if self.guard is not None:
+            refused = self.guard.may_call(who, name)
+            if refused is not None:
+                self._reply_fail(client, call_id, *refused, name)
+                return
         if len(args) > self.max_payload:
             message = f"arguments of {len(args)} bytes exceed the limit of {self.max_payload}"
             self._reply_fail(client, call_id, "TOO_LARGE", message)

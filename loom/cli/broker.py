@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 
 import zmq
 
-from loom.broker import Broker, BrokerSettings
+from loom.broker import Broker, BrokerSettings, SecuritySettings
 from loom.config import LogSettings, broker_address, read_settings, validated
 from loom.errors import ConfigError, LoomError
 from loom.logs import configure_logging, get_logger
@@ -21,6 +22,9 @@ EXAMPLES = """examples:
   loom-broker --config configs/loom.toml
   loom-broker --metrics-port 9464              # Prometheus at http://127.0.0.1:9464/metrics
   loom-broker --dashboard-port 7780            # live dashboard at http://127.0.0.1:7780/
+  loom-broker --acl acl.toml                   # enrolled identities and their rights
+  kill -HUP PID                                # read the ACL file again, peers stay
+  loom-broker --insecure                       # no CURVE, no rights: trusted networks only
 """
 
 
@@ -93,18 +97,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dashboard-host", help="address of the dashboard (default 127.0.0.1)")
     parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="run without CURVE: no identities, no rights, anyone who reaches the broker may"
+        " do anything (peers connect with --key none)",
+    )
+    parser.add_argument(
+        "--key",
+        metavar="FILE",
+        help="the broker's secret key file (default: keys/broker.key_secret in the Loom home)",
+    )
+    parser.add_argument(
+        "--acl", metavar="FILE", help="the ACL file: identities and their rights (SIGHUP rereads)"
+    )
+    parser.add_argument(
+        "--audit-log",
+        metavar="PATH",
+        help="where security events go, JSON lines (default: audit.jsonl in the Loom home;"
+        " 'off': nowhere)",
+    )
+    parser.add_argument(
+        "--audit-max-bytes", type=int, help="rotate the audit log past this size (64 MiB)"
+    )
+    parser.add_argument(
         "--log-json", action="store_true", default=None, help="log one JSON object per line"
     )
     parser.add_argument("--log-level", help="debug, info, warning, error")
     return parser
 
 
-SECTIONS = frozenset(("broker", "log", "worker", "tools", "llm"))
+SECTIONS = frozenset(("broker", "security", "log", "worker", "tools", "llm"))
 """The tables of a settings file (``loom-broker`` reads ``[broker]`` and ``[log]``; the
 others belong to other programs, which check them)."""
 
 
-def settings_from(args: argparse.Namespace) -> tuple[BrokerSettings, LogSettings]:
+def settings_from(
+    args: argparse.Namespace,
+) -> tuple[BrokerSettings, SecuritySettings, LogSettings]:
     """Flags over ``$LOOM_BROKER`` over the config file over defaults.
 
     Raises:
@@ -116,13 +146,22 @@ def settings_from(args: argparse.Namespace) -> tuple[BrokerSettings, LogSettings
     if unknown:
         raise ConfigError(f"{where}: unknown section {unknown[0]!r}")
     base = validated(BrokerSettings, data.get("broker", {}), where, "broker.")
+    secure = validated(SecuritySettings, data.get("security", {}), where, "security.")
     log = validated(LogSettings, data.get("log", {}), where, "log.")
     flags = {field: getattr(args, field) for field in BrokerSettings.model_fields}  # one flag each
     flags["endpoint"] = broker_address(args.endpoint, fallback=base.endpoint)
     broker = validated(BrokerSettings, {**base.model_dump(), **_given(flags)}, "command line")
     logs = {"json": args.log_json, "level": args.log_level}
     log = validated(LogSettings, {**log.model_dump(by_alias=True), **_given(logs)}, "command line")
-    return broker, log
+    flags = {field: getattr(args, field, None) for field in SecuritySettings.model_fields}
+    flags = {**secure.model_dump(), **_given(flags)}
+    if args.config:  # a path in the file is relative to the file
+        for field in ("key", "acl", "audit_log"):
+            value = flags[field]
+            if value and value != "off" and getattr(args, field, None) is None:
+                flags[field] = str(Path(args.config).parent / Path(value).expanduser())
+    security = validated(SecuritySettings, flags, "command line")
+    return broker, security, log
 
 
 def _given(values: dict[str, object]) -> dict[str, object]:
@@ -132,13 +171,13 @@ def _given(values: dict[str, object]) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings, logs = settings_from(args)
+        settings, security, logs = settings_from(args)
     except ConfigError as exc:
         print(f"loom-broker: {exc}", file=sys.stderr)
         return 2
     configure_logging(json=logs.json_lines, level=logs.level)
     log = get_logger("loom.broker")
-    broker = Broker(settings)
+    broker = Broker(settings, security=security)
     try:
         broker.bind()
     except (zmq.ZMQError, LoomError, OSError) as exc:
@@ -148,8 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     def stop(signum: int, frame: FrameType | None) -> None:
         broker.stop()
 
+    def reload(signum: int, frame: FrameType | None) -> None:
+        broker.reload()
+
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, reload)
     broker.run()
     return 0
 

@@ -14,6 +14,7 @@ from typing import Any
 from loom.actor import Actor, Event
 from loom.cli import agent as agent_commands
 from loom.cli import approvals as approval_commands
+from loom.cli import audit as audit_commands
 from loom.cli import bench as bench_commands
 from loom.cli import dashboard as dashboard_commands
 from loom.cli import keys as key_commands
@@ -45,6 +46,8 @@ EXAMPLES = """examples:
   loom sandbox check                          # the tool sandbox's layers on this host
   loom approvals                              # tool calls waiting for approval
   loom approve 7                              # let call #7 run (loom deny 7: refuse it)
+  loom keys new alice                         # a CURVE keypair for a peer elsewhere
+  loom audit --event denied                   # what the broker refused, and to whom
   loom trace 3f2a9c1e...                      # one trace's messages and tool calls, timed
   loom bench tools --runs 3                   # run benchmarks, print their tables
   loom dashboard                              # a live web page of the mesh (port 7780)
@@ -61,6 +64,18 @@ def _common() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait for the broker (default: 5)"
+    )
+    common.add_argument(
+        "--key",
+        metavar="FILE",
+        help="this peer's CURVE key file, NAME.key_secret ('none': no CURVE, for a broker"
+        " run --insecure; default: $LOOM_KEY, else the Loom home's local key)",
+    )
+    common.add_argument(
+        "--broker-key",
+        metavar="KEY",
+        help="the broker's public key: a .key file or 40 Z85 characters (default:"
+        " $LOOM_BROKER_KEY, else keys/broker.key in the Loom home)",
     )
     common.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     common.add_argument("--log-level", default=None, help="debug, info, warning, error")
@@ -128,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_commands.add_parsers(commands, common)
     sandbox_commands.add_parsers(commands, common)
     key_commands.add_parsers(commands, common)
+    audit_commands.add_parsers(commands, common)
     approval_commands.add_parsers(commands, common)
     trace_commands.add_parsers(commands, common)
     bench_commands.add_parsers(commands, common)
@@ -172,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    # The keys every connection of this process (and its children) presents: the
+    # library reads them from the environment when no key= is given.
+    if getattr(args, "key", None):
+        os.environ["LOOM_KEY"] = args.key
+    if getattr(args, "broker_key", None):
+        os.environ["LOOM_BROKER_KEY"] = args.broker_key
     if args.command == "run":  # it configures logging from its file
         try:
             return run_commands.run_mesh(args)
@@ -233,6 +255,8 @@ def _command(argv: list[str] | None) -> int:
             return asyncio.run(sandbox_commands.run_sandbox(args))
         elif args.command == "keys":
             return key_commands.run_keys(args)
+        elif args.command == "audit":
+            return audit_commands.run_audit(args)
         else:
             return asyncio.run(run_demo(broker, args.duration, args.dashboard_port))
     except LoomError as exc:

@@ -22,7 +22,7 @@ import zmq.asyncio
 
 from loom._loader import import_target
 from loom.actor import Actor
-from loom.broker import BrokerSettings
+from loom.broker import BrokerSettings, SecuritySettings
 from loom.cli.settings import RunSettings, load_run_settings
 from loom.cli.supervisor import Child, ChildSpec, Supervisor, format_status
 from loom.errors import LoomError, TargetError
@@ -251,31 +251,36 @@ def child_specs(settings: RunSettings, *, log_json: bool = False) -> list[ChildS
     sup = settings.supervisor
     logs = ["--log-json"] if log_json else []
     specs = []
+    keys = ["--key", "none"] if settings.security.insecure else []
     if sup.run_broker:
-        argv = [sys.executable, "-m", "loom.cli.broker", *broker_flags(settings.broker), *logs]
+        flags = [*broker_flags(settings.broker), *broker_flags(settings.security)]
+        argv = [sys.executable, "-m", "loom.cli.broker", *flags, *logs]
         specs.append(ChildSpec("broker", "broker", argv, grace=sup.grace, ready=_broker_ready))
     for worker in settings.workers:
         grace = worker.grace or sup.grace
         argv = [*LOOM, "worker", worker.target, "--broker", endpoint, "--name", worker.name]
-        argv += ["--grace", str(grace), *logs]
+        argv += ["--grace", str(grace), *keys, *logs]
         specs.append(
             ChildSpec(worker.name, "worker", argv, worker.restart, grace + 2.0, worker.env)
         )
     for actor in settings.actors:
-        argv = [*LOOM, "actor", actor.target, "--broker", endpoint, "--name", actor.name, *logs]
+        argv = [*LOOM, "actor", actor.target, "--broker", endpoint, "--name", actor.name]
+        argv += [*keys, *logs]
         grace = (actor.grace or sup.grace) + 2.0  # the actor's own stop() takes up to 5 s
         specs.append(ChildSpec(actor.name, "actor", argv, actor.restart, grace, actor.env))
     return specs
 
 
-def broker_flags(broker: BrokerSettings) -> list[str]:
-    """``loom-broker`` flags that reproduce ``broker``."""
+def broker_flags(section: BrokerSettings | SecuritySettings) -> list[str]:
+    """``loom-broker`` flags that reproduce ``section``."""
     flags = []
-    for key, value in broker.model_dump().items():
+    for key, value in section.model_dump().items():
         flag = f"--{key.replace('_', '-')}"
         if isinstance(value, tuple | list):  # a repeatable flag, once per item
             for item in value:
                 flags += [flag, str(item)]
+        elif isinstance(value, bool):  # a switch
+            flags += [flag] if value else []
         elif value is not None:  # an unset option stays unset (data_dir: no durable log)
             flags += [flag, str(value)]
     return flags
@@ -287,10 +292,14 @@ async def _broker_ready(child: Child) -> None:
     Raises:
         BrokerUnavailableError: it exited, or did not answer within 15 seconds.
     """
-    endpoint = child.spec.argv[child.spec.argv.index("--endpoint") + 1]
+    argv = child.spec.argv
+    endpoint = argv[argv.index("--endpoint") + 1]
     proc = child.proc
     await wait_for_broker(
-        endpoint, 15.0, exited=lambda: proc is None or proc.returncode is not None
+        endpoint,
+        15.0,
+        exited=lambda: proc is None or proc.returncode is not None,
+        key="none" if "--insecure" in argv else None,
     )
 
 

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from loom.broker import BrokerSettings
+from loom.broker import BrokerSettings, SecuritySettings
 from loom.config import LogSettings, Section, read_settings, validated
 from loom.errors import ConfigError, LLMConfigError
 from loom.tools import ToolSettings, WorkerSettings
@@ -38,6 +38,7 @@ class Settings(Section):
     """The whole file."""
 
     broker: BrokerSettings = BrokerSettings()
+    security: SecuritySettings = SecuritySettings()
     log: LogSettings = LogSettings()
     worker: WorkerSettings = WorkerSettings()
     tools: dict[str, ToolSettings] = Field(default_factory=dict)
@@ -93,6 +94,7 @@ class RunSettings(Section):
     """A ``loom run`` file: the broker, the actors and workers, and the supervisor."""
 
     broker: BrokerSettings = BrokerSettings()
+    security: SecuritySettings = SecuritySettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     log: LogSettings = LogSettings()
     actors: list[ChildSettings] = Field(default_factory=list, alias="actor")

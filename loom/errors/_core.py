@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "BrokerUnavailableError",
     "ClosedError",
     "ConfigError",
@@ -115,6 +116,11 @@ class EndpointError(LoomError, ValueError):
 class ConfigError(LoomError, ValueError):
     """A configuration file is missing, not TOML, or has an invalid key or value; the
     message names the file and the key."""
+
+
+class AuthenticationError(LoomError, PermissionError):
+    """The broker refused this peer's CURVE handshake: its key is not enrolled, or one
+    side uses CURVE and the other does not; the message says which and what to do."""
 
 
 class KeyFileError(LoomError):

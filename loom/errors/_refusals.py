@@ -11,6 +11,7 @@ __all__ = [
     "DuplicateNameError",
     "DurableError",
     "MalformedRequestError",
+    "PermissionDeniedError",
     "RefusedError",
     "TooManyPeersError",
     "ToolsRefusedError",
@@ -94,6 +95,14 @@ class BrokerInternalError(RefusedError):
     code = "INTERNAL"
 
 
+class PermissionDeniedError(RefusedError, PermissionError):
+    """This peer's identity has no right to do that (the broker's ACL): publish or
+    subscribe there, serve or call that tool, approve, read the directory, own that
+    durable name. The message names the right missing."""
+
+    code = "DENIED"
+
+
 _BY_CODE: dict[str, type[RefusedError]] = {
     cls.code: cls
     for cls in (
@@ -107,6 +116,7 @@ _BY_CODE: dict[str, type[RefusedError]] = {
         ApprovalError,
         BrokerBusyError,
         BrokerInternalError,
+        PermissionDeniedError,
     )
 }
 _BY_CODE["TOO_MANY"] = DurableError

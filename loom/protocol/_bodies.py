@@ -219,6 +219,11 @@ class HelloAnswer(Body, kw_only=True):
     heartbeat: Positive = 1.0
     liveness: Annotated[int, msgspec.Meta(ge=1)] = 3
     max_call_timeout: Positive = 3600.0
+    identity: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "anonymous"
+    """Who the broker knows this peer as: the identity its CURVE key is enrolled under
+    (its inbox topics are ``$inbox.<identity>.*``)."""
+    insecure: bool = False
+    """The broker runs without CURVE: anyone who can reach it may do anything."""
 
 
 class ErrorAnswer(Body, kw_only=True):

@@ -25,6 +25,7 @@ from loom.protocol._envelope import (
     MAX_NAME_CHARS,
     encode_payload,
     raw_send,
+    user_id,
 )
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "encode_ref",
     "encode_value",
     "recv_frames",
+    "recv_frames_signed",
     "send_frames",
 ]
 
@@ -345,8 +347,21 @@ def recv_frames(sock: zmq.Socket[bytes], flags: int = _NOBLOCK, max_frames: int 
         ProtocolError: more than ``max_frames`` frames (``reason == "frames"``); all of
             them have been consumed.
     """
+    return _recv_all(sock, flags, max_frames)[0]
+
+
+def recv_frames_signed(
+    sock: zmq.Socket[bytes], flags: int = _NOBLOCK, max_frames: int = 0
+) -> tuple[list[bytes], str]:
+    """:func:`recv_frames`, and the ``User-Id`` of the connection the message came from
+    (the identity the broker's authenticator gave it; ``""`` without one)."""
+    frames, first = _recv_all(sock, flags, max_frames)
+    return frames, user_id(first)
+
+
+def _recv_all(sock: zmq.Socket[bytes], flags: int, max_frames: int) -> tuple[list[bytes], Any]:
     recv = sock.recv
-    frame = recv(flags, False)
+    frame = first = recv(flags, False)
     frames = [frame.bytes]
     extra = 0
     while frame.more:
@@ -357,7 +372,7 @@ def recv_frames(sock: zmq.Socket[bytes], flags: int = _NOBLOCK, max_frames: int 
         frames.append(frame.bytes)
     if extra:
         raise ProtocolError("frames", f"message of {len(frames) + extra} frames")
-    return frames
+    return frames, first
 
 
 def send_frames(sock: zmq.Socket[bytes], frames: list[bytes], flags: int = _NOBLOCK) -> None:

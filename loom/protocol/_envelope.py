@@ -63,7 +63,9 @@ __all__ = [
     "queue_messages",
     "raw_send",
     "recv_message",
+    "recv_signed",
     "send_message",
+    "user_id",
 ]
 
 VERSION = 1
@@ -168,6 +170,10 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """The ``id`` of the message whose handling caused this one."""
     content_type: _Name | None
     """``None``: the payload is msgpack; otherwise raw bytes of this media type."""
+    origin: _Name | None = None
+    """The identity that published the message, written by the broker (a peer sends
+    ``None``): who spoke, in a form that survives forwarding (message properties do not).
+    ``None`` on a broker started ``--insecure``."""
 
 
 HEADER_FIELDS = len(Envelope.__struct_fields__)
@@ -197,6 +203,7 @@ def pack_header(  # noqa: PLR0917 - positional on purpose: the hot path
     trace_id: bytes,
     parent_id: bytes | None,
     content_type: str | None = None,
+    origin: str | None = None,
 ) -> bytes:
     """Encode a header from its fields without building an :class:`Envelope` (hot path)."""
     return _encode(
@@ -214,6 +221,7 @@ def pack_header(  # noqa: PLR0917 - positional on purpose: the hot path
             trace_id,
             parent_id,
             content_type,
+            origin,
         )
     )
 
@@ -396,6 +404,23 @@ def recv_message(sock: zmq.Socket[bytes], flags: int = _NOBLOCK) -> tuple[bytes,
         ProtocolError: the message did not have exactly three frames (``reason ==
             "frames"``); all of its frames have been consumed.
     """
+    topic, header, payload = _recv_three(sock, flags)
+    return topic.bytes, header.bytes, payload.bytes
+
+
+def recv_signed(sock: zmq.Socket[bytes], flags: int = _NOBLOCK) -> tuple[bytes, bytes, bytes, str]:
+    """:func:`recv_message`, and the ``User-Id`` the broker's authenticator gave the
+    connection it came from (its identity; ``""`` without one).
+
+    Raises:
+        zmq.Again: nothing to receive (with ``NOBLOCK``).
+        ProtocolError: the message did not have exactly three frames.
+    """
+    topic, header, payload = _recv_three(sock, flags)
+    return topic.bytes, header.bytes, payload.bytes, user_id(topic)
+
+
+def _recv_three(sock: zmq.Socket[bytes], flags: int) -> tuple[zmq.Frame, zmq.Frame, zmq.Frame]:
     recv = sock.recv
     topic = recv(flags, False)
     if not topic.more:
@@ -409,7 +434,15 @@ def recv_message(sock: zmq.Socket[bytes], flags: int = _NOBLOCK) -> tuple[bytes,
         while recv(0, False).more:
             extra += 1
         raise ProtocolError("frames", f"message has {4 + extra} frames, expected 3")
-    return topic.bytes, header.bytes, payload.bytes
+    return topic, header, payload
+
+
+def user_id(frame: zmq.Frame) -> str:
+    """The ``User-Id`` of a received frame (``""`` when its connection has none)."""
+    try:
+        return str(frame.get("User-Id"))
+    except zmq.ZMQError:
+        return ""
 
 
 def send_message(

@@ -7,6 +7,7 @@
   a session; :class:`Directory` and its parts, what DIRECTORY answers.
 * :func:`ask`: one question to a broker without joining the mesh (``loom stats``);
   :func:`wait_for_broker`, :func:`broker_answers`.
+* :func:`peer_key`, :func:`secure_client`: the CURVE keys a peer presents.
 * :func:`announced_endpoint`, :func:`reachable_endpoint`, :func:`check_endpoint`: the
   rules for endpoints.
 """
@@ -15,11 +16,15 @@ from loom.session._calls import ToolClient
 from loom.session._directory import ActorInfo, Directory, ToolInfo, WorkerInfo
 from loom.session._endpoints import announced_endpoint, check_endpoint, reachable_endpoint
 from loom.session._oneshot import ask, broker_answers, wait_for_broker
+from loom.session._security import NO_KEY, KeySpec, PeerKey, peer_key, secure_client
 from loom.session._session import Session
 
 __all__ = [
+    "NO_KEY",
     "ActorInfo",
     "Directory",
+    "KeySpec",
+    "PeerKey",
     "Session",
     "ToolClient",
     "ToolInfo",
@@ -28,6 +33,8 @@ __all__ = [
     "ask",
     "broker_answers",
     "check_endpoint",
+    "peer_key",
     "reachable_endpoint",
+    "secure_client",
     "wait_for_broker",
 ]

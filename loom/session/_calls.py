@@ -40,6 +40,7 @@ from loom.protocol import (
     encode_value,
 )
 from loom.session._directory import Directory
+from loom.session._security import KeySpec
 from loom.session._session import Session
 
 __all__ = ["ToolClient"]
@@ -100,7 +101,12 @@ class ToolClient:
 
     @classmethod
     async def connect(
-        cls, broker: str = DEFAULT_BROKER, *, name: str = "client", timeout: float = 5.0
+        cls,
+        broker: str = DEFAULT_BROKER,
+        *,
+        name: str = "client",
+        timeout: float = 5.0,
+        key: KeySpec = None,
     ) -> ToolClient:
         """A client with its own context and session; close it with ``close()`` (or use
         ``async with``).
@@ -108,10 +114,13 @@ class ToolClient:
         Raises:
             BrokerUnavailableError: the broker did not answer within ``timeout`` seconds.
             VersionMismatchError: the broker speaks another protocol version.
+            AuthenticationError: the broker refused the handshake.
+            KeyFileError: the keys (``key``: see ``peer_key``) cannot be read.
         """
         context: zmq.Context[Any] = zmq.Context()
-        session = Session(broker, context, name=name, role="client", log=get_logger("loom.client"))
+        log = get_logger("loom.client")
         try:
+            session = Session(broker, context, name=name, role="client", log=log, key=key)
             hello = await session.open(timeout)
         except BaseException:
             context.term()

@@ -12,6 +12,7 @@ import zmq
 from loom.errors import BrokerUnavailableError
 from loom.logs import get_logger
 from loom.protocol import HELLO, VERSION, HelloAnswer
+from loom.session._security import KeySpec
 from loom.session._session import Session
 
 __all__ = ["ask", "broker_answers", "wait_for_broker"]
@@ -27,6 +28,7 @@ async def ask(
     answer: type[B],
     *,
     timeout: float = 5.0,
+    key: KeySpec = None,
 ) -> B: ...
 
 
@@ -38,6 +40,7 @@ async def ask(
     answer: None = None,
     *,
     timeout: float = 5.0,
+    key: KeySpec = None,
 ) -> dict[str, Any]: ...
 
 
@@ -48,16 +51,24 @@ async def ask(
     answer: type[B] | None = None,
     *,
     timeout: float = 5.0,
+    key: KeySpec = None,
 ) -> B | dict[str, Any]:
     """``Session.request`` on a session of its own, opened for this one question.
 
     Raises:
         BrokerUnavailableError: no answer within ``timeout`` seconds.
+        AuthenticationError: the broker refused the handshake.
         RefusedError: the broker refused (the subclass for its code).
         ProtocolError: the answer is unreadable.
+        KeyFileError: the keys (``key``: see ``peer_key``) cannot be read.
     """
     context: zmq.Context[Any] = zmq.Context()
-    session = Session(address, context, name="ask", role="client", log=get_logger("loom.ask"))
+    log = get_logger("loom.ask")
+    try:
+        session = Session(address, context, name="ask", role="client", log=log, key=key)
+    except BaseException:
+        context.destroy(linger=0)
+        raise
     try:
         session.connect()
         return await session.request(command, body or {}, answer, timeout=timeout)
@@ -66,18 +77,18 @@ async def ask(
         context.destroy(linger=0)
 
 
-async def broker_answers(address: str, timeout: float = 0.3) -> bool:
+async def broker_answers(address: str, timeout: float = 0.3, key: KeySpec = None) -> bool:
     """Whether a broker answers HELLO at ``address`` within ``timeout`` seconds."""
     body = {"version": VERSION, "name": "probe"}
     try:
-        await ask(address, HELLO, body, HelloAnswer, timeout=timeout)
+        await ask(address, HELLO, body, HelloAnswer, timeout=timeout, key=key)
     except BrokerUnavailableError:
         return False
     return True
 
 
 async def wait_for_broker(
-    address: str, timeout: float, exited: Callable[[], bool] = lambda: False
+    address: str, timeout: float, exited: Callable[[], bool] = lambda: False, key: KeySpec = None
 ) -> None:
     """Wait until a broker answers HELLO at ``address``.
 
@@ -86,9 +97,10 @@ async def wait_for_broker(
 
     Raises:
         BrokerUnavailableError: it exited, or did not answer within ``timeout`` seconds.
+        AuthenticationError: it refused the handshake.
     """
     deadline = time.monotonic() + timeout
-    while not await broker_answers(address):
+    while not await broker_answers(address, key=key):
         if exited():
             raise BrokerUnavailableError(f"the broker meant for {address} exited")
         if time.monotonic() > deadline:

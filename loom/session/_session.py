@@ -11,8 +11,10 @@ from typing import Any, TypeVar, overload
 import msgspec
 import zmq
 import zmq.backend
+from zmq.utils.monitor import parse_monitor_message
 
 from loom.errors import (
+    AuthenticationError,
     BrokerUnavailableError,
     ClosedError,
     DuplicateNameError,
@@ -39,6 +41,7 @@ from loom.protocol import (
     send_frames,
 )
 from loom.session._endpoints import check_endpoint
+from loom.session._security import KeySpec, handshake_failure, peer_key, secure_client
 
 __all__ = ["Session"]
 
@@ -51,6 +54,11 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _raw_get: Any = zmq.backend.Socket.get
 """``get`` of pyzmq's backend class: ~0.3 us less than ``getsockopt``."""
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 class Session:
@@ -73,9 +81,12 @@ class Session:
         role: ``actor``, ``worker`` or ``client``.
         log: a structlog logger.
         hello: extra HELLO fields, computed at each HELLO (an actor's patterns).
+        key: the CURVE keys to present (``loom.session.peer_key``'s ``key``: a key
+            file, ``"none"``, or ``None`` for ``$LOOM_KEY`` else the Loom home's).
 
     Raises:
         EndpointError: ``address`` is not of an accepted form (``tcp://HOST:PORT``...).
+        KeyFileError: the keys cannot be read.
     """
 
     def __init__(
@@ -87,8 +98,13 @@ class Session:
         role: str,
         log: Any,
         hello: Callable[[], dict[str, Any]] | None = None,
+        key: KeySpec = None,
     ) -> None:
         self.address = check_endpoint(address)
+        self.key = peer_key(key)
+        """The CURVE keys every socket to this broker presents (``None``: no CURVE)."""
+        self.refused: AuthenticationError | None = None
+        """Why the broker refused the last handshake, if it did."""
         self.name = name
         self.incarnation = os.urandom(8).hex()
         """This run of the peer, the same across reconnections (``$sys`` events carry it)."""
@@ -109,6 +125,7 @@ class Session:
         self._log = log
         self._hello_extra = hello
         self._sock: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._asks: dict[int, asyncio.Future[tuple[bytes, dict[str, Any]]]] = {}
         self._rid = 0
@@ -136,9 +153,34 @@ class Session:
         sock = self._sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_ANSWER_BYTES)  # libzmq refuses bigger frames
+        secure_client(sock, self.key)
+        monitor = self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
         sock.connect(self.address)
         self._loop.add_reader(sock.FD, self._on_readable)
         self._loop.call_soon(self._on_readable)  # the fd is edge-triggered
+        self._loop.add_reader(monitor.FD, self._on_handshake_failed)
+        self._loop.call_soon(self._on_handshake_failed)
+
+    def _on_handshake_failed(self) -> None:
+        """A handshake failed: say why to whoever waits for an answer (at once, not at
+        their timeout), and once in the log."""
+        monitor = self._monitor
+        while monitor is not None:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except (zmq.ZMQError, ValueError, IndexError):  # a closed or garbled monitor
+                return
+            error = handshake_failure(event["event"], event["value"], self.address, self.key)
+            if error is None:
+                continue
+            if self.refused is None or str(self.refused) != str(error):
+                self._log.warning("broker refused the handshake", error=str(error))
+            self.refused = error
+            for fut in self._asks.values():
+                if not fut.done():
+                    fut.set_exception(error)
 
     async def open(self, timeout: float) -> HelloAnswer:
         """Connect, say HELLO, start heartbeating; returns the broker's HELLO answer.
@@ -328,6 +370,13 @@ class Session:
                 send_frames(sock, encode_control(BYE, {}))
         if self._loop is not None:
             self._loop.remove_reader(sock.FD)
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(monitor.FD)
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            monitor.close(linger=0)
         sock.close()
         for fut in self._asks.values():
             if not fut.done():

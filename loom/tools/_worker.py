@@ -49,7 +49,7 @@ from loom.protocol import (
     encode_value,
     max_frame,
 )
-from loom.session import Session, check_endpoint
+from loom.session import KeySpec, Session, check_endpoint
 from loom.tools._tool import Tool, ToolContext
 from loom.tools.sandbox._host import probe_host
 from loom.tools.sandbox._runner import SandboxRunner
@@ -99,6 +99,8 @@ class Worker:
         connect_timeout: seconds ``start()`` waits for the broker.
         jail: the working directory of sandboxed tools whose policy names none
             (default: a temporary directory, removed when the worker stops).
+        key: the CURVE keys to present: a key file, ``"none"`` (no CURVE), or ``None``
+            for ``$LOOM_KEY``, else the Loom home's local identity.
 
     Raises:
         ToolDefinitionError: a function cannot be made a tool.
@@ -115,7 +117,9 @@ class Worker:
         grace: float = 10.0,
         connect_timeout: float = 10.0,
         jail: Path | None = None,
+        key: KeySpec = None,
     ) -> None:
+        self.key = key
         self.tools: dict[str, Tool] = {}
         for item in tools:
             made = item if isinstance(item, Tool) else Tool(item)
@@ -197,6 +201,7 @@ class Worker:
             name=self.name,
             role="worker",
             log=self.log,
+            key=self.key,
         )
         session.stats = self._report_stats
         session.handlers[CALL] = self._on_call

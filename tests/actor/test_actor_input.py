@@ -93,7 +93,7 @@ async def sink_and_raw_publisher(
     already holds the actor's subscription (forwarded upstream by the C proxy); both are
     closed on exit."""
     got: list[Event] = []
-    sink = Actor(name="sink", broker=permissive.control)
+    sink = Actor(name="sink", broker=permissive.control, key="none")
     await sink.subscribe(pattern, got.append)
     await sink.start()
     raw = permissive.ctx.socket(zmq.XPUB)
@@ -167,7 +167,7 @@ def test_unusable_announced_endpoints_fail_start_cleanly(
     permissive.announce_pub = announced
 
     async def body() -> None:
-        actor = Actor(name="a", broker=permissive.control, connect_timeout=5)
+        actor = Actor(name="a", broker=permissive.control, connect_timeout=5, key="none")
         with pytest.raises(ProtocolError, match="unusable endpoints"):
             await asyncio.wait_for(actor.start(), timeout=10)
 
@@ -182,12 +182,12 @@ def test_ill_typed_header_fields_never_deafen_an_actor(permissive: Permissive) -
     assert len(bad_headers) > 60
 
     async def body() -> tuple[Actor, list[Event], Any, float]:
-        responder = Actor(name="responder", broker=permissive.control)
+        responder = Actor(name="responder", broker=permissive.control, key="none")
         await responder.subscribe("ask.*", lambda event: {"echo": event.data})
         await responder.start()
         try:
             async with sink_and_raw_publisher(permissive, "bad.*") as (sink, got, raw):
-                inbox = f"$inbox.{sink.id}".encode()
+                inbox = f"$inbox.{sink.identity}.{sink.id}".encode()
                 for header in bad_headers:
                     raw.send_multipart([b"bad.a", header, msgpack.packb(1)])
                     raw.send_multipart([inbox, header, msgpack.packb(1)])
@@ -238,12 +238,12 @@ def test_an_actor_survives_fuzzing_on_both_sockets(permissive: Permissive) -> No
     fuzz = Fuzzer(seed=3)
 
     async def body() -> tuple[Actor, list[Event], Any]:
-        responder = Actor(name="responder", broker=permissive.control)
+        responder = Actor(name="responder", broker=permissive.control, key="none")
         await responder.subscribe("ask.*", lambda event: {"echo": event.data})
         await responder.start()
         try:
             async with sink_and_raw_publisher(permissive, "ping.*") as (sink, got, raw):
-                inbox = f"$inbox.{sink.id}".encode()
+                inbox = f"$inbox.{sink.identity}.{sink.id}".encode()
                 for _ in range(2000):
                     frames = fuzz.publish()
                     raw.send_multipart(frames)
@@ -274,7 +274,7 @@ def test_the_mailbox_is_bounded_in_bytes_too(permissive: Permissive) -> None:
             await release.wait()
             got.append(len(event.data))
 
-        sink = Actor(name="sink", broker=permissive.control)
+        sink = Actor(name="sink", broker=permissive.control, key="none")
         await sink.subscribe("big.*", slow)
         await sink.start()
         raw = permissive.ctx.socket(zmq.XPUB)

@@ -12,6 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+from clients.ready import curve
 from conftest import (
     Proc,
     broker_stats,
@@ -31,7 +32,7 @@ HELLO = b"HELLO"
 
 def control(endpoint: str, *frames: bytes, timeout: float = 5.0) -> list[bytes]:
     """Send raw frames to the control ROUTER and return the answer's frames."""
-    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as dealer:
+    with zmq.Context() as ctx, curve(ctx.socket(zmq.DEALER)) as dealer:
         dealer.linger = 0
         dealer.connect(endpoint)
         dealer.send_multipart(list(frames))
@@ -138,7 +139,7 @@ def test_malformed_frames_are_dropped_counted_and_survived(
     broker = start_broker(spawn, endpoint, "--max-payload", "1000")
     echo = spawn_actor(spawn, "echo", endpoint)
     _, info = hello(endpoint)
-    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as raw:
+    with zmq.Context() as ctx, curve(ctx.socket(zmq.PUB)) as raw:
         raw.linger = 1000
         raw.connect(info["pub"])
         wait_for(lambda: raw.poll(10, zmq.POLLOUT) and _delivered(raw, endpoint), timeout=10)
@@ -195,7 +196,7 @@ def test_ill_typed_headers_are_dropped_not_forwarded(
     padded = [*msgpack.unpackb(make_header()), "appended" * 1200]  # extra fields: 9.6 KB
     bad_headers = [*ill_typed_headers(), msgpack.packb(padded)]
     _, info = hello(endpoint)
-    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as raw:
+    with zmq.Context() as ctx, curve(ctx.socket(zmq.PUB)) as raw:
         raw.linger = 1000
         raw.connect(info["pub"])
         wait_for(lambda: raw.poll(10, zmq.POLLOUT) and _delivered(raw, endpoint), timeout=10)
@@ -232,7 +233,7 @@ def test_stalled_subscriber_is_shed_and_counted(spawn: Callable[..., Proc], shor
     endpoint = f"ipc://{short_tmp}/b"
     start_broker(spawn, endpoint, "--stall-timeout", "0.2")
     _, info = hello(endpoint)
-    with zmq.Context() as ctx, ctx.socket(zmq.SUB) as stalled:
+    with zmq.Context() as ctx, curve(ctx.socket(zmq.SUB)) as stalled:
         stalled.rcvhwm = 100
         stalled.rcvbuf = 4096  # small kernel buffer: the stall comes early and surely
         stalled.connect(info["sub"])

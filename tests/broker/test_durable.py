@@ -13,6 +13,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
+from clients.ready import curve
 from conftest import (
     LOOM,
     Proc,
@@ -263,7 +264,7 @@ def test_a_bad_message_id_is_refused_alone(
     """A PUBLISH whose header id is empty is answered MALFORMED; the events around it in
     the same batch are logged."""
     durable_broker(spawn, endpoint, short_tmp / "data")
-    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+    with zmq.Context() as ctx, curve(ctx.socket(zmq.DEALER)) as sock:
         sock.linger = 0
         sock.connect(endpoint)
         for mid in (b"a" * 16, b"", b"b" * 16):
@@ -308,7 +309,7 @@ def test_durable_streams_live_only_as_long_as_their_peer(
     with zmq.Context() as ctx:
         strangers = []
         for _ in range(1000):
-            sock = ctx.socket(zmq.DEALER)
+            sock = curve(ctx.socket(zmq.DEALER))
             sock.linger = 0
             sock.connect(endpoint)
             sock.send_multipart([b"DSUB", msgpack.packb({**dsub, "name": f"x{len(strangers)}"})])
@@ -320,7 +321,7 @@ def test_durable_streams_live_only_as_long_as_their_peer(
             sock.close()
         assert broker_stats(endpoint)["durable"]["subscribers"] == {}
 
-        with ctx.socket(zmq.DEALER) as sock:  # says HELLO, takes two events, goes silent
+        with curve(ctx.socket(zmq.DEALER)) as sock:  # says HELLO, takes two events, goes silent
             sock.linger = 0
             sock.connect(endpoint)
             assert _ask(sock, b"HELLO", {"version": 1, "name": "quiet", "rid": 0})[0] == b"HELLO"
@@ -355,7 +356,7 @@ def test_a_peer_cannot_take_every_stream_or_fill_the_log_with_names(
         await publisher.stop()
 
     asyncio.run(publish())
-    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+    with zmq.Context() as ctx, curve(ctx.socket(zmq.DEALER)) as sock:
         sock.linger = 0
         sock.connect(endpoint)
         assert _ask(sock, b"HELLO", {"version": 1, "name": "greedy", "rid": 0})[0] == b"HELLO"

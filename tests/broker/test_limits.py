@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 import psutil
 import zmq
-from clients.ready import publisher
+from clients.ready import curve, publisher
 from conftest import Proc, broker_stats, make_header, start_broker, start_worker, until, wait_for
 
 from loom import Actor, ToolClient
@@ -26,7 +26,7 @@ def rss(proc: Proc) -> int:
 
 
 def hello(endpoint: str) -> dict[str, Any]:
-    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+    with zmq.Context() as ctx, curve(ctx.socket(zmq.DEALER)) as sock:
         sock.linger = 0
         sock.connect(endpoint)
         sock.send_multipart([HELLO, msgpack.packb({"version": VERSION, "name": "probe"})])
@@ -49,7 +49,7 @@ def test_frames_over_the_limit_are_refused_by_libzmq(
     huge = b"x" * (32 * MiB)
     with zmq.Context() as ctx:
         for _ in range(3):
-            dealer = ctx.socket(zmq.DEALER)
+            dealer = curve(ctx.socket(zmq.DEALER))
             dealer.connect(endpoint)
             for sock in (dealer, publisher(ctx, announced["pub"])):
                 with sock:
@@ -67,7 +67,7 @@ def test_a_call_trace_is_bounded(spawn: Callable[..., Proc], short_tmp: Path) ->
     call's trace with every answered call)."""
     endpoint = f"ipc://{short_tmp}/b"
     start_broker(spawn, endpoint)
-    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+    with zmq.Context() as ctx, curve(ctx.socket(zmq.DEALER)) as sock:
         sock.linger = 0
         sock.connect(endpoint)
         meta = msgpack.packb([7, "any.tool", None, b"t" * (1 * MiB)])
@@ -85,7 +85,7 @@ def test_a_peers_patterns_are_kept_up_to_a_byte_bound(
     endpoint = f"ipc://{short_tmp}/b"
     start_broker(spawn, endpoint)
     patterns = [f"p{i:03}." + "x" * 995 for i in range(1000)]
-    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+    with zmq.Context() as ctx, curve(ctx.socket(zmq.DEALER)) as sock:
         sock.linger = 0
         sock.connect(endpoint)
         body = {"version": VERSION, "name": "greedy", "role": "actor", "patterns": patterns}
@@ -106,7 +106,7 @@ def test_a_subscriber_that_never_reads_holds_a_bounded_queue(
     endpoint = f"ipc://{short_tmp}/b"
     broker = start_broker(spawn, endpoint, "--queue-bytes", str(8 * MiB), "--stall-timeout", "0.05")
     announced = hello(endpoint)
-    with zmq.Context() as ctx, ctx.socket(zmq.SUB) as stalled:
+    with zmq.Context() as ctx, curve(ctx.socket(zmq.SUB)) as stalled:
         stalled.rcvhwm = 2
         stalled.rcvbuf = 4096
         stalled.connect(announced["sub"])
@@ -167,7 +167,7 @@ def test_the_brokers_answers_fit_in_one_frame(spawn: Callable[..., Proc], short_
             topic = f"t{i:04}.".encode() + b"x" * 900
             pub.send_multipart([topic, make_header(), msgpack.packb(1)])
         wait_for(lambda: broker_stats(endpoint)["totals"]["published"] >= 600)
-    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+    with zmq.Context() as ctx, curve(ctx.socket(zmq.DEALER)) as sock:
         sock.linger = 0
         sock.connect(endpoint)
         sock.send_multipart([b"STATS", msgpack.packb({"rid": 1})])
@@ -220,7 +220,7 @@ def test_deep_nesting_is_malformed_not_a_crash(spawn: Callable[..., Proc], short
     start_broker(spawn, endpoint)
     nested = b"\x91" * 100_000 + b"\xc0"  # [[[[...nil...]]]]
     body = b"\x82\xa3rid\x05\xa5stats" + b"\x81\xa1a" + nested
-    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+    with zmq.Context() as ctx, curve(ctx.socket(zmq.DEALER)) as sock:
         sock.linger = 0
         sock.connect(endpoint)
         sock.send_multipart([b"HEARTBEAT", body])

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from clients.ready import curve
 from conftest import HEARTBEAT, Proc, spawn_actor, start_broker, start_worker, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -148,7 +149,7 @@ def test_hostile_peer_stats_cannot_break_the_metrics(
     port = free_port()
     start_broker(spawn, endpoint, "--metrics-port", str(port))
     context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
+    dealer = curve(context.socket(zmq.DEALER))
     dealer.setsockopt(zmq.RCVTIMEO, 10_000)
     dealer.connect(endpoint)
     try:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clients.ready import curve
 from conftest import Proc, broker_stats, loom_at, start_broker, start_worker, wait_for
 
 from loom import Actor
@@ -66,7 +67,7 @@ def raw_publisher(broker: str) -> tuple[Any, Any]:
 
     answer = asyncio.run(ask(broker, HELLO, {"version": VERSION, "name": "raw"}))
     context = zmq.Context()
-    pub = context.socket(zmq.PUB)
+    pub = curve(context.socket(zmq.PUB))
     pub.connect(answer["pub"])
     return context, pub
 

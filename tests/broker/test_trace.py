@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Callable
 
+from clients.ready import curve
 from conftest import Proc, loom_at, spawn_actor, start_worker, until, wait_for
 
 from loom import Actor, Event
@@ -73,7 +74,7 @@ def test_a_malformed_header_cannot_spoil_a_trace(mesh: str) -> None:
     hello = {"version": VERSION, "name": "raw", "role": "client", "pid": 1}
     answer = asyncio.run(ask(mesh, HELLO, hello))
     context = zmq.Context()
-    pub = context.socket(zmq.PUB)
+    pub = curve(context.socket(zmq.PUB))
     pub.connect(answer["pub"])
     try:
 

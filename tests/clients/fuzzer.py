@@ -205,20 +205,20 @@ class Fuzzer:
 
 def run(control: str, frames: int, seed: int) -> dict[str, int]:
     """Send ``frames`` messages on every plane of the broker at ``control``."""
-    from ready import connect, publisher  # beside this file, run as a script
+    from ready import connect, curve, publisher  # beside this file, run as a script
 
     fuzz = Fuzzer(seed)
     ctx = zmq.Context()
     sent = {"publish": 0, "subscribe": 0, "control": 0, "tools": 0, "durable": 0}
     try:
-        dealer = ctx.socket(zmq.DEALER)
+        dealer = curve(ctx.socket(zmq.DEALER))
         dealer.connect(control)
         dealer.send_multipart([b"HELLO", msgpack.packb({"version": 1, "name": "fuzz"})])
         if not dealer.poll(5000):
             raise SystemExit("no HELLO answer")
         hello = msgpack.unpackb(dealer.recv_multipart()[1])
         pub = publisher(ctx, hello["pub"])
-        subscriber = ctx.socket(zmq.XSUB)
+        subscriber = curve(ctx.socket(zmq.XSUB))
         connect(subscriber, hello["sub"])
         planes = [
             ("publish", lambda: pub.send_multipart(fuzz.publish())),

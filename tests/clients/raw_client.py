@@ -13,6 +13,7 @@ import time
 
 import msgpack
 import zmq
+from ready import curve  # beside this file: the Loom home's keys, with pyzmq alone
 
 EVENT, REQUEST, REPLY, ERROR = 0, 1, 2, 3
 PREFIX = os.urandom(8)
@@ -68,7 +69,7 @@ def receive(sub, timeout):
 def main():
     control = sys.argv[1]
     ctx = zmq.Context()
-    dealer = ctx.socket(zmq.DEALER)
+    dealer = curve(ctx.socket(zmq.DEALER))
     dealer.connect(control)
     dealer.send_multipart([b"HELLO", msgpack.packb({"version": 1, "name": "raw"})])
     if not dealer.poll(5000):
@@ -77,11 +78,11 @@ def main():
     hello = msgpack.unpackb(body)
     assert command == b"HELLO", hello
 
-    pub = ctx.socket(zmq.PUB)
+    pub = curve(ctx.socket(zmq.PUB))
     pub.connect(hello["pub"])
-    sub = ctx.socket(zmq.SUB)
+    sub = curve(ctx.socket(zmq.SUB))
     sub.connect(hello["sub"])
-    me = PREFIX.hex()
+    me = f"{hello['identity']}.{PREFIX.hex()}"  # inbox and probes: under its identity
     inbox = f"$inbox.{me}"
     sub.subscribe(b"pong.")
     sub.subscribe(inbox.encode())

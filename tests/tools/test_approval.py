@@ -264,6 +264,8 @@ def test_the_worker_refuses_an_unapproved_call_whatever_routed_it(
             address,
             "--name",
             "w1",
+            "--key",
+            "none",  # a stand-in broker without CURVE
         )
         identity = b""
         for expected in (HELLO, READY):

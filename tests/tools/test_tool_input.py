@@ -10,6 +10,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+from clients.ready import curve
 from conftest import Proc, broker_stats, start_broker, start_worker
 
 from loom import ToolClient, ToolError
@@ -33,7 +34,7 @@ class RawWorker:
 
     def __init__(self, broker: str) -> None:
         self.ctx: zmq.Context[Any] = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock = curve(self.ctx.socket(zmq.DEALER))
         self.sock.linger = 0
         self.sock.connect(broker)
         spec = {"name": "raw.echo", "schema": {"type": "object"}, "concurrency": 4}
@@ -109,7 +110,7 @@ def test_malformed_calls_are_answered(spawn: Callable[..., Proc], endpoint: str)
     MALFORMED when its id can be read; non-map arguments get INVALID_PARAMS."""
     broker = start_broker(spawn, endpoint)
     start_worker(spawn, endpoint, "w1")
-    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+    with zmq.Context() as ctx, curve(ctx.socket(zmq.DEALER)) as sock:
         sock.linger = 0
         sock.connect(endpoint)
 
