@@ -11,6 +11,11 @@ actors do), so nothing is dropped and rates are what the receiver really handled
   (d) Actor -> loom-broker -> Actor, a counting handler                  (vs a)
   (e) latency at a fixed 10k events/s, Actor -> broker -> Actor          (vs raw at 10k/s)
 
+(c), (d) and (e) run twice: on a broker started --insecure, and secure (the default:
+CURVE on every socket, the peers an identity enrolled in an ACL file, so every message
+is checked against its rights and stamped with its origin); the secure rows are given
+as a ratio to the insecure ones.
+
 Figures are medians over --runs repetitions.
 """
 
@@ -34,9 +39,10 @@ from typing import Any
 
 import msgpack
 import zmq
+from _secure import secure_site  # beside this file
 
 from loom import Actor, Event
-from loom.broker import Broker, BrokerSettings
+from loom.broker import Broker, BrokerSettings, SecuritySettings
 from loom.logs import configure_logging
 from loom.protocol import (
     EVENT,
@@ -47,7 +53,7 @@ from loom.protocol import (
     decode_payload,
     pack_header,
 )
-from loom.session import ask
+from loom.session import PeerKey, ask, secure_client
 
 PAYLOAD = b"x" * 64
 WARM = b"warm"
@@ -68,12 +74,15 @@ def _raw_frames(ids: IdSource, data: Any) -> tuple[bytes, bytes]:
     return header, msgpack.packb(data)
 
 
-def raw_publisher(endpoint: str, count: int, ready: Any, rate: int, done: Any) -> None:
+def raw_publisher(
+    endpoint: str, count: int, ready: Any, rate: int, done: Any, key: PeerKey | None
+) -> None:
     """Send warm-up messages until the receiver is ready, then ``count`` measured ones;
     keep the socket open until the receiver has them all (libzmq may drop what a closing
     socket still holds, docs/decisions.md #8)."""
     ctx = zmq.Context()
     pub = ctx.socket(zmq.XPUB)
+    secure_client(pub, key)
     pub.setsockopt(zmq.XPUB_NODROP, 1)
     pub.connect(endpoint)
     ids = IdSource()
@@ -130,12 +139,20 @@ def _paced(count: int, rate: int, send_one: Callable[[], None]) -> None:
 
 
 def raw_subscriber(
-    endpoint: str, count: int, ready: Any, results: Any, timed: bool, bind: bool, done: Any
+    endpoint: str,
+    count: int,
+    ready: Any,
+    results: Any,
+    timed: bool,
+    bind: bool,
+    done: Any,
+    key: PeerKey | None,
 ) -> None:
     """Receive and decode; report messages/s (or latencies) over the measured ones, or
     an error when nothing has come for 20 s."""
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
+    secure_client(sub, key)
     sub.setsockopt(zmq.RCVTIMEO, 20_000)
     sub.bind(endpoint) if bind else sub.connect(endpoint)
     sub.subscribe(b"")
@@ -180,9 +197,9 @@ def c_proxy(front: str, back: str, ready: Any) -> None:
         zmq.proxy(xsub, xpub)
 
 
-def loom_broker(endpoint: str, ready: Any) -> None:
+def loom_broker(endpoint: str, ready: Any, security: SecuritySettings) -> None:
     configure_logging(level="warning", stream=sys.stderr)
-    broker = Broker(BrokerSettings(endpoint=endpoint))
+    broker = Broker(BrokerSettings(endpoint=endpoint), security=security)
     broker.bind()
     ready.set()
     import signal
@@ -195,8 +212,8 @@ def loom_broker(endpoint: str, ready: Any) -> None:
 
 
 class _Counter(Actor):
-    def __init__(self, broker: str, count: int, timed: bool) -> None:
-        super().__init__(name="counter", broker=broker)
+    def __init__(self, broker: str, count: int, timed: bool, key: Any) -> None:
+        super().__init__(name="counter", broker=broker, key=key)
         self.count, self.timed = count, timed
         self.got = 0
         self.t0 = 0.0
@@ -213,11 +230,13 @@ class _Counter(Actor):
             self.done.set()
 
 
-def actor_subscriber(broker: str, count: int, ready: Any, results: Any, timed: bool) -> None:
+def actor_subscriber(
+    broker: str, count: int, ready: Any, results: Any, timed: bool, key: Any
+) -> None:
     configure_logging(level="warning", stream=sys.stderr)
 
     async def main() -> None:
-        actor = _Counter(broker, count, timed)
+        actor = _Counter(broker, count, timed, key)
         await actor.subscribe("bench.*", actor.counted)
         await actor.start()
         ready.set()
@@ -229,11 +248,11 @@ def actor_subscriber(broker: str, count: int, ready: Any, results: Any, timed: b
     asyncio.run(main())
 
 
-def actor_publisher(broker: str, count: int, ready: Any, rate: int) -> None:
+def actor_publisher(broker: str, count: int, ready: Any, rate: int, key: Any) -> None:
     configure_logging(level="warning", stream=sys.stderr)
 
     async def main() -> None:
-        actor = Actor(name="publisher", broker=broker)
+        actor = Actor(name="publisher", broker=broker, key=key)
         await actor.start()
         while not ready.is_set():
             await asyncio.sleep(0.005)
@@ -278,17 +297,24 @@ def _run(roles: list[tuple[Callable[..., None], tuple[Any, ...]]], results: Any)
     return figure
 
 
-def scenario(kind: str, new: Callable[[], str], count: int, rate: int = 0) -> Any:
-    """Run one repetition of ``kind`` (raw, cproxy, broker, actors); its figure."""
+INSECURE = SecuritySettings(insecure=True)
+
+
+def scenario(kind: str, new: Callable[[], str], count: int, rate: int = 0, site: Any = None) -> Any:
+    """Run one repetition of ``kind`` (raw, cproxy, broker, actors; broker+curve and
+    actors+curve on the secure ``site``); its figure."""
     ctx = mp.get_context("spawn")
     ready, results, up, done = ctx.Event(), ctx.Queue(), ctx.Event(), ctx.Event()
     timed = bool(rate)
+    secure = kind.endswith("+curve")
+    security, key = site if secure else (INSECURE, None)
+    actor_key = key if secure else "none"
     if kind == "raw":  # the subscriber binds, the publisher connects: no third hop
         direct = new()
         return _run(
             [
-                (raw_subscriber, (direct, count, ready, results, timed, True, done)),
-                (raw_publisher, (direct, count, ready, rate, done)),
+                (raw_subscriber, (direct, count, ready, results, timed, True, done, None)),
+                (raw_publisher, (direct, count, ready, rate, done, None)),
             ],
             results,
         )
@@ -297,25 +323,25 @@ def scenario(kind: str, new: Callable[[], str], count: int, rate: int = 0) -> An
         pub_at, sub_at = new(), new()
         middle = ctx.Process(target=c_proxy, args=(pub_at, sub_at, up))
     else:
-        middle = ctx.Process(target=loom_broker, args=(control, up))
+        middle = ctx.Process(target=loom_broker, args=(control, up, security))
     middle.start()
     try:
         if not up.wait(10):
             raise RuntimeError(f"{kind}: the middle process did not start")
-        if kind == "actors":
+        if kind.startswith("actors"):
             return _run(
                 [
-                    (actor_subscriber, (control, count, ready, results, timed)),
-                    (actor_publisher, (control, count, ready, rate)),
+                    (actor_subscriber, (control, count, ready, results, timed, actor_key)),
+                    (actor_publisher, (control, count, ready, rate, actor_key)),
                 ],
                 results,
             )
-        if kind == "broker":
-            pub_at, sub_at = _announced(control)
+        if kind.startswith("broker"):
+            pub_at, sub_at = _announced(control, actor_key)
         return _run(
             [
-                (raw_subscriber, (sub_at, count, ready, results, timed, False, done)),
-                (raw_publisher, (pub_at, count, ready, rate, done)),
+                (raw_subscriber, (sub_at, count, ready, results, timed, False, done, key)),
+                (raw_publisher, (pub_at, count, ready, rate, done, key)),
             ],
             results,
         )
@@ -324,8 +350,8 @@ def scenario(kind: str, new: Callable[[], str], count: int, rate: int = 0) -> An
         middle.join(10)
 
 
-def _announced(control: str) -> tuple[str, str]:
-    hello = asyncio.run(ask(control, HELLO, {"version": VERSION}))
+def _announced(control: str, key: Any) -> tuple[str, str]:
+    hello = asyncio.run(ask(control, HELLO, {"version": VERSION}, key=key))
     return hello["pub"], hello["sub"]
 
 
@@ -354,17 +380,19 @@ def main() -> None:
             probe.bind(("127.0.0.1", 0))
             return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
 
-    rates: dict[str, list[float]] = {k: [] for k in ("raw", "cproxy", "broker", "actors")}
-    lat: dict[str, list[tuple[float, float]]] = {"raw": [], "actors": []}
+    site = secure_site(tmp)
+    kinds = ("raw", "cproxy", "broker", "broker+curve", "actors", "actors+curve")
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    lat: dict[str, list[tuple[float, float]]] = {"raw": [], "actors": [], "actors+curve": []}
     n_lat = int(RATE * LATENCY_SECONDS)
     for run in range(args.runs):
         for kind, figures in rates.items():
             if args.only != "latency":
-                figures.append(scenario(kind, new, args.count))
+                figures.append(scenario(kind, new, args.count, site=site))
         for kind, percentiles in lat.items():
             if args.only == "throughput":
                 continue
-            samples = scenario(kind, new, n_lat, rate=RATE)
+            samples = scenario(kind, new, n_lat, rate=RATE, site=site)
             percentiles.append((_percentile(samples, 0.5), _percentile(samples, 0.99)))
         print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
 
@@ -394,10 +422,12 @@ def throughput_table(args: argparse.Namespace, rates: dict[str, list[float]]) ->
     rows = [
         ("(a) raw PUB->SUB + envelope", "raw", "raw"),
         ("(b) C zmq.proxy", "cproxy", "raw"),
-        ("(c) loom-broker", "broker", "cproxy"),
-        ("(d) Actor -> broker -> Actor", "actors", "raw"),
+        ("(c) loom-broker --insecure", "broker", "cproxy"),
+        ("(c+) loom-broker, CURVE + ACL", "broker+curve", "broker"),
+        ("(d) Actor -> broker -> Actor, insecure", "actors", "raw"),
+        ("(d+) the same, CURVE + ACL", "actors+curve", "actors"),
     ]
-    names = {"raw": "(a)", "cproxy": "(b)"}
+    names = {"raw": "(a)", "cproxy": "(b)", "broker": "(c)", "actors": "(d)"}
     for label, kind, base in rows:
         spread = f"{min(rates[kind]):,.0f}..{max(rates[kind]):,.0f}"
         ratio = med[kind] / med[base]
@@ -413,7 +443,10 @@ def latency_table(lat: dict[str, list[tuple[float, float]]]) -> None:
     print(f"| raw PUB->SUB + envelope | {p50['raw']:.0f} | {p99['raw']:.0f} | 1.00 |")
     ratio = p99["actors"] / p99["raw"]
     actors = f"{p50['actors']:.0f} | {p99['actors']:.0f}"
-    print(f"| (e) Actor -> broker -> Actor | {actors} | {ratio:.2f} |")
+    print(f"| (e) Actor -> broker -> Actor, insecure | {actors} | {ratio:.2f} |")
+    ratio = p99["actors+curve"] / p99["actors"]
+    secure = f"{p50['actors+curve']:.0f} | {p99['actors+curve']:.0f}"
+    print(f"| (e+) the same, CURVE + ACL (ratio to e) | {secure} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":

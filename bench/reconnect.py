@@ -28,7 +28,7 @@ from pathlib import Path
 import zmq
 
 from loom.protocol import HELLO, VERSION, decode_control, encode_control
-from loom.session import wait_for_broker
+from loom.session import peer_key, secure_client, wait_for_broker
 from loom.tools import ToolClient
 
 ROOT = Path(__file__).parent.parent
@@ -60,6 +60,7 @@ def raw_rejoin(endpoint: str) -> float:
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
     dealer.linger = 0
+    secure_client(dealer, peer_key())  # the Loom home's keys, as every local peer
     dealer.connect(endpoint)
     broker = start_broker(endpoint, 1.0)
     asyncio.run(until_answers(endpoint))

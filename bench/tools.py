@@ -9,6 +9,10 @@ Every role runs in its own process; the tool adds two integers.
   (b) the `loom call` path: a plain ToolClient -> loom-broker -> a Worker process
   (c) `await self.tool(...)` from an Actor -> loom-broker -> a Worker process
 
+(b) and (c) run on a broker started --insecure, then secure (the default: CURVE on every
+socket, client and worker an identity enrolled in an ACL, each CALL checked against its
+rights); the secure rows give their p99 and rate as ratios to the insecure ones.
+
 Sequential: one call at a time, round-trip p50/p99. Pipelined: --window calls in flight,
 calls/s. Figures are medians over --runs repetitions; ratios are to (a).
 """
@@ -32,9 +36,10 @@ from typing import Any
 
 import msgpack
 import zmq
+from _secure import secure_site  # beside this file
 
 from loom import Actor, ToolClient, Worker, tool
-from loom.broker import Broker, BrokerSettings
+from loom.broker import Broker, BrokerSettings, SecuritySettings
 from loom.logs import configure_logging
 from loom.protocol import (
     RESULT,
@@ -112,18 +117,18 @@ def raw_client(endpoint: str, sequential: int, pipelined: int, window: int, resu
 # --- (b), (c): through loom-broker ---------------------------------------------------
 
 
-def loom_broker(endpoint: str, ready: Any) -> None:
+def loom_broker(endpoint: str, ready: Any, security: SecuritySettings) -> None:
     configure_logging(level="warning", stream=sys.stderr)
-    broker = Broker(BrokerSettings(endpoint=endpoint))
+    broker = Broker(BrokerSettings(endpoint=endpoint), security=security)
     broker.bind()
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
     ready.set()
     broker.run()
 
 
-def loom_worker(endpoint: str, ready: Any) -> None:
+def loom_worker(endpoint: str, key: Any) -> None:
     configure_logging(level="warning", stream=sys.stderr)
-    Worker([add], broker=endpoint, name="bench-worker").run()
+    Worker([add], broker=endpoint, name="bench-worker", key=key).run()
 
 
 async def measure(call: Call, sequential: int, pipelined: int, window: int) -> tuple[Any, ...]:
@@ -145,11 +150,13 @@ async def measure(call: Call, sequential: int, pipelined: int, window: int) -> t
     return latencies, pipelined / (time.perf_counter() - start)
 
 
-def loom_client(endpoint: str, sequential: int, pipelined: int, window: int, results: Any) -> None:
+def loom_client(
+    endpoint: str, sequential: int, pipelined: int, window: int, results: Any, key: Any
+) -> None:
     configure_logging(level="warning", stream=sys.stderr)
 
     async def main() -> None:
-        async with await ToolClient.connect(endpoint, name="bench") as client:
+        async with await ToolClient.connect(endpoint, name="bench", key=key) as client:
             await _until_served(client)
 
             def call(i: int) -> Awaitable[Any]:
@@ -160,11 +167,13 @@ def loom_client(endpoint: str, sequential: int, pipelined: int, window: int, res
     asyncio.run(main())
 
 
-def loom_actor(endpoint: str, sequential: int, pipelined: int, window: int, results: Any) -> None:
+def loom_actor(
+    endpoint: str, sequential: int, pipelined: int, window: int, results: Any, key: Any
+) -> None:
     configure_logging(level="warning", stream=sys.stderr)
 
     async def main() -> None:
-        actor = Actor(name="bench-actor", broker=endpoint)
+        actor = Actor(name="bench-actor", broker=endpoint, key=key)
         await actor.start()
         try:
             assert actor._tools is not None
@@ -188,20 +197,28 @@ async def _until_served(client: ToolClient) -> None:
 # --- scenarios -------------------------------------------------------------------
 
 
-def scenario(kind: str, endpoint: str, args: argparse.Namespace) -> tuple[list[int], float]:
+INSECURE = SecuritySettings(insecure=True)
+
+
+def scenario(
+    kind: str, endpoint: str, args: argparse.Namespace, site: Any
+) -> tuple[list[int], float]:
+    """One repetition of ``kind`` (raw, client, actor; client+curve and actor+curve on
+    the secure ``site``): latencies and the pipelined rate."""
     ctx = mp.get_context("spawn")
     ready, results = ctx.Event(), ctx.Queue()
     sizes = (args.sequential, args.pipelined, args.window, results)
+    security, key = site if kind.endswith("+curve") else (INSECURE, "none")
     if kind == "raw":
         servers = [ctx.Process(target=raw_server, args=(endpoint, ready))]
         client = ctx.Process(target=raw_client, args=(endpoint, *sizes))
     else:
         servers = [
-            ctx.Process(target=loom_broker, args=(endpoint, ready)),
-            ctx.Process(target=loom_worker, args=(endpoint, ready)),
+            ctx.Process(target=loom_broker, args=(endpoint, ready, security)),
+            ctx.Process(target=loom_worker, args=(endpoint, key)),
         ]
-        role = loom_client if kind == "client" else loom_actor
-        client = ctx.Process(target=role, args=(endpoint, *sizes))
+        role = loom_client if kind.startswith("client") else loom_actor
+        client = ctx.Process(target=role, args=(endpoint, *sizes, key))
     servers[0].start()
     ready.wait(30)
     for proc in [*servers[1:], client]:
@@ -233,10 +250,13 @@ def main() -> None:
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="loom-bench-", dir="/tmp")
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    figures: dict[str, list[tuple[float, float, float]]] = {"raw": [], "client": [], "actor": []}
+    site = secure_site(tmp)
+    kinds = ("raw", "client", "client+curve", "actor", "actor+curve")
+    figures: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
     for run in range(args.runs):
         for kind, runs in figures.items():
-            latencies, rate = scenario(kind, f"ipc://{tmp}/t{time.monotonic_ns()}", args)
+            endpoint = f"ipc://{tmp}/t{time.monotonic_ns()}"
+            latencies, rate = scenario(kind, endpoint, args, site)
             runs.append((percentile(latencies, 0.5), percentile(latencies, 0.99), rate))
         print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
     report(args, figures)
@@ -246,7 +266,6 @@ def report(args: argparse.Namespace, figures: dict[str, list[tuple[float, float,
     med = {
         k: [statistics.median(run[i] for run in v) for i in range(3)] for k, v in figures.items()
     }
-    raw_p99, raw_rate = med["raw"][1], med["raw"][2]
     print(
         f"\nLoom tool-call bench: ipc, {args.sequential:,} sequential + {args.pipelined:,} "
         f"pipelined calls (window {args.window}), medians of {args.runs} runs, "
@@ -255,17 +274,20 @@ def report(args: argparse.Namespace, figures: dict[str, list[tuple[float, float,
     print("| path | p50 us | p99 us | p99 ratio | calls/s pipelined | min..max | ratio |")
     print("|---|---|---|---|---|---|---|")
     rows = [
-        ("(a) DEALER <-> ROUTER direct", "raw"),
-        ("(b) ToolClient -> broker -> Worker (`loom call` path)", "client"),
-        ("(c) Actor.tool -> broker -> Worker", "actor"),
+        ("(a) DEALER <-> ROUTER direct", "raw", "raw"),
+        ("(b) ToolClient -> broker -> Worker (`loom call` path), insecure", "client", "raw"),
+        ("(b+) the same, CURVE + ACL (ratios to b)", "client+curve", "client"),
+        ("(c) Actor.tool -> broker -> Worker, insecure", "actor", "raw"),
+        ("(c+) the same, CURVE + ACL (ratios to c)", "actor+curve", "actor"),
     ]
-    for label, kind in rows:
+    for label, kind, base in rows:
         p50, p99, rate = med[kind]
         rates = [run[2] for run in figures[kind]]
         spread = f"{min(rates):,.0f}..{max(rates):,.0f}"
+        base_p99, base_rate = med[base][1], med[base][2]
         print(
-            f"| {label} | {p50:.0f} | {p99:.0f} | {p99 / raw_p99:.2f} | {rate:,.0f} | {spread} "
-            f"| {rate / raw_rate:.2f} |"
+            f"| {label} | {p50:.0f} | {p99:.0f} | {p99 / base_p99:.2f} | {rate:,.0f} | {spread} "
+            f"| {rate / base_rate:.2f} |"
         )
 
 

@@ -49,6 +49,13 @@ class Event:
         return self.envelope.sender
 
     @property
+    def origin(self) -> str | None:
+        """The identity the broker authenticated the sender as (its CURVE key's name in
+        the ACL; ``local`` for the broker's own user), written by the broker: a peer
+        cannot forge it. ``None`` from a broker run ``--insecure``."""
+        return self.envelope.origin
+
+    @property
     def id(self) -> str:
         """The message id, hex."""
         return self.envelope.id.hex()

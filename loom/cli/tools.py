@@ -90,8 +90,16 @@ async def list_mesh(args: argparse.Namespace, broker: str) -> int:
     if args.json:
         print(json.dumps(directory.model_dump(by_alias=True), indent=2))
     else:
+        if directory.insecure:
+            print(INSECURE.format(broker=broker))
         print(format_directory(directory))
     return 0
+
+
+INSECURE = (
+    "WARNING: the broker at {broker} runs --insecure: no CURVE, no identities, no rights;"
+    " anyone who reaches it may publish, read and call anything.\n"
+)
 
 
 async def call_tool(args: argparse.Namespace, broker: str) -> int:
@@ -126,7 +134,13 @@ def format_directory(directory: Directory, now: float | None = None) -> str:
     """The directory as three plain-text tables."""
     now = time.time() if now is None else now
     actors = [
-        (a.name, str(a.pid or "-"), _patterns(a.patterns, a.durable), _ago(now - a.last_seen))
+        (
+            a.name,
+            a.identity,
+            str(a.pid or "-"),
+            _patterns(a.patterns, a.durable),
+            _ago(now - a.last_seen),
+        )
         for a in directory.actors
     ]
     workers = [
@@ -154,7 +168,7 @@ def format_directory(directory: Directory, now: float | None = None) -> str:
     ]
     return "\n\n".join(
         (
-            _table(("ACTOR", "PID", "PATTERNS", "SEEN"), actors),
+            _table(("ACTOR", "IDENTITY", "PID", "PATTERNS", "SEEN"), actors),
             _table(("WORKER", "PID", "TOOLS", "IN FLIGHT", "STATE", "SEEN"), workers),
             _table(("TOOL", "WORKERS", "BUSY", "QUEUED", "CALLS", "ERRORS", "DESCRIPTION"), tools),
         )

@@ -14,6 +14,8 @@ class ActorInfo(BaseModel):
 
     name: str
     role: str
+    identity: str = "anonymous"
+    """The identity its connection authenticated as."""
     pid: int | None = None
     patterns: list[str] = Field(default_factory=list)
     durable: dict[str, list[str]] = Field(default_factory=dict)
@@ -63,6 +65,8 @@ class Directory(BaseModel):
     """Peers that said HELLO but are not actors (``loom call``, scripts)."""
     workers: list[WorkerInfo]
     tools: list[ToolInfo]
+    insecure: bool = False
+    """The broker runs ``--insecure``: no CURVE, no identities, no rights."""
 
     def actor(self, name: str) -> ActorInfo | None:
         """The live actor called ``name``, if any."""

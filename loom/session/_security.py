@@ -121,7 +121,7 @@ def secure_client(sock: zmq.Socket[Any], key: PeerKey | None) -> None:
     sock.setsockopt(zmq.CURVE_SECRETKEY, key.secret)
 
 
-_MISMATCH = getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", 0x11000006)
+_MISMATCH = zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
 
 
 def handshake_failure(
@@ -144,9 +144,16 @@ def handshake_failure(
             f"the broker at {address} runs without CURVE (started --insecure?): connect"
             " with --key none (or LOOM_KEY=none) if you mean to"
         )
-    if event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+    if key is None:
         return AuthenticationError(
-            f"the CURVE handshake with {address} failed (event {event:#x}, {value:#x}):"
-            " is this the broker's public key (keys/broker.key, $LOOM_BROKER_KEY)?"
+            f"the handshake with {address} failed: the broker requires CURVE, and this"
+            " peer connects without (key 'none'): drop --key none / LOOM_KEY=none"
+        )
+    if event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+        # libzmq rarely says more: the broker hung up during the handshake
+        return AuthenticationError(
+            f"the CURVE handshake with {address} failed (the broker hung up): it runs"
+            " without CURVE (started --insecure: connect with --key none), or its public"
+            f" key is not {key.server.decode()} (keys/broker.key, $LOOM_BROKER_KEY)"
         )
     return None

@@ -1,0 +1,503 @@
+"""Identities and rights against attackers: a real broker with an ACL file, real peers of
+its owner, and raw zmq clients with no key, an unknown key, or a valid key with few
+rights (``mallory``), each trying what the issue lists. Every attack is refused, counted
+and audited, and the owner's peers go on working."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+from clients.ready import curve, publisher
+from conftest import (
+    SAMPLE_TOOLS,
+    Proc,
+    broker_stats,
+    free_tcp_endpoint,
+    make_header,
+    start_broker,
+    start_worker,
+    until,
+    wait_for,
+)
+
+from loom import Actor, Event, on
+from loom.errors import (
+    AuthenticationError,
+    PermissionDeniedError,
+    ToolDeniedError,
+)
+from loom.keys import new_keypair
+from loom.protocol import (
+    APPROVALS,
+    DIRECTORY,
+    HELLO,
+    REPLAY,
+    STATS,
+    VERSION,
+    decode_control,
+    encode_control,
+)
+from loom.session import ToolClient, ask
+from loom.tools import Worker, tool
+
+pytestmark = pytest.mark.timeout(120)
+
+ACL = """
+[identities.mallory]
+key_file = "mallory.key"
+groups = ["guests"]
+
+[groups.guests]
+publish = ["chat.**"]
+subscribe = ["chat.**", "svc.**"]
+reply = []
+call = ["sample.add"]
+durable = ["mallory-*"]
+rate = {{ events = {rate} }}
+"""
+
+
+class Site:
+    """A broker with an ACL enrolling ``mallory``, on loopback TCP."""
+
+    def __init__(self, spawn: Callable[..., Proc], tmp: Path, rate: int = 100_000) -> None:
+        self.dir = tmp
+        self.mallory = new_keypair("mallory", tmp).path  # mallory.key_secret
+        self.stranger = new_keypair("stranger", tmp).path  # enrolled nowhere
+        self.acl = tmp / "acl.toml"
+        self.acl.write_text(ACL.format(rate=rate))
+        self.audit = tmp / "audit.jsonl"
+        self.endpoint = free_tcp_endpoint()
+        self.proc = start_broker(
+            spawn,
+            self.endpoint,
+            "--acl",
+            str(self.acl),
+            "--audit-log",
+            str(self.audit),
+            "--data-dir",
+            str(tmp / "data"),
+        )
+        self.hello = self.control(HELLO, {"version": VERSION, "name": "probe"})[1]
+
+    def control(
+        self, command: bytes, body: dict[str, Any], key: str | Path = "local"
+    ) -> tuple[bytes, dict[str, Any]]:
+        """One control command on a raw DEALER presenting ``key``; the answer."""
+        with zmq.Context() as ctx, curve(ctx.socket(zmq.DEALER), key) as sock:
+            sock.linger = 0
+            sock.connect(self.endpoint)
+            sock.send_multipart(encode_control(command, {**body, "rid": 1}))
+            assert sock.poll(5000), f"no answer to {command!r}"
+            return decode_control(sock.recv_multipart())
+
+    def security(self) -> dict[str, Any]:
+        stats: dict[str, Any] = broker_stats(self.endpoint)["security"]
+        return stats
+
+    def audited(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        if not self.audit.exists():
+            return []
+        records = [json.loads(line) for line in self.audit.read_text().splitlines()]
+        return [
+            r
+            for r in records
+            if r["event"] == event and all(r.get(k) == v for k, v in fields.items())
+        ]
+
+
+@pytest.fixture
+def site(spawn: Callable[..., Proc], short_tmp: Path) -> Iterator[Site]:
+    made = Site(spawn, short_tmp)
+    yield made
+    assert made.proc.stop() == 0, made.proc.output
+
+
+def test_no_key_or_an_unknown_key_gets_nowhere_on_any_socket(site: Site) -> None:
+    """Without CURVE, or with a key the broker does not know, no socket answers: the
+    control plane says nothing, a publisher's events reach no one, a subscriber gets
+    nothing. The unknown key is refused by the authenticator and audited."""
+    with zmq.Context() as ctx:
+        plain = ctx.socket(zmq.DEALER)
+        plain.linger = 0
+        plain.connect(site.endpoint)
+        plain.send_multipart(encode_control(HELLO, {"version": VERSION, "name": "x", "rid": 1}))
+        stranger = curve(ctx.socket(zmq.DEALER), site.stranger)
+        stranger.linger = 0
+        monitor = stranger.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        stranger.connect(site.endpoint)
+        stranger.send_multipart(encode_control(HELLO, {"version": VERSION, "name": "y"}))
+        assert monitor.poll(5000), "the unknown key was not refused at the handshake"
+        assert not plain.poll(500) and not stranger.poll(0)
+        # the pub/sub sockets: a stranger's publisher and subscriber see nothing
+        pub = curve(ctx.socket(zmq.XPUB), site.stranger)
+        pub.connect(site.hello["pub"])
+        sub = curve(ctx.socket(zmq.SUB), site.stranger)
+        sub.subscribe(b"")
+        sub.connect(site.hello["sub"])
+        assert not pub.poll(1000), "a stranger's publisher got the broker's subscribe-all"
+        for sock in (plain, stranger, pub, sub, monitor):
+            sock.close(0)
+    assert wait_for(lambda: site.audited("connection refused"))
+    asyncio.run(_refused_at_once(site))
+
+
+async def _refused_at_once(site: Site) -> None:
+    """A Loom client with the unknown key fails at once with AuthenticationError."""
+    started = time.monotonic()
+    with pytest.raises(AuthenticationError, match="not enrolled"):
+        await ToolClient.connect(site.endpoint, key=site.stranger, timeout=10)
+    assert time.monotonic() - started < 5, "the refusal waited for the timeout"
+
+
+def test_forged_system_events_and_spoofed_senders_are_dropped(
+    spawn: Callable[..., Proc], site: Site
+) -> None:
+    """mallory may publish on chat.** only: `$sys.*` (as "loom-broker"), a topic outside
+    its rights, and its rights' topic under the name of the owner's live actor are all
+    dropped; its own name on chat.* goes through, stamped with its identity."""
+
+    async def body() -> list[Event]:
+        got: list[Event] = []
+        watcher = Actor(name="watcher", broker=site.endpoint)
+        await watcher.subscribe("$sys.**", got.append)
+        await watcher.subscribe("chat.**", got.append)
+        await watcher.subscribe("orders.**", got.append)
+        await watcher.start()
+        try:
+            with zmq.Context() as ctx:
+                pub = publisher(ctx, site.hello["pub"], key=site.mallory)
+                forged = [
+                    (b"$sys.actor.left", make_header(sender="loom-broker")),
+                    (b"orders.new", make_header(sender="mallory")),
+                    (b"chat.room", make_header(sender="watcher")),  # the owner's actor
+                    (b"chat.room", make_header(sender="mallory")),
+                ]
+                for topic, header in forged:
+                    pub.send_multipart([topic, header, msgpack.packb({"forged": True})])
+                await until(lambda: any(e.topic == "chat.room" for e in got), 10)
+                pub.close(0)
+            await asyncio.sleep(0)  # anything else forwarded would be queued by now
+            return list(got)
+        finally:
+            await watcher.stop()
+
+    got = asyncio.run(body())
+    forged = [(e.topic, e.sender, e.origin) for e in got if _forged(e)]
+    assert forged == [("chat.room", "mallory", "mallory")], forged
+    denied = wait_for(lambda: site.security()["denied"])
+    assert denied.get("publish", 0) >= 2 and denied.get("send as", 0) >= 1, denied
+    assert site.audited("denied", identity="mallory", right="publish")
+
+
+def _forged(event: Event) -> bool:
+    return isinstance(event.data, dict) and event.data.get("forged") is True
+
+
+def test_the_owners_events_carry_its_identity(site: Site) -> None:
+    """Every event's origin is the identity the broker authenticated (here the owner's
+    `local`), whatever the sender field says; a peer cannot write it itself."""
+
+    async def body() -> tuple[Event, int]:
+        got: list[Event] = []
+        sink = Actor(name="sink", broker=site.endpoint)
+        await sink.subscribe("note.*", got.append)
+        await sink.start()
+        source = Actor(name="source", broker=site.endpoint)
+        await source.start()
+        try:
+            await source.emit("note.a", 1)
+            await until(lambda: got, 10)
+            with zmq.Context() as ctx:
+                pub = publisher(ctx, site.hello["pub"])
+                pub.send_multipart([b"note.b", make_header(origin="root"), msgpack.packb(2)])
+                pub.close(0)
+            return got[0], await _denials(site, "write")
+        finally:
+            await source.stop()
+            await sink.stop()
+
+    event, refused = asyncio.run(body())
+    assert event.origin == "local" and event.sender == "source"
+    assert refused >= 1
+
+
+async def _denials(site: Site, right: str) -> int:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        count: int = (await ask(site.endpoint, STATS))["security"]["denied"].get(right, 0)
+        if count:
+            return count
+        await asyncio.sleep(0.05)
+    return 0
+
+
+def test_subscriptions_are_granted_by_right(site: Site) -> None:
+    """mallory subscribing to everything (`""`), to `$sys.`, to another actor's inbox or
+    to orders gets nothing of them; its `chat.` subscription works. A Loom actor of
+    mallory's whose patterns reach past its rights is refused at HELLO, typed."""
+
+    async def body() -> tuple[list[bytes], int]:
+        seen: list[bytes] = []
+        with zmq.Context() as ctx:
+            sub = curve(ctx.socket(zmq.SUB), site.mallory)
+            for prefix in (b"", b"$sys.", b"$inbox.", b"orders.", b"chat."):
+                sub.subscribe(prefix)
+            sub.connect(site.hello["sub"])
+            owner = Actor(name="owner", broker=site.endpoint)
+            await owner.start()
+            try:
+                deadline = time.monotonic() + 10
+                while b"chat.x" not in seen and time.monotonic() < deadline:
+                    await owner.emit("orders.secret", {"card": "4111"})
+                    await owner.emit("chat.x", "hi")
+                    await asyncio.sleep(0.05)
+                    while sub.poll(0):
+                        seen.append(sub.recv_multipart()[0])
+            finally:
+                await owner.stop()
+            sub.close(0)
+        refused = 0
+        spy = Actor(name="spy", broker=site.endpoint, key=site.mallory, connect_timeout=5)
+        await spy.subscribe("orders.**", lambda e: None)
+        with pytest.raises(PermissionDeniedError, match="subscribe"):
+            await spy.start()
+        refused += 1
+        return seen, refused
+
+    seen, refused = asyncio.run(body())
+    assert b"chat.x" in seen
+    assert not [t for t in seen if not t.startswith(b"chat.")], set(seen)
+    assert refused == 1
+    assert site.security()["denied"].get("subscribe", 0) >= 4
+
+
+def test_tools_calls_approvals_and_reads_need_rights(
+    spawn: Callable[..., Proc], site: Site
+) -> None:
+    """mallory cannot serve a tool (taking half of another worker's calls), call one
+    outside its rights, list or decide approvals, or read the directory, stats or
+    traces; it may call `sample.add`. Each refusal is typed, counted and audited."""
+    start_worker(spawn, site.endpoint, "w1")
+
+    async def body() -> None:
+        thief = Worker([_stolen], broker=site.endpoint, name="thief", key=site.mallory)
+        with pytest.raises(PermissionDeniedError, match="serve"):
+            await thief.start()
+        await thief.stop()
+        client = await ToolClient.connect(site.endpoint, key=site.mallory, name="m")
+        try:
+            assert await client.call("sample.add", {"a": 1, "b": 2}) == 3
+            with pytest.raises(ToolDeniedError, match="may not call"):
+                await client.call("sample.whoami", {})
+        finally:
+            client.close()
+        for command in (APPROVALS, DIRECTORY, STATS, REPLAY):
+            with pytest.raises(PermissionDeniedError):
+                await ask(site.endpoint, command, {"pattern": "**"}, key=site.mallory)
+
+    asyncio.run(body())
+    denied = site.security()["denied"]
+    for right in ("serve", "call", "approve", "read", "replay"):
+        assert denied.get(right, 0) >= 1, (right, denied)
+    assert site.audited("tools served", identity="local", worker="w1")
+    assert site.audited("denied", identity="mallory", right="call")
+
+
+@tool(name="sample.add")
+async def _stolen(a: int, b: int = 1) -> int:
+    return -1
+
+
+class Slow(Actor):
+    """Answers svc.ping, slowly: a forger would be first."""
+
+    @on("svc.ping")
+    async def ping(self, event: Event) -> str:
+        await asyncio.sleep(0.3)
+        return "real"
+
+
+def test_a_request_is_answered_only_by_those_who_may(site: Site) -> None:
+    """mallory hears requests on svc.* but has no right to answer them: its forged reply
+    (the right correlation id, on the asker's inbox) is dropped, and the real
+    responder's answer is the one the asker gets, though it comes later."""
+
+    async def body() -> Any:
+        responder = Slow(name="svc", broker=site.endpoint)
+        asker = Actor(name="asker", broker=site.endpoint)
+        await responder.start()
+        await asker.start()
+        with zmq.Context() as ctx:
+            spy = curve(ctx.socket(zmq.SUB), site.mallory)
+            spy.subscribe(b"svc.")
+            spy.connect(site.hello["sub"])
+            pub = publisher(ctx, site.hello["pub"], key=site.mallory)
+            try:
+                deadline = time.monotonic() + 10
+                while not spy.poll(0):  # until the spy's subscription holds
+                    assert time.monotonic() < deadline, "the spy never heard svc.*"
+                    await asker.emit("svc.warmup", None)
+                    await asyncio.sleep(0.05)
+                while spy.poll(100):
+                    spy.recv_multipart()
+                asking = asyncio.ensure_future(asker.request("svc.ping", "x", timeout=10))
+                await until(lambda: spy.poll(0), 10)
+                _, head, _ = spy.recv_multipart()
+                fields = msgpack.unpackb(head)
+                forged = make_header(kind=2, sender="mallory", correlation_id=fields[2])
+                pub.send_multipart([fields[6].encode(), forged, msgpack.packb("forged")])
+                return await asking
+            finally:
+                spy.close(0)
+                pub.close(0)
+                await asker.stop()
+                await responder.stop()
+
+    assert asyncio.run(body()) == "real"
+    assert site.security()["denied"].get("reply", 0) >= 1
+
+
+def test_durable_names_belong_to_their_identity(site: Site) -> None:
+    """A durable subscription the owner created cannot be taken over by mallory (nor a
+    name outside its `durable` rights); one of its own it may create."""
+
+    async def body() -> None:
+        owner = Actor(name="owner", broker=site.endpoint)
+        await owner.subscribe("chat.**", lambda e: None, durable="ledger")
+        await owner.start()
+        await owner.stop()
+        thief = Actor(name="thief", broker=site.endpoint, key=site.mallory)
+        await thief.subscribe("chat.**", lambda e: None, durable="ledger")
+        with pytest.raises(PermissionDeniedError, match="durable"):
+            await thief.start()
+        mine = Actor(name="mine", broker=site.endpoint, key=site.mallory)
+        await mine.subscribe("chat.**", lambda e: None, durable="mallory-log")
+        await mine.start()
+        await mine.stop()
+
+    asyncio.run(body())
+    assert site.security()["denied"].get("use the durable name", 0) >= 1
+
+
+def test_rate_limits_hold(spawn: Callable[..., Proc], short_tmp: Path) -> None:
+    """mallory may publish 20 events a second: of 300 sent at once, about the burst
+    gets through, the rest are dropped and counted (`rate`)."""
+    site = Site(spawn, short_tmp, rate=20)
+
+    async def body() -> int:
+        got: list[Event] = []
+        sink = Actor(name="sink", broker=site.endpoint)
+        await sink.subscribe("chat.**", got.append)
+        await sink.start()
+        try:
+            with zmq.Context() as ctx:
+                pub = publisher(ctx, site.hello["pub"], key=site.mallory)
+                for _ in range(300):
+                    pub.send_multipart([b"chat.flood", make_header(sender="m"), b"\xc0"])
+                assert await _denials(site, "rate")
+                pub.close(0)
+            await asyncio.sleep(0.3)
+            return len(got)
+        finally:
+            await sink.stop()
+
+    delivered = asyncio.run(body())
+    assert 1 <= delivered <= 40, delivered
+    assert site.security()["denied"]["rate"] >= 250
+    assert site.proc.stop() == 0
+
+
+def test_sighup_reloads_rights_without_dropping_peers(site: Site) -> None:
+    """mallory's client cannot call `sample.work`; the ACL gains it, SIGHUP: the same
+    client, still connected, may call it now. A broken ACL on reload keeps the old
+    rights (and says so)."""
+    worker = Worker([_work], broker=site.endpoint, name="w")
+
+    async def body() -> None:
+        await worker.start()
+        client = await ToolClient.connect(site.endpoint, key=site.mallory, name="m")
+        try:
+            with pytest.raises(ToolDeniedError):
+                await client.call("team.work", {})
+            site.acl.write_text(site.acl.read_text().replace('"sample.add"', '"team.*"'))
+            site.proc.popen.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    assert await client.call("team.work", {}) == "done"
+                    break
+                except ToolDeniedError:
+                    assert time.monotonic() < deadline, "the reload did not take"
+                    await asyncio.sleep(0.05)
+            site.acl.write_text("[identities.mallory\n")  # broken: the rights stay
+            site.proc.popen.send_signal(signal.SIGHUP)
+            await until(lambda: site.audited("acl reload failed"), 10)
+            assert await client.call("team.work", {}) == "done"
+        finally:
+            client.close()
+            await worker.stop()
+
+    asyncio.run(body())
+    assert site.audited("acl reloaded")
+
+
+@tool(name="team.work")
+async def _work() -> str:
+    return "done"
+
+
+def test_an_insecure_broker_says_so(spawn: Callable[..., Proc]) -> None:
+    """--insecure: no CURVE; HELLO says so, `loom list` says so, and peers connect with
+    key 'none' (a Loom peer with a key is told why it cannot)."""
+    endpoint = free_tcp_endpoint()
+    proc = start_broker(spawn, endpoint, "--insecure")
+    assert "INSECURE" in proc.output
+
+    async def body() -> None:
+        answer = await ask(endpoint, HELLO, {"version": VERSION, "name": "p"}, key="none")
+        assert answer["insecure"] is True and answer["identity"] == "anonymous"
+        with pytest.raises(AuthenticationError, match="insecure"):
+            await ToolClient.connect(endpoint, timeout=10)
+
+    asyncio.run(body())
+    from conftest import run_loom
+
+    listed = run_loom("list", "--broker", endpoint, "--key", "none")
+    assert listed.returncode == 0 and "insecure" in listed.stdout + listed.stderr
+    assert proc.stop() == 0
+
+
+def test_peers_of_the_owner_need_no_set_up(
+    spawn: Callable[..., Proc], short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a Loom home never used before, with no ACL and no key given anywhere, the
+    broker makes its keys on first start (the secret 0600 in a 0700 directory) and the
+    owner's worker and client connect with them."""
+    home = short_tmp / "fresh-home"
+    monkeypatch.setenv("LOOM_HOME", str(home))
+    endpoint = free_tcp_endpoint()
+    broker = spawn(sys.executable, "-m", "loom.cli.broker", "--endpoint", endpoint)
+    broker.wait_line("broker ready")
+    keys = home / "keys"
+    assert (keys / "broker.key_secret").stat().st_mode & 0o777 == 0o600
+    assert keys.stat().st_mode & 0o777 == 0o700
+    start_worker(spawn, endpoint, "w1", target=SAMPLE_TOOLS)
+
+    async def body() -> int:
+        async with await ToolClient.connect(endpoint) as client:
+            result: int = await client.call("sample.add", {"a": 2, "b": 3})
+            return result
+
+    assert asyncio.run(body()) == 5
+    assert broker.stop() == 0
