@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ __all__ = [
     "BROKER_KEY",
     "LOCAL_KEY",
     "Keypair",
+    "dashboard_token",
     "key_dir",
     "list_keys",
     "load_keypair",
@@ -212,3 +214,34 @@ def local_keys(home: Path | None = None) -> tuple[Keypair, Keypair]:
                     raise
                 pairs.append(load_keypair(secret))
     return pairs[0], pairs[1]
+
+
+def dashboard_token(home: Path | None = None) -> str:
+    """The token the dashboard asks of its visitors, from ``dashboard.token`` in the
+    Loom home (mode 0600), made on first use: the URL Loom prints carries it.
+
+    Raises:
+        KeyFileError: it cannot be read or made, or others may read it.
+    """
+    path = (home or loom_home()) / "dashboard.token"
+    if not path.exists():
+        key_dir(home)  # the home, private
+        token = secrets.token_urlsafe(24)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            pass
+        except OSError as exc:
+            raise KeyFileError(f"{path}: cannot write the dashboard token: {exc}") from exc
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(token + "\n")
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        raise KeyFileError(
+            f"{path}: other users may read it (mode {mode & 0o777:o}); make it 0600 (chmod 600)"
+        )
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise KeyFileError(f"{path}: not a token (delete it: a new one is made)")
+    return token

@@ -27,6 +27,8 @@ from conftest import (
     wait_for,
 )
 
+from loom.keys import dashboard_token
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -186,7 +188,8 @@ def test_demo_runs_and_leaves_no_process(
 
     def drawn() -> bool:
         with contextlib.suppress(httpx.HTTPError):
-            state = httpx.get(f"http://127.0.0.1:{port}/api/state", timeout=2).json()
+            token = {"token": dashboard_token()}  # the page is the home's user's alone
+            state = httpx.get(f"http://127.0.0.1:{port}/api/state", params=token, timeout=2).json()
             names = {p["name"] for p in state["topology"]["peers"]}
             return {"analyst", "trader", "ticker"} <= names and bool(state["calls"])
         return False

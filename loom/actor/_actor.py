@@ -463,9 +463,18 @@ class Actor(Verbs):
             PatternError: the pattern is invalid.
             BrokerUnavailableError: a running actor's broker did not confirm in time.
             DurableError: the broker keeps no durable events.
+            PermissionDeniedError: this actor's identity may not read there.
         """
         if self._state == "stopping":
             raise ClosedError(f"actor {self.name!r} is stopping")
+        link = self._link
+        if durable is None and self._running and link is not None:
+            Pattern(pattern)  # PatternError before asking anything
+            # The broker grants subscriptions by right: ask first, so that a refusal is
+            # an error here rather than a probe that never comes back.
+            patterns = [*self._router.patterns(), pattern]
+            body = {"patterns": patterns}
+            await link.session.request(ANNOUNCE, body, timeout=self._connect_timeout)
         compiled = self._bind(pattern, handler, durable)
         if durable is not None:
             if self._running and self._durability is not None:
@@ -474,8 +483,6 @@ class Actor(Verbs):
         if self._running and self._receiver is not None:
             self._receiver.subscribe(compiled.prefix)
             await self._confirm()
-            if self._link is not None:
-                self._link.session.tell(ANNOUNCE, {"patterns": self._router.patterns()})
 
     def _bind(
         self, pattern: str, handler: Callable[[Event], Any], durable: str | None = None

@@ -3,6 +3,7 @@ validated settings object, then runs one poll loop."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -20,10 +21,11 @@ from loom.broker._store import DurableLog
 from loom.broker._tools import ToolRouter
 from loom.broker._traces import TraceBuffer
 from loom.errors import EndpointError
+from loom.keys import dashboard_token
 from loom.logs import DropCounter, get_logger
 from loom.protocol import MAX_SUBSCRIPTION_FRAME, max_frame, queue_messages
 
-__all__ = ["Broker", "derive_endpoints"]
+__all__ = ["Broker", "derive_endpoints", "private_ipc"]
 
 
 def derive_endpoints(control: str) -> tuple[str, str]:
@@ -44,6 +46,33 @@ def derive_endpoints(control: str) -> tuple[str, str]:
     if scheme in ("ipc", "inproc"):
         return f"{control}.pub", f"{control}.sub"
     raise EndpointError(f"endpoint {control!r}: transport {scheme!r} is not supported")
+
+
+def private_ipc(endpoint: str) -> None:
+    """An ``ipc://`` endpoint's socket files must sit in a directory only this user can
+    enter: it is made (mode 0700) when missing, and refused when another user owns it
+    or others may enter it (they could connect, or squat on the name).
+
+    Raises:
+        EndpointError: the directory is not private, or cannot be made.
+    """
+    scheme, _, path = endpoint.partition("://")
+    if scheme != "ipc":
+        return
+    directory = Path(path).absolute().parent
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        status = directory.stat()
+    except OSError as exc:
+        raise EndpointError(f"{endpoint}: cannot make its directory {directory}: {exc}") from exc
+    if status.st_uid != os.getuid() or status.st_mode & 0o077:
+        whose = "another user's" if status.st_uid != os.getuid() else "open to other users"
+        raise EndpointError(
+            f"{endpoint}: {directory} is {whose} (mode {status.st_mode & 0o777:o}): an ipc"
+            " socket goes in a directory only you can enter, e.g."
+            f" ipc://{directory / f'loom-{os.getuid()}' / Path(path).name} (made 0700"
+            " for you) or a directory of yours after chmod 700"
+        )
 
 
 class Broker:
@@ -103,6 +132,7 @@ class Broker:
         """
         settings = self.settings
         pub_at, sub_at = derive_endpoints(settings.endpoint)
+        private_ipc(settings.endpoint)  # the pub/sub sockets go beside it
         guard = self.guard = Guard(self.security, self.name, self._log, self.home)
         guard.start(self._context)  # before any bind: no connection goes unauthenticated
         try:
@@ -201,11 +231,14 @@ class Broker:
         if settings.dashboard_port:
             from loom.dashboard import DashboardThread  # aiohttp only when asked
 
+            insecure = self.guard is not None and self.guard.insecure
             dashboard = DashboardThread(
                 self.endpoints["control"],
                 settings.dashboard_host,
                 settings.dashboard_port,
                 log=self._log,
+                token=dashboard_token(self.home),
+                key="none" if insecure else None,
             )
             self._servers.append(dashboard)
             self.endpoints["dashboard"] = dashboard.start()

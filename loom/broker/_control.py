@@ -403,11 +403,15 @@ class ControlPlane:
             self.guard.hold(peer.name, self.who)
 
     def _announce_patterns(self, identity: bytes, body: Patterns) -> None:
-        if self.guard is not None and self._refused_patterns(identity, body.patterns, None):
+        """An actor's patterns now; answered when it asks (``rid``): DENIED when its
+        identity may not read where they subscribe."""
+        if self.guard is not None and self._refused_patterns(identity, body.patterns, body.rid):
             return
         peer = self.peers.get(identity)
         if peer is not None:
             peer.patterns = bounded(body.patterns)
+        if body.rid is not None:
+            self._reply(identity, ANNOUNCE, {"rid": body.rid})
 
     def _ready(self, identity: bytes, body: Ready) -> None:
         guard = self.guard

@@ -337,36 +337,38 @@ class PubSubProxy:
         pipe (``setsockopt`` acts on the pipe of the message just read), a refused one
         never is. A subscriber's subscriptions go with it when it disconnects (libzmq
         then reports each prefix no one requests any more, without an identity)."""
-        xpub, granted = self._xpub, self.granted
+        xpub, counts = self._xpub, self.granted
         while True:
             try:
                 frame = xpub.recv(_NOBLOCK, copy=False)
             except zmq.Again:
                 return
             data = frame.bytes
-            flag, prefix = data[:1], data[1:]
+            flag, asked = data[:1], data[1:]
             who = user_id(frame)
             if flag == b"\x01":
-                rights = guard.rights(who)
-                allowed = rights.subscribed.get(prefix)
-                if allowed is None:
-                    allowed = rights.may_subscribe(prefix)
-                if not allowed:
-                    what = repr(prefix.decode(errors="replace")[:200])
+                prefix = guard.rights(who).grant(asked)
+                if prefix is None:
+                    what = repr(asked.decode(errors="replace")[:200])
                     guard.deny("subscribe", who or "(unknown)", f"to {what}")
                     continue
                 xpub.setsockopt(zmq.SUBSCRIBE, prefix)
-                if prefix in granted or len(granted) < MAX_SUBSCRIPTIONS:
-                    granted[prefix] = granted.get(prefix, 0) + 1
+                if prefix in counts or len(counts) < MAX_SUBSCRIPTIONS:
+                    counts[prefix] = counts.get(prefix, 0) + 1
                     self.subscriptions.add(prefix)
             elif flag == b"\x00":
-                if who:  # the subscriber asked; a disconnect's report names no one
-                    xpub.setsockopt(zmq.UNSUBSCRIBE, prefix)
-                left = granted.get(prefix, 0) - 1 if who else 0
+                if not who:  # a disconnect's report: no one asks for it any more
+                    for prefix in (asked, asked + b"."):
+                        counts.pop(prefix, None)
+                        self.subscriptions.discard(prefix)
+                    continue
+                prefix = guard.rights(who).grant(asked) or asked
+                xpub.setsockopt(zmq.UNSUBSCRIBE, prefix)
+                left = counts.get(prefix, 0) - 1
                 if left > 0:
-                    granted[prefix] = left
+                    counts[prefix] = left
                 else:
-                    granted.pop(prefix, None)
+                    counts.pop(prefix, None)
                     self.subscriptions.discard(prefix)
 
     def snapshot(self) -> dict[str, Any]:

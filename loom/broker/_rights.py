@@ -194,7 +194,8 @@ class Rights:
         """Sender name -> may send under it (cleared when names change hands)."""
         self.published: dict[bytes, bool] = {}
         """Topic -> may publish (the pub/sub hot path reads this dict first)."""
-        self.subscribed: dict[bytes, bool] = {}
+        self.granted: dict[bytes, bytes | None] = {}
+        """Prefix asked -> the prefix granted (``None``: refused)."""
         self.replied: dict[bytes, bool] = {}
         self._tools: dict[tuple[str, str], bool] = {}
 
@@ -225,27 +226,38 @@ class Rights:
             self.replied[request_topic] = known
         return known
 
+    def grant(self, prefix: bytes) -> bytes | None:
+        """The subscription this identity gets when it asks for ``prefix`` (cached):
+        ``prefix`` itself when every topic beginning with it is one it may read (its own
+        inbox and probes; the owner: all); ``prefix + "."`` when only that holds (an
+        actor's ``a.**`` asks ``a``, which also matches ``ab``: it gets ``a.``, so the
+        topic ``a`` itself is not delivered); else ``None``."""
+        if prefix in self.granted:
+            return self.granted[prefix]
+        if len(self.granted) >= CACHE:
+            self.granted.clear()
+        granted: bytes | None = None
+        if self._covers(prefix):
+            granted = prefix
+        elif prefix and not prefix.endswith(b".") and self._covers(prefix + b"."):
+            granted = prefix + b"."
+        self.granted[prefix] = granted
+        return granted
+
     def may_subscribe(self, prefix: bytes) -> bool:
-        """Whether this identity may subscribe to ``prefix``: every topic beginning with
-        it must be one it may read (its own inbox and probes; the owner: all)."""
-        known = self.subscribed.get(prefix)
-        if known is None:
-            if len(self.subscribed) >= CACHE:
-                self.subscribed.clear()
-            try:
-                text = prefix.decode()
-            except UnicodeDecodeError:
-                text = None
-            if text is None:
-                known = False
-            elif text.startswith(self._own) or self.owner:
-                known = True
-            elif text.startswith("$"):  # others' inboxes, $sys, $approval: when named
-                known = any(root and text.startswith(root) for root in self.subscribe)
-            else:
-                known = any(text.startswith(root) for root in self.subscribe)
-            self.subscribed[prefix] = known
-        return known
+        """Whether ``prefix`` (or its narrowing, see :meth:`grant`) is granted."""
+        return self.grant(prefix) is not None
+
+    def _covers(self, prefix: bytes) -> bool:
+        try:
+            text = prefix.decode()
+        except UnicodeDecodeError:
+            return False
+        if text.startswith(self._own) or self.owner:
+            return True
+        if text.startswith("$"):  # others' inboxes, $sys, $approval: only when named
+            return any(root and text.startswith(root) for root in self.subscribe)
+        return any(text.startswith(root) for root in self.subscribe)
 
     def may(self, right: str, tool: str) -> bool:
         """``serve``, ``call`` or ``approve`` ``tool`` (shell-style patterns); cached."""

@@ -17,7 +17,7 @@ from loom.logs import configure_logging, get_logger
 
 EXAMPLES = """examples:
   loom-broker                                   # tcp://127.0.0.1:7700 or $LOOM_BROKER
-  loom-broker --endpoint ipc:///tmp/loom.sock   # local peers only, faster
+  loom-broker --endpoint ipc:///tmp/loom-$USER/broker.sock   # local peers only, faster
   loom-broker --endpoint tcp://0.0.0.0:7700 --log-json
   loom-broker --config configs/loom.toml
   loom-broker --metrics-port 9464              # Prometheus at http://127.0.0.1:9464/metrics

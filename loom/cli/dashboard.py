@@ -10,6 +10,7 @@ from typing import Any
 
 import zmq
 
+from loom.keys import dashboard_token
 from loom.logs import get_logger
 
 
@@ -50,9 +51,9 @@ async def _serve(args: argparse.Namespace, broker: str) -> int:
     from loom.dashboard import Dashboard  # aiohttp is imported only by this command
 
     context: zmq.Context[Any] = zmq.Context()
-    dashboard = Dashboard(
-        broker, context=context, log=get_logger("loom.dashboard"), interval=args.interval
-    )
+    log = get_logger("loom.dashboard")
+    token = dashboard_token()  # the page is this user's: its URL carries the home's token
+    dashboard = Dashboard(broker, context=context, log=log, interval=args.interval, token=token)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

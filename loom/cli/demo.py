@@ -10,6 +10,7 @@ import sys
 
 from loom.actor import Actor, Event
 from loom.errors import BrokerUnavailableError
+from loom.keys import dashboard_token
 from loom.logs import get_logger
 from loom.session import broker_answers, wait_for_broker
 
@@ -56,7 +57,7 @@ async def run_demo(address: str, duration: float, dashboard_port: int = 0) -> in
         if dashboard_port:
             dashboard = [python, "-m", "loom.cli.main", "dashboard", "--broker", address]
             children.append(subprocess.Popen([*dashboard, "--port", str(dashboard_port)]))
-            watch["dashboard"] = f"http://127.0.0.1:{dashboard_port}/"
+            watch["dashboard"] = f"http://127.0.0.1:{dashboard_port}/?token={dashboard_token()}"
         log.info(
             "demo running",
             broker=address,

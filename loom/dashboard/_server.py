@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,14 @@ from aiohttp import web
 from loom.dashboard._view import MeshView
 from loom.errors import LoomError
 from loom.protocol import DIRECTORY, RECENT, STATS
-from loom.session import Session
+from loom.session import KeySpec, Session
 
 __all__ = ["Dashboard"]
 
 STATIC = Path(str(resources.files("loom.dashboard") / "static"))
 """The page's assets, shipped in the package."""
 RECENT_LIMIT = 1000
+COOKIE = "loom_dashboard"
 
 
 class Dashboard:
@@ -42,6 +45,10 @@ class Dashboard:
         log: a structlog logger.
         interval: seconds between polls (and page updates).
         view: what the answers are folded into (a fresh :class:`MeshView` by default).
+        token: what a visitor must show (``?token=`` once, then the cookie it gets);
+            ``None`` serves anyone who reaches the port. Programs pass the Loom home's
+            (``loom.keys.dashboard_token``); ``/healthz`` needs none.
+        key: the CURVE keys its session presents (``Session``'s ``key``).
     """
 
     def __init__(
@@ -52,8 +59,12 @@ class Dashboard:
         log: Any,
         interval: float = 1.0,
         view: MeshView | None = None,
+        token: str | None = None,
+        key: KeySpec = None,
     ) -> None:
         self.broker = broker
+        self._token = token
+        self._key = key
         self.view = view or MeshView()
         self.interval = interval
         self.url: str | None = None
@@ -67,7 +78,7 @@ class Dashboard:
         self._event = _sse(self._json)
         self._runner: web.AppRunner | None = None
         self._poller: asyncio.Task[None] | None = None
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self._guard] if token is not None else [])
         self.app.add_routes(
             [
                 web.get("/", self._index),
@@ -94,7 +105,8 @@ class Dashboard:
             raise
         self._runner = runner
         bound = runner.addresses[0][1]
-        self.url = f"http://{host}:{bound}/"
+        query = f"?token={self._token}" if self._token is not None else ""
+        self.url = f"http://{host}:{bound}/{query}"
         self._poller = asyncio.create_task(self._poll(), name="loom-dashboard-poll")
         self._log.info("dashboard serving", url=self.url, broker=self.broker)
         return self.url
@@ -136,7 +148,12 @@ class Dashboard:
         session = self._session
         if session is None or session.closed:
             session = Session(
-                self.broker, self._context, name="dashboard", role="client", log=self._log
+                self.broker,
+                self._context,
+                name="dashboard",
+                role="client",
+                log=self._log,
+                key=self._key,
             )
             await session.open(timeout)
             self._session = session
@@ -170,6 +187,31 @@ class Dashboard:
         return json.dumps(state, separators=(",", ":"), default=str, allow_nan=False).encode()
 
     # --- web --------------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Serve a visitor with the token (in the query, or the cookie the query set);
+        answer 401 to others. ``/healthz`` is open (monitors)."""
+        assert self._token is not None
+        if request.path == "/healthz":
+            return await handler(request)
+        shown = request.query.get("token")
+        if shown is None:
+            shown = request.cookies.get(COOKIE, "")
+        if not hmac.compare_digest(shown.encode(), self._token.encode()):
+            return web.Response(
+                status=401,
+                text="401: this dashboard needs its token: open the URL Loom printed"
+                " (the token is in dashboard.token in the Loom home)\n",
+            )
+        response = await handler(request)
+        if "token" in request.query and not response.prepared:
+            response.set_cookie(COOKIE, self._token, httponly=True, samesite="Strict")
+        return response
 
     async def _index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})

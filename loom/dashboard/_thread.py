@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 
 from loom.dashboard._server import Dashboard
-from loom.session import reachable_endpoint
+from loom.session import KeySpec, reachable_endpoint
 
 __all__ = ["DashboardThread"]
 
@@ -32,8 +32,20 @@ class DashboardThread:
         interval: seconds between updates.
     """
 
-    def __init__(self, broker: str, host: str, port: int, *, log: Any, interval: float = 1.0):
+    def __init__(
+        self,
+        broker: str,
+        host: str,
+        port: int,
+        *,
+        log: Any,
+        interval: float = 1.0,
+        token: str | None = None,
+        key: KeySpec = None,
+    ):
         self.broker = reachable_endpoint(broker)
+        self._token = token
+        self._key = key
         self.url: str | None = None
         self._at = (host, port)
         self._log = log
@@ -75,7 +87,14 @@ class DashboardThread:
 
     async def _serve(self, ready: Future[str]) -> None:
         context: zmq.Context[Any] = zmq.Context()
-        dashboard = Dashboard(self.broker, context=context, log=self._log, interval=self._interval)
+        dashboard = Dashboard(
+            self.broker,
+            context=context,
+            log=self._log,
+            interval=self._interval,
+            token=self._token,
+            key=self._key,
+        )
         self._loop, self._done = asyncio.get_running_loop(), asyncio.Event()
         try:
             try:

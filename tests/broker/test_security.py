@@ -501,3 +501,47 @@ def test_peers_of_the_owner_need_no_set_up(
 
     assert asyncio.run(body()) == 5
     assert broker.stop() == 0
+
+
+def test_ipc_endpoints_live_in_a_private_directory(
+    spawn: Callable[..., Proc], short_tmp: Path
+) -> None:
+    """A broker makes its ipc directory 0700 when it is missing, and refuses one other
+    users may enter (such as /tmp itself), saying where to put it instead."""
+    made = short_tmp / "made" / "deeper"
+    proc = start_broker(spawn, f"ipc://{made}/broker")
+    assert made.stat().st_mode & 0o777 == 0o700
+    assert proc.stop() == 0
+    open_dir = short_tmp / "open"
+    open_dir.mkdir(mode=0o755)
+    open_dir.chmod(0o755)
+    for endpoint in (f"ipc://{open_dir}/broker", "ipc:///tmp/loom-test-open.sock"):
+        refused = spawn(sys.executable, "-m", "loom.cli.broker", "--endpoint", endpoint)
+        assert refused.popen.wait(30) == 1
+        refused.wait_line("only you can enter")
+
+
+def test_a_subscription_made_at_run_time_is_checked_too(site: Site) -> None:
+    """A running actor of mallory's subscribing past its rights gets PermissionDenied
+    at once (not a timeout), and keeps its other subscriptions."""
+
+    async def body() -> None:
+        got: list[Event] = []
+        actor = Actor(name="m-actor", broker=site.endpoint, key=site.mallory)
+        await actor.subscribe("chat.**", got.append)
+        await actor.start()
+        owner = Actor(name="owner", broker=site.endpoint)
+        await owner.start()
+        try:
+            started = time.monotonic()
+            with pytest.raises(PermissionDeniedError, match="subscribe"):
+                await actor.subscribe("orders.**", got.append)
+            assert time.monotonic() - started < 5
+            await actor.subscribe("chat.more.**", got.append)
+            await owner.emit("chat.more.x", 1)
+            await until(lambda: got, 10)
+        finally:
+            await owner.stop()
+            await actor.stop()
+
+    asyncio.run(body())

@@ -18,13 +18,19 @@ def start_dashboard(spawn: Callable[..., Proc], broker: str, *extra: str) -> tup
         "--port", "0", "--interval", "0.2", *extra,
     )  # fmt: skip
     line = proc.wait_line("loom dashboard: http")
-    match = re.search(r"(http://\S+/)", line)
+    match = re.search(r"(http://\S+/\?token=\S+)", line)
     assert match is not None, line
     return proc, match.group(1)
 
 
+def at(url: str, path: str) -> str:
+    """``path`` on the dashboard whose printed URL (with its token) is ``url``."""
+    base, _, query = url.partition("?")
+    return f"{base}{path}?{query}" if query else base + path
+
+
 def state(url: str) -> dict[str, Any]:
-    return httpx.get(url + "api/state", timeout=5).json()  # type: ignore[no-any-return]
+    return httpx.get(at(url, "api/state"), timeout=5).json()  # type: ignore[no-any-return]
 
 
 def node_ids(current: dict[str, Any]) -> set[str]:

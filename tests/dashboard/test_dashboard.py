@@ -18,7 +18,9 @@ from conftest import (
     start_worker,
     wait_for,
 )
-from dash import edges, node_ids, start_dashboard, state
+from dash import at, edges, node_ids, start_dashboard, state
+
+from loom.keys import dashboard_token
 
 
 def test_the_state_shows_peers_flows_threads_and_tool_calls(
@@ -81,10 +83,10 @@ def test_the_dashboard_follows_a_broker_that_restarts(spawn: Callable[..., Proc]
     wait_for(lambda: len(state(url)["calls"]) == 1, timeout=20, interval=0.1)
     broker.kill()
     wait_for(lambda: not state(url)["connected"], timeout=20, interval=0.1)
-    assert httpx.get(url + "healthz", timeout=5).status_code == 503
+    assert httpx.get(at(url, "healthz"), timeout=5).status_code == 503
     start_broker(spawn, endpoint, "--heartbeat", "0.2")
     wait_for(lambda: state(url)["connected"], timeout=20, interval=0.1)
-    assert httpx.get(url + "healthz", timeout=5).status_code == 200
+    assert httpx.get(at(url, "healthz"), timeout=5).status_code == 200
     wait_for(lambda: "worker:w1" in node_ids(state(url)), timeout=20, interval=0.1)
     assert loom_at(endpoint, "call", "sample.add", '{"a": 2}').returncode == 0
     wait_for(lambda: len(state(url)["calls"]) == 2, timeout=20, interval=0.1)
@@ -98,12 +100,18 @@ def test_the_broker_serves_the_dashboard_itself(spawn: Callable[..., Proc]) -> N
         port = s.getsockname()[1]
     endpoint = free_tcp_endpoint().replace("127.0.0.1", "0.0.0.0")  # a wildcard bind
     broker = start_broker(spawn, endpoint, "--dashboard-port", str(port))
-    url = f"http://127.0.0.1:{port}/"
+    url = f"http://127.0.0.1:{port}/?token={dashboard_token()}"
+    assert url in broker.output  # printed with its token
     spawn_actor(spawn, "echo", endpoint.replace("0.0.0.0", "127.0.0.1"))
     wait_for(lambda: "peer:echo" in node_ids(state(url)), timeout=20, interval=0.1)
     page = httpx.get(url, timeout=5)
     assert page.status_code == 200 and "/static/app.js" in page.text
-    assert httpx.get(url + "static/app.js", timeout=5).status_code == 200
+    cookies = page.cookies  # the page's later requests carry the token as a cookie
+    base = url.partition("?")[0]
+    assert httpx.get(base + "static/app.js", cookies=cookies, timeout=5).status_code == 200
+    for path in ("", "api/state", "api/stream", "static/app.js"):
+        assert httpx.get(base + path, timeout=5).status_code == 401, path
+        assert httpx.get(f"{base}{path}?token=wrong", timeout=5).status_code == 401, path
     assert broker.stop() == 0, broker.output
 
 
