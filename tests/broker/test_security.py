@@ -25,6 +25,7 @@ from conftest import (
     eventually,
     free_tcp_endpoint,
     make_header,
+    run_loom,
     start_broker,
     start_worker,
     until,
@@ -490,8 +491,6 @@ def test_an_insecure_broker_says_so(spawn: Callable[..., Proc]) -> None:
             await ToolClient.connect(endpoint, timeout=10)
 
     asyncio.run(body())
-    from conftest import run_loom
-
     listed = run_loom("list", "--broker", endpoint, "--key", "none")
     assert listed.returncode == 0 and "insecure" in listed.stdout + listed.stderr
     assert proc.stop() == 0
@@ -564,3 +563,54 @@ def test_a_subscription_made_at_run_time_is_checked_too(site: Site) -> None:
             await actor.stop()
 
     asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    ("acl", "named"),
+    [
+        ('[identities.bob]\nkey = "short"\n', "identities.bob.key"),
+        ('[identities.bob]\nkey_file = "bob.key"\ngroups = ["nope"]\n', "identities.bob.groups"),
+        ('[identities."b.o.b"]\nkey_file = "bob.key"\n', "identities.b.o.b"),
+        ('[groups.g]\nsubscribe = ["a.*"]\n', "groups.g.subscribe"),
+        ('[groups.g]\npublish = ["a.b*"]\n', "groups.g.publish"),
+        ('[groups.g]\ncal = ["x"]\n', "groups.g.cal"),
+        ("[identities.bob\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_acl_file_is_refused_naming_the_file_and_key(
+    spawn: Callable[..., Proc], short_tmp: Path, acl: str, named: str
+) -> None:
+    """Each mistake in an ACL file stops the broker before it binds (exit 1), with the
+    file and the key in the message."""
+    new_keypair("bob", short_tmp)
+    path = short_tmp / "acl.toml"
+    path.write_text(acl)
+    argv = ["--endpoint", free_tcp_endpoint(), "--acl", str(path)]
+    proc = spawn(sys.executable, "-m", "loom.cli.broker", *argv)
+    assert proc.popen.wait(30) == 1
+    proc.wait_line(named)
+    assert str(path) in proc.output
+
+
+def test_the_command_line_takes_a_key_and_loom_audit_reads_the_log(
+    spawn: Callable[..., Proc], site: Site
+) -> None:
+    """`--key` on any command: mallory's `loom call` of its tool works, its `loom list`
+    is refused (exit 1, DENIED); `loom audit` shows that denial, filtered, as text or
+    JSON."""
+    start_worker(spawn, site.endpoint, "w1")
+    call = run_loom(
+        "call", "sample.add", '{"a": 1, "b": 2}', "--broker", site.endpoint,
+        "--key", str(site.mallory),
+    )  # fmt: skip
+    assert call.returncode == 0 and call.stdout.strip() == "3", call.stderr
+    listed = run_loom("list", "--broker", site.endpoint, "--key", str(site.mallory))
+    assert listed.returncode == 1 and "DENIED" not in listed.stdout
+    assert "may not read directory" in listed.stderr
+    audit = ["audit", "--file", str(site.audit)]
+    text = run_loom(*audit, "--identity", "mallory", "--event", "denied")
+    assert text.returncode == 0 and "denied mallory" in text.stdout
+    assert 'right="read"' in text.stdout and "tools served" not in text.stdout
+    records = [json.loads(line) for line in run_loom(*audit, "--json").stdout.splitlines()]
+    assert {"connected", "denied", "tools served"} <= {r["event"] for r in records}
+    assert all(r["time"] > 0 and r["identity"] for r in records)
