@@ -57,7 +57,7 @@ def private_ipc(endpoint: str) -> None:
         EndpointError: the directory is not private, or cannot be made.
     """
     scheme, _, path = endpoint.partition("://")
-    if scheme != "ipc":
+    if scheme != "ipc" or path.startswith("@"):  # abstract names have no directory
         return
     directory = Path(path).absolute().parent
     try:
@@ -316,7 +316,8 @@ class Broker:
             self._log.info("nothing to reload: the broker runs --insecure")
             return
         try:
-            self.guard.reload()
+            if self.guard.reload() and self.control is not None:
+                self.control.revoke()
         except Exception as exc:
             self._internal_error(exc)
 

@@ -62,6 +62,7 @@ from loom.protocol import (
     Trace,
     decode_body,
     decode_header,
+    decode_topic,
     encode_control,
     header_id,
     max_frame,
@@ -204,6 +205,7 @@ class ControlPlane:
         if len(frames) != 5:
             return True  # the durable plane counts and answers it
         try:
+            decode_topic(frames[2])
             env = decode_header(frames[3])
         except ProtocolError:
             return True
@@ -269,6 +271,22 @@ class ControlPlane:
                 wake = other
         return wake
 
+    def revoke(self) -> int:
+        """After the rights changed: forget the workers whose identity may no longer
+        serve one of their tools (their calls end ``WORKER_LOST`` or are retried
+        elsewhere; a worker that READYs again is refused). Returns how many."""
+        if self.guard is None:
+            return 0
+        gone = []
+        for identity, worker in self.tools.workers.items():
+            peer = self.peers.get(identity)
+            rights = self.guard.rights(peer.identity if peer is not None else "")
+            if not all(rights.may("serve", tool) for tool in worker.slots):
+                gone.append(identity)
+        for identity in gone:
+            self._forget(identity, "its identity may no longer serve its tools")
+        return len(gone)
+
     def _reply(self, identity: bytes, command: bytes, body: dict[str, Any]) -> None:
         self.peers.send(identity, encode_control(command, body))
 
@@ -318,36 +336,44 @@ class ControlPlane:
             self._reply(identity, ERROR_COMMAND, {**error, "rid": body.rid})
             return
         role = body.role if body.role in ROLES else "client"
-        if self.guard is not None and not self._may_join(identity, body.name, body.rid):
+        exclusive = role != "client" and body.unique
+        guard = self.guard
+        if guard is not None and not self._may_join(identity, body.name, exclusive, body.rid):
             return
         if self.guard is not None and self._refused_patterns(identity, body.patterns, body.rid):
             return
         if role == "actor" and not self._unique(identity, body):
             return
+        known = self.peers.get(identity)
+        previous = known.name if known is not None else None
         peer = self._introduce(identity, body.name, role, body.pid, body.rid)
         if peer is None:
             return
         if body.incarnation:
             peer.incarnation = body.incarnation
-        self._claim(peer)
         peer.unique = body.unique
+        self._claim(peer, previous)
         if not peer.joined and peer.role != "worker":
             self._publish(f"$sys.{peer.role}.joined", peer)
         peer.patterns = bounded(body.patterns)
         self._log.debug("hello", peer=peer.name, role=peer.role, pid=peer.pid, who=self.who)
         self._reply(identity, HELLO, {**self._announce, "identity": self.who, "rid": body.rid})
 
-    def _may_join(self, identity: bytes, name: str, rid: int | None) -> bool:
-        """The name is one this identity may take, and no live peer of another holds."""
+    def _may_join(self, identity: bytes, name: str, exclusive: bool, rid: int | None) -> bool:
+        """The name is one this identity may take, and (for an ``exclusive`` one: a
+        unique actor's, a worker's) no live peer of another identity holds it; the
+        owner may take any."""
         assert self.guard is not None
         who = self.who
-        if not self.guard.rights(who).may_take(name):
+        rights = self.guard.rights(who)
+        if not rights.may_take(name):
             self._denied("take the name", repr(name[:64]), identity, rid)
             return False
         holder = self.guard.holders.get(name)
         peer = self.peers.get(identity)
         renaming = peer is not None and peer.name == name
-        if holder is not None and holder != who and not renaming:
+        held = holder is not None and holder != who and not renaming
+        if held and exclusive and not rights.owner:
             self._denied(
                 "take the name", f"{name[:64]!r} (another identity's peer has it)", identity, rid
             )
@@ -397,10 +423,18 @@ class ControlPlane:
         self._refuse(identity, "DUPLICATE_NAME", message, body.rid)
         return False
 
-    def _claim(self, peer: Peer) -> None:
+    def _claim(self, peer: Peer, previous: str | None) -> None:
+        """``peer`` now speaks as its name: a unique actor's or a worker's name is its
+        identity's while it lives (clients' and shared names are not held: ``loom
+        call``, ``loom tap`` and the dashboard of every identity share theirs)."""
         peer.identity = self.who
-        if self.guard is not None:
-            self.guard.hold(peer.name, self.who)
+        guard = self.guard
+        if guard is None:
+            return
+        if previous is not None and previous != peer.name:  # renamed: the old is free
+            guard.release(previous, self.who, self.peers.holds(previous, self.who))
+        if peer.role != "client" and peer.unique:
+            guard.hold(peer.name, self.who)
 
     def _announce_patterns(self, identity: bytes, body: Patterns) -> None:
         """An actor's patterns now; answered when it asks (``rid``): DENIED when its
@@ -416,7 +450,7 @@ class ControlPlane:
     def _ready(self, identity: bytes, body: Ready) -> None:
         guard = self.guard
         if guard is not None:
-            if not self._may_join(identity, body.name, body.rid):
+            if not self._may_join(identity, body.name, True, body.rid):
                 return
             rights = guard.rights(self.who)
             refused = [t.name for t in body.tools if not rights.may("serve", t.name)]
@@ -428,9 +462,11 @@ class ControlPlane:
             self.drops.drop("ready", error, plane="control")
             self._refuse(identity, "INVALID_READY", error, body.rid)
             return
+        known = self.peers.get(identity)
+        previous = known.name if known is not None else None
         peer = self._introduce(identity, body.name, "worker", body.pid, body.rid)
         if peer is not None:
-            self._claim(peer)
+            self._claim(peer, previous)
             if guard is not None:
                 tools = [t.name for t in body.tools]
                 guard.audit.record("tools served", self.who, worker=peer.name, tools=tools)
@@ -517,12 +553,18 @@ class ControlPlane:
             message = "say HELLO before subscribing: a durable stream is tied to a live peer"
             self._refuse(identity, "UNKNOWN_PEER", message, body.rid)
             return
-        if self.guard is not None and not self._may_own(identity, body.name, body.rid):
-            return
+        guard = self.guard
+        if guard is not None:
+            if not self._may_own(identity, body.name, body.rid):
+                return
+            if self._refused_patterns(identity, body.patterns, body.rid):
+                return  # a durable stream reads what a subscription would
         answer = self.durable.subscribe(identity, body)
         if "code" in answer:
             self._refuse(identity, answer["code"], answer["message"], body.rid)
             return
+        if guard is not None and body.name not in self.owners and len(self.owners) < 100_000:
+            self.owners[body.name] = self.who  # once it exists: the name is its creator's
         self._reply(identity, DSUB, {**answer, "rid": body.rid})
         self.durable.start(body.name)  # after the answer: it must not queue behind a window
 
@@ -541,14 +583,15 @@ class ControlPlane:
             )
         if not self.guard.rights(who).may_own(name):
             return not self._denied("own the durable name", repr(name), identity, rid)
-        if owner is None and len(self.owners) < 100_000:
-            self.owners[name] = who
         return True
 
     def _replay(self, identity: bytes, body: Replay) -> None:
-        if self.guard is not None and not self.guard.rights(self.who).replay:
-            self._denied("replay", "the durable log", identity, body.rid)
-            return
+        if self.guard is not None:
+            if not self.guard.rights(self.who).replay:
+                self._denied("replay", "the durable log", identity, body.rid)
+                return
+            if self._refused_patterns(identity, [body.pattern], body.rid):
+                return  # the log holds what a subscription there would read
         if self._busy(identity, body.rid):
             return
         answer = self.durable.replay(body, budget=self._frame_limit // 2)

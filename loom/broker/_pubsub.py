@@ -338,19 +338,33 @@ class PubSubProxy:
         never is. A subscriber's subscriptions go with it when it disconnects (libzmq
         then reports each prefix no one requests any more, without an identity)."""
         xpub, counts = self._xpub, self.granted
+        in_step = True
         while True:
             try:
                 frame = xpub.recv(_NOBLOCK, copy=False)
             except zmq.Again:
-                return
+                return  # both of libzmq's queues are empty: in step again
             data = frame.bytes
             flag, asked = data[:1], data[1:]
             who = user_id(frame)
+            if flag not in (b"\x00", b"\x01"):
+                # libzmq 4.3 queues a subscriber's other frames without their pipe: every
+                # later subscription until the queue empties would be applied to another
+                # subscriber's pipe. Apply none of them (they are lost, counted), and ban
+                # the sender: no Loom peer sends such a frame.
+                in_step = False
+                guard.deny("send", who or "(unknown)", "a non-subscription frame to subscribers")
+                guard.ban(who, "sent non-subscription frames to the subscribe socket")
+                continue
+            if not in_step:
+                self.drops.drop("desync", "a subscription after a stray frame was not applied")
+                continue
             if flag == b"\x01":
                 prefix = guard.rights(who).grant(asked)
                 if prefix is None:
                     what = repr(asked.decode(errors="replace")[:200])
                     guard.deny("subscribe", who or "(unknown)", f"to {what}")
+                    guard.refused_subscription(who)
                     continue
                 xpub.setsockopt(zmq.SUBSCRIBE, prefix)
                 if prefix in counts or len(counts) < MAX_SUBSCRIPTIONS:

@@ -255,6 +255,8 @@ class Rights:
             return False
         if text.startswith(self._own) or self.owner:
             return True
+        if not text:  # everything, `$` topics included: the owner's alone
+            return False
         if text.startswith("$"):  # others' inboxes, $sys, $approval: only when named
             return any(root and text.startswith(root) for root in self.subscribe)
         return any(text.startswith(root) for root in self.subscribe)

@@ -34,6 +34,9 @@ from loom.protocol import ERROR, REPLY, REQUEST, Envelope, encode_header
 
 __all__ = ["AuditLog", "Guard"]
 
+MAX_REFUSED_SUBSCRIPTIONS = 10_000
+"""Refused subscriptions after which an identity is banned: libzmq keeps every prefix a
+subscriber asked for until it disconnects, granted or not."""
 MAX_REQUESTS = 100_000
 """Requests remembered (id -> topic) so that replies can be checked against them."""
 ZAP_DOMAIN = "loom"
@@ -114,8 +117,10 @@ class AuditLog:
     def _rotate(self) -> None:
         assert self.path is not None
         self._file.close()
-        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-        self._file = self._open()
+        try:
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        finally:  # rotated or not, go on writing (to the same file if need be)
+            self._file = self._open()
 
     def close(self) -> None:
         with self._lock:
@@ -132,27 +137,39 @@ class _Authenticator(ThreadAuthenticator):
         super().__init__(context)
         self._guard = guard
         self._address = ""
+        self._identity = ""
         self.configure_curve_callback(ZAP_DOMAIN, self)
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
-        self._address = msg[3].decode(errors="replace") if len(msg) > 3 else ""
-        await super().handle_zap_message(msg)
+        """Answer one ZAP request; nothing may end this thread (no connection would be
+        accepted after it): a failure is answered 500 and logged."""
+        try:
+            self._address = msg[3].decode(errors="replace") if len(msg) > 3 else ""
+            self._identity = ""
+            await super().handle_zap_message(msg)
+        except Exception:
+            self._guard.log.exception("the ZAP handler failed: connection refused")
+            if len(msg) > 1:
+                with contextlib.suppress(Exception):
+                    self._send_zap_reply(msg[1], b"500", b"internal error")
 
     def callback(self, domain: str, key: bytes) -> bool:
         """Called by the authenticator with the client's Z85 public key."""
-        identity = self._guard.acl.keys.get(key)
         guard = self._guard
-        if identity is None:
+        identity = guard.acl.keys.get(key)  # read once: a reload may swap the table
+        if identity is None or identity in guard.banned:
             guard.refused += 1
+            who = "(unknown)" if identity is None else identity
             guard.audit.record(
-                "connection refused", "(unknown)", limited=True, key=key.decode(), at=self._address
+                "connection refused", who, limited=True, key=key.decode(), at=self._address
             )
             return False
+        self._identity = identity
         guard.audit.record("connected", identity, limited=True, at=self._address)
         return True
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        return self._guard.acl.keys.get(zmq.utils.z85.encode(client_public_key), "")
+        return self._identity  # what callback() found, for this same request
 
 
 class Guard:
@@ -179,7 +196,7 @@ class Guard:
         self.settings = security
         self.insecure = security.insecure
         self.broker_name = broker_name
-        self._log = log
+        self.log = log
         home = home or loom_home()
         self.home = home
         self.keypair: Keypair | None = None
@@ -205,11 +222,17 @@ class Guard:
         """Connections whose key is not enrolled."""
         self.holders: dict[str, str] = {}
         """Peer name -> the identity of the live peer that holds it."""
-        self.requests: dict[bytes, bytes] = {}
-        """Request id -> its topic (the latest ``MAX_REQUESTS``), to check replies."""
+        self.requests: dict[bytes, tuple[bytes, bytes, str]] = {}
+        """Request id -> its topic, its reply topic and its requester (the latest
+        ``MAX_REQUESTS``): a reply must answer one, on its reply topic, from an identity
+        that may answer requests on its topic."""
         self._events: dict[str, Bucket] = {}
         self._calls: dict[str, Bucket] = {}
         self._authenticator: _Authenticator | None = None
+        self.banned: set[str] = set()
+        """Identities that broke the protocol on purpose: refused at the handshake and
+        with no rights until the ACL is reloaded."""
+        self._refused_subscriptions: dict[str, int] = {}
 
     @staticmethod
     def _ensure_public(directory: Path, broker: Keypair) -> None:
@@ -240,7 +263,7 @@ class Guard:
     def start(self, context: zmq.Context[Any]) -> None:
         """Start the ZAP authenticator (before any bind)."""
         if self.insecure:
-            self._log.warning(
+            self.log.warning(
                 "INSECURE: no CURVE, no identities, no rights: anyone who can reach this"
                 " broker may publish, read and call anything (started with --insecure)"
             )
@@ -274,13 +297,15 @@ class Guard:
         try:
             acl = self._load()
         except (ConfigError, KeyFileError) as exc:
-            self._log.error("ACL reload failed: the old rights stay", error=str(exc))
+            self.log.error("ACL reload failed: the old rights stay", error=str(exc))
             self.audit.record("acl reload failed", OWNER, error=str(exc))
             return False
         self.acl = acl
+        self.banned.clear()
+        self._refused_subscriptions.clear()
         self._events.clear()
         self._calls.clear()
-        self._log.info("ACL reloaded", acl=self.settings.acl, identities=len(acl.rights))
+        self.log.info("ACL reloaded", acl=self.settings.acl, identities=len(acl.rights))
         self.audit.record(
             "acl reloaded", OWNER, acl=self.settings.acl, identities=sorted(acl.rights)
         )
@@ -293,6 +318,25 @@ class Guard:
         if self.insecure:
             return self.acl.of(OWNER)
         return self.acl.of(identity)
+
+    def ban(self, identity: str, why: str) -> None:
+        """Take every right from ``identity`` and refuse its new connections, until the
+        ACL is reloaded (never the owner: that would lock out the broker's own user)."""
+        if not identity or identity == OWNER or identity in self.banned:
+            return
+        self.banned.add(identity)
+        self.acl.rights[identity] = self.acl.denied
+        self.log.error("identity banned until the ACL is reloaded", identity=identity, why=why)
+        self.audit.record("banned", identity, why=why)
+
+    def refused_subscription(self, identity: str) -> None:
+        """Count one; past ``MAX_REFUSED_SUBSCRIPTIONS``, ban (libzmq keeps each prefix
+        asked until the subscriber disconnects, refused or not)."""
+        count = self._refused_subscriptions.get(identity, 0) + 1
+        if len(self._refused_subscriptions) < 10_000 or identity in self._refused_subscriptions:
+            self._refused_subscriptions[identity] = count
+        if count > MAX_REFUSED_SUBSCRIPTIONS:
+            self.ban(identity, f"more than {MAX_REFUSED_SUBSCRIPTIONS} refused subscriptions")
 
     def deny(self, right: str, identity: str, what: str, **context: Any) -> str:
         """Count, log (rate-limited) and audit a denial; returns its message."""
@@ -324,18 +368,13 @@ class Guard:
             self.deny("send as", identity, repr(sender[:64]))
             return None
         kind = env.kind
-        if kind == REQUEST:
-            requests = self.requests
-            if len(requests) >= MAX_REQUESTS:
-                del requests[next(iter(requests))]
-            requests[env.id] = topic
-        elif (
+        if (
             kind in (REPLY, ERROR)
             and topic.startswith(b"$inbox.")
             and not topic.startswith(rights.inbox)  # its own: a probe of its link
         ):
             asked = self.requests.get(env.correlation_id or b"")
-            if asked is None or not rights.may_reply(asked):
+            if asked is None or asked[1] != topic or not rights.may_reply(asked[0]):
                 self.deny("reply", identity, "to that request (not one it may answer)")
                 return None
         if rights.rate:
@@ -347,6 +386,16 @@ class Guard:
         if env.origin is not None:
             self.deny("write", identity, "the origin field (the broker writes it)")
             return None
+        if kind == REQUEST and env.reply_to is not None:
+            requests = self.requests
+            asked = (topic, env.reply_to.encode(), identity)
+            known = requests.get(env.id)
+            if known is not None and known != asked:  # a resend is fine; a thief is not
+                self.deny("reuse", identity, "another request's id")
+                return None
+            if known is None and len(requests) >= MAX_REQUESTS:
+                del requests[next(iter(requests))]
+            requests[env.id] = asked
         first = header[0]
         if first == _FIXARRAY_14 and header[-1] == _NIL:  # origin last, left empty
             return header[:-1] + rights.origin
@@ -401,7 +450,7 @@ class Guard:
             self._names_changed()
 
     def _names_changed(self) -> None:
-        for rights in self.acl.rights.values():
+        for rights in (*self.acl.rights.values(), self.acl.denied):
             rights.senders.clear()
 
     def snapshot(self) -> dict[str, Any]:

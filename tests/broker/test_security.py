@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+from clients.ready import connect as connect_and_wait
 from clients.ready import curve, publisher
 from conftest import (
     SAMPLE_TOOLS,
@@ -614,3 +615,47 @@ def test_the_command_line_takes_a_key_and_loom_audit_reads_the_log(
     records = [json.loads(line) for line in run_loom(*audit, "--json").stdout.splitlines()]
     assert {"connected", "denied", "tools served"} <= {r["event"] for r in records}
     assert all(r["time"] > 0 and r["identity"] for r in records)
+
+
+def test_a_stray_frame_to_the_subscribe_socket_bans_its_sender(site: Site) -> None:
+    """libzmq queues a subscriber's non-subscription frames without their pipe, which
+    would shift later subscriptions onto other subscribers: the broker applies none
+    until its queue is empty again, and bans the sender (refused at the handshake from
+    then on, audited). The owner's peers subscribe as before."""
+
+    async def body() -> None:
+        with zmq.Context() as ctx:
+            raw = curve(ctx.socket(zmq.XSUB), site.mallory)
+            connect_and_wait(raw, site.hello["sub"])
+            raw.send(b"\x02junk")
+            raw.send(b"\x01chat.")
+            await until(lambda: site.audited("banned", identity="mallory"), 10)
+            raw.close(0)
+        with pytest.raises(AuthenticationError):
+            await ToolClient.connect(site.endpoint, key=site.mallory, timeout=5)
+        got: list[Event] = []
+        owner = Actor(name="owner", broker=site.endpoint)
+        await owner.subscribe("chat.**", got.append)
+        await owner.start()
+        try:
+            await owner.emit("chat.x", 1)
+            await until(lambda: got, 10)
+        finally:
+            await owner.stop()
+
+    asyncio.run(body())
+
+
+def test_a_durable_stream_or_replay_reads_only_where_a_subscription_could(site: Site) -> None:
+    """mallory may own durable names `mallory-*`, but a stream of one on topics it may
+    not read is refused, and so is a REPLAY of them."""
+
+    async def body() -> None:
+        sneak = Actor(name="sneak", broker=site.endpoint, key=site.mallory)
+        await sneak.subscribe("orders.**", lambda e: None, durable="mallory-x")
+        with pytest.raises(PermissionDeniedError, match="subscribe"):
+            await sneak.start()
+        with pytest.raises(PermissionDeniedError, match="replay"):
+            await ask(site.endpoint, REPLAY, {"pattern": "orders.**"}, key=site.mallory)
+
+    asyncio.run(body())
