@@ -118,6 +118,7 @@ class Broker:
         """The HTTP servers beside the broker (metrics, dashboard), stopped with it."""
         self.internal_errors = 0
         self._errors = DropCounter(self._log)
+        self._monitors: list[zmq.Socket[bytes]] = []
 
     def bind(self) -> dict[str, str]:
         """Bind every socket and build the planes; returns the endpoints (``control``,
@@ -215,6 +216,10 @@ class Broker:
             guard=checked,
         )
         self._router, self._xsub, self._xpub = router, xsub, xpub
+        if not guard.insecure:  # handshakes that fail before the ZAP handler sees a key
+            failed = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            self._monitors = [s.get_monitor_socket(failed) for s in (router, xsub, xpub)]
+            self._sockets.extend(self._monitors)
 
     def _serve_http(self) -> None:
         """Start the metrics endpoint and the dashboard, when the settings ask for them
@@ -279,9 +284,9 @@ class Broker:
         assert self.proxy is not None and self.control is not None
         proxy, control = self.proxy, self.control
         poller = zmq.Poller()
-        for sock in (self._xsub, self._xpub, self._router):
+        for sock in (self._xsub, self._xpub, self._router, *self._monitors):
             poller.register(sock, zmq.POLLIN)
-        xsub, xpub = self._xsub, self._xpub
+        xsub, xpub, router = self._xsub, self._xpub, self._router
         self._log.info("broker ready", **self.endpoints)
         try:
             while not self._stopping.is_set():
@@ -300,8 +305,10 @@ class Broker:
                             proxy.pump()
                         elif sock is xpub:
                             proxy.read_subscriptions()
-                        else:
+                        elif sock is router:
                             control.serve()
+                        elif self.guard is not None:
+                            self.guard.handshakes_failed(sock)
                     except Exception as exc:  # a bug must not take the mesh down
                         self._internal_error(exc)
         finally:

@@ -23,6 +23,7 @@ import msgspec
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
 
 from loom.broker._answers import Bucket
 from loom.broker._rights import ANONYMOUS, OWNER, Acl, Rights, load_acl
@@ -220,6 +221,8 @@ class Guard:
         """Denials by right (``publish``, ``subscribe``, ``call``...)."""
         self.refused = 0
         """Connections whose key is not enrolled."""
+        self.failed_handshakes = 0
+        """Connections that failed before a key was checked (no CURVE, another key)."""
         self.holders: dict[str, str] = {}
         """Peer name -> the identity of the live peer that holds it."""
         self.requests: dict[bytes, tuple[bytes, bytes, str]] = {}
@@ -318,6 +321,27 @@ class Guard:
         if self.insecure:
             return self.acl.of(OWNER)
         return self.acl.of(identity)
+
+    def handshakes_failed(self, monitor: zmq.Socket[bytes]) -> None:
+        """Count and audit what a broker socket's monitor reports: handshakes that
+        failed before any key was checked (a peer without CURVE, a wrong broker key).
+        Refused keys are the authenticator's to audit."""
+        while True:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except (zmq.ZMQError, ValueError, IndexError, KeyError):
+                return
+            self.failed_handshakes += 1
+            endpoint = event.get("endpoint", b"")
+            self.audit.record(
+                "handshake failed",
+                "(unknown)",
+                limited=True,
+                endpoint=endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else "",
+                error=hex(int(event.get("value", 0))),
+            )
 
     def ban(self, identity: str, why: str) -> None:
         """Take every right from ``identity`` and refuse its new connections, until the
@@ -461,6 +485,7 @@ class Guard:
             "identities": sorted(self.acl.rights),
             "denied": dict(self.denied),
             "refused_connections": self.refused,
+            "failed_handshakes": self.failed_handshakes,
             "audit_log": str(self.audit.path) if self.audit.path else None,
         }
 

@@ -153,6 +153,8 @@ def test_no_key_or_an_unknown_key_gets_nowhere_on_any_socket(site: Site) -> None
         for sock in (plain, stranger, pub, sub, monitor):
             sock.close(0)
     assert wait_for(lambda: site.audited("connection refused"))
+    assert wait_for(lambda: site.audited("handshake failed"))  # the one without CURVE
+    assert site.security()["failed_handshakes"] >= 1
     asyncio.run(_refused_at_once(site))
 
 
