@@ -11,8 +11,8 @@ from loom.keys import local_keys, new_keypair
 from loom.session import PeerKey, peer_key
 
 RIGHTS = """
-publish = ["bench.**", "warm"]
-subscribe = ["**"]
+publish = ["bench.**"]
+subscribe = ["bench.**"]
 serve = ["bench.*"]
 call = ["bench.*"]
 read = ["directory"]

@@ -56,7 +56,7 @@ from loom.protocol import (
 from loom.session import PeerKey, ask, secure_client
 
 PAYLOAD = b"x" * 64
-WARM = b"warm"
+WARM = b"bench.warm"
 TOPIC = b"bench.x"
 RATE = 10_000  # events/s for the latency runs
 LATENCY_SECONDS = 2.0
@@ -155,7 +155,7 @@ def raw_subscriber(
     secure_client(sub, key)
     sub.setsockopt(zmq.RCVTIMEO, 20_000)
     sub.bind(endpoint) if bind else sub.connect(endpoint)
-    sub.subscribe(b"")
+    sub.subscribe(b"bench.")  # all the bench sends: a right the ACL can grant
     recv = sub.recv
     got = 0
     latencies: list[int] = []
