@@ -67,7 +67,7 @@ def mesh(directory: str) -> Iterator[tuple[str, str]]:
         assert dashboard.stderr is not None
         url = ""
         for line in dashboard.stderr:
-            if found := re.search(r"loom dashboard: (http://\S+/)", line):
+            if found := re.search(r"loom dashboard: (http://\S+/\S*)", line):
                 url = found.group(1)
                 break
         if not url:
