@@ -326,11 +326,15 @@ async def _stolen(a: int, b: int = 1) -> int:
 
 
 class Slow(Actor):
-    """Answers svc.ping, slowly: a forger would be first."""
+    """Answers svc.ping once ``release`` is set: after the forger's reply."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = asyncio.Event()
 
     @on("svc.ping")
     async def ping(self, event: Event) -> str:
-        await asyncio.sleep(0.3)
+        await self.release.wait()
         return "real"
 
 
@@ -363,6 +367,8 @@ def test_a_request_is_answered_only_by_those_who_may(site: Site) -> None:
                 fields = msgpack.unpackb(head)
                 forged = make_header(kind=2, sender="mallory", correlation_id=fields[2])
                 pub.send_multipart([fields[6].encode(), forged, msgpack.packb("forged")])
+                assert await _denials(site, "reply")  # refused before the real one exists
+                responder.release.set()
                 return await asking
             finally:
                 spy.close(0)

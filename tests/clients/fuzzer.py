@@ -203,6 +203,17 @@ class Fuzzer:
         return [command, self.frame({**good, "rid": 3})]
 
 
+def settle(dealer: zmq.Socket[bytes], timeout: float = 10.0) -> None:
+    """Wait until the broker has served everything sent on ``dealer`` so far: it answers
+    a HEARTBEAT (or RESET) after the messages before it."""
+    dealer.send_multipart([b"HEARTBEAT", msgpack.packb({})])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if dealer.poll(50) and dealer.recv_multipart()[0] in (b"HEARTBEAT", b"RESET"):
+            return
+    raise SystemExit(f"the broker did not answer a HEARTBEAT within {timeout}s")
+
+
 def run(control: str, frames: int, seed: int) -> dict[str, int]:
     """Send ``frames`` messages on every plane of the broker at ``control``."""
     from ready import connect, curve, publisher  # beside this file, run as a script
@@ -234,7 +245,7 @@ def run(control: str, frames: int, seed: int) -> dict[str, int]:
             while dealer.poll(0):  # read the answers, as a live peer would
                 dealer.recv_multipart()
             if index % 100 == 99:
-                time.sleep(0.01)
+                settle(dealer)
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             if dealer.poll(50):
