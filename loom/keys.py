@@ -37,6 +37,8 @@ __all__ = [
     "local_keys",
     "loom_home",
     "new_keypair",
+    "public_key",
+    "write_public",
 ]
 
 BROKER_KEY = "broker"
@@ -140,6 +142,32 @@ def new_keypair(name: str, directory: Path, *, force: bool = False) -> Keypair:
     except OSError as exc:
         raise KeyFileError(f"{directory}: cannot write the key {name!r}: {exc}") from exc
     return load_keypair(secret_file)
+
+
+def public_key(text: str) -> bytes:
+    """A CURVE public key written as its 40 Z85 characters, checked.
+
+    Raises:
+        KeyFileError: it is not 40 Z85 characters that decode to 32 bytes.
+    """
+    try:
+        if len(text) == 40 and len(zmq.utils.z85.decode(text)) == 32:
+            return text.encode()
+    except (ValueError, KeyError):
+        pass
+    raise KeyFileError(f"{text[:60]!r}: not a CURVE public key (40 Z85 characters)")
+
+
+def write_public(directory: Path, name: str, public: bytes) -> Path:
+    """Write ``NAME.key`` holding ``public`` alone, in zmq.auth's format (zmq.auth
+    writes a public file only beside a new secret one); returns its path."""
+    path = directory / f"{_checked_name(name)}{_PUBLIC}"
+    text = (
+        "#   ZeroMQ CURVE Public Certificate\n"
+        f'metadata\ncurve\n    public-key = "{public.decode()}"\n'
+    )
+    path.write_text(text)
+    return path
 
 
 def load_keypair(path: Path) -> Keypair:

@@ -217,18 +217,18 @@ class ControlPlane:
         return True
 
     def _denied(self, right: str, what: str, identity: bytes, rid: int | None) -> bool:
-        """Refuse with ``DENIED`` (counted, logged, audited); True, for ``return``."""
+        """Refuse with ``DENIED`` (counted, logged, audited); False, the answer of the
+        ``_may_*`` check that calls it."""
         assert self.guard is not None
         message = self.guard.deny(right, self.who, what)
         self._refuse(identity, "DENIED", message, rid)
-        return True
+        return False
 
     def _may_read(self, what: str, identity: bytes, rid: int | None) -> bool:
         guard = self.guard
         if guard is None or guard.rights(self.who).may_read(what):
             return True
-        self._denied("read", what, identity, rid)
-        return False
+        return self._denied("read", what, identity, rid)
 
     def _control(self, identity: bytes, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -310,15 +310,28 @@ class ControlPlane:
         self.durable.gone(identity)
 
     def _introduce(
-        self, identity: bytes, name: str, role: str, pid: int | None, rid: int | None
+        self,
+        identity: bytes,
+        name: str,
+        role: str,
+        pid: int | None,
+        rid: int | None,
+        *,
+        unique: bool = True,
     ) -> Peer | None:
-        """The peer for ``identity``, made or updated from a HELLO or READY; None (and an
-        error sent) when the table is full."""
+        """The peer for ``identity``, made or updated from a HELLO or READY, speaking as
+        ``name`` from now on (see ``_claim``); None (and an error sent) when the table
+        is full."""
+        known = self.peers.get(identity)
+        previous = known.name if known is not None else None
         peer = self.peers.introduce(identity, name, role, pid)
         if peer is None:
             message = f"the broker already has {len(self.peers.table)} peers"
             self.drops.drop("peers", message, plane="control", peer=name)
             self._refuse(identity, "TOO_MANY_PEERS", message, rid)
+            return None
+        peer.unique = unique
+        self._claim(peer, previous)
         return peer
 
     def _publish(self, topic: str, peer: Peer, **extra: Any) -> None:
@@ -336,23 +349,19 @@ class ControlPlane:
             self._reply(identity, ERROR_COMMAND, {**error, "rid": body.rid})
             return
         role = body.role if body.role in ROLES else "client"
-        exclusive = role != "client" and body.unique
-        guard = self.guard
-        if guard is not None and not self._may_join(identity, body.name, exclusive, body.rid):
-            return
-        if self.guard is not None and self._refused_patterns(identity, body.patterns, body.rid):
-            return
+        if self.guard is not None:
+            exclusive = role != "client" and body.unique
+            if not self._may_join(identity, body.name, exclusive, body.rid):
+                return
+            if self._refused_patterns(identity, body.patterns, body.rid):
+                return
         if role == "actor" and not self._unique(identity, body):
             return
-        known = self.peers.get(identity)
-        previous = known.name if known is not None else None
-        peer = self._introduce(identity, body.name, role, body.pid, body.rid)
+        peer = self._introduce(identity, body.name, role, body.pid, body.rid, unique=body.unique)
         if peer is None:
             return
         if body.incarnation:
             peer.incarnation = body.incarnation
-        peer.unique = body.unique
-        self._claim(peer, previous)
         if not peer.joined and peer.role != "worker":
             self._publish(f"$sys.{peer.role}.joined", peer)
         peer.patterns = bounded(body.patterns)
@@ -367,17 +376,14 @@ class ControlPlane:
         who = self.who
         rights = self.guard.rights(who)
         if not rights.may_take(name):
-            self._denied("take the name", repr(name[:64]), identity, rid)
-            return False
+            return self._denied("take the name", repr(name[:64]), identity, rid)
         holder = self.guard.holders.get(name)
         peer = self.peers.get(identity)
         renaming = peer is not None and peer.name == name
         held = holder is not None and holder != who and not renaming
         if held and exclusive and not rights.owner:
-            self._denied(
-                "take the name", f"{name[:64]!r} (another identity's peer has it)", identity, rid
-            )
-            return False
+            what = f"{name[:64]!r} (another identity's peer has it)"
+            return self._denied("take the name", what, identity, rid)
         return True
 
     def _refused_patterns(self, identity: bytes, patterns: list[str], rid: int | None) -> bool:
@@ -462,11 +468,8 @@ class ControlPlane:
             self.drops.drop("ready", error, plane="control")
             self._refuse(identity, "INVALID_READY", error, body.rid)
             return
-        known = self.peers.get(identity)
-        previous = known.name if known is not None else None
         peer = self._introduce(identity, body.name, "worker", body.pid, body.rid)
         if peer is not None:
-            self._claim(peer, previous)
             if guard is not None:
                 tools = [t.name for t in body.tools]
                 guard.audit.record("tools served", self.who, worker=peer.name, tools=tools)
@@ -515,10 +518,7 @@ class ControlPlane:
         snap["tool_calls"] = dict(self.tools.counts)
         snap["pid"] = os.getpid()
         snap["boot"] = self.boot
-        if self.guard is not None:
-            snap["security"] = self.guard.snapshot()
-        else:
-            snap["security"] = {"insecure": True}
+        snap["security"] = self.guard.snapshot() if self.guard else {"insecure": True}
         return snap
 
     def _directory(self, identity: bytes, body: Empty) -> None:
@@ -578,11 +578,10 @@ class ControlPlane:
         who = self.who
         owner = self.owners.get(name)
         if owner is not None and owner != who:
-            return not self._denied(
-                "use the durable name", f"{name!r} (it is {owner}'s)", identity, rid
-            )
+            what = f"{name!r} (it is {owner}'s)"
+            return self._denied("use the durable name", what, identity, rid)
         if not self.guard.rights(who).may_own(name):
-            return not self._denied("own the durable name", repr(name), identity, rid)
+            return self._denied("own the durable name", repr(name), identity, rid)
         return True
 
     def _replay(self, identity: bytes, body: Replay) -> None:

@@ -33,37 +33,46 @@ from __future__ import annotations
 import re
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, TypeVar
 
 import msgpack
-import zmq
 from pydantic import Field, field_validator, model_validator
 
 from loom.config import Section, read_settings, validated
 from loom.errors import ConfigError, KeyFileError, PatternError
-from loom.keys import load_keypair
+from loom.keys import LOCAL_KEY, load_keypair, public_key
 from loom.protocol import Pattern
 
 __all__ = [
     "ANONYMOUS",
     "OWNER",
-    "READS",
     "Acl",
     "Rights",
     "load_acl",
     "subtree",
 ]
 
-OWNER = "local"
+OWNER = LOCAL_KEY
 """The identity of the Loom home's ``local`` key: the broker's own user."""
 ANONYMOUS = "anonymous"
 """Every peer's identity on a broker started ``--insecure`` (each has every right)."""
-READS = ("directory", "stats", "traces")
 IDENTITY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 BROKER_ONLY = ("$sys", "$approval")
 """Topics whose first token only the broker publishes under."""
 CACHE = 4096
 """Decisions cached per identity and kind (past it, the cache starts again)."""
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def remember(cache: dict[K, V], key: K, value: V) -> V:
+    """Keep ``value`` under ``key`` in a cache of at most ``CACHE`` entries (a full one
+    starts again); returns ``value``."""
+    if len(cache) >= CACHE:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def subtree(pattern: str) -> str:
@@ -137,9 +146,8 @@ class IdentityModel(RightsModel):
     def _z85(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                if len(value) != 40 or len(zmq.utils.z85.decode(value)) != 32:
-                    raise ValueError
-            except (ValueError, KeyError):
+                public_key(value)
+            except KeyFileError:
                 raise ValueError("a key is a CURVE public key: 40 Z85 characters") from None
         return value
 
@@ -203,8 +211,6 @@ class Rights:
         """Whether this identity may publish on ``topic`` (a valid topic); cached."""
         known = self.published.get(topic)
         if known is None:
-            if len(self.published) >= CACHE:
-                self.published.clear()
             text = topic.decode()
             if text.split(".", 1)[0] in BROKER_ONLY:
                 known = False
@@ -212,18 +218,16 @@ class Rights:
                 known = text.startswith(self._own[1]) or text.startswith("$inbox.")
             else:
                 known = self.owner or any(p.matches(text) for p in self.publish)
-            self.published[topic] = known
+            remember(self.published, topic, known)
         return known
 
     def may_reply(self, request_topic: bytes) -> bool:
         """Whether this identity may answer a request published on ``request_topic``."""
         known = self.replied.get(request_topic)
         if known is None:
-            if len(self.replied) >= CACHE:
-                self.replied.clear()
             text = request_topic.decode()
             known = self.owner or any(p.matches(text) for p in self.reply)
-            self.replied[request_topic] = known
+            remember(self.replied, request_topic, known)
         return known
 
     def grant(self, prefix: bytes) -> bytes | None:
@@ -234,15 +238,12 @@ class Rights:
         topic ``a`` itself is not delivered); else ``None``."""
         if prefix in self.granted:
             return self.granted[prefix]
-        if len(self.granted) >= CACHE:
-            self.granted.clear()
         granted: bytes | None = None
         if self._covers(prefix):
             granted = prefix
         elif prefix and not prefix.endswith(b".") and self._covers(prefix + b"."):
             granted = prefix + b"."
-        self.granted[prefix] = granted
-        return granted
+        return remember(self.granted, prefix, granted)
 
     def may_subscribe(self, prefix: bytes) -> bool:
         """Whether ``prefix`` (or its narrowing, see :meth:`grant`) is granted."""
@@ -266,11 +267,10 @@ class Rights:
         key = (right, tool)
         known = self._tools.get(key)
         if known is None:
-            if len(self._tools) >= CACHE:
-                self._tools.clear()
             patterns: list[str] = getattr(self, right)
-            known = self.owner or any(fnmatchcase(tool, p) for p in patterns)
-            self._tools[key] = known
+            known = remember(
+                self._tools, key, self.owner or any(fnmatchcase(tool, p) for p in patterns)
+            )
         return known
 
     def may_read(self, what: str) -> bool:
@@ -295,11 +295,18 @@ class Acl:
     Attributes:
         keys: public key (Z85 bytes) -> identity.
         rights: identity -> its :class:`Rights`.
-        source: the file read (``None``: none; only the owner is known).
+
+    Args:
+        owner_key: the Loom home's ``local`` public key (the owner, unless enrolled).
+        model: the ACL file, checked (none: only the owner is known).
+        source: the file's path (``key_file`` paths are relative to it).
+
+    Raises:
+        KeyFileError: a ``key_file`` cannot be read.
+        ValueError: two identities have the same key.
     """
 
     def __init__(self, owner_key: bytes, model: AclModel | None = None, source: Path | None = None):
-        self.source = source
         model = model or AclModel()
         self.keys: dict[bytes, str] = {}
         self.rights: dict[str, Rights] = {}
@@ -307,6 +314,8 @@ class Acl:
             grants: list[RightsModel] = [entry, *(model.groups[g] for g in entry.groups)]
             self.rights[name] = Rights(name, grants)
             key = _identity_key(entry, source)
+            if key in self.keys:
+                raise ValueError(f"identities.{name}: the same key as {self.keys[key]}")
             if key is not None:
                 self.keys[key] = name
         if OWNER not in self.rights:
@@ -352,28 +361,6 @@ def load_acl(path: str | Path, owner_key: bytes) -> Acl:
         if entry.key is None and entry.key_file is None and name != OWNER:
             raise ConfigError(f"{path}: identities.{name}: give its key or key_file")
     try:
-        acl = Acl(owner_key, model, path)
-    except KeyFileError as exc:
+        return Acl(owner_key, model, path)
+    except (KeyFileError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    seen: dict[str, str] = {}
-    for name, entry in model.identities.items():
-        key = entry.key or entry.key_file
-        if key is not None and key in seen:
-            raise ConfigError(f"{path}: identities.{name}: the same key as {seen[key]}")
-        if key is not None:
-            seen[key] = name
-    return acl
-
-
-def describe(rights: Rights) -> dict[str, Any]:
-    """An identity's rights as plain data (the audit log, ``loom audit``)."""
-    if rights.owner:
-        return {"owner": True}
-    return {
-        "publish": [p.text for p in rights.publish],
-        "subscribe": rights.subscribe,
-        "serve": rights.serve,
-        "call": rights.call,
-        "approve": rights.approve,
-        "read": sorted(rights.read),
-    }

@@ -23,15 +23,22 @@ import msgspec
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils.monitor import parse_monitor_message
 
 from loom.broker._answers import Bucket
-from loom.broker._rights import ANONYMOUS, OWNER, Acl, Rights, load_acl
+from loom.broker._rights import OWNER, Acl, Rights, load_acl, remember
 from loom.broker._settings import SecuritySettings
 from loom.errors import ConfigError, KeyFileError
-from loom.keys import BROKER_KEY, Keypair, key_dir, load_keypair, local_keys, loom_home
+from loom.keys import (
+    BROKER_KEY,
+    Keypair,
+    key_dir,
+    load_keypair,
+    local_keys,
+    loom_home,
+    write_public,
+)
 from loom.logs import DropCounter
-from loom.protocol import ERROR, REPLY, REQUEST, Envelope, encode_header
+from loom.protocol import ERROR, REPLY, REQUEST, Envelope, encode_header, monitor_events
 
 __all__ = ["AuditLog", "Guard"]
 
@@ -74,7 +81,6 @@ class AuditLog:
         self._lock = threading.Lock()
         self._buckets: dict[str, Bucket] = {}
         self._left_out: dict[str, int] = {}
-        self.written = 0
         self._file: Any = None
         if path is not None:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -109,7 +115,6 @@ class AuditLog:
             try:
                 self._file.write(json.dumps(line, default=str) + "\n")
                 self._file.flush()
-                self.written += 1
                 if self._file.tell() >= self._max_bytes:
                     self._rotate()
             except (OSError, ValueError):  # a full disk must not stop the broker
@@ -241,17 +246,10 @@ class Guard:
     def _ensure_public(directory: Path, broker: Keypair) -> None:
         """Peers of this home find the broker's public key as ``keys/broker.key``: when
         the broker was given another pair, that file must hold its public key."""
-        public = directory / f"{BROKER_KEY}.key"
         with contextlib.suppress(KeyFileError):
-            if load_keypair(public).public == broker.public:
+            if load_keypair(directory / f"{BROKER_KEY}.key").public == broker.public:
                 return
-        if broker.path.parent == directory and broker.name == BROKER_KEY:
-            return
-        text = (  # zmq.auth's format (it writes a public file only beside a secret one)
-            "#   ZeroMQ CURVE Public Certificate (the Loom broker's)\n"
-            f'metadata\ncurve\n    public-key = "{broker.public.decode()}"\n'
-        )
-        public.write_text(text)
+        write_public(directory, BROKER_KEY, broker.public)
 
     def _load(self) -> Acl:
         path = self.settings.acl
@@ -318,29 +316,17 @@ class Guard:
 
     def rights(self, identity: str) -> Rights:
         """The rights of ``identity`` (none for one the table does not know)."""
-        if self.insecure:
-            return self.acl.of(OWNER)
         return self.acl.of(identity)
 
     def handshakes_failed(self, monitor: zmq.Socket[bytes]) -> None:
         """Count and audit what a broker socket's monitor reports: handshakes that
         failed before any key was checked (a peer without CURVE, a wrong broker key).
         Refused keys are the authenticator's to audit."""
-        while True:
-            try:
-                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            except (zmq.ZMQError, ValueError, IndexError, KeyError):
-                return
+        for _, value, endpoint in monitor_events(monitor):
             self.failed_handshakes += 1
-            endpoint = event.get("endpoint", b"")
+            at = endpoint.decode(errors="replace")
             self.audit.record(
-                "handshake failed",
-                "(unknown)",
-                limited=True,
-                endpoint=endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else "",
-                error=hex(int(event.get("value", 0))),
+                "handshake failed", "(unknown)", limited=True, endpoint=at, error=hex(value)
             )
 
     def ban(self, identity: str, why: str) -> None:
@@ -401,12 +387,8 @@ class Guard:
             if asked is None or asked[1] != topic or not rights.may_reply(asked[0]):
                 self.deny("reply", identity, "to that request (not one it may answer)")
                 return None
-        if rights.rate:
-            rate = rights.rate.get("events")
-            if rate is not None and not self._bucket(self._events, identity, rate).take():
-                self.denied["rate"] = self.denied.get("rate", 0) + 1
-                self.drops.drop("rate", f"identity {identity!r} is over {rate:g} events/s")
-                return None
+        if rights.rate and self._over_rate(self._events, identity, rights, "events"):
+            return None
         if env.origin is not None:
             self.deny("write", identity, "the origin field (the broker writes it)")
             return None
@@ -434,10 +416,7 @@ class Guard:
             and (holder is None or holder == rights.name)
             and rights.may_take(sender)
         )
-        if len(rights.senders) >= 4096:
-            rights.senders.clear()
-        rights.senders[sender] = fair
-        return fair
+        return remember(rights.senders, sender, fair)
 
     def may_call(self, identity: str, tool: str) -> tuple[str, str] | None:
         """``None`` if ``identity`` may call ``tool`` now, else the tool plane's code
@@ -445,20 +424,26 @@ class Guard:
         rights = self.rights(identity)
         if not rights.may("call", tool):
             return "DENIED", self.deny("call", identity, repr(tool))
-        rate = rights.rate.get("calls")
-        if rate is not None and not self._bucket(self._calls, identity, rate).take():
-            self.denied["rate"] = self.denied.get("rate", 0) + 1
-            message = f"identity {identity!r} is over its {rate:g} calls/s"
-            self.drops.drop("rate", message)
-            return "OVERLOADED", message
-        return None
+        over = self._over_rate(self._calls, identity, rights, "calls")
+        return ("OVERLOADED", over) if over else None
 
-    @staticmethod
-    def _bucket(buckets: dict[str, Bucket], identity: str, rate: float) -> Bucket:
+    def _over_rate(
+        self, buckets: dict[str, Bucket], identity: str, rights: Rights, kind: str
+    ) -> str:
+        """Why ``identity`` is over its rate of ``kind`` (``events``, ``calls``) now,
+        counted and logged; ``""`` when it is not (or has no such rate)."""
+        rate = rights.rate.get(kind)
+        if rate is None:
+            return ""
         bucket = buckets.get(identity)
         if bucket is None:
             bucket = buckets[identity] = Bucket(rate, max(rate, 1.0))
-        return bucket
+        if bucket.take():
+            return ""
+        self.denied["rate"] = self.denied.get("rate", 0) + 1
+        message = f"identity {identity!r} is over its {rate:g} {kind}/s"
+        self.drops.drop("rate", message)
+        return message
 
     def hold(self, name: str, identity: str) -> None:
         """A live peer of ``identity`` took ``name``."""
@@ -488,8 +473,3 @@ class Guard:
             "failed_handshakes": self.failed_handshakes,
             "audit_log": str(self.audit.path) if self.audit.path else None,
         }
-
-
-def identity_of(guard: Guard | None, user: str) -> str:
-    """The identity a message's ``User-Id`` names (``anonymous`` when insecure)."""
-    return ANONYMOUS if guard is None or guard.insecure else user

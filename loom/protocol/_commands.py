@@ -13,11 +13,13 @@ word. Two layouts follow it:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import msgpack
 import msgspec
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from loom.errors import ProtocolError
 from loom.protocol._envelope import (
@@ -71,6 +73,7 @@ __all__ = [
     "encode_failure",
     "encode_ref",
     "encode_value",
+    "monitor_events",
     "recv_frames",
     "recv_frames_signed",
     "send_frames",
@@ -373,6 +376,18 @@ def _recv_all(sock: zmq.Socket[bytes], flags: int, max_frames: int) -> tuple[lis
     if extra:
         raise ProtocolError("frames", f"message of {len(frames) + extra} frames")
     return frames, first
+
+
+def monitor_events(monitor: zmq.Socket[bytes]) -> Iterator[tuple[int, int, bytes]]:
+    """The events waiting on a socket monitor (``get_monitor_socket``), each as
+    ``(event, value, endpoint)``; ends when none waits, or the monitor is closed or
+    garbled."""
+    while True:
+        try:
+            event = parse_monitor_message(monitor.recv_multipart(_NOBLOCK))
+        except (zmq.ZMQError, ValueError, IndexError, KeyError):  # zmq.Again included
+            return
+        yield int(event["event"]), int(event["value"]), bytes(event["endpoint"])
 
 
 def send_frames(sock: zmq.Socket[bytes], frames: list[bytes], flags: int = _NOBLOCK) -> None:

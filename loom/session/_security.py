@@ -21,7 +21,15 @@ from typing import Any
 import zmq
 
 from loom.errors import AuthenticationError, KeyFileError
-from loom.keys import BROKER_KEY, LOCAL_KEY, Keypair, key_dir, load_keypair, local_keys
+from loom.keys import (
+    BROKER_KEY,
+    LOCAL_KEY,
+    Keypair,
+    key_dir,
+    load_keypair,
+    local_keys,
+    public_key,
+)
 
 __all__ = ["NO_KEY", "KeySpec", "PeerKey", "handshake_failure", "peer_key", "secure_client"]
 
@@ -104,11 +112,7 @@ def _public_key(spec: str) -> bytes:
     """The broker's public key from 40 Z85 characters or a key file."""
     text = spec.strip()
     if len(text) == 40 and not Path(text).exists():
-        try:
-            zmq.utils.z85.decode(text)
-        except (ValueError, KeyError):
-            raise KeyFileError(f"{text!r}: not a Z85 public key") from None
-        return text.encode()
+        return public_key(text)
     return load_keypair(Path(text).expanduser()).public
 
 

@@ -11,7 +11,6 @@ from typing import Any, TypeVar, overload
 import msgspec
 import zmq
 import zmq.backend
-from zmq.utils.monitor import parse_monitor_message
 
 from loom.errors import (
     AuthenticationError,
@@ -37,6 +36,7 @@ from loom.protocol import (
     HelloAnswer,
     decode_control,
     encode_control,
+    monitor_events,
     recv_frames,
     send_frames,
 )
@@ -164,15 +164,10 @@ class Session:
     def _on_handshake_failed(self) -> None:
         """A handshake failed: say why to whoever waits for an answer (at once, not at
         their timeout), and once in the log."""
-        monitor = self._monitor
-        while monitor is not None:
-            try:
-                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            except (zmq.ZMQError, ValueError, IndexError):  # a closed or garbled monitor
-                return
-            error = handshake_failure(event["event"], event["value"], self.address, self.key)
+        if self._monitor is None:
+            return
+        for event, value, _ in monitor_events(self._monitor):
+            error = handshake_failure(event, value, self.address, self.key)
             if error is None:
                 continue
             if self.refused is None or str(self.refused) != str(error):

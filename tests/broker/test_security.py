@@ -584,6 +584,10 @@ def test_a_subscription_made_at_run_time_is_checked_too(site: Site) -> None:
         ('[groups.g]\npublish = ["a.b*"]\n', "groups.g.publish"),
         ('[groups.g]\ncal = ["x"]\n', "groups.g.cal"),
         ("[identities.bob\n", "not valid TOML"),
+        (
+            '[identities.a]\nkey_file = "bob.key"\n[identities.b]\nkey_file = "./bob.key"\n',
+            "identities.b: the same key as a",
+        ),
     ],
 )
 def test_a_bad_acl_file_is_refused_naming_the_file_and_key(
