@@ -65,6 +65,7 @@ def test_subpackage_exports() -> None:
     assert set(loom.tools.__all__) == {
         "ActorInfo",
         "Directory",
+        "SchemaTool",
         "Tool",
         "ToolClient",
         "ToolContext",
@@ -85,11 +86,29 @@ def test_subpackage_exports() -> None:
         "NetRules",
         "Sandbox",
         "check_host",
+        "confined_command",
     }
     assert set(loom.dashboard.__all__) == {"Dashboard", "DashboardThread", "MeshView"}
     for package in (loom.actor, loom.broker, loom.session, loom.tools, loom.dashboard):
         for name in package.__all__:
             assert hasattr(package, name), (package, name)
+
+
+def test_mcp_exports() -> None:
+    """The MCP package: both directions and the settings; the SDK loads on first use."""
+    import loom.mcp
+
+    assert set(loom.mcp.__all__) == {
+        "McpBridge",
+        "McpServerSettings",
+        "McpSettings",
+        "McpToolSettings",
+        "MeshServer",
+        "mesh_name",
+        "serve_mesh",
+    }
+    for name in loom.mcp.__all__:
+        assert hasattr(loom.mcp, name), name
 
 
 def test_cognition_exports() -> None:

@@ -29,13 +29,14 @@ LAYERS = {
     "loom.dashboard": 3,
     "loom.desktop": 3,
     "loom.cognition": 4,
+    "loom.mcp": 4,
     "loom.cli": 5,
     "loom.demo": 5,
     "loom": 6,
 }
 """Each part of the package and its layer, bottom up (``docs/decisions.md`` #23)."""
 
-NEVER = {"loom.broker": {"loom.actor", "loom.tools", "loom.cognition", "loom.desktop"}}
+NEVER = {"loom.broker": {"loom.actor", "loom.tools", "loom.cognition", "loom.desktop", "loom.mcp"}}
 """Parts that may not import others at all, even through their public faces."""
 
 

@@ -524,7 +524,12 @@ class ControlPlane:
     def _directory(self, identity: bytes, body: Empty) -> None:
         if not self._may_read("directory", identity, body.rid):
             return
-        self._reply(identity, DIRECTORY, {**self._directory_answer.get(), "rid": body.rid})
+        answer = self._directory_answer.get()
+        rights = self.guard.rights(self.who) if self.guard is not None else None
+        if rights is not None and not rights.owner:  # the tools it may call, no others
+            tools = [tool for tool in answer["tools"] if rights.may("call", tool["name"])]
+            answer = {**answer, "tools": tools}
+        self._reply(identity, DIRECTORY, {**answer, "rid": body.rid})
 
     def _build_directory(self) -> dict[str, Any]:
         """DIRECTORY, within one frame: tools first (their schemas are what agents read),

@@ -163,6 +163,9 @@ class ToolRouter:
         if worker is None:
             worker = WorkerState(identity, body.name, body.pid, now)
             self.workers[identity] = worker
+        announced = {tool.name for tool in body.tools}
+        for name in [name for name in worker.slots if name not in announced]:
+            self._withdraw(worker, name)  # a READY names the worker's whole set
         for spec, size in specs:
             name, capacity = spec["name"], spec["concurrency"]
             entry = self.tools.get(name)
@@ -188,6 +191,17 @@ class ToolRouter:
             self._pump(entry)
         self._log.info("worker ready", worker=worker.name, tools=[t.name for t in body.tools])
         return None
+
+    def _withdraw(self, worker: WorkerState, name: str) -> None:
+        """``worker`` serves ``name`` no more; its calls in flight still end normally."""
+        slot = worker.slots.pop(name)
+        entry = self.tools.get(name)
+        if entry is not None:
+            entry.slots.pop(worker.identity, None)
+            if slot in entry.free:
+                entry.free.remove(slot)
+            self._drop_if_unserved(name)
+        self._log.info("tool withdrawn", tool=name, worker=worker.name)
 
     def drain(self, identity: bytes) -> None:
         """Send the worker no more calls (it is shutting down)."""
@@ -431,7 +445,12 @@ class ToolRouter:
             self._dispatch(entry, queue.popleft(), now)
 
     def _make_free(self, entry: ToolEntry, slot: Slot) -> None:
-        if slot.busy < slot.capacity and not slot.worker.draining and slot not in entry.free:
+        if (
+            slot.busy < slot.capacity
+            and not slot.worker.draining
+            and entry.slots.get(slot.worker.identity) is slot  # not withdrawn
+            and slot not in entry.free
+        ):
             bisect.insort(entry.free, slot, key=last_used)
 
     def _worker(self, worker_id: bytes) -> WorkerState | None:
@@ -587,6 +606,7 @@ class ToolRouter:
                 "idempotent": entry.idempotent,
                 "approval": entry.approval,
                 "sandbox": _string_map(entry.spec.get("sandbox")),
+                "annotations": entry.spec.get("annotations"),
                 "workers": [slot.worker.name for slot in entry.slots.values()],
                 "capacity": sum(slot.capacity for slot in entry.slots.values()),
                 "in_flight": sum(slot.busy for slot in entry.slots.values()),

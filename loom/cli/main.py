@@ -18,6 +18,7 @@ from loom.cli import audit as audit_commands
 from loom.cli import bench as bench_commands
 from loom.cli import dashboard as dashboard_commands
 from loom.cli import keys as key_commands
+from loom.cli import mcp as mcp_commands
 from loom.cli import run as run_commands
 from loom.cli import sandbox as sandbox_commands
 from loom.cli import stats as stats_commands
@@ -54,6 +55,8 @@ EXAMPLES = """examples:
   loom agent analyst --llm local              # a cognitive actor on a configured LLM
   loom ask analyst 'What failed today?'       # give it a task, print the answer
   loom llm-stub script.json --port 8088       # a scripted LLM, to try agents offline
+  loom mcp attach configs/mcp.toml            # MCP servers' tools on the mesh, as NAME.TOOL
+  loom mcp serve                              # the mesh's tools to an MCP client (stdio)
 """
 
 
@@ -149,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands.add_parsers(commands, common)
     dashboard_commands.add_parsers(commands, common)
     agent_commands.add_parsers(commands, common)
+    mcp_commands.add_parsers(commands, common)
 
     demo = commands.add_parser(
         "demo",
@@ -200,7 +204,7 @@ def _command(argv: list[str] | None) -> int:
         except LoomError as exc:
             print(f"loom run: {exc}", file=sys.stderr)
             return 2
-    long_running = ("demo", "worker", "actor", "agent", "dashboard")
+    long_running = ("demo", "worker", "actor", "agent", "dashboard", "mcp")
     level = args.log_level or ("info" if args.command in long_running else "warning")
     configure_logging(json=args.log_json, level=level)
     broker = broker_address(args.broker)
@@ -257,6 +261,8 @@ def _command(argv: list[str] | None) -> int:
             return key_commands.run_keys(args)
         elif args.command == "audit":
             return audit_commands.run_audit(args)
+        elif args.command == "mcp":
+            return mcp_commands.run_mcp(args, broker)
         else:
             return asyncio.run(run_demo(broker, args.duration, args.dashboard_port))
     except LoomError as exc:

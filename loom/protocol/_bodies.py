@@ -121,9 +121,11 @@ class ToolSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     approval: bool = False
     sandbox: dict[Name, Annotated[str, msgspec.Meta(max_length=4096)]] | None = None
     """The layers confining the tool's calls, as its worker reported them."""
+    annotations: dict[str, Any] | None = None
+    """Hints about the tool (MCP's ``title``, ``readOnlyHint``...), JSON, for clients."""
 
     def __post_init__(self) -> None:
-        for schema in (self.schema, self.returns):
+        for schema in (self.schema, self.returns, self.annotations):
             if schema is not None and not _json_like(schema):
                 raise ValueError(f"the schema of {self.name} is not JSON (maps with string keys)")
 

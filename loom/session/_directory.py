@@ -49,6 +49,8 @@ class ToolInfo(BaseModel):
     """Calls wait for an approver's yes (``loom approve``)."""
     sandbox: dict[str, str] | None = None
     """The layers confining the tool's calls, as its worker reported them."""
+    annotations: dict[str, Any] | None = None
+    """Hints about the tool (MCP's ``title``, ``readOnlyHint``...), as announced."""
     workers: list[str]
     capacity: int
     in_flight: int

@@ -3,12 +3,13 @@
 from loom.session import ActorInfo, Directory, ToolClient, ToolInfo, WorkerInfo
 from loom.tools._config import ToolSettings, WorkerSettings
 from loom.tools._loader import configure_tools, load_tools
-from loom.tools._tool import Tool, ToolContext, tool
+from loom.tools._tool import SchemaTool, Tool, ToolContext, tool
 from loom.tools._worker import Worker, WorkerStats
 
 __all__ = [
     "ActorInfo",
     "Directory",
+    "SchemaTool",
     "Tool",
     "ToolClient",
     "ToolContext",

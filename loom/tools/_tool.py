@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, overload
 
@@ -15,7 +15,7 @@ from loom.errors import InvalidParamsError, ToolDefinitionError
 from loom.protocol import MAX_CONCURRENCY, MAX_SCHEMA_BYTES, encode_body
 from loom.tools.sandbox._policy import Sandbox
 
-__all__ = ["Tool", "ToolContext", "tool"]
+__all__ = ["SchemaTool", "Tool", "ToolContext", "tool"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _SECTIONS = re.compile(
@@ -136,6 +136,10 @@ class Tool:
         self.model = self._build_model(arg_docs)
         self.schema: dict[str, Any] = self.model.model_json_schema(by_alias=True)
         self.returns: dict[str, Any] | None = self._return_schema()
+        self.annotations: dict[str, Any] | None = None
+        self._check_size()
+
+    def _check_size(self) -> None:
         size = len(encode_body(self.spec()))
         if size > MAX_SCHEMA_BYTES:  # the broker would refuse the worker's READY
             raise ToolDefinitionError(
@@ -191,6 +195,7 @@ class Tool:
             "idempotent": self.idempotent,
             "concurrency": self.concurrency,
             "approval": self.approval,
+            "annotations": self.annotations,
         }
 
     def bind(self, args: Any) -> dict[str, Any]:
@@ -221,6 +226,69 @@ class Tool:
 
     def __repr__(self) -> str:
         return f"Tool({self.name!r})"
+
+
+class SchemaTool(Tool):
+    """A tool whose schema is given rather than read from a signature: a bridge to tools
+    defined elsewhere (an MCP server's). ``fn`` is ``async def fn(arguments, context)``:
+    the call's arguments as one map (checked to be a map, the rest is the far side's to
+    validate) and its :class:`ToolContext`.
+
+    Raises:
+        ToolDefinitionError: a bad name, timeout or concurrency, or a spec too large.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[dict[str, Any], ToolContext], Awaitable[Any]],
+        schema: dict[str, Any],
+        *,
+        description: str = "",
+        returns: dict[str, Any] | None = None,
+        annotations: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        concurrency: int = 8,
+        approval: bool = False,
+    ) -> None:
+        if not _NAME.match(name):
+            raise ToolDefinitionError(
+                f"tool name {name!r}: use dot-separated words of letters, digits, _ and -"
+            )
+        if timeout is not None and timeout <= 0:
+            raise ToolDefinitionError(f"tool {name!r}: timeout must be positive")
+        if not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise ToolDefinitionError(
+                f"tool {name!r}: concurrency must be from 1 to {MAX_CONCURRENCY}"
+            )
+        self.fn = fn
+        self.name = name
+        self.sandbox = None
+        self.approval = approval
+        self.is_async = True
+        self.timeout = timeout
+        self.idempotent = idempotent
+        self.concurrency = concurrency
+        self.description = description
+        self.context_param = "context"
+        self._params = []
+        self.schema = schema
+        self.returns = returns
+        self.annotations = annotations
+        self._check_size()
+
+    def bind(self, args: Any) -> dict[str, Any]:
+        """``{"arguments": args}`` once ``args`` is a map.
+
+        Raises:
+            InvalidParamsError: ``args`` is not a map.
+        """
+        if not isinstance(args, dict):
+            raise InvalidParamsError(
+                f"arguments must be a map, not {type(args).__name__}", tool=self.name
+            )
+        return {"arguments": args}
 
 
 @overload

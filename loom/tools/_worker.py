@@ -50,7 +50,7 @@ from loom.protocol import (
     max_frame,
 )
 from loom.session import KeySpec, Session, check_endpoint
-from loom.tools._tool import Tool, ToolContext
+from loom.tools._tool import SchemaTool, Tool, ToolContext
 from loom.tools.sandbox._host import probe_host
 from loom.tools.sandbox._runner import SandboxRunner
 
@@ -268,6 +268,30 @@ class Worker:
             )
         await self._session.request(READY, body, Empty, timeout=self._connect_timeout)
 
+    async def replace_tools(self, tools: Iterable[Tool]) -> None:
+        """Serve ``tools`` from now on instead of the present set, and say so to the
+        broker: tools left out stop taking calls (those in flight finish), new ones start.
+        For ``async def`` tools without a sandbox (a bridge's, whose set changes at run
+        time).
+
+        Raises:
+            ValueError: two tools share a name, there are too many, or one needs a
+                thread or a sandbox.
+            ToolsRefusedError: the broker refused the new set.
+        """
+        made: dict[str, Tool] = {}
+        for item in tools:
+            if item.name in made:
+                raise ValueError(f"two tools are named {item.name!r}")
+            if not item.is_async or item.sandbox is not None:
+                raise ValueError(f"{item.name}: only async tools without a sandbox change")
+            made[item.name] = item
+        if len(made) > MAX_TOOLS:
+            raise ValueError(f"a worker serves at most {MAX_TOOLS} tools")
+        self.tools = made
+        if self._session is not None:
+            await self._announce()
+
     def _spec(self, item: Tool) -> dict[str, Any]:
         """A tool's READY spec; a sandboxed tool's carries the layers that confine it."""
         sandbox = self._sandboxes.get(item.name)
@@ -379,6 +403,9 @@ class Worker:
             return
         except Exception as exc:
             self.stats.failed += 1
+            if isinstance(exc, ToolError) and isinstance(tool, SchemaTool):
+                self._fail(token, exc.code, _truncate(str(exc)), **exc.details)
+                return  # a bridged tool's failure keeps its code (WORKER_LOST, TIMEOUT...)
             self.log.warning("tool failed", tool=tool.name, exc_info=exc)
             text = _truncate(str(exc))
             name = type(exc).__name__

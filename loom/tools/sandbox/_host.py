@@ -15,10 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from loom.errors import SandboxUnavailableError
 from loom.tools.sandbox._code import imported_code
 from loom.tools.sandbox._policy import Sandbox
 
-__all__ = ["HostLayers", "probe_host"]
+__all__ = ["HostLayers", "confined_command", "probe_host"]
 
 _CGROUP_V1 = Path("/sys/fs/cgroup/pids")
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -210,3 +211,19 @@ def _sweep(base: Path) -> None:
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             with contextlib.suppress(OSError):
                 group.rmdir()
+
+
+def confined_command(argv: list[str], policy: Sandbox, jail: Path) -> list[str]:
+    """``argv`` run inside bubblewrap under ``policy``'s namespaces and file system rules
+    (the host read-only, ``jail`` and the policy's writable paths read-write, a private
+    ``/tmp``, no network when the policy has none), ending with its parent: for a whole
+    program, such as an MCP server, rather than a tool call. ``jail`` is created.
+
+    Raises:
+        SandboxUnavailableError: bubblewrap does not run here (the reason says why).
+    """
+    host = probe_host()
+    if host.bwrap is None:
+        raise SandboxUnavailableError(f"cannot confine {argv[0]}: {host.bwrap_why}")
+    jail.mkdir(parents=True, exist_ok=True)
+    return [*host.bwrap_command(policy, jail.resolve()), *argv]
