@@ -1,10 +1,12 @@
 """A test cognitive actor: `thinker.py ENDPOINT BASE_URL NAME [BUDGET] [MEMORY_DIR]`.
 
 Thinks with the LLM at BASE_URL (the scripted stand-in), uses the mesh's `sample.*`
-tools; `agent.<NAME>.delegate` spawns a sub-agent with the request's goal;
-`agent.<NAME>.remember` / `.recall` use its memory.
+tools (or the comma-separated patterns of `$THINKER_TOOLS`); `agent.<NAME>.delegate`
+spawns a sub-agent with the request's goal; `agent.<NAME>.remember` / `.recall` use its
+memory.
 """
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ if __name__ == "__main__":
         endpoint,
         llm=ChatClient(settings),
         llm_settings=settings,
-        tools=("sample.*",),
+        tools=tuple(os.environ.get("THINKER_TOOLS", "sample.*").split(",")),
         token_budget=budget,
         memory_dir=memory,
     ).run()

@@ -15,10 +15,11 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import ROOT, eventually, free_tcp_endpoint, wait_for
+from conftest import ACTORS, ROOT, eventually, free_tcp_endpoint, wait_for
 from mcp_helpers import attach, everything, http_server, probe, stdio_server, tools_named
 
 from loom import Actor, Event, ToolClient
+from loom.cognition import ScriptedLLM
 from loom.errors import (
     InvalidParamsError,
     ToolFailedError,
@@ -428,3 +429,53 @@ def test_approval_and_tool_selection_from_the_config(
             assert not tools["probe.pid"].approval
 
     asyncio.run(go())
+
+
+def test_the_agent_loop_calls_an_mcp_tool(
+    mesh: str, spawn: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A cognitive actor (the scripted LLM on loopback) sees time.get_current_time among
+    its tools, calls it, and answers from the observation."""
+    attach(spawn, mesh, tmp_path, stdio_server("time", TIME))
+
+    async def listed() -> None:
+        async with await ToolClient.connect(mesh) as client:
+            await tools_named(client, "time.get_current_time")
+
+    asyncio.run(listed())
+    call = {"name": "time__get_current_time", "arguments": '{"timezone": "Asia/Tokyo"}'}
+    script = [
+        {"reply": {"content": "Let me look.", "tool_calls": [call]}},
+        {
+            "expect": {"last_role": "tool", "contains": "Asia/Tokyo"},
+            "reply": {"content": "It is daytime somewhere."},
+        },
+    ]
+    with ScriptedLLM(script) as llm:
+        thinker = ACTORS / "thinker.py"
+        proc = spawn(
+            sys.executable,
+            str(thinker),
+            mesh,
+            llm.base_url,
+            "thinker",
+            env={"THINKER_TOOLS": "time.*"},
+        )
+        proc.wait_line("actor started")
+
+        async def ask() -> Any:
+            actor = Actor(name="asker", broker=mesh)
+            await actor.start()
+            try:
+                return await actor.request(
+                    "agent.thinker.task", {"task": "What time is it in Tokyo?"}, timeout=40
+                )
+            finally:
+                await actor.stop()
+
+        result = asyncio.run(ask())
+        assert result["status"] == "answered", result
+        assert result["answer"] == "It is daytime somewhere."
+        offered = [t["function"]["name"] for t in llm.requests[0]["tools"]]
+        assert "time__get_current_time" in offered
+        assert llm.remaining == 0
