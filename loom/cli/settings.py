@@ -21,6 +21,7 @@ from pydantic import (
 from loom.broker import BrokerSettings, SecuritySettings
 from loom.config import LogSettings, Section, read_settings, validated
 from loom.errors import ConfigError, LLMConfigError
+from loom.mcp import McpSettings
 from loom.tools import ToolSettings, WorkerSettings
 
 __all__ = [
@@ -44,6 +45,8 @@ class Settings(Section):
     tools: dict[str, ToolSettings] = Field(default_factory=dict)
     llm: dict[str, Any] = Field(default_factory=dict)
     """``[llm.NAME]``: LLM providers by name, as ``loom.cognition.LLMSettings``."""
+    mcp: McpSettings = McpSettings()
+    """``[mcp.servers.NAME]``: MCP servers for ``loom mcp attach``."""
 
     @field_validator("llm")
     @classmethod

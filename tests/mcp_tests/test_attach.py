@@ -15,18 +15,21 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import ACTORS, ROOT, eventually, free_tcp_endpoint, wait_for
+from conftest import ACTORS, ROOT, eventually, free_tcp_endpoint, start_broker, wait_for
+from mcp import Client, StdioServerParameters
 from mcp_helpers import attach, everything, http_server, probe, stdio_server, tools_named
 
 from loom import Actor, Event, ToolClient
 from loom.cognition import ScriptedLLM
 from loom.errors import (
     InvalidParamsError,
+    ToolDeniedError,
     ToolFailedError,
     ToolTimeoutError,
     UnknownToolError,
     WorkerLostError,
 )
+from loom.keys import new_keypair
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -479,3 +482,78 @@ def test_the_agent_loop_calls_an_mcp_tool(
         offered = [t["function"]["name"] for t in llm.requests[0]["tools"]]
         assert "time__get_current_time" in offered
         assert llm.remaining == 0
+
+
+def test_mcp_server_fetch_reads_a_loopback_page(
+    mesh: str, spawn: Callable[..., Any], tmp_path: Path
+) -> None:
+    """PyPI's mcp-server-fetch, attached over stdio, fetches a page from a loopback HTTP
+    server (no outside network) and returns it as markdown text."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text(
+        "<html><head><title>Loom page</title></head><body><h1>Hello from loopback</h1>"
+        "<p>The mesh fetched this.</p></body></html>"
+    )
+    port = free_port()
+    web = spawn(
+        sys.executable,
+        "-m",
+        "http.server",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        str(site),
+    )
+    web.wait_line("Serving HTTP", timeout=15)
+    fetch = [sys.executable, "-m", "mcp_server_fetch", "--ignore-robots-txt", "--allow-private-ips"]
+    attach(spawn, mesh, tmp_path, stdio_server("fetch", fetch))
+
+    async def go() -> None:
+        async with await ToolClient.connect(mesh) as client:
+            tools = await tools_named(client, "fetch.fetch")
+            assert "url" in tools["fetch.fetch"].schema_["properties"]
+            page = await client.call("fetch.fetch", {"url": f"http://127.0.0.1:{port}/"})
+            assert "Hello from loopback" in page["text"]
+
+    asyncio.run(go())
+
+
+def test_rights_apply_to_mcp_tools_by_name(
+    spawn: Callable[..., Any], tmp_path: Path, short_tmp: Path
+) -> None:
+    """An identity the ACL lets call `time.*` only: its directory lists those tools
+    alone (so does `loom mcp serve` run with its key), and calling another server's
+    tool is DENIED."""
+    new_keypair("alice", short_tmp)
+    acl = short_tmp / "acl.toml"
+    acl.write_text(
+        '[identities.alice]\nkey_file = "alice.key"\ncall = ["time.*"]\nread = ["directory"]\n'
+    )
+    broker = free_tcp_endpoint()
+    start_broker(spawn, broker, "--acl", str(acl), "--audit-log", "off")
+    attach(spawn, broker, tmp_path, stdio_server("time", TIME) + probe())
+    alice = short_tmp / "alice.key_secret"
+
+    async def go() -> None:
+        async with await ToolClient.connect(broker) as owner:
+            await tools_named(owner, "time.get_current_time", "probe.pid")
+        async with await ToolClient.connect(broker, key=alice) as client:
+            names = {tool.name for tool in (await client.directory()).tools}
+            assert "time.get_current_time" in names
+            assert not any(name.startswith("probe.") for name in names)
+            now = await client.call("time.get_current_time", {"timezone": "UTC"})
+            assert now["structured"]["timezone"] == "UTC"
+            with pytest.raises(ToolDeniedError):
+                await client.call("probe.pid", {})
+        server = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "loom.cli.main", "mcp", "serve", "--broker", broker, "--key", str(alice)],
+            env={"LOOM_HOME": os.environ["LOOM_HOME"], "TMPDIR": os.environ["TMPDIR"]},
+        )
+        async with Client(server, cache=None) as mcp_client:
+            offered = {tool.name for tool in (await mcp_client.list_tools()).tools}
+            assert "time.get_current_time" in offered and "probe.pid" not in offered
+
+    asyncio.run(go())
