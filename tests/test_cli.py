@@ -276,9 +276,11 @@ def test_every_command_has_examples_and_the_common_flags() -> None:
     [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     assert len(commands.choices) >= 16
     for name, parser in commands.choices.items():
-        text = parser.format_help()
         assert parser.epilog and "loom" in parser.epilog, name
-        assert "--broker" in text and "--log-json" in text and "--timeout" in text, name
+        verbs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for leaf in verbs[0].choices.values() if verbs else [parser]:  # `loom mcp attach`
+            text = leaf.format_help()
+            assert "--broker" in text and "--log-json" in text and "--timeout" in text, name
 
 
 def test_stats_hides_the_plumbing_topics_unless_asked(broker: str) -> None:
