@@ -49,3 +49,30 @@ def test_the_readme_tool_example_runs(
     )
     assert call.returncode == 0, call.stderr
     assert int(call.stdout) == len(README.read_text().splitlines())
+
+
+def test_the_readme_mcp_commands_run(mesh: str, spawn: Callable[..., Proc]) -> None:
+    """The MCP section's three commands: the extra is installed (this checkout's test
+    extras include it), `loom mcp attach configs/mcp.toml` serves the time server's
+    tools, and the `loom call` prints the time in Tokyo."""
+    section = README.read_text().split("### MCP both ways", 1)[1].split("\n### ", 1)[0]
+    block = re.search(r"```sh\n(.+?)\n```", section, re.DOTALL)
+    assert block is not None
+    install, attach, call = block.group(1).splitlines()
+    assert install.startswith("pip install") and "mcp-server-time" in install
+    assert attach.endswith("&")
+    words = [str(ROOT / w) if w.endswith(".toml") else w for w in attach[:-1].split()[1:]]
+    command = [*LOOM, *words, "--broker", mesh]
+    proc = spawn(*command, "--name", "readme-mcp")
+    proc.wait_line("mcp server connected", timeout=60)
+    tool, arguments = re.fullmatch(r"loom call (\S+) '(.+)'", call).groups()  # type: ignore[union-attr]
+    done = subprocess.run(
+        [*LOOM, "call", tool, arguments, "--broker", mesh],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["structured"]["timezone"] == "Asia/Tokyo"

@@ -528,7 +528,11 @@ class ControlPlane:
         rights = self.guard.rights(self.who) if self.guard is not None else None
         if rights is not None and not rights.owner:  # the tools it may call, no others
             tools = [tool for tool in answer["tools"] if rights.may("call", tool["name"])]
-            answer = {**answer, "tools": tools}
+            workers = [
+                {**worker, "tools": [t for t in worker["tools"] if rights.may("call", t)]}
+                for worker in answer["workers"]
+            ]
+            answer = {**answer, "tools": tools, "workers": workers}
         self._reply(identity, DIRECTORY, {**answer, "rid": body.rid})
 
     def _build_directory(self) -> dict[str, Any]:

@@ -25,11 +25,12 @@ from mcp.shared.dispatcher import ProgressFnT
 
 from loom.actor import Actor
 from loom.config import broker_address
-from loom.errors import InvalidParamsError, ToolDefinitionError
+from loom.errors import InvalidParamsError
 from loom.logs import configure_logging, get_logger, logging_configured
 from loom.mcp._link import Hook, Hooks, ServerLink
 from loom.mcp._results import content_items, joined_text, tool_result
 from loom.mcp._settings import McpServerSettings
+from loom.protocol import MAX_TOOLS
 from loom.session import KeySpec, check_endpoint
 from loom.tools import SchemaTool, Tool, ToolContext, Worker
 
@@ -39,6 +40,7 @@ _WORD = re.compile(r"[^A-Za-z0-9_-]")
 _HOOK_TIMEOUT = 120.0
 """Seconds a server's sampling or elicitation request waits for the mesh's reply."""
 _MAX_ITEMS = 10_000
+_MAX_PAGES = 100
 """Resources or prompts one listing returns at most."""
 
 _NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
@@ -224,8 +226,10 @@ class McpBridge:
             for item in self._link_tools(link):
                 if item.name in made:
                     self.log.warning("mcp tool name taken: left out", tool=item.name)
-                    continue
-                made[item.name] = item
+                elif len(made) >= MAX_TOOLS:
+                    self.log.warning("too many mcp tools for one worker: left out", tool=item.name)
+                else:
+                    made[item.name] = item
         return list(made.values())
 
     def _link_tools(self, link: ServerLink) -> list[Tool]:
@@ -236,8 +240,9 @@ class McpBridge:
                 continue
             try:
                 tools.append(_mcp_tool(link, listed))
-            except ToolDefinitionError as exc:
-                self.log.warning("mcp tool left out", server=link.name, error=str(exc))
+            except Exception as exc:  # one bad tool (a server is a peer) leaves only itself out
+                error = str(exc)[:500]
+                self.log.warning("mcp tool left out", server=link.name, error=error)
         if link.resources:
             tools += [
                 _helper(link, "resources.list", "List the server's resources.", _list_resources),
@@ -336,7 +341,9 @@ def _helper(
 async def _pages(fetch: Any, field: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     cursor: str | None = None
-    while len(items) < _MAX_ITEMS:
+    for _ in range(_MAX_PAGES):
+        if len(items) >= _MAX_ITEMS:
+            break
         page = await fetch(cursor=cursor)
         items += [item.model_dump(mode="json", exclude_none=True) for item in getattr(page, field)]
         cursor = page.next_cursor

@@ -59,12 +59,12 @@ class Hooks:
 
 
 class _Watched:
-    """The transport's read stream, setting ``lost`` when it ends (the server exited or
+    """The transport's read stream, calling ``ended`` when it ends (the server exited or
     the connection closed), so a link notices a death even with no call in flight."""
 
-    def __init__(self, stream: Any, lost: asyncio.Event) -> None:
+    def __init__(self, stream: Any, ended: Callable[[], None]) -> None:
         self._stream = stream
-        self._lost = lost
+        self._ended = ended
 
     @property
     def last_context(self) -> Any:
@@ -74,7 +74,7 @@ class _Watched:
         try:
             return await self._stream.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._lost.set()
+            self._ended()
             raise
 
     async def aclose(self) -> None:
@@ -138,6 +138,7 @@ class ServerLink:
         self._lost = asyncio.Event()
         self._changed = asyncio.Event()
         self._stopping = False
+        self._stopped = asyncio.Event()
         self._scope: anyio.CancelScope | None = None
         self._task: asyncio.Task[None] | None = None
         self._sse_only = settings.transport == "sse"
@@ -156,6 +157,7 @@ class ServerLink:
     async def stop(self) -> None:
         """Disconnect; a stdio server's whole process group ends. Idempotent."""
         self._stopping = True
+        self._stopped.set()  # ends a backoff wait at once
         if self._scope is not None:
             self._scope.cancel()
         if self._task is not None:
@@ -183,13 +185,15 @@ class ServerLink:
             if loop.time() - began > _STEADY:
                 delay = self.settings.restart_backoff
             self.log.info("mcp server restarting", after=round(delay, 2))
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopped.wait()
             delay = min(delay * 2, self.settings.max_backoff)
             self.restarts += 1
 
     async def _connection(self) -> None:
         """One connection, from start to loss (or stop)."""
-        self._lost.clear()
+        self._lost = asyncio.Event()  # this connection's: a late call of another cannot set it
         scope = self._scope = anyio.CancelScope()
         timer = asyncio.get_running_loop().call_later(self.settings.connect_timeout, scope.cancel)
         try:
@@ -267,13 +271,10 @@ class ServerLink:
             command = [settings.command, *settings.args]
             policy = None if settings.sandbox is None else Sandbox().merged(settings.sandbox)
             if sys.platform == "linux":  # the server's processes end with this one
-                command = [
-                    sys.executable,
-                    "-I",
-                    str(_LEASH),
-                    *_rlimits(policy, settings.sandbox),
-                    *command,
-                ]
+                leash = [sys.executable, "-I", str(_LEASH), *_rlimits(policy, settings.sandbox)]
+                if policy is None:  # in bubblewrap the parent is its init (--die-with-parent)
+                    leash += ["--parent", str(os.getpid())]
+                command = [*leash, *command]
             if policy is not None:
                 jail = policy.fs.jail or self._jail or Path.cwd()
                 command = confined_command(command, policy, jail)
@@ -283,15 +284,29 @@ class ServerLink:
                 env=settings.env or None,
                 cwd=settings.cwd,
             )
-            return _watched(stdio_client(params, errlog=sys.stderr), self._lost)
+            return _watched(stdio_client(params, errlog=sys.stderr), self._ender())
         assert settings.url is not None
         headers = {**settings.headers}
         for header, variable in settings.headers_env.items():
             headers[header] = os.environ.get(variable, "")
         if kind == "sse":
-            return _watched(sse_client(settings.url, headers=headers or None), self._lost)
+            return _watched(sse_client(settings.url, headers=headers or None), self._ender())
         http = create_mcp_http_client(headers=headers or None)
-        return _watched(streamable_http_client(settings.url, http_client=http), self._lost, http)
+        transport = streamable_http_client(settings.url, http_client=http)
+        return _watched(transport, self._ender(), http)
+
+    def _ender(self) -> Callable[[], None]:
+        """What the connection being made calls when its stream ends: calls from then on
+        wait for the next connection (a late end of an older one changes nothing)."""
+        lost = self._lost
+
+        def ended() -> None:
+            if lost is self._lost:
+                self._up.clear()
+                self._client = None
+            lost.set()
+
+        return ended
 
     async def _list(self, client: Client) -> None:
         capabilities = client.server_capabilities
@@ -320,7 +335,8 @@ class ServerLink:
         ):
             self._changed.set()
         elif isinstance(root, types.LoggingMessageNotification):
-            self.log.info("mcp server log", level=root.params.level, data=root.params.data)
+            data = str(root.params.data)[:1000]
+            self.log.info("mcp server log", level=root.params.level, data=data)
 
     async def _listen(self, client: Client) -> None:
         """2026-07-28 servers announce list changes on a ``subscriptions/listen`` stream."""
@@ -341,10 +357,11 @@ class ServerLink:
             await anyio.sleep(_DEBOUNCE)  # a burst of changes is one listing
             self._changed.clear()
             try:
-                await self._list(client)
-            except Exception as exc:
+                with anyio.fail_after(self.settings.connect_timeout):
+                    await self._list(client)
+            except Exception as exc:  # a server that cannot list any more: start again
                 self.log.warning("mcp listing failed", error=_describe(exc))
-                self._lost.set()
+                self._mark_lost(client)
                 return
             self.log.info("mcp server's lists changed", tools=len(self.tools))
             self._on_change()
@@ -424,21 +441,27 @@ class ServerLink:
             raise
         except MCPError as exc:
             if self.transport == "http" and _session_expired(exc):
-                self._lost.set()
-                self._up.clear()  # the retry waits for the new session
-                self._client = None
+                self._mark_lost(client)  # the retry waits for the new session
                 raise _SessionExpired from None
             if exc.error.code == types.CONNECTION_CLOSED:
-                self._lost.set()
+                self._mark_lost(client)
                 message = f"MCP server {self.name} went away during {what}"
                 raise WorkerLostError(message, tool=context.tool) from None
             raise mcp_failure(exc, context.tool) from None
         except ToolError:
             raise
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            self._lost.set()
+            self._mark_lost(client)
             message = f"MCP server {self.name} went away during {what}: {_describe(exc)}"
             raise WorkerLostError(message, tool=context.tool) from None
+
+    def _mark_lost(self, client: Client) -> None:
+        """``client``'s connection is gone: calls from now on wait for the next one.
+        Nothing if a newer connection has taken its place."""
+        if client is self._client:
+            self._up.clear()
+            self._client = None
+            self._lost.set()
 
     # --- the server's own requests -----------------------------------------------
 
@@ -481,23 +504,27 @@ class ServerLink:
 
 @contextlib.asynccontextmanager
 async def _watched(
-    transport: Any, lost: asyncio.Event, owned: Any = None
+    transport: Any, ended: Callable[[], None], owned: Any = None
 ) -> AsyncIterator[tuple[Any, Any]]:
     async with contextlib.AsyncExitStack() as stack:
         if owned is not None:
             await stack.enter_async_context(owned)
         read, write = await stack.enter_async_context(transport)
-        yield _Watched(read, lost), write
+        yield _Watched(read, ended), write
 
 
 class _SessionExpired(Exception):
     """The HTTP server answered 404 for the session: it forgot it (restarted...)."""
 
 
+_SESSION_CODES = (types.INVALID_REQUEST, types.REQUEST_TIMEOUT, types.CONNECTION_CLOSED)
+
+
 def _session_expired(exc: MCPError) -> bool:
-    # the SDK's own words for a 404 without a body, or the server's (-32600 naming the
-    # session: "Session not found", "No valid session ID"...)
-    return exc.error.code == types.INVALID_REQUEST and "session" in exc.error.message.lower()
+    """An HTTP server that no longer knows the session: the SDK's own words for a 404
+    without a body ("Session terminated"), or the server's, which differ by SDK
+    (-32600 "Session not found", -32001 "Session not found", "No valid session ID"...)."""
+    return exc.error.code in _SESSION_CODES and "session" in exc.error.message.lower()
 
 
 def _rlimits(policy: Sandbox | None, table: dict[str, Any] | None) -> list[str]:

@@ -32,6 +32,8 @@ _CONTENT: TypeAdapter[Any] = TypeAdapter(types.ContentBlock)
 _POLL = 1.0
 """Seconds between two readings of the directory (for ``list_changed``)."""
 _MAX_CONNECTIONS = 256
+_MAX_PENDING = 64
+"""Progress notifications being sent at once, over all calls (more are dropped)."""
 """Handshake-era connections told of list changes at most (the most recent)."""
 
 Scope = MutableMapping[str, Any]
@@ -93,7 +95,13 @@ class MeshServer:
         self._remember(ctx.session, ctx.protocol_version)
         tools = await self._tools()
         self._seen = _signature(tools)
-        return types.ListToolsResult(tools=[_mcp_tool(tool) for tool in tools])
+        listed = []
+        for tool in tools:
+            try:
+                listed.append(_mcp_tool(tool))
+            except Exception as exc:  # a worker's odd spec leaves only its tool out
+                self.log.warning("tool not offered", tool=tool.name, error=str(exc)[:500])
+        return types.ListToolsResult(tools=listed)
 
     async def _call_tool(
         self, ctx: Any, params: types.CallToolRequestParams
@@ -107,6 +115,8 @@ class MeshServer:
         def progress(data: Any) -> None:
             nonlocal reports
             reports += 1
+            if len(self._pending) >= _MAX_PENDING:  # a client not reading: progress is lossy
+                return
             done, total, message = _progress(data, reports)
             task = asyncio.ensure_future(ctx.session.report_progress(done, total, message))
             self._pending.add(task)
@@ -139,9 +149,11 @@ class MeshServer:
             self.log.info("tools changed", tools=len(tools))
             await self._bus.publish(ToolsListChanged())
             for key, session in list(self._connections.items()):
-                try:
+                sent = False
+                with contextlib.suppress(Exception), anyio.move_on_after(1.0):
                     await session.send_tool_list_changed()
-                except Exception:  # that client is gone
+                    sent = True
+                if not sent:  # gone, or not reading: not told again
                     self._connections.pop(key, None)
 
     async def serve_stdio(self) -> None:
@@ -253,7 +265,9 @@ def _mcp_tool(tool: ToolInfo) -> types.Tool:
         )
     schema = tool.schema_ if tool.schema_.get("type") == "object" else {"type": "object"}
     returns = tool.returns
-    output = returns if returns is not None and returns.get("type") == "object" else None
+    if "mcp" in (tool.annotations or {}) and returns is not None:  # a bridged tool: its own
+        returns = (returns.get("properties") or {}).get("structured") or None
+    output = returns if isinstance(returns, dict) and returns.get("type") == "object" else None
     description = tool.description
     if tool.approval:
         description = f"{description}\n\n(Each call waits for a person's approval.)".strip()
@@ -301,7 +315,8 @@ def _progress(data: Any, count: int) -> tuple[float, float | None, str | None]:
             float(total) if isinstance(total, int | float) else None,
             message if isinstance(message, str) else None,
         )
-    message = None if data is None else data if isinstance(data, str) else json.dumps(data)
+    text = data if isinstance(data, str) else json.dumps(data, default=repr)
+    message = None if data is None else text[:4096]
     return float(count), None, message
 
 

@@ -9,10 +9,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, overload
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from loom.errors import InvalidParamsError, ToolDefinitionError
-from loom.protocol import MAX_CONCURRENCY, MAX_SCHEMA_BYTES, encode_body
+from loom.protocol import MAX_CONCURRENCY, MAX_SCHEMA_BYTES, ToolSpec, encode_body
 from loom.tools.sandbox._policy import Sandbox
 
 __all__ = ["SchemaTool", "Tool", "ToolContext", "tool"]
@@ -276,7 +277,13 @@ class SchemaTool(Tool):
         self.schema = schema
         self.returns = returns
         self.annotations = annotations
-        self._check_size()
+        try:  # as the broker will read it: a spec it would refuse fails here, alone
+            msgspec.convert(self.spec(), ToolSpec)
+            self._check_size()
+        except ToolDefinitionError:
+            raise
+        except (msgspec.ValidationError, ValueError, TypeError, OverflowError) as exc:
+            raise ToolDefinitionError(f"tool {name!r}: {exc}"[:1000]) from None
 
     def bind(self, args: Any) -> dict[str, Any]:
         """``{"arguments": args}`` once ``args`` is a map.

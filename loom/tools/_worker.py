@@ -288,9 +288,13 @@ class Worker:
             made[item.name] = item
         if len(made) > MAX_TOOLS:
             raise ValueError(f"a worker serves at most {MAX_TOOLS} tools")
-        self.tools = made
+        before, self.tools = self.tools, made
         if self._session is not None:
-            await self._announce()
+            try:
+                await self._announce()
+            except BaseException:
+                self.tools = before  # the broker still has the old set: serve it
+                raise
 
     def _spec(self, item: Tool) -> dict[str, Any]:
         """A tool's READY spec; a sandboxed tool's carries the layers that confine it."""

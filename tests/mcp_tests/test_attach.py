@@ -15,7 +15,15 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import ACTORS, ROOT, eventually, free_tcp_endpoint, start_broker, wait_for
+from conftest import (
+    ACTORS,
+    ROOT,
+    eventually,
+    free_tcp_endpoint,
+    start_broker,
+    until,
+    wait_for,
+)
 from mcp import Client, StdioServerParameters
 from mcp_helpers import attach, everything, http_server, probe, stdio_server, tools_named
 
@@ -176,14 +184,13 @@ def test_cancelling_a_call_reaches_the_server(
             call = asyncio.ensure_future(
                 client.call("probe.slow", {"seconds": 30, "marker": str(marker)})
             )
-            await asyncio.sleep(0.5)  # let it reach the server (nothing to observe first)
+            await until(lambda: marker.exists() and marker.read_text() == "started", 15)
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call
 
     asyncio.run(go())
-    assert wait_for(marker.exists, timeout=10)
-    assert marker.read_text() == "cancelled"
+    assert wait_for(lambda: marker.read_text() == "cancelled", timeout=10)
 
 
 def test_a_server_killed_mid_call_is_restarted(
@@ -197,10 +204,11 @@ def test_a_server_killed_mid_call_is_restarted(
         async with await ToolClient.connect(mesh) as client:
             await tools_named(client, "probe.pid")
             first = (await client.call("probe.pid", {}))["structured"]["result"]
+            marker = tmp_path / "m"
             call = asyncio.ensure_future(
-                client.call("probe.slow", {"seconds": 30, "marker": str(tmp_path / "m")})
+                client.call("probe.slow", {"seconds": 30, "marker": str(marker)})
             )
-            await asyncio.sleep(0.3)
+            await until(marker.exists, 15)  # the call is in the server
             os.kill(first, signal.SIGKILL)
             with pytest.raises(WorkerLostError):
                 await call
@@ -237,8 +245,10 @@ def test_list_changes_update_the_directory(
             await tools_named(client, "probe.grow", "every.get-roots-list")
             roots = await client.call("every.get-roots-list", {})
             assert "file:///srv/data" in roots["text"]
+            await client.call("probe.grow", {"name": "x" * 250})  # too long for the mesh
             await client.call("probe.grow", {"name": "extra"})
-            await tools_named(client, "probe.extra")
+            await tools_named(client, "probe.extra")  # the bad one left only itself out
+            assert not [t for t in (await client.directory()).tools if "xxxx" in t.name]
             assert (await client.call("probe.extra", {}))["text"] == "extra here"
             await client.call("probe.shrink", {"name": "extra"})
 

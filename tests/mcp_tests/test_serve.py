@@ -13,11 +13,12 @@ from typing import Any
 import httpx
 import mcp_types as types
 import pytest
-from conftest import Proc, free_tcp_endpoint, start_worker, wait_for
+from conftest import Proc, eventually, free_tcp_endpoint, start_worker, wait_for
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
+from mcp_helpers import attach, everything, probe, stdio_server
 
 from loom.keys import dashboard_token
 
@@ -173,5 +174,32 @@ def test_streamable_http_with_a_token_and_origin_checks(
             assert "sample.add" in tools
             result = await client.call_tool("sample.add", {"a": 1, "b": 2})
             assert result.content[0].text == "3"
+
+    asyncio.run(go())
+
+
+def test_bridged_mcp_tools_served_back_over_mcp(
+    mesh: str, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """An MCP server attached to the mesh, then offered by `loom mcp serve`: its tools
+    keep their output schema (or none), text-only results stay text, structured ones
+    structured, so the SDK's client (which checks outputSchema) accepts both."""
+    config = stdio_server("every", [str(everything()), "stdio"]) + probe()
+    attach(spawn, mesh, tmp_path, config)
+
+    async def go() -> None:
+        async with Client(stdio(mesh, "--tools", "every.*", "probe.*"), cache=None) as client:
+
+            async def listed() -> dict[str, Any] | None:
+                tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+                return tools if {"every.echo", "probe.pid"} <= set(tools) else None
+
+            tools = await eventually(listed, 30)
+            assert tools["every.echo"].output_schema is None
+            assert tools["probe.pid"].output_schema is not None
+            echoed = await client.call_tool("every.echo", {"message": "round trip"})
+            assert not echoed.is_error and echoed.content[0].text == "Echo: round trip"
+            pid = await client.call_tool("probe.pid", {})
+            assert isinstance(pid.structured_content["result"], int)  # type: ignore[index]
 
     asyncio.run(go())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -164,3 +165,28 @@ def test_a_tool_the_broker_would_refuse_is_refused_when_defined() -> None:
     g.__doc__ = huge
     with pytest.raises(ToolDefinitionError, match="spec"):
         tool(name="t.huge")(g)
+
+
+def test_a_schema_tool_is_checked_as_the_broker_will_read_it() -> None:
+    """A tool built from a given schema (an MCP server's) fails alone, at construction,
+    when the broker would refuse the READY carrying it."""
+    from loom.tools import SchemaTool
+
+    async def run(arguments: dict[str, Any], context: ToolContext) -> Any:
+        return arguments
+
+    ok = SchemaTool("m.echo", run, {"type": "object"}, annotations={"readOnlyHint": True})
+    assert ok.bind({"a": 1}) == {"arguments": {"a": 1}} and ok.spec()["annotations"]
+    with pytest.raises(InvalidParamsError):
+        ok.bind([1])
+    deep: dict[str, Any] = {"type": "object"}
+    for _ in range(40):
+        deep = {"type": "object", "properties": {"x": deep}}
+    for name, schema in [
+        ("m." + "x" * 250, {"type": "object"}),  # a name the broker refuses
+        ("m.deep", deep),  # deeper than the broker reads
+        ("m.huge", {"type": "object", "maximum": 2**70}),  # not msgpack
+        ("m..bad", {"type": "object"}),
+    ]:
+        with pytest.raises(ToolDefinitionError):
+            SchemaTool(name, run, schema)

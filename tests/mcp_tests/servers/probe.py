@@ -24,7 +24,9 @@ def pid() -> int:
 
 @server.tool()
 async def slow(seconds: float, marker: str) -> str:
-    """Sleep; write 'cancelled' to ``marker`` if the client cancels first."""
+    """Write 'started' to ``marker``, sleep; write 'cancelled' there if the client
+    cancels first."""
+    Path(marker).write_text("started")
     try:
         await anyio.sleep(seconds)
     except anyio.get_cancelled_exc_class():
