@@ -21,6 +21,7 @@ from conftest import (
     eventually,
     free_tcp_endpoint,
     start_broker,
+    start_worker,
     until,
     wait_for,
 )
@@ -37,7 +38,7 @@ from loom.errors import (
     UnknownToolError,
     WorkerLostError,
 )
-from loom.keys import new_keypair
+from loom.keys import dashboard_token, new_keypair
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -567,3 +568,52 @@ def test_rights_apply_to_mcp_tools_by_name(
             assert "time.get_current_time" in offered and "probe.pid" not in offered
 
     asyncio.run(go())
+
+
+def test_a_paginated_tool_list_is_read_to_the_end(
+    mesh: str, spawn: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A server listing 7 tools 3 a page: every page is read, every tool is served."""
+    paged = [sys.executable, str(Path(__file__).parent / "servers" / "paged.py")]
+    attach(spawn, mesh, tmp_path, stdio_server("paged", paged))
+
+    async def go() -> None:
+        async with await ToolClient.connect(mesh) as client:
+            names = [f"paged.tool{index}" for index in range(7)]
+            await tools_named(client, *names)
+            assert (await client.call("paged.tool6", {}))["text"] == "tool6 called"
+
+    asyncio.run(go())
+
+
+def test_loom_served_over_http_attached_back_with_headers(
+    mesh: str, spawn: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The mesh's own MCP server (`loom mcp serve --transport http`, bearer token)
+    attached by URL with an Authorization header from the environment: the sample
+    worker's tools come back as loop.sample.*; without the header the server refuses
+    and the bridge keeps trying."""
+    start_worker(spawn, mesh, "w1")
+    port = free_port()
+    serve = [sys.executable, "-m", "loom.cli.main", "mcp", "serve", "--broker", mesh]
+    server = spawn(*serve, "--transport", "http", "--port", str(port), "--tools", "sample.*")
+    server.wait_line("serving the mesh over MCP", timeout=30)
+    url = f"http://127.0.0.1:{port}/mcp"
+    config = http_server("loop", url, headers_env={"Authorization": "LOOM_TEST_MCP_AUTH"})
+    config += http_server("refused", url, transport="http", connect_timeout=5)
+    token = dashboard_token()
+    os.environ["LOOM_TEST_MCP_AUTH"] = f"Bearer {token}"
+    try:
+        proc = attach(spawn, mesh, tmp_path, config)
+    finally:
+        del os.environ["LOOM_TEST_MCP_AUTH"]
+
+    async def go() -> None:
+        async with await ToolClient.connect(mesh) as client:
+            await tools_named(client, "loop.sample.add")
+            total = await client.call("loop.sample.add", {"a": 20, "b": 22})
+            assert total["text"] == "42" and total["structured"] is None
+
+    asyncio.run(go())
+    proc.wait_line("mcp server unavailable", timeout=30)
+    assert "server=refused" in proc.output
