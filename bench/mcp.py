@@ -142,7 +142,11 @@ def scenario(path: str, transport: str, tmp: str, args: argparse.Namespace) -> t
     children: list[mp.Process] = []
     try:
         if transport == "http":  # one server process, as a service would be
-            http = subprocess.Popen([sys.executable, SERVER, "http", str(port)])
+            http = subprocess.Popen(
+                [sys.executable, SERVER, "http", str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             deadline = time.monotonic() + 30
             while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
                 assert time.monotonic() < deadline, "the MCP server did not start"

@@ -402,7 +402,7 @@ class ServerLink:
     ) -> Any:
         loop = asyncio.get_running_loop()
         lease = context.timeout or self.settings.timeout
-        began = last = loop.time()
+        began = loop.time()
         if not self._up.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(lease):
@@ -412,33 +412,25 @@ class ServerLink:
             message = f"MCP server {self.name} is down (restarts so far: {self.restarts})"
             raise WorkerLostError(message, tool=context.tool)
 
-        async def progress(progress: float, total: float | None, message: str | None) -> None:
-            nonlocal last
-            last = loop.time()
-            context.progress({"progress": progress, "total": total, "message": message})
-
-        task = asyncio.ensure_future(method(client, progress))
         cap = began + self.settings.max_duration
+        deadline: asyncio.Timeout | None = None
 
-        def ends() -> float:  # the broker's own timeout comes first: a second's margin
-            return min(last + lease + 1.0, cap)
+        async def progress(progress: float, total: float | None, message: str | None) -> None:
+            context.progress({"progress": progress, "total": total, "message": message})
+            if deadline is not None:  # the lease starts again (the broker's does too)
+                deadline.reschedule(min(loop.time() + lease + 1.0, cap))
 
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=max(ends() - loop.time(), 0.0))
-                if done:
-                    return task.result()
-                if loop.time() >= ends():  # no progress came meanwhile
-                    task.cancel()
-                    took = self.settings.max_duration if ends() >= cap else lease
-                    raise ToolTimeoutError(
-                        f"{context.tool}: MCP server {self.name} gave no answer or progress "
-                        f"within {took:g}s",
-                        tool=context.tool,
-                    )
-        except asyncio.CancelledError:
-            task.cancel()  # the SDK tells the server: notifications/cancelled
-            raise
+            # the broker's own timeout comes first: the bridge gives a second's margin
+            async with asyncio.timeout(min(began + lease + 1.0, cap)) as deadline:
+                return await method(client, progress)  # cancelled: the SDK tells the server
+        except TimeoutError:
+            took = self.settings.max_duration if loop.time() >= cap else lease
+            raise ToolTimeoutError(
+                f"{context.tool}: MCP server {self.name} gave no answer or progress "
+                f"within {took:g}s",
+                tool=context.tool,
+            ) from None
         except MCPError as exc:
             if self.transport == "http" and _session_expired(exc):
                 self._mark_lost(client)  # the retry waits for the new session
