@@ -617,3 +617,37 @@ def test_loom_served_over_http_attached_back_with_headers(
     asyncio.run(go())
     proc.wait_line("mcp server unavailable", timeout=30)
     assert "server=refused" in proc.output
+
+
+def test_elicitation_goes_to_a_mesh_topic(
+    mesh: str, spawn: Callable[..., Any], tmp_path: Path
+) -> None:
+    """`elicitation = TOPIC`: the bridge declares the capability (server-everything then
+    offers trigger-elicitation-request), and the server's elicitation/create becomes a
+    mesh request answered by an actor: here, the user accepts and gives a name."""
+    config = stdio_server("every", [str(everything()), "stdio"], elicitation="ask.user")
+    attach(spawn, mesh, tmp_path, config)
+
+    async def go() -> None:
+        asked: list[Event] = []
+
+        class User(Actor):
+            async def answer(self, event: Event) -> dict[str, Any]:
+                asked.append(event)
+                return {"action": "accept", "content": {"name": "Ada", "check": True}}
+
+        user = User(name="user", broker=mesh)
+        await user.subscribe("ask.user", user.answer)
+        await user.start()
+        try:
+            async with await ToolClient.connect(mesh) as client:
+                await tools_named(client, "every.trigger-elicitation-request")
+                result = await client.call("every.trigger-elicitation-request", {}, timeout=20)
+        finally:
+            await user.stop()
+        assert "User provided the requested information" in result["text"]
+        assert "Ada" in result["text"]
+        assert asked[0].data["server"] == "every"
+        assert "name" in asked[0].data["requestedSchema"]["properties"]
+
+    asyncio.run(go())
