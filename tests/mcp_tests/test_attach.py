@@ -171,6 +171,22 @@ def test_progress_extends_the_lease_and_silence_times_out(
     asyncio.run(go())
 
 
+def test_max_duration_ends_a_call_that_keeps_reporting(
+    mesh: str, spawn: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Progress extends the lease, but never past `max_duration`: a call reporting every
+    0.2 s for 6 s ends as TIMEOUT after 2 s, naming the cap."""
+    attach(spawn, mesh, tmp_path, probe(timeout=1.0, max_duration=2.0))
+
+    async def go() -> None:
+        async with await ToolClient.connect(mesh) as client:
+            await tools_named(client, "probe.tick")
+            with pytest.raises(ToolTimeoutError, match="within 2s"):  # the cap, not the lease
+                await client.call("probe.tick", {"steps": 30, "every": 0.2})
+
+    asyncio.run(go())
+
+
 def test_cancelling_a_call_reaches_the_server(
     mesh: str, spawn: Callable[..., Any], tmp_path: Path
 ) -> None:

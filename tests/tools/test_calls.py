@@ -340,3 +340,45 @@ def test_a_stopped_worker_loses_its_call_to_another(
 
     with_client(mesh, body)
     assert any("broker back" in w.output for w in workers.values())
+
+
+def test_a_new_ready_replaces_the_workers_tool_set(mesh: str) -> None:
+    """`Worker.replace_tools` (what an MCP bridge does on list_changed): a tool left out
+    leaves the directory and takes no new call (UNKNOWN_TOOL), while its call in flight
+    still ends with its result; a tool added takes calls at once."""
+    from loom import Worker, tool
+
+    release = asyncio.Event()
+
+    @tool(name="set.hold")
+    async def hold() -> str:
+        await release.wait()
+        return "held"
+
+    @tool(name="set.add")
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    @tool(name="set.mul")
+    async def mul(a: int, b: int) -> int:
+        return a * b
+
+    async def body(client: ToolClient) -> None:
+        worker = Worker([hold, add], broker=mesh, name="changing")
+        await worker.start()
+        try:
+            in_flight = asyncio.ensure_future(client.call("set.hold", {}))
+            await until(lambda: worker.stats.calls == 1)
+            await worker.replace_tools([add, mul])
+            names = {t.name for t in (await client.directory()).tools}
+            assert {"set.add", "set.mul"} <= names and "set.hold" not in names
+            assert await client.call("set.mul", {"a": 6, "b": 7}) == 42
+            with pytest.raises(UnknownToolError):
+                await client.call("set.hold", {})
+            release.set()
+            assert await in_flight == "held"
+            assert await client.call("set.add", {"a": 1, "b": 2}) == 3
+        finally:
+            await worker.stop()
+
+    with_client(mesh, body)
