@@ -41,7 +41,14 @@ def test_top_level_exports() -> None:
 
 def test_subpackage_exports() -> None:
     """Each package exposes a small face; its modules are private (``_name``)."""
-    assert set(loom.actor.__all__) == {"Actor", "ActorStats", "Event", "current_event", "on"}
+    assert set(loom.actor.__all__) == {
+        "Actor",
+        "ActorStats",
+        "Event",
+        "Gathered",
+        "current_event",
+        "on",
+    }
     assert set(loom.broker.__all__) == {"Broker", "BrokerSettings", "SecuritySettings"}
     assert set(loom.session.__all__) == {
         "NO_KEY",

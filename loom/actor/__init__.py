@@ -2,5 +2,6 @@
 
 from loom.actor._actor import Actor, ActorStats, on
 from loom.actor._event import Event, current_event
+from loom.actor._gather import Gathered
 
-__all__ = ["Actor", "ActorStats", "Event", "current_event", "on"]
+__all__ = ["Actor", "ActorStats", "Event", "Gathered", "current_event", "on"]

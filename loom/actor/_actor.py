@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import inspect
 import signal
 import time
@@ -15,6 +16,7 @@ import zmq
 from loom._histogram import Histogram
 from loom.actor._durable import Durability
 from loom.actor._event import Event, current_event
+from loom.actor._gather import Collector
 from loom.actor._link import Link
 from loom.actor._receiver import Receiver
 from loom.actor._router import Router
@@ -151,7 +153,7 @@ class Actor(Verbs):
         """The identity the broker knows this actor's key as (set once connected)."""
         self._inbox = f"$inbox.{self.identity}.{self.id}"
         self._topics: dict[str, bytes] = {}
-        self._pending: dict[bytes, asyncio.Future[Any]] = {}
+        self._pending: dict[bytes, asyncio.Future[Any] | Collector] = {}
         self._max_payload = DEFAULT_MAX_PAYLOAD
         self._link: Link | None = None
         self._tools: ToolClient | None = None
@@ -475,14 +477,41 @@ class Actor(Verbs):
             patterns = [*self._router.patterns(), pattern]
             body = {"patterns": patterns}
             await link.session.request(ANNOUNCE, body, timeout=self._connect_timeout)
+        covered = self._router.prefixes()
         compiled = self._bind(pattern, handler, durable)
         if durable is not None:
             if self._running and self._durability is not None:
                 await self._durability.announce(self._connect_timeout, [durable])
             return
         if self._running and self._receiver is not None:
-            self._receiver.subscribe(compiled.prefix)
+            if compiled.prefix not in covered:  # one zmq subscription per prefix
+                self._receiver.subscribe(compiled.prefix)
             await self._confirm()
+
+    async def unsubscribe(self, pattern: str, handler: Callable[[Event], Any] | None = None) -> int:
+        """Unbind ``handler`` (every handler, when ``None``) from ``pattern``, as written
+        when bound (``@on`` ones too); returns how many bindings went (0: none was
+        there). Events already in the mailbox still reach their handlers; none arrive
+        for the pattern afterwards unless another binding covers them.
+
+        Raises:
+            ClosedError: the actor is stopping.
+        """
+        if self._state == "stopping":
+            raise ClosedError(f"actor {self.name!r} is stopping")
+        before = self._router.prefixes()
+        target = None if handler is None else (handler, inspect.iscoroutinefunction(handler))
+        removed = self._router.remove(pattern, target)
+        if not removed or not self._running or self._receiver is None:
+            return removed
+        for prefix in before - self._router.prefixes():
+            self._receiver.unsubscribe(prefix)
+        link = self._link
+        if link is not None:  # the directory shows what the actor listens to
+            body = {"patterns": self._router.patterns()}
+            with contextlib.suppress(LoomError):
+                await link.session.request(ANNOUNCE, body, timeout=self._connect_timeout)
+        return removed
 
     def _bind(
         self, pattern: str, handler: Callable[[Event], Any], durable: str | None = None

@@ -13,6 +13,7 @@ from typing import Any
 import zmq
 
 from loom.actor._event import Event, current_event
+from loom.actor._gather import Collector
 from loom.errors import ProtocolError, RemoteError
 from loom.protocol import (
     ERROR,
@@ -75,7 +76,7 @@ class Receiver:
         inbox: zmq.Socket[bytes],
         *,
         route: Callable[[bytes], tuple[str, tuple[Handler, ...]]],
-        pending: dict[bytes, asyncio.Future[Any]],
+        pending: dict[bytes, asyncio.Future[Any] | Collector],
         stats: Any,
         answer: Callable[[Event, int, Any], Awaitable[None]],
         log: Any,
@@ -212,9 +213,15 @@ class Receiver:
         """Resolve the pending future a reply or error answers; False if none waits."""
         if envelope.kind < REPLY:
             return False
-        fut = self._pending.pop(envelope.correlation_id, None)  # type: ignore[arg-type]
-        if fut is None:
+        pending = self._pending.get(envelope.correlation_id)  # type: ignore[arg-type]
+        if pending is None:
             return False
+        if isinstance(pending, Collector):  # a scatter-gather: every reply counts
+            if not pending.done():
+                self._collect(pending, envelope, payload)
+            return True
+        fut = self._pending.pop(envelope.correlation_id)  # type: ignore[arg-type]
+        assert not isinstance(fut, Collector)
         if not fut.done():
             try:
                 data = decode_payload(payload, envelope.content_type)
@@ -228,6 +235,20 @@ class Receiver:
             else:
                 fut.set_result(data)
         return True
+
+    @staticmethod
+    def _collect(collector: Collector, envelope: Envelope, payload: bytes) -> None:
+        try:
+            data = decode_payload(payload, envelope.content_type)
+        except ProtocolError as exc:  # an undecodable answer is that responder's failure
+            collector.deliver(envelope.sender, None, RemoteError("ProtocolError", str(exc)))
+            return
+        if envelope.kind == ERROR:
+            info = data if isinstance(data, dict) else {}
+            error = RemoteError(str(info.get("type", "Error")), str(info.get("message", data)))
+            collector.deliver(envelope.sender, None, error)
+        else:
+            collector.deliver(envelope.sender, data, None)
 
     def _on_events(self) -> None:
         if not self._reading or self._paused:

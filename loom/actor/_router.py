@@ -31,6 +31,20 @@ class Router(Generic[H]):
         self._cache.clear()
         return compiled
 
+    def remove(self, pattern: str, handler: H | None = None) -> int:
+        """Unbind ``handler`` (every handler, when ``None``) from the pattern written
+        ``pattern``; returns how many bindings went."""
+        kept = [
+            (p, h)
+            for p, h in self._routes
+            if p.text != pattern or (handler is not None and h != handler)
+        ]
+        removed = len(self._routes) - len(kept)
+        if removed:
+            self._routes = kept
+            self._cache.clear()
+        return removed
+
     def route(self, topic: bytes) -> tuple[str, tuple[H, ...]]:
         """The text of ``topic`` (a topic frame from a peer) and the handlers it reaches,
         in binding order.

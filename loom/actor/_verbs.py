@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
 import zmq
 
 from loom.actor._durable import Durability
 from loom.actor._event import Event, current_event
+from loom.actor._gather import Collector, Gathered, Policy, needed
 from loom.errors import (
     ClosedError,
     HeaderError,
     HopLimitError,
+    LoomError,
     NoReplyToError,
     RequestTimeoutError,
 )
@@ -26,6 +28,7 @@ from loom.protocol import (
     REPLY,
     REQUEST,
     IdSource,
+    Pattern,
     encode_payload,
     encode_topic,
     pack_header,
@@ -51,7 +54,7 @@ class Verbs:
     """The sockets are usable (probes may go out)."""
     _inbox: str
     _topics: dict[str, bytes]
-    _pending: dict[bytes, asyncio.Future[Any]]
+    _pending: dict[bytes, asyncio.Future[Any] | Collector]
     _max_payload: int
     _pub: zmq.Socket[bytes]
     _tools: ToolClient | None
@@ -127,16 +130,38 @@ class Verbs:
             self._background_task = None
 
     async def request(
-        self, topic: str, data: Any = None, *, timeout: float = 5.0, thread: str | None = None
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        timeout: float = 5.0,
+        thread: str | None = None,
+        accept: Literal["first", "first_success"] = "first",
     ) -> Any:
-        """Publish a request and return the first reply's data.
+        """Publish a request and return the first reply's data; with
+        ``accept="first_success"``, the first reply that is not an error (failures
+        before it are passed over, up to the deadline).
 
         Raises:
-            RequestTimeoutError: no reply within ``timeout`` seconds (a ``TimeoutError``).
-            RemoteError: the responding handler raised.
+            RequestTimeoutError: no reply (no successful one) within ``timeout`` seconds
+                and no failure either (a ``TimeoutError``).
+            RemoteError: the responding handler raised (``first_success``: every reply
+                by the deadline was a failure; the first one is raised).
             ClosedError: the actor stopped while waiting.
             TopicError, EncodeError, PayloadTooLargeError: as for ``emit``.
+            ValueError: an unknown ``accept``.
         """
+        if accept == "first_success":
+            gathered = await self.gather(
+                topic, data, policy=1, successful=True, timeout=timeout, thread=thread, expect=()
+            )
+            if gathered.replies:
+                return gathered.values()[0]
+            if gathered.failed:
+                raise next(iter(gathered.failed.values()))
+            raise RequestTimeoutError(f"no successful reply on {topic!r} within {timeout:g}s")
+        if accept != "first":
+            raise ValueError(f"accept must be 'first' or 'first_success': {accept!r}")
         mid = self.ids.next()
         frames = self._frames(
             topic,
@@ -158,6 +183,94 @@ class Verbs:
             raise RequestTimeoutError(f"no reply on {topic!r} within {timeout:g}s") from None
         finally:
             self._pending.pop(mid, None)
+
+    async def gather(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        policy: Policy = "all",
+        successful: bool = False,
+        timeout: float = 5.0,
+        thread: str | None = None,
+        expect: int | Iterable[str] | None = None,
+    ) -> Gathered:
+        """Scatter-gather: publish one request to every responder on ``topic`` and
+        collect their replies until the policy is met, every expected responder has
+        answered, or ``timeout`` passes. Never raises for what responders do: the result
+        says who answered, who failed and who is missing; replies after it are dropped
+        (counted as late). Safe inside a handler: replies are taken off the link by the
+        reader, not queued behind the running handler.
+
+        Args:
+            policy: ``"any"``, an int k (the first k), ``"majority"`` or ``"all"``.
+            successful: count only successful replies toward the policy.
+            expect: who is asked: names, or how many; default the actors (other than
+                this one) whose subscriptions match ``topic``, from the directory (when
+                this identity may read it; else unknown, and ``all`` waits for the
+                deadline).
+
+        Raises:
+            ValueError: an unknown policy.
+            ClosedError: the actor stopped while waiting.
+            TopicError, EncodeError, PayloadTooLargeError: as for ``emit``.
+        """
+        started = time.monotonic()
+        expected: list[str] | None
+        if expect is None:
+            expected = await self._responders(topic)
+        elif isinstance(expect, int):
+            expected = None
+        else:
+            expected = list(dict.fromkeys(expect)) or None
+        count = expect if isinstance(expect, int) else None if expected is None else len(expected)
+        need = needed(policy, count)
+        result = Gathered(topic, expected=expected)
+        mid = self.ids.next()
+        frames = self._frames(
+            topic,
+            REQUEST,
+            data,
+            mid=mid,
+            reply_to=self._inbox,
+            deadline=time.time() + timeout,
+            thread=thread,
+        )
+        collector = Collector(result, need, successful=successful)
+        if need == 0:  # nobody to wait for
+            result.complete = True
+        else:
+            self._pending[mid] = collector
+            try:
+                async with asyncio.timeout(timeout):
+                    if not self._write(frames):
+                        await self._write_waiting(frames)
+                    await collector.finished
+            except TimeoutError:
+                pass
+            finally:
+                self._pending.pop(mid, None)
+        answered = result.replies.keys() | result.failed.keys()
+        result.missing = [name for name in expected or () if name not in answered]
+        result.elapsed = time.monotonic() - started
+        return result
+
+    async def _responders(self, topic: str) -> list[str] | None:
+        """The other live actors subscribed to ``topic`` (None if unknown)."""
+        try:
+            directory = await self.directory()
+        except LoomError:  # no right to read it, or the broker is slow: unknown
+            return None
+        names = []
+        for actor in directory.actors:
+            if actor.name == self.name:
+                continue
+            try:
+                if any(Pattern(pattern).matches(topic) for pattern in actor.patterns):
+                    names.append(actor.name)
+            except LoomError:
+                continue
+        return names
 
     async def reply(self, event: Event, data: Any) -> None:
         """Answer a request (a handler may also just return the answer).

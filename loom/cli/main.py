@@ -26,7 +26,7 @@ from loom.cli import tools as tool_commands
 from loom.cli import trace as trace_commands
 from loom.cli.demo import run_demo
 from loom.config import broker_address
-from loom.errors import LoomError, RefusedError
+from loom.errors import LoomError, RefusedError, RemoteError, RequestTimeoutError
 from loom.logs import configure_logging
 from loom.protocol import REPLAY, ReplayAnswer, decode_header, decode_payload, decode_topic
 from loom.session import ask
@@ -35,6 +35,7 @@ EXAMPLES = """examples:
   loom demo                                   # a broker, demo actors, a dashboard on :7780
   loom tap 'market.price.*'                   # print matching events as they pass
   loom pub market.price.BTC '{"price": 1}'    # publish one event
+  loom request research.ask '{"q": "tides"}' --all  # ask every responder, print the replies
   loom stats                                  # the broker's counters as JSON
   loom stats --watch                          # live per-topic rates
   loom replay 'orders.**' --since 100         # durable events logged after #100
@@ -110,6 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pub.add_argument(
         "data", nargs="?", default="null", help="the event's data as JSON (default: null)"
+    )
+
+    request = commands.add_parser(
+        "request",
+        parents=[common],
+        help="send one request; print the reply (or, with --all/--k, every reply) as JSON",
+        epilog='examples:\n  loom request research.ask \'{"q": "tides"}\' --timeout 10\n'
+        '  loom request research.ask \'{"q": "tides"}\' --all\n'
+        '  loom request research.ask \'{"q": "tides"}\' --k 2 --success',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    request.add_argument("topic")
+    request.add_argument(
+        "data", nargs="?", default="null", help="the request's data as JSON (default: null)"
+    )
+    request.add_argument(
+        "--all", action="store_true", help="ask every responder; wait for all (or --timeout)"
+    )
+    request.add_argument("--k", type=int, help="ask every responder; keep the first K replies")
+    request.add_argument(
+        "--success", action="store_true", help="only successful replies count (else: the first)"
     )
 
     tap = commands.add_parser(
@@ -216,6 +238,8 @@ def _command(argv: list[str] | None) -> int:
                 print(f"loom pub: data is not JSON: {exc}", file=sys.stderr)
                 return 2
             asyncio.run(_pub(broker, args.topic, data, args.timeout, args.qos))
+        elif args.command == "request":
+            return asyncio.run(_request(broker, args))
         elif args.command == "tap":
             asyncio.run(
                 _tap(broker, args.pattern, args.timeout, as_json=args.json, count=args.count)
@@ -269,6 +293,44 @@ def _command(argv: list[str] | None) -> int:
         print(f"loom {args.command}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _request(broker: str, args: argparse.Namespace) -> int:
+    """One request: the reply (exit 1 on a failure or no reply); with --all or --k, the
+    gathered replies, failures and missing responders (exit 1 when the policy was not
+    met); 2 for data that is not JSON."""
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        print(f"loom request: data is not JSON: {exc}", file=sys.stderr)
+        return 2
+    actor = Actor(name="loom-request", broker=broker, connect_timeout=args.timeout, unique=False)
+    await actor.start()
+    try:
+        if args.all or args.k:
+            gathered = await actor.gather(
+                args.topic,
+                data,
+                policy=args.k or "all",
+                successful=args.success,
+                timeout=args.timeout,
+            )
+            print(json.dumps(gathered.as_dict(), default=repr, ensure_ascii=False))
+            return 0 if gathered.complete else 1
+        try:
+            reply = await actor.request(
+                args.topic,
+                data,
+                timeout=args.timeout,
+                accept="first_success" if args.success else "first",
+            )
+        except (RemoteError, RequestTimeoutError) as exc:
+            print(f"loom request: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(reply, default=repr, ensure_ascii=False))
+        return 0
+    finally:
+        await actor.stop()
 
 
 async def _pub(broker: str, topic: str, data: Any, timeout: float, qos: str) -> None:
