@@ -11,7 +11,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHES = ("pubsub", "tools", "durable", "reconnect", "sandbox", "mcp", "dashboard", "context")
+BENCHES = (
+    "pubsub",
+    "tools",
+    "durable",
+    "reconnect",
+    "sandbox",
+    "mcp",
+    "collab",
+    "dashboard",
+    "context",
+)
 """In the order they run; ``context`` is deterministic and takes no ``--runs``."""
 _PROGRESS = re.compile(r"run (\d+)/(\d+) done")
 _WIDTH = 30
