@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import inspect
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -39,27 +40,50 @@ __all__ = ["Actor", "ActorStats", "on"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _PATTERNS_ATTR = "__loom_patterns__"
+_GROUP = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def on(*patterns: str, durable: str | None = None) -> Callable[[F], F]:
+def on(
+    *patterns: str,
+    durable: str | None = None,
+    group: str | None = None,
+    redeliver: bool = False,
+) -> Callable[[F], F]:
     """Bind an actor method (sync or async) to one or more topic patterns.
 
     With ``durable="NAME"`` the method gets the *durable* events of those patterns
     through the subscription NAME (kept by the broker while the actor is away; the
     broker needs a ``data_dir``), instead of live events.
 
+    With ``group="NAME"`` the actor is a member of queue group NAME for these patterns:
+    each event or request on them goes to one live member of the group, round robin
+    (``docs/collaboration.md``). ``redeliver=True``: the handler may run again on
+    another member when this one dies holding a request (else the requester gets a
+    ``MemberLostError``).
+
     Raises:
         PatternError: a pattern is invalid (at class definition).
+        ValueError: a group name that is not one token, or a group with ``durable``.
     """
     for text in patterns:
         Pattern(text)
+    _check_group(group, durable)
 
     def bind(fn: F) -> F:
-        tagged = tuple((text, durable) for text in patterns)
+        tagged = tuple((text, durable, group, redeliver) for text in patterns)
         setattr(fn, _PATTERNS_ATTR, (*getattr(fn, _PATTERNS_ATTR, ()), *tagged))
         return fn
 
     return bind
+
+
+def _check_group(group: str | None, durable: str | None) -> None:
+    if group is None:
+        return
+    if durable is not None:
+        raise ValueError("a binding is durable or in a queue group, not both")
+    if not _GROUP.match(group):
+        raise ValueError(f"group {group!r}: one token of letters, digits, _ and -, 1 to 64")
 
 
 class ActorStats:
@@ -157,6 +181,11 @@ class Actor(Verbs):
         self._max_payload = DEFAULT_MAX_PAYLOAD
         self._link: Link | None = None
         self._tools: ToolClient | None = None
+        self._groups: dict[str, Router[tuple[Callable[[Event], Any], bool]]] = {}
+        """Queue-group bindings: handlers by group name."""
+        self._redeliver: dict[tuple[str, str], bool] = {}
+        self._member_prefix = b"\x00"
+        """``$q.<identity>.<id>.``: where the broker sends its queue-group deliveries."""
         self._streams: dict[str, Router[tuple[Callable[[Event], Any], bool]]] = {}
         """Durable subscriptions: handlers by subscription name."""
         self._durability: Durability | None = None
@@ -170,8 +199,8 @@ class Actor(Verbs):
         names = dict.fromkeys(n for k in reversed(type(self).__mro__) for n in vars(k))
         for attr in names:  # definition order, base classes first; overrides win
             tagged = getattr(getattr(type(self), attr, None), _PATTERNS_ATTR, ())
-            for pattern, durable in tagged:
-                self._bind(pattern, getattr(self, attr), durable)
+            for pattern, durable, group, redeliver in tagged:
+                self._bind(pattern, getattr(self, attr), durable, group, redeliver)
 
     # --- hooks -------------------------------------------------------------------
 
@@ -263,6 +292,7 @@ class Actor(Verbs):
                 self._check_abort()
                 await self._confirm()
                 await self._confirm(inbox=True)
+                await self._announce_groups()  # subscribed and confirmed: now a member
                 self._check_abort()
                 if self._streams:
                     assert self._durability is not None
@@ -300,6 +330,7 @@ class Actor(Verbs):
         self._max_payload = hello.max_payload
         self.identity = hello.identity
         self._inbox = f"$inbox.{hello.identity}.{self.id}"  # topics of its own identity
+        self._member_prefix = f"$q.{hello.identity}.{self.id}.".encode()
         self._tools = ToolClient(link.session, max_payload=self._max_payload)
         link.session.stats = self._report_stats
         link.session.lost_hooks.append(self._link_lost)
@@ -308,11 +339,13 @@ class Actor(Verbs):
         self._sub, self._pub = link.sub, link.pub
         for prefix in self._router.prefixes():
             self._sub.subscribe(prefix)
+        if self._groups:
+            self._sub.subscribe(self._member_prefix)
         link.inbox.subscribe(self._inbox.encode())
         self._receiver = Receiver(
             self._sub,
             link.inbox,
-            route=self._router.route,
+            route=self._route,
             pending=self._pending,
             stats=self.stats,
             answer=self._answer,
@@ -348,6 +381,7 @@ class Actor(Verbs):
                     self._tools.max_payload = link.hello.max_payload
             await self._confirm()
             await self._confirm(inbox=True)
+            await self._announce_groups()  # a restarted broker knows no groups
             if self._durability is not None:
                 await self._durability.resend()
                 await self._durability.announce(self._connect_timeout)
@@ -456,10 +490,17 @@ class Actor(Verbs):
             self._tools.fail_all(closed)
 
     async def subscribe(
-        self, pattern: str, handler: Callable[[Event], Any], *, durable: str | None = None
+        self,
+        pattern: str,
+        handler: Callable[[Event], Any],
+        *,
+        durable: str | None = None,
+        group: str | None = None,
+        redeliver: bool = False,
     ) -> None:
         """Bind ``handler`` to ``pattern`` now; once this returns the subscription holds.
-        ``durable="NAME"``: durable events through subscription NAME (see :func:`on`).
+        ``durable="NAME"``: durable events through subscription NAME; ``group="NAME"``:
+        as a member of a queue group (see :func:`on`).
 
         Raises:
             PatternError: the pattern is invalid.
@@ -469,6 +510,17 @@ class Actor(Verbs):
         """
         if self._state == "stopping":
             raise ClosedError(f"actor {self.name!r} is stopping")
+        _check_group(group, durable)
+        if group is not None:
+            Pattern(pattern)
+            first = not self._groups
+            self._bind(pattern, handler, None, group, redeliver)
+            if self._running and self._receiver is not None:
+                if first:
+                    self._receiver.subscribe(self._member_prefix)
+                    await self._confirm()
+                await self._announce_groups()
+            return
         link = self._link
         if durable is None and self._running and link is not None:
             Pattern(pattern)  # PatternError before asking anything
@@ -488,7 +540,13 @@ class Actor(Verbs):
                 self._receiver.subscribe(compiled.prefix)
             await self._confirm()
 
-    async def unsubscribe(self, pattern: str, handler: Callable[[Event], Any] | None = None) -> int:
+    async def unsubscribe(
+        self,
+        pattern: str,
+        handler: Callable[[Event], Any] | None = None,
+        *,
+        group: str | None = None,
+    ) -> int:
         """Unbind ``handler`` (every handler, when ``None``) from ``pattern``, as written
         when bound (``@on`` ones too); returns how many bindings went (0: none was
         there). Events already in the mailbox still reach their handlers; none arrive
@@ -499,8 +557,17 @@ class Actor(Verbs):
         """
         if self._state == "stopping":
             raise ClosedError(f"actor {self.name!r} is stopping")
-        before = self._router.prefixes()
         target = None if handler is None else (handler, inspect.iscoroutinefunction(handler))
+        if group is not None:  # leave the queue group for this pattern
+            router = self._groups.get(group)
+            removed = router.remove(pattern, target) if router is not None else 0
+            if router is not None and not router.patterns():
+                del self._groups[group]
+            if removed and self._running:
+                with contextlib.suppress(LoomError):
+                    await self._announce_groups(left=True)
+            return removed
+        before = self._router.prefixes()
         removed = self._router.remove(pattern, target)
         if not removed or not self._running or self._receiver is None:
             return removed
@@ -514,11 +581,52 @@ class Actor(Verbs):
         return removed
 
     def _bind(
-        self, pattern: str, handler: Callable[[Event], Any], durable: str | None = None
+        self,
+        pattern: str,
+        handler: Callable[[Event], Any],
+        durable: str | None = None,
+        group: str | None = None,
+        redeliver: bool = False,
     ) -> Pattern:
         is_async = inspect.iscoroutinefunction(handler)
+        if group is not None:
+            compiled = self._groups.setdefault(group, Router()).add(pattern, (handler, is_async))
+            self._redeliver[(group, compiled.text)] = redeliver
+            return compiled
         router = self._router if durable is None else self._streams.setdefault(durable, Router())
         return router.add(pattern, (handler, is_async))
+
+    def _group_bindings(self) -> list[tuple[str, str, bool]]:
+        return [
+            (group, text, self._redeliver.get((group, text), False))
+            for group, router in self._groups.items()
+            for text in router.patterns()
+        ]
+
+    def _route(self, topic: bytes) -> tuple[str, tuple[Any, ...]]:
+        """The handlers ``topic`` reaches: a queue-group delivery
+        (``$q.<identity>.<id>.<group>.<topic>``) reaches that group's handlers, with the
+        topic as published; any other, the plain bindings'."""
+        if topic.startswith(self._member_prefix) and self._groups:
+            group, _, published = topic[len(self._member_prefix) :].partition(b".")
+            router = self._groups.get(group.decode(errors="replace"))
+            if router is not None and published:
+                return router.route(published)
+        return self._router.route(topic)
+
+    async def _announce_groups(self, *, left: bool = False) -> None:
+        """Tell the broker this actor's queue-group bindings (once its member topic is
+        subscribed and confirmed: nothing sent to it before is lost); ``left``: even
+        when there are none left."""
+        link = self._link
+        if link is None or not (self._groups or left):
+            return
+        body = {
+            "patterns": self._router.patterns(),
+            "groups": self._group_bindings(),
+            "member": self.id,
+        }
+        await link.session.request(ANNOUNCE, body, timeout=self._connect_timeout)
 
     async def _flush_background(self, timeout: float) -> None:
         task = self._background_task

@@ -209,6 +209,7 @@ class Broker:
             settings,
             tools=tools,
             durable=durable,
+            groups=proxy.groups,
             announce=announce,
             stats=proxy.snapshot,
             publish=self._system_event,

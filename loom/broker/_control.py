@@ -17,6 +17,7 @@ import zmq
 
 from loom.broker._answers import Bucket, Cached, fit
 from loom.broker._durable import DurablePlane
+from loom.broker._groups import Groups
 from loom.broker._peers import ROLES, Peer, Peers, bounded
 from loom.broker._rights import ANONYMOUS, OWNER
 from loom.broker._settings import BrokerSettings
@@ -110,6 +111,7 @@ class ControlPlane:
         *,
         tools: ToolRouter,
         durable: DurablePlane,
+        groups: Groups | None = None,
         announce: dict[str, Any],
         stats: Callable[[], dict[str, Any]],
         publish: Callable[[str, dict[str, Any]], None],
@@ -125,6 +127,8 @@ class ControlPlane:
         """Durable subscription name -> the identity that created it (this run)."""
         self.tools = tools
         self.durable = durable
+        self.groups = groups if groups is not None else Groups()
+        """Queue groups (the pub/sub proxy delivers through them)."""
         self._announce = {
             "version": VERSION,
             **announce,
@@ -308,6 +312,7 @@ class ControlPlane:
         self.tools.worker_gone(identity, reason)
         self.tools.client_gone(identity)
         self.durable.gone(identity)
+        self.groups.leave(identity)  # its requests in flight: to another member, or failed
 
     def _introduce(
         self,
@@ -443,13 +448,24 @@ class ControlPlane:
             guard.hold(peer.name, self.who)
 
     def _announce_patterns(self, identity: bytes, body: Patterns) -> None:
-        """An actor's patterns now; answered when it asks (``rid``): DENIED when its
-        identity may not read where they subscribe."""
-        if self.guard is not None and self._refused_patterns(identity, body.patterns, body.rid):
+        """An actor's patterns now, and its queue-group bindings; answered when it asks
+        (``rid``): DENIED when its identity may not read where they subscribe."""
+        grouped = [pattern for _, pattern, _ in body.groups]
+        if self.guard is not None and self._refused_patterns(
+            identity, [*body.patterns, *grouped], body.rid
+        ):
             return
         peer = self.peers.get(identity)
         if peer is not None:
             peer.patterns = bounded(body.patterns)
+            if body.member is not None or body.groups:
+                error = self.groups.join(
+                    identity, peer.name, self.who, body.member or "_", body.groups
+                )
+                if error is not None:
+                    self.drops.drop("groups", error, plane="control", peer=peer.name)
+                    self._refuse(identity, "INVALID_GROUPS", error, body.rid)
+                    return
         if body.rid is not None:
             self._reply(identity, ANNOUNCE, {"rid": body.rid})
 
@@ -519,6 +535,7 @@ class ControlPlane:
         snap["pid"] = os.getpid()
         snap["boot"] = self.boot
         snap["security"] = self.guard.snapshot() if self.guard else {"insecure": True}
+        snap["groups"] = self.groups.snapshot()
         return snap
 
     def _directory(self, identity: bytes, body: Empty) -> None:

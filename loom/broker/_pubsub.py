@@ -19,12 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from loom.broker._groups import Groups
 from loom.broker._settings import BrokerSettings
 from loom.broker._traces import TraceBuffer
 from loom.errors import ProtocolError
 from loom.logs import DropCounter
 from loom.protocol import (
+    ERROR,
     EVENT,
+    MAX_TOPIC_BYTES,
+    REPLY,
+    REQUEST,
     IdSource,
     decode_header,
     decode_topic,
@@ -135,6 +140,7 @@ class PubSubProxy:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._xsub = xsub
+        self._name = settings.name
         self._guard = guard
         self.granted: dict[bytes, int] = {}
         """Subscriptions granted (manual mode): prefix -> how many grants stand."""
@@ -148,6 +154,10 @@ class PubSubProxy:
         self.stats = TopicStats(max_topics)
         self.drops = DropCounter(log)
         self.subscriptions: set[bytes] = set()
+        self.groups = Groups()
+        """Queue groups: the control plane fills it, this proxy delivers through it."""
+        self.groups.send = self._send_now
+        self.groups.fail = self._fail_request
         self._ids = IdSource()
         self._senders: dict[str, str] = {}
         """Senders' names as the trace buffer refers to them: one object per name."""
@@ -171,6 +181,7 @@ class PubSubProxy:
         senders = self._senders
         traced = 0  # records appended, added to the buffer's count once, at the end
         guard = self._guard
+        groups = self.groups
         who = ""
         try:
             for _ in range(budget):
@@ -220,6 +231,8 @@ class PubSubProxy:
                         )
                     )
                     traced += 1
+                if groups.lanes or groups.sent:  # queue groups: one member each, see _groups
+                    self._to_groups(topic, header, payload, env, row)
                 try:
                     raw_send(xpub, topic, _NOBLOCK_MORE)
                 except zmq.Again:
@@ -234,6 +247,41 @@ class PubSubProxy:
         finally:
             if traced:
                 traces.messages_seen += traced
+
+    def _to_groups(self, topic: bytes, header: bytes, payload: bytes, env: Any, row: Row) -> None:
+        groups = self.groups
+        kind = env.kind
+        if kind >= REPLY:
+            groups.answered(env.correlation_id)
+            return
+        if topic[:1] == b"$" or not groups.lanes:
+            return  # inboxes, probes, $sys: never to a group
+        request = env.id if kind == REQUEST else None
+        if groups.deliver(topic, header, payload, request, env.reply_to):
+            self._drop(row, DROPPED, "stalled", "a queue-group member's queue is full", topic)
+
+    def _send_now(self, topic: bytes, header: bytes, payload: bytes) -> bool:
+        """One message to subscribers without waiting: False when a queue is full (or the
+        topic is too long to be one)."""
+        if len(topic) > MAX_TOPIC_BYTES:
+            self.drops.drop("group_topic", "a queue-group member topic over the limit")
+            return False
+        try:
+            send_message(self._xpub, topic, header, payload)
+        except zmq.Again:
+            return False
+        return True
+
+    def _fail_request(self, reply_to: str, correlation: bytes, data: dict[str, Any]) -> None:
+        """The broker's error reply to a request no one will answer."""
+        mid = self._ids.next()
+        origin = None if self._guard is None else self._name
+        header = pack_header(
+            ERROR, mid, self._name, time.time(), correlation, None, None, None, 0, mid,
+            None, None, origin,
+        )  # fmt: skip
+        with contextlib.suppress(zmq.Again, ProtocolError):
+            send_message(self._xpub, encode_topic(reply_to), header, encode_payload(data))
 
     def _intern(self, sender: str) -> str:
         """The one object the trace buffer keeps for ``sender`` (``(other)`` once

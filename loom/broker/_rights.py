@@ -22,10 +22,11 @@ An ACL file is TOML::
     rate = { events = 2000, calls = 200 }   # per second (default: no limit)
 
 The broker's own user (the Loom home's ``local`` key) is the owner, with every right,
-unless the file has an ``[identities.local]`` table. ``$sys.*`` and ``$approval.*`` are
-published by the broker alone; every identity may use its own inbox and probe topics
-(``$inbox.<identity>.**``, ``$probe.<identity>.**``) and answer the requests its
-``reply`` rights cover. ``docs/security.md`` explains each right.
+unless the file has an ``[identities.local]`` table. ``$sys.*``, ``$approval.*`` and
+``$q.*`` (queue-group deliveries) are published by the broker alone; every identity may
+use its own inbox, probe and queue-group topics (``$inbox.<identity>.**``,
+``$probe.<identity>.**``, ``$q.<identity>.**``) and answer the requests its ``reply``
+rights cover. ``docs/security.md`` explains each right.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ OWNER = LOCAL_KEY
 ANONYMOUS = "anonymous"
 """Every peer's identity on a broker started ``--insecure`` (each has every right)."""
 IDENTITY = re.compile(r"[A-Za-z0-9_-]{1,64}")
-BROKER_ONLY = ("$sys", "$approval")
+BROKER_ONLY = ("$sys", "$approval", "$q")
 """Topics whose first token only the broker publishes under."""
 CACHE = 4096
 """Decisions cached per identity and kind (past it, the cache starts again)."""
@@ -193,7 +194,7 @@ class Rights:
             for kind, rate in grant.rate.items():
                 rates[kind] = max(rate, rates.get(kind, 0.0))
         self.rate = rates
-        own = f"$inbox.{name}.", f"$probe.{name}."
+        own = f"$inbox.{name}.", f"$probe.{name}.", f"$q.{name}."
         self._own = own
         self.inbox = own[0].encode()
         self.origin: bytes = msgpack.packb(name)

@@ -102,10 +102,21 @@ class Hello(Body, kw_only=True):
     """Kept up to 8 KiB for the directory; the frame's size bounds what is read."""
 
 
+GroupName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+"""A queue group's name, or an actor's member id: one topic token."""
+
+
 class Patterns(Body, kw_only=True):
-    """``ANNOUNCE``: an actor's subscription patterns now (for the directory)."""
+    """``ANNOUNCE``: an actor's subscription patterns now (for the directory), and its
+    queue-group bindings: ``[group, pattern, redeliver]`` each, delivered to the member
+    topic ``$q.<identity>.<member>.<group>.<topic>`` (the actor subscribes to it before
+    it announces them)."""
 
     patterns: Annotated[list[PatternText], msgspec.Meta(max_length=MAX_PATTERNS)] = []
+    groups: Annotated[
+        list[tuple[GroupName, PatternText, bool]], msgspec.Meta(max_length=MAX_PATTERNS)
+    ] = []
+    member: GroupName | None = None
 
 
 class ToolSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
