@@ -10,9 +10,12 @@ on ipc; an asking actor in this process measures, one at a time:
       to all of them by the broker (the expected responders given, as a caller that
       knows its team does; the directory lookup is measured apart)
   (c) `gather(topic, policy=1)`: the first of all the replies
+  (d) requests/s through a queue group of 1, 2 and 4 members (`@on(..., group=...)`:
+      each request to one member, round robin), --window requests in flight, against
+      plain request/reply to one responder with the same window
 
-Figures are medians over --runs; ratios are to (a). Queue groups (issue 17) are not
-built yet: their rows come with them.
+Figures are medians over --runs; ratios are to (a) (latency) and to plain request/reply
+(requests/s).
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ def responders(endpoint: str, names: list[str], ready: Any) -> None:
             await actor.subscribe("team.ask", answer)
             if name == names[0] and names[0] == "r0":
                 await actor.subscribe("solo.ask", answer)
+            index = int(name[1:])
+            for size in (1, 2, 4):  # r0 in every group, r1 in two, r2 and r3 in one
+                if index < size:
+                    await actor.subscribe(f"group{size}.ask", answer, group=f"g{size}")
             await actor.start()
             actors.append(actor)
         ready.set()
@@ -74,6 +81,19 @@ async def timed(call: Callable[[int], Awaitable[Any]], count: int) -> list[int]:
         await call(i)
         latencies.append(time.perf_counter_ns() - start)
     return latencies
+
+
+async def rate(asker: Actor, topic: str, args: argparse.Namespace) -> float:
+    """Requests/s with --window in flight."""
+    todo = iter(range(args.requests * 4))
+
+    async def lane() -> None:
+        for i in todo:
+            await asker.request(topic, i, timeout=10)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(args.window)))
+    return args.requests * 4 / (time.perf_counter() - start)
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -126,6 +146,8 @@ def one_run(endpoint: str, args: argparse.Namespace) -> dict[str, tuple[float, f
             ):
                 latencies = await timed(call, args.requests)
                 results[label] = (percentile(latencies, 0.5), percentile(latencies, 0.99))
+            for topic in ("solo.ask", "group1.ask", "group2.ask", "group4.ask"):
+                results[f"rate {topic}"] = (await rate(asker, topic, args), 0.0)
             return results
         finally:
             await asker.stop()
@@ -145,6 +167,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--responders", type=int, default=10)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--window", type=int, default=16)
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="loom-bench-", dir="/tmp")
     os.chmod(tmp, 0o700)
@@ -157,6 +180,8 @@ def main() -> None:
         print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
     labels = list(runs[0])
     med = {k: [statistics.median(r[k][i] for r in runs) for i in range(2)] for k in labels}
+    rates = {k.removeprefix("rate "): v[0] for k, v in med.items() if k.startswith("rate ")}
+    med = {k: v for k, v in med.items() if not k.startswith("rate ")}
     base = med["request"]
     print(
         f"Scatter-gather to {args.responders} responders against one request, medians of "
@@ -168,6 +193,17 @@ def main() -> None:
         print(
             f"| {label} | {p50:,.0f} | {p99:,.0f} | {p50 / base[0]:.2f}x | {p99 / base[1]:.2f}x |"
         )
+    print(f"\nRequests/s, {args.window} in flight (members spread over two processes)\n")
+    print("| path | requests/s | ratio |")
+    print("|---|---|---|")
+    names = {
+        "solo.ask": "plain request/reply, 1 responder",
+        "group1.ask": "queue group of 1",
+        "group2.ask": "queue group of 2",
+        "group4.ask": "queue group of 4",
+    }
+    for topic, value in rates.items():
+        print(f"| {names[topic]} | {value:,.0f} | {value / rates['solo.ask']:.2f}x |")
 
 
 if __name__ == "__main__":
