@@ -42,6 +42,15 @@ def test_a_subscription_is_granted_only_where_every_topic_under_it_may_be_read()
     assert Rights("local", None).grant(b"") == b""  # the owner reads everything
 
 
+def test_queue_group_deliveries_are_the_brokers_to_send_and_the_members_to_read() -> None:
+    """`$q.<identity>.` is read by that identity alone; no peer may publish on `$q`."""
+    member = rights(subscribe=("**",), publish=("**",))
+    assert member.grant(b"$q.mallory.0a1b.") == b"$q.mallory.0a1b."
+    assert member.grant(b"$q.alice.0a1b.") is None
+    assert not member.may_publish(b"$q.alice.0a1b.researchers.research.ask")
+    assert not member.may_publish(b"$q.mallory.0a1b.researchers.research.ask")
+
+
 @pytest.fixture
 def guard(tmp_path: Path) -> Guard:
     pair = new_keypair("mallory", tmp_path)
