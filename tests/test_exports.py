@@ -44,6 +44,8 @@ def test_subpackage_exports() -> None:
     assert set(loom.actor.__all__) == {
         "Actor",
         "ActorStats",
+        "Assembled",
+        "Awarded",
         "Event",
         "Gathered",
         "current_event",

@@ -2,6 +2,15 @@
 
 from loom.actor._actor import Actor, ActorStats, on
 from loom.actor._event import Event, current_event
-from loom.actor._gather import Gathered
+from loom.actor._gather import Assembled, Awarded, Gathered
 
-__all__ = ["Actor", "ActorStats", "Event", "Gathered", "current_event", "on"]
+__all__ = [
+    "Actor",
+    "ActorStats",
+    "Assembled",
+    "Awarded",
+    "Event",
+    "Gathered",
+    "current_event",
+    "on",
+]

@@ -9,7 +9,7 @@ import inspect
 import re
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import zmq
@@ -17,7 +17,7 @@ import zmq
 from loom._histogram import Histogram
 from loom.actor._durable import Durability
 from loom.actor._event import Event, current_event
-from loom.actor._gather import Collector
+from loom.actor._gather import Assembled, Barrier, Collector
 from loom.actor._link import Link
 from loom.actor._receiver import Receiver
 from loom.actor._router import Router
@@ -33,6 +33,7 @@ from loom.protocol import (
     REPLY,
     IdSource,
     Pattern,
+    encode_topic,
 )
 from loom.session import KeySpec, ToolClient, check_endpoint
 
@@ -177,7 +178,7 @@ class Actor(Verbs):
         """The identity the broker knows this actor's key as (set once connected)."""
         self._inbox = f"$inbox.{self.identity}.{self.id}"
         self._topics: dict[str, bytes] = {}
-        self._pending: dict[bytes, asyncio.Future[Any] | Collector] = {}
+        self._pending: dict[bytes, asyncio.Future[Any] | Collector | Barrier] = {}
         self._max_payload = DEFAULT_MAX_PAYLOAD
         self._link: Link | None = None
         self._tools: ToolClient | None = None
@@ -671,7 +672,64 @@ class Actor(Verbs):
         except (BrokerUnavailableError, ClosedError):
             self.log.warning("could not confirm the broker got the last messages", timeout=timeout)
 
-    async def _confirm(self, *, inbox: bool = False, timeout: float | None = None) -> None:
+    async def barrier(
+        self, name: str, participants: Iterable[str] | int, *, timeout: float = 30.0
+    ) -> Assembled:
+        """Wait until every participant has arrived at barrier ``name`` (or ``timeout``
+        passes): the named actors (this one included), or a count of them. Safe inside
+        a handler (arrivals are taken off the link by the reader). A barrier's name is
+        for one meeting: use ``"step.3"`` for the third round.
+
+        Each participant publishes its arrival on ``barrier.<name>`` (so, on a secure
+        broker, its identity needs the publish and subscribe rights there) and says
+        it again whenever it hears someone new, so that one who came later hears it.
+
+        Raises:
+            ValueError: this actor already waits at that barrier.
+            ClosedError: the actor stopped meanwhile.
+            BrokerUnavailableError: the barrier's subscription was not confirmed.
+        """
+        receiver = self._receiver
+        if receiver is None:
+            raise ClosedError(f"actor {self.name!r} is not running")
+        started = time.monotonic()
+        topic = f"barrier.{name}"
+        key = encode_topic(topic)
+        if key in self._pending:
+            raise ValueError(f"already waiting at barrier {name!r}")
+        expected = None if isinstance(participants, int) else {*participants, self.name}
+        count = participants if isinstance(participants, int) else None
+        result = Assembled(name)
+        waiting = Barrier(result, expected, count)
+        self._pending[key] = waiting
+        again: set[asyncio.Task[None]] = set()
+
+        def say_again() -> None:
+            task = asyncio.get_running_loop().create_task(self.emit(topic, {"barrier": name}))
+            again.add(task)
+            task.add_done_callback(again.discard)
+
+        try:
+            receiver.subscribe_inbox(key)
+            await self._confirm(inbox=True, fresh=True)  # the arrivals can be heard
+            waiting.on_new = say_again
+            waiting.arrive(self.name)
+            await self.emit(topic, {"barrier": name})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, timeout - (time.monotonic() - started))):
+                    await waiting.finished
+        finally:
+            self._pending.pop(key, None)
+            if self._receiver is not None:
+                self._receiver.unsubscribe_inbox(key)
+        if expected is not None:
+            result.missing = sorted(expected - set(result.arrived))
+        result.elapsed = time.monotonic() - started
+        return result
+
+    async def _confirm(
+        self, *, inbox: bool = False, fresh: bool = False, timeout: float | None = None
+    ) -> None:
         """Publish probes to a topic we subscribe to until one comes back.
 
         Subscriptions travel in order on one pipe, so a probe received on the newest
@@ -686,12 +744,15 @@ class Actor(Verbs):
         receiver = self._receiver
         if receiver is None:
             raise ClosedError(f"actor {self.name!r} is not running")
-        if inbox:
+        if inbox and not fresh:
             topic = self._inbox
-        else:
+        else:  # a new subscription, newest on its socket: its probe proves the earlier
             self._probes += 1
             topic = f"$probe.{self.identity}.{self.id}.{self._probes}"
-            receiver.subscribe(topic.encode())
+            if inbox:
+                receiver.subscribe_inbox(topic.encode())
+            else:
+                receiver.subscribe(topic.encode())
         probe_id = self.ids.next()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[probe_id] = fut
@@ -713,5 +774,7 @@ class Actor(Verbs):
             fut.result()  # ClosedError if stop() failed it
         finally:
             self._pending.pop(probe_id, None)
-            if not inbox and self._running:
+            if self._running and fresh and inbox:
+                receiver.unsubscribe_inbox(topic.encode())
+            elif not inbox and self._running:
                 receiver.unsubscribe(topic.encode())

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from loom.errors import RemoteError
 
-__all__ = ["Collector", "Gathered", "Policy", "needed"]
+__all__ = ["Assembled", "Awarded", "Barrier", "Collector", "Gathered", "Policy", "needed"]
 
 Policy = Literal["any", "majority", "all"] | int
 """``any``: the first reply; an int k: the first k; ``majority``: more than half the
@@ -129,3 +129,83 @@ class Collector:
             result.replies.keys() | result.failed.keys()
         ):
             self.finished.set_result(None)  # everyone answered: no more will come
+
+
+@dataclasses.dataclass
+class Assembled:
+    """How a barrier ended.
+
+    Attributes:
+        name: the barrier.
+        arrived: who arrived (this actor first), in the order heard.
+        missing: expected participants that had not arrived at the deadline.
+        complete: everyone expected arrived.
+        elapsed: seconds waited.
+    """
+
+    name: str
+    arrived: list[str] = dataclasses.field(default_factory=list)
+    missing: list[str] = dataclasses.field(default_factory=list)
+    complete: bool = False
+    elapsed: float = 0.0
+
+
+class Barrier:
+    """The arrivals at one barrier, heard on its topic by the actor's reader (never the
+    mailbox: a handler may wait at a barrier)."""
+
+    def __init__(self, result: Assembled, expected: set[str] | None, count: int | None) -> None:
+        self.result = result
+        self.expected = expected
+        self.count = count
+        self.finished = asyncio.get_running_loop().create_future()
+        self.on_new: Any = None
+        """Called when someone new arrives (the actor says again that it is here, for
+        those who subscribed after it first did)."""
+
+    def done(self) -> bool:
+        return self.finished.done()
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self.finished.done():
+            self.finished.set_exception(exc)
+
+    def arrive(self, who: str) -> None:
+        arrived = self.result.arrived
+        if who in arrived or len(arrived) >= 10_000:
+            return
+        arrived.append(who)
+        if self.on_new is not None and len(arrived) > 1:
+            self.on_new()
+        if self.expected is not None:
+            complete = self.expected <= set(arrived)
+        else:
+            complete = self.count is not None and len(arrived) >= self.count
+        if complete and not self.finished.done():
+            self.result.complete = True
+            self.finished.set_result(None)
+
+
+@dataclasses.dataclass
+class Awarded:
+    """How a contract net ended.
+
+    Attributes:
+        task: what was called for.
+        proposals: the bids, by bidder.
+        refused: who declined, with the reason (a ``{"refuse": reason}`` reply, or a
+            handler that raised).
+        missing: expected bidders silent at the bidding deadline (late bids are ignored).
+        winner: the best bid's bidder by ``score`` (``None``: no bid).
+        result: what the winner returned for the task.
+        error: why the winner's work failed (``RemoteError``, ``RequestTimeoutError``),
+            else ``None``.
+    """
+
+    task: Any
+    proposals: dict[str, Any] = dataclasses.field(default_factory=dict)
+    refused: dict[str, str] = dataclasses.field(default_factory=dict)
+    missing: list[str] = dataclasses.field(default_factory=list)
+    winner: str | None = None
+    result: Any = None
+    error: Exception | None = None

@@ -13,10 +13,11 @@ from typing import Any
 import zmq
 
 from loom.actor._event import Event, current_event
-from loom.actor._gather import Collector
+from loom.actor._gather import Barrier, Collector
 from loom.errors import ProtocolError, RemoteError
 from loom.protocol import (
     ERROR,
+    EVENT,
     REPLY,
     REQUEST,
     Envelope,
@@ -76,7 +77,7 @@ class Receiver:
         inbox: zmq.Socket[bytes],
         *,
         route: Callable[[bytes], tuple[str, tuple[Handler, ...]]],
-        pending: dict[bytes, asyncio.Future[Any] | Collector],
+        pending: dict[bytes, asyncio.Future[Any] | Collector | Barrier],
         stats: Any,
         answer: Callable[[Event, int, Any], Awaitable[None]],
         log: Any,
@@ -167,6 +168,18 @@ class Receiver:
         self._events.unsubscribe(prefix)
         self._look()
 
+    def subscribe_inbox(self, prefix: bytes) -> None:
+        """Subscribe the inbox socket too (what the reader takes off the link at once:
+        barrier arrivals)."""
+        self._inbox.subscribe(prefix)
+        if self._reading:
+            self._loop.call_soon(self._on_inbox)
+
+    def unsubscribe_inbox(self, prefix: bytes) -> None:
+        self._inbox.unsubscribe(prefix)
+        if self._reading:
+            self._loop.call_soon(self._on_inbox)
+
     def _look(self) -> None:
         """A setsockopt may consume the fd's edge of a message that arrived meanwhile (as
         a send can, docs/decisions.md #11): read the socket once, whatever the fd says."""
@@ -196,8 +209,14 @@ class Receiver:
         inbox, drops = self._inbox, self._stats.drops
         for _ in range(_BATCH):
             try:
-                _, header, payload = recv_message(inbox)
-                if not self._resolve(decode_header(header), payload):
+                topic, header, payload = recv_message(inbox)
+                envelope = decode_header(header)
+                if envelope.kind == EVENT:  # an arrival at a barrier this actor waits at
+                    barrier = self._pending.get(topic)
+                    if isinstance(barrier, Barrier):
+                        barrier.arrive(envelope.sender)
+                    continue
+                if not self._resolve(envelope, payload):
                     self._stats.late_replies += 1
             except zmq.Again:
                 return
@@ -216,12 +235,14 @@ class Receiver:
         pending = self._pending.get(envelope.correlation_id)  # type: ignore[arg-type]
         if pending is None:
             return False
+        if isinstance(pending, Barrier):
+            return False
         if isinstance(pending, Collector):  # a scatter-gather: every reply counts
             if not pending.done():
                 self._collect(pending, envelope, payload)
             return True
         fut = self._pending.pop(envelope.correlation_id)  # type: ignore[arg-type]
-        assert not isinstance(fut, Collector)
+        assert isinstance(fut, asyncio.Future)
         if not fut.done():
             try:
                 data = decode_payload(payload, envelope.content_type)

@@ -12,13 +12,14 @@ import zmq
 
 from loom.actor._durable import Durability
 from loom.actor._event import Event, current_event
-from loom.actor._gather import Collector, Gathered, Policy, needed
+from loom.actor._gather import Awarded, Barrier, Collector, Gathered, Policy, needed
 from loom.errors import (
     ClosedError,
     HeaderError,
     HopLimitError,
     LoomError,
     NoReplyToError,
+    RemoteError,
     RequestTimeoutError,
 )
 from loom.protocol import (
@@ -54,7 +55,7 @@ class Verbs:
     """The sockets are usable (probes may go out)."""
     _inbox: str
     _topics: dict[str, bytes]
-    _pending: dict[bytes, asyncio.Future[Any] | Collector]
+    _pending: dict[bytes, asyncio.Future[Any] | Collector | Barrier]
     _max_payload: int
     _pub: zmq.Socket[bytes]
     _tools: ToolClient | None
@@ -254,6 +255,63 @@ class Verbs:
         result.missing = [name for name in expected or () if name not in answered]
         result.elapsed = time.monotonic() - started
         return result
+
+    async def contract(
+        self,
+        topic: str,
+        task: Any,
+        *,
+        score: Callable[[Any], float],
+        bid_timeout: float = 2.0,
+        timeout: float = 30.0,
+        expect: int | Iterable[str] | None = None,
+    ) -> Awarded:
+        """A FIPA contract net on ``topic``: call for proposals (every responder gets
+        ``{"phase": "cfp", "task"}`` and answers a bid, or ``{"refuse": reason}``),
+        collected until ``bid_timeout``; the highest ``score(bid)`` wins and gets
+        ``{"phase": "award", "task", "to": winner, "proposal"}`` as a request (only the
+        winner answers: its handler returns the result; the others return ``None``); the
+        rest get ``{"phase": "reject", "task", "to": [names]}`` as an event. Cancelling
+        the awaiting task tells the winner ``{"phase": "cancel", "to": winner}``.
+
+        Returns what happened; never raises for what bidders do.
+
+        Raises:
+            ClosedError: the actor stopped meanwhile.
+            TopicError, EncodeError, PayloadTooLargeError: as for ``emit``.
+        """
+        cfp = await self.gather(
+            topic, {"phase": "cfp", "task": task}, timeout=bid_timeout, expect=expect
+        )
+        outcome = Awarded(task, missing=cfp.missing)
+        for name, error in cfp.failed.items():
+            outcome.refused[name] = str(error)
+        for name, bid in cfp.replies.items():
+            if isinstance(bid, dict) and "refuse" in bid:
+                outcome.refused[name] = str(bid["refuse"])
+            else:
+                outcome.proposals[name] = bid
+        ranked = sorted(outcome.proposals, key=lambda n: score(outcome.proposals[n]), reverse=True)
+        if not ranked:
+            return outcome
+        winner = outcome.winner = ranked[0]
+        if ranked[1:]:
+            await self.emit(topic, {"phase": "reject", "task": task, "to": ranked[1:]})
+        award = {
+            "phase": "award",
+            "task": task,
+            "to": winner,
+            "proposal": outcome.proposals[winner],
+        }
+        try:
+            outcome.result = await self.request(topic, award, timeout=timeout)
+        except (RemoteError, RequestTimeoutError) as exc:
+            outcome.error = exc
+        except asyncio.CancelledError:
+            cancel = {"phase": "cancel", "task": task, "to": winner}
+            asyncio.get_running_loop().create_task(self.emit(topic, cancel, qos="realtime"))
+            raise
+        return outcome
 
     async def _responders(self, topic: str) -> list[str] | None:
         """The other live actors subscribed to ``topic`` (None if unknown)."""
