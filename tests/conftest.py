@@ -81,10 +81,13 @@ def free_tcp_endpoint() -> str:
 class Proc:
     """A child process whose output lines are collected by a reader thread."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.args = args
         self.popen = subprocess.Popen(
             args,
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -155,8 +158,8 @@ def spawn() -> Iterator[Callable[..., Proc]]:
     """Start child processes; every one still alive at teardown is killed."""
     procs: list[Proc] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(list(args), env)
+    def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
+        proc = Proc(list(args), env, cwd)
         procs.append(proc)
         return proc
 

@@ -19,6 +19,7 @@ from loom.cli import bench as bench_commands
 from loom.cli import dashboard as dashboard_commands
 from loom.cli import keys as key_commands
 from loom.cli import mcp as mcp_commands
+from loom.cli import new as new_commands
 from loom.cli import run as run_commands
 from loom.cli import sandbox as sandbox_commands
 from loom.cli import stats as stats_commands
@@ -43,6 +44,8 @@ EXAMPLES = """examples:
   loom list                                   # live actors, workers and tools
   loom call demo.stats '{"values": [1, 2]}'   # call a tool, print the result
   loom run configs/mesh.toml                  # start and supervise a whole mesh
+  loom new trio research-desk                 # a runnable project from a template
+  loom dev mesh.toml                          # loom run, restarting what you edit
   loom ps                                     # its children: state, pid, restarts
   loom restart trader                         # restart one of them now
   loom sandbox check                          # the tool sandbox's layers on this host
@@ -175,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard_commands.add_parsers(commands, common)
     agent_commands.add_parsers(commands, common)
     mcp_commands.add_parsers(commands, common)
+    new_commands.add_parsers(commands, common)
 
     demo = commands.add_parser(
         "demo",
@@ -220,7 +224,7 @@ def _command(argv: list[str] | None) -> int:
         os.environ["LOOM_KEY"] = args.key
     if getattr(args, "broker_key", None):
         os.environ["LOOM_BROKER_KEY"] = args.broker_key
-    if args.command == "run":  # it configures logging from its file
+    if args.command in ("run", "dev"):  # they configure logging from their file
         try:
             return run_commands.run_mesh(args)
         except LoomError as exc:
@@ -285,6 +289,8 @@ def _command(argv: list[str] | None) -> int:
             return key_commands.run_keys(args)
         elif args.command == "audit":
             return audit_commands.run_audit(args)
+        elif args.command == "new":
+            return new_commands.run_new(args)
         elif args.command == "mcp":
             return mcp_commands.run_mcp(args, broker)
         else:

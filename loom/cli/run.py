@@ -42,6 +42,14 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         epilog="example: loom run configs/mesh.toml   (see that file for every key)",
     )
     run.add_argument("file", help="a run file: [broker], [supervisor], [[actor]], [[worker]]")
+    dev = commands.add_parser(
+        "dev",
+        parents=[common],
+        help="as `loom run`, and restart a child when a Python file of the project changes",
+        epilog="example: loom dev mesh.toml   (edit an actor's file: that actor restarts;"
+        " any other .py file: every actor and worker)",
+    )
+    dev.add_argument("file", help="a run file, as for `loom run`")
     ps = commands.add_parser(
         "ps",
         parents=[common],
@@ -84,9 +92,10 @@ def run_mesh(args: argparse.Namespace) -> int:
         json=args.log_json or settings.log.json_lines,
         level=args.log_level or settings.log.level,
     )
-    if args.broker:
+    endpoint = args.broker or os.environ.get("LOOM_BROKER")
+    if endpoint:  # --broker, else $LOOM_BROKER, over the file's [broker] endpoint
         settings = settings.model_copy(
-            update={"broker": settings.broker.model_copy(update={"endpoint": args.broker})}
+            update={"broker": settings.broker.model_copy(update={"endpoint": endpoint})}
         )
     problems = check_targets(settings)
     if problems:
@@ -106,7 +115,47 @@ def run_mesh(args: argparse.Namespace) -> int:
         max_backoff=settings.supervisor.max_backoff,
         status_every=settings.supervisor.status_every,
     )
-    return asyncio.run(_supervise(supervisor, control_endpoint(args.file), args.file))
+    control = control_endpoint(args.file)
+    if getattr(args, "command", "run") == "dev":
+        return asyncio.run(_develop(supervisor, control, args.file, settings))
+    return asyncio.run(_supervise(supervisor, control, args.file))
+
+
+async def _develop(supervisor: Supervisor, control: str, file: str, settings: RunSettings) -> int:
+    """``loom run``, with a watcher restarting children whose files change."""
+    watcher = asyncio.create_task(_watch(supervisor, Path(file).resolve().parent, settings))
+    try:
+        return await _supervise(supervisor, control, file)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _watch(supervisor: Supervisor, root: Path, settings: RunSettings) -> None:
+    """Restart the child whose target file changed; when another Python file under
+    ``root`` changed (a module they share), every actor and worker. Changes are
+    gathered for 0.2 s (a save that writes several files is one restart)."""
+    from watchfiles import PythonFilter, awatch
+
+    log = get_logger("loom.dev")
+    children = [*settings.workers, *settings.actors]
+    files: dict[Path, list[str]] = {}
+    for child in children:
+        where = child.target.partition(":")[0]
+        if where.endswith(".py"):
+            files.setdefault(Path(where).resolve(), []).append(child.name)
+    log.info("watching", root=str(root), files=len(files))
+    async for changes in awatch(root, watch_filter=PythonFilter(), debounce=200, step=50):
+        changed = {Path(path).resolve() for _, path in changes}
+        names = [name for path in changed for name in files.get(path, [])]
+        if not names or len(names) < len(changed):  # a shared module: everyone
+            names = [child.name for child in children]
+        for name in dict.fromkeys(names):
+            log.info(f"restarting {name}", files=sorted(str(p) for p in changed)[:5])
+            refused = supervisor.restart(name)
+            if refused is not None:
+                log.warning("not restarted", child=name, reason=refused)
 
 
 async def _supervise(supervisor: Supervisor, control: str, file: str) -> int:
