@@ -517,10 +517,17 @@ class Actor(Verbs):
             first = not self._groups
             self._bind(pattern, handler, None, group, redeliver)
             if self._running and self._receiver is not None:
-                if first:
-                    self._receiver.subscribe(self._member_prefix)
-                    await self._confirm()
-                await self._announce_groups()
+                try:
+                    if first:
+                        self._receiver.subscribe(self._member_prefix)
+                        await self._confirm()
+                    await self._announce_groups()
+                except BaseException:  # refused (no right): the binding goes too
+                    target = (handler, inspect.iscoroutinefunction(handler))
+                    self._groups[group].remove(pattern, target)
+                    if not self._groups[group].patterns():
+                        del self._groups[group]
+                    raise
             return
         link = self._link
         if durable is None and self._running and link is not None:
@@ -702,12 +709,19 @@ class Actor(Verbs):
         result = Assembled(name)
         waiting = Barrier(result, expected, count)
         self._pending[key] = waiting
-        again: set[asyncio.Task[None]] = set()
+        wanted = [False]
+        saying: list[asyncio.Task[None]] = []
 
-        def say_again() -> None:
-            task = asyncio.get_running_loop().create_task(self.emit(topic, {"barrier": name}))
-            again.add(task)
-            task.add_done_callback(again.discard)
+        async def repeat() -> None:
+            while wanted[0]:  # an arrival heard while saying it: say it once more after
+                wanted[0] = False
+                with contextlib.suppress(LoomError):
+                    await self.emit(topic, {"barrier": name})
+
+        def say_again() -> None:  # one saying at a time: a burst of arrivals is one more
+            wanted[0] = True
+            if not saying or saying[0].done():
+                saying[:] = [asyncio.get_running_loop().create_task(repeat())]
 
         try:
             receiver.subscribe_inbox(key)

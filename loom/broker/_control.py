@@ -128,6 +128,7 @@ class ControlPlane:
         self.tools = tools
         self.durable = durable
         self.groups = groups if groups is not None else Groups()
+        self._next_prune = 0.0
         """Queue groups (the pub/sub proxy delivers through them)."""
         self._announce = {
             "version": VERSION,
@@ -269,6 +270,9 @@ class ControlPlane:
                 self._forget(identity, "went silent")
         self.durable.flush()
         self.durable.tick(now)
+        if self.groups.sent and now >= self._next_prune:
+            self._next_prune = now + 1.0
+            self.groups.prune(time.time())  # requests past their deadline: nobody waits
         wake = self._next_check
         for other in (self.tools.tick(), self.durable.due()):
             if other is not None and other < wake:
@@ -455,13 +459,21 @@ class ControlPlane:
             identity, [*body.patterns, *grouped], body.rid
         ):
             return
+        if self.guard is not None and grouped:  # a member takes requests from the others
+            rights = self.guard.rights(self.who)
+            refused = [p for p in grouped if not rights.may_reply(p.encode())]
+            if refused:
+                self._denied("reply", f"in a queue group on {refused[0]!r}", identity, body.rid)
+                return
         peer = self.peers.get(identity)
         if peer is not None:
             peer.patterns = bounded(body.patterns)
-            if body.member is not None or body.groups:
-                error = self.groups.join(
-                    identity, peer.name, self.who, body.member or "_", body.groups
-                )
+            if body.groups and body.member is None:
+                message = "queue-group bindings need a member id"
+                self._refuse(identity, "INVALID_GROUPS", message, body.rid)
+                return
+            if body.member is not None:
+                error = self.groups.join(identity, peer.name, self.who, body.member, body.groups)
                 if error is not None:
                     self.drops.drop("groups", error, plane="control", peer=peer.name)
                     self._refuse(identity, "INVALID_GROUPS", error, body.rid)

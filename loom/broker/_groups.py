@@ -17,6 +17,8 @@ requester gets an error reply, ``MemberLostError``.
 from __future__ import annotations
 
 import collections
+import heapq
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,12 +27,17 @@ from loom.protocol import Pattern, decode_topic
 
 __all__ = ["Groups", "Member"]
 
-MAX_LANES = 10_000
+MAX_LANES = 1000
+MAX_BINDINGS = 64
+"""Queue-group bindings one peer may hold (then its ANNOUNCE is refused)."""
 MAX_REMEMBERED = 10_000
 """Requests remembered for redelivery at once (then new ones are not)."""
 MAX_REMEMBERED_BYTES = 64 << 20
 MAX_DELIVERIES = 3
-_CACHE = 10_000
+_CACHE = 2000
+"""Topics whose matching lanes are kept (each list at most MAX_LANES long)."""
+DEFAULT_AGE = 600.0
+"""Seconds a request without a deadline is remembered."""
 
 
 class Member:
@@ -67,7 +74,16 @@ class Lane:
 
 
 class Sent:
-    __slots__ = ("deliveries", "header", "lane", "member", "payload", "reply_to", "topic")
+    __slots__ = (
+        "deliveries",
+        "expires",
+        "header",
+        "lane",
+        "member",
+        "payload",
+        "reply_to",
+        "topic",
+    )
 
     def __init__(
         self,
@@ -75,8 +91,10 @@ class Sent:
         member: Member,
         message: tuple[bytes, bytes, bytes],
         reply_to: str,
+        expires: float,
     ) -> None:
         topic, header, payload = message
+        self.expires = expires
         self.lane = lane
         self.member = member
         self.topic = topic
@@ -102,6 +120,8 @@ class Groups:
         self.sent: dict[bytes, Sent] = {}
         self._sent_bytes = 0
         self._by_member: dict[bytes, set[bytes]] = collections.defaultdict(set)
+        self._expiry: list[tuple[float, bytes]] = []
+        self._bindings: dict[bytes, list[tuple[str, str, bool]]] = {}
         self.counts = {"delivered": 0, "redelivered": 0, "lost": 0, "unremembered": 0}
         self.send: Send = lambda topic, header, payload: False
         self.fail: Fail = lambda reply_to, correlation, data: None
@@ -117,7 +137,12 @@ class Groups:
         bindings: list[tuple[str, str, bool]],
     ) -> str | None:
         """``peer``'s bindings from now on (replacing the ones it had); an error message
-        when one cannot be taken (an invalid pattern, too many lanes)."""
+        when one cannot be taken (an invalid pattern, too many bindings or lanes)."""
+        bindings = list(dict.fromkeys(bindings))  # a binding twice is one turn, not two
+        if len(bindings) > MAX_BINDINGS:
+            return f"{len(bindings)} queue-group bindings (at most {MAX_BINDINGS} a peer)"
+        if self._bindings.get(peer) == bindings:
+            return None  # unchanged (a re-announce): nothing to do
         wanted: list[tuple[str, Pattern, bool]] = []
         for group, text, redeliver in bindings:
             try:
@@ -139,6 +164,7 @@ class Groups:
             joined.append((lane, one))
         if joined:
             self._by_peer[peer] = joined
+            self._bindings[peer] = bindings
         self._cache.clear()
         return None
 
@@ -149,9 +175,10 @@ class Groups:
         for request in sorted(self._by_member.pop(peer, ())):
             sent = self.sent.get(request)
             if sent is not None:
-                self._reoffer(request, sent)
+                self._reoffer(request, sent)  # each on its own: fail() never raises
 
     def _drop_peer(self, peer: bytes) -> None:
+        self._bindings.pop(peer, None)
         for lane, member in self._by_peer.pop(peer, ()):
             lane.members.remove(member)
             if not lane.members:
@@ -178,6 +205,8 @@ class Groups:
         payload: bytes,
         request: bytes | None,
         reply_to: str | None,
+        *,
+        deadline: float | None = None,
     ) -> int:
         """A copy to one member of each lane ``topic`` matches; remembers a request
         (``request``: its id) to offer it again if that member dies. Returns the copies
@@ -192,16 +221,29 @@ class Groups:
                 continue
             self.counts["delivered"] += 1
             if request is not None and reply_to is not None:
-                sent = Sent(lane, member, (topic, header, payload), reply_to)
+                expires = deadline if deadline is not None else time.time() + DEFAULT_AGE
+                sent = Sent(lane, member, (topic, header, payload), reply_to, expires)
                 self._remember(request, sent)
         return failed
 
-    def answered(self, correlation_id: bytes | None) -> None:
-        """A reply (or error) passed: the request it answers is done."""
+    def answered(self, correlation_id: bytes | None, topic: bytes) -> None:
+        """A reply (or error) passed on ``topic``: the request it answers is done when
+        that is the request's reply topic."""
         if correlation_id is not None:
-            sent = self.sent.pop(correlation_id, None)
-            if sent is not None:
+            sent = self.sent.get(correlation_id)
+            if sent is not None and sent.reply_to.encode() == topic:
+                del self.sent[correlation_id]
                 self._forget(correlation_id, sent)
+
+    def prune(self, now: float) -> None:
+        """Forget the requests whose deadline has passed (nobody waits for them)."""
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            _, request = heapq.heappop(expiry)
+            sent = self.sent.get(request)
+            if sent is not None and sent.expires <= now:
+                del self.sent[request]
+                self._forget(request, sent)
 
     def _remember(self, request: bytes, sent: Sent) -> None:
         size = len(sent.payload) + len(sent.header)
@@ -215,6 +257,10 @@ class Groups:
         self.sent[request] = sent
         self._sent_bytes += size
         self._by_member[sent.member.peer].add(request)
+        heapq.heappush(self._expiry, (sent.expires, request))
+        if len(self._expiry) > 4 * MAX_REMEMBERED:  # stale entries of answered requests
+            self._expiry = [(e, r) for e, r in self._expiry if r in self.sent]
+            heapq.heapify(self._expiry)
 
     def _forget(self, request: bytes, sent: Sent) -> None:
         self._sent_bytes -= len(sent.payload) + len(sent.header)
@@ -228,13 +274,16 @@ class Groups:
         del self.sent[request]
         self._forget(request, sent)
         lost = sent.member
-        other = sent.lane.pick(avoid=lost.peer) if lost.redeliver else None
+        lane = self.lanes.get((sent.lane.group, sent.lane.pattern.text))  # as it is now
+        other = lane.pick(avoid=lost.peer) if lost.redeliver and lane is not None else None
         if (
             other is not None
             and sent.deliveries < MAX_DELIVERIES
             and self.send(other.prefix + sent.topic, sent.header, sent.payload)
         ):
             self.counts["redelivered"] += 1
+            assert lane is not None
+            sent.lane = lane
             sent.member = other
             sent.deliveries += 1
             self._remember(request, sent)
@@ -246,11 +295,6 @@ class Groups:
             f" on {sent.topic.decode(errors='replace')}; not offered again: {why}"
         )
         self.fail(sent.reply_to, request, {"type": "MemberLostError", "message": message})
-
-    def expire(self, alive: Callable[[bytes], bool]) -> None:
-        """Forget requests whose member is no longer a peer (missed by ``leave``)."""
-        for peer in [p for p in self._by_member if not alive(p)]:
-            self.leave(peer)
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -22,7 +22,7 @@ import zmq
 from loom.broker._groups import Groups
 from loom.broker._settings import BrokerSettings
 from loom.broker._traces import TraceBuffer
-from loom.errors import ProtocolError
+from loom.errors import LoomError, ProtocolError
 from loom.logs import DropCounter
 from loom.protocol import (
     ERROR,
@@ -232,7 +232,7 @@ class PubSubProxy:
                     )
                     traced += 1
                 if groups.lanes or groups.sent:  # queue groups: one member each, see _groups
-                    self._to_groups(topic, header, payload, env, row)
+                    self._to_groups(topic, header, payload, env, row, who)
                 try:
                     raw_send(xpub, topic, _NOBLOCK_MORE)
                 except zmq.Again:
@@ -248,17 +248,29 @@ class PubSubProxy:
             if traced:
                 traces.messages_seen += traced
 
-    def _to_groups(self, topic: bytes, header: bytes, payload: bytes, env: Any, row: Row) -> None:
+    def _to_groups(  # noqa: PLR0917 - the hot loop's values, passed on as they are
+        self, topic: bytes, header: bytes, payload: bytes, env: Any, row: Row, who: str
+    ) -> None:
         groups = self.groups
         kind = env.kind
         if kind >= REPLY:
-            groups.answered(env.correlation_id)
+            groups.answered(env.correlation_id, topic)
             return
         if topic[:1] == b"$" or not groups.lanes:
             return  # inboxes, probes, $sys: never to a group
-        request = env.id if kind == REQUEST else None
-        if groups.deliver(topic, header, payload, request, env.reply_to):
+        request = None
+        reply_to = env.reply_to
+        if kind == REQUEST and reply_to is not None and self._inbox_of(reply_to, who):
+            request = env.id  # remembered, to answer if its member dies
+        if groups.deliver(topic, header, payload, request, reply_to, deadline=env.deadline):
             self._drop(row, DROPPED, "stalled", "a queue-group member's queue is full", topic)
+
+    def _inbox_of(self, reply_to: str, who: str) -> bool:
+        """Whether ``reply_to`` is an inbox of the requester's own identity (the only
+        place the broker will send an error on its behalf)."""
+        if self._guard is None:
+            return reply_to.startswith("$inbox.")
+        return reply_to.startswith(f"$inbox.{who}.")
 
     def _send_now(self, topic: bytes, header: bytes, payload: bytes) -> bool:
         """One message to subscribers without waiting: False when a queue is full (or the
@@ -280,7 +292,7 @@ class PubSubProxy:
             ERROR, mid, self._name, time.time(), correlation, None, None, None, 0, mid,
             None, None, origin,
         )  # fmt: skip
-        with contextlib.suppress(zmq.Again, ProtocolError):
+        with contextlib.suppress(zmq.Again, LoomError):  # a topic that cannot be: no reply
             send_message(self._xpub, encode_topic(reply_to), header, encode_payload(data))
 
     def _intern(self, sender: str) -> str:

@@ -117,6 +117,11 @@ def run_mesh(args: argparse.Namespace) -> int:
     )
     control = control_endpoint(args.file)
     if getattr(args, "command", "run") == "dev":
+        try:
+            import watchfiles  # noqa: F401
+        except ImportError:
+            print("loom dev: needs watchfiles: pip install 'loom-mesh[dev-tools]'", file=sys.stderr)
+            return 2
         return asyncio.run(_develop(supervisor, control, args.file, settings))
     return asyncio.run(_supervise(supervisor, control, args.file))
 
@@ -146,16 +151,19 @@ async def _watch(supervisor: Supervisor, root: Path, settings: RunSettings) -> N
         if where.endswith(".py"):
             files.setdefault(Path(where).resolve(), []).append(child.name)
     log.info("watching", root=str(root), files=len(files))
-    async for changes in awatch(root, watch_filter=PythonFilter(), debounce=200, step=50):
-        changed = {Path(path).resolve() for _, path in changes}
-        names = [name for path in changed for name in files.get(path, [])]
-        if not names or len(names) < len(changed):  # a shared module: everyone
-            names = [child.name for child in children]
-        for name in dict.fromkeys(names):
-            log.info(f"restarting {name}", files=sorted(str(p) for p in changed)[:5])
-            refused = supervisor.restart(name)
-            if refused is not None:
-                log.warning("not restarted", child=name, reason=refused)
+    try:
+        async for changes in awatch(root, watch_filter=PythonFilter(), debounce=200, step=50):
+            changed = {Path(path).resolve() for _, path in changes}
+            names = [name for path in changed for name in files.get(path, [])]
+            if any(path not in files for path in changed):  # a shared module: everyone
+                names = [child.name for child in children]
+            for name in dict.fromkeys(names):
+                log.info(f"restarting {name}", files=sorted(str(p) for p in changed)[:5])
+                refused = supervisor.restart(name)
+                if refused is not None:
+                    log.warning("not restarted", child=name, reason=refused)
+    except Exception:  # the mesh goes on, unwatched: say so
+        log.exception("file watching stopped")
 
 
 async def _supervise(supervisor: Supervisor, control: str, file: str) -> int:
