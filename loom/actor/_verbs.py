@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -40,6 +41,7 @@ from loom.session import Directory, ToolClient
 __all__ = ["Verbs"]
 
 _MAX_TOPIC_CACHE = 10_000
+_THREAD = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _BACKGROUND_LIMIT = 100_000
 
 
@@ -113,6 +115,21 @@ class Verbs:
                 )
         else:
             raise ValueError(f"qos must be standard, realtime, reliable or background: {qos!r}")
+
+    async def emit_thread(self, thread: str, data: Any = None, *, qos: str = "standard") -> None:
+        """Publish on the thread's broadcast topic, ``thread.<thread>``, as part of that
+        thread: everyone in a conversation subscribes to it (``@on("thread.<id>")``, or
+        ``thread.*`` for every conversation). Emits inside a handler carry the handled
+        event's thread anyway; ``loom trace --thread ID`` shows a thread as one lane.
+
+        Raises:
+            ValueError: ``thread`` is not one topic token (letters, digits, ``_``, ``-``,
+                1 to 64).
+            As for :meth:`emit`.
+        """
+        if not _THREAD.match(thread):
+            raise ValueError(f"thread {thread!r}: one token of letters, digits, _ and -, 1 to 64")
+        await self.emit(f"thread.{thread}", data, thread=thread, qos=qos)
 
     async def _send_background(self) -> None:
         """Send background events while the link has room; yield to everything else."""

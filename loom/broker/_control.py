@@ -683,13 +683,20 @@ class ControlPlane:
     def _trace(self, identity: bytes, body: Trace) -> None:
         if not self._may_read("traces", identity, body.rid) or self._busy(identity, body.rid):
             return
+        traces = self.tools.traces
         try:
             trace = bytes.fromhex(body.trace)
         except ValueError:
-            self._refuse(identity, "MALFORMED", "TRACE needs a trace id in hex", body.rid)
+            trace = b""
+        if not trace and body.thread is None:
+            message = "TRACE needs a trace id in hex, or a thread"
+            self._refuse(identity, "MALFORMED", message, body.rid)
             return
         try:
-            found = self.tools.traces.find(trace, budget=self._frame_limit)
+            if body.thread is not None:
+                found = traces.find_thread(body.thread, budget=self._frame_limit)
+            else:
+                found = traces.find(trace, budget=self._frame_limit)
         except Exception as exc:  # a record no client should have been able to make
             self._log.exception("cannot read a trace")
             self._refuse(identity, "INTERNAL", f"cannot read the trace: {exc}", body.rid)

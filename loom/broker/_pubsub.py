@@ -228,6 +228,7 @@ class PubSubProxy:
                             env.timestamp,
                             env.kind,
                             row[TOPIC],  # one bytes object per topic, not per message
+                            env.thread_id,
                         )
                     )
                     traced += 1
@@ -363,7 +364,7 @@ class PubSubProxy:
             if env.trace_id is not None:
                 sender = self._senders.get(env.sender) or self._intern(env.sender)
                 record = (env.trace_id, env.id, env.parent_id, sender, env.timestamp)
-                self.traces.messages.append((*record, env.kind, row[TOPIC]))
+                self.traces.messages.append((*record, env.kind, row[TOPIC], env.thread_id))
                 self.traces.messages_seen += 1
         try:
             send_message(self._xpub, topic, header, payload)

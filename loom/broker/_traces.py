@@ -33,8 +33,9 @@ class TraceBuffer:
 
     def __init__(self, size: int = 100_000) -> None:
         self.messages: deque[tuple[Any, ...]] = deque(maxlen=size)
-        """(trace, id, parent, sender, time, kind, topic) per forwarded message (the proxy
-        checked trace, id, sender and parent; the rest is checked when read)."""
+        """(trace, id, parent, sender, time, kind, topic, thread) per forwarded message
+        (the proxy checked trace, id, sender, parent and thread; the rest is checked when
+        read)."""
         self.messages_seen = 0
         """Messages recorded so far (the proxy adds each batch's count): the newest
         record's sequence number is this minus one."""
@@ -74,6 +75,18 @@ class TraceBuffer:
             "messages": messages[:FIND_LIMIT],
             "calls": calls[:FIND_LIMIT],
             "truncated": truncated,
+        }
+
+    def find_thread(self, thread: str, budget: int = 1 << 20) -> dict[str, Any]:
+        """One thread's messages, oldest first (at most ``FIND_LIMIT``, ``budget``
+        bytes): a conversation's lane, across the traces it spans."""
+        found = (_message(record) for record in list(self.messages) if record[7] == thread)
+        messages, left = fit(islice((m for m in found if m is not None), FIND_LIMIT + 1), budget)
+        return {
+            "thread": thread,
+            "messages": messages[:FIND_LIMIT],
+            "calls": [],
+            "truncated": bool(left) or len(messages) > FIND_LIMIT,
         }
 
     def recent(
@@ -118,12 +131,13 @@ class TraceBuffer:
 def _message(record: tuple[Any, ...], seq: int | None = None) -> dict[str, Any] | None:
     """A message record as plain data (None if its time is unreadable; the proxy checked
     trace, id, sender and parent, the rest is checked here)."""
-    trace, mid, parent, sender, sent, kind, topic = record
+    trace, mid, parent, sender, sent, kind, topic, thread = record
     if type(sent) not in (int, float) or not math.isfinite(sent):
         return None
     return {
         "seq": seq,
         "trace": trace.hex(),
+        "thread": thread,
         "id": mid.hex(),
         "parent": parent.hex() if type(parent) is bytes else None,
         "topic": topic.decode(errors="replace"),

@@ -19,27 +19,53 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="print one trace: the messages and tool calls it caused, with timings",
         epilog="example: loom tap --json ...  # each event's trace_id\n"
-        "         loom trace 3f2a9c1e0b7d4a55e0c1d2b3a4f5e6d7",
+        "         loom trace 3f2a9c1e0b7d4a55e0c1d2b3a4f5e6d7\n"
+        "         loom trace --thread order-1042     # a conversation, as one lane",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    trace.add_argument("trace_id", help="the trace id, hex (loom tap --json shows it)")
+    trace.add_argument("trace_id", nargs="?", help="the trace id, hex (loom tap --json shows it)")
+    trace.add_argument(
+        "--thread", help="a conversation's thread id instead: its messages as one lane"
+    )
     trace.add_argument("--json", action="store_true", help="the trace as JSON")
 
 
 async def show_trace(args: argparse.Namespace, broker: str) -> int:
-    """Exit 1 when the broker holds nothing of that trace (any more)."""
+    """Exit 1 when the broker holds nothing of that trace or thread (any more), 2 when
+    neither is given."""
+    if (args.trace_id is None) == (args.thread is None):
+        print("loom trace: give a trace id or --thread THREAD (one of them)", file=sys.stderr)
+        return 2
+    body = {"thread": args.thread} if args.thread is not None else {"trace": args.trace_id}
+    what = args.thread if args.thread is not None else args.trace_id
     try:
-        found = await ask(broker, TRACE, {"trace": args.trace_id}, timeout=args.timeout)
+        found = await ask(broker, TRACE, body, timeout=args.timeout)
     except RefusedError as exc:
         print(f"loom trace: {exc}", file=sys.stderr)
         return 2
     if not found["messages"] and not found["calls"]:
-        print(f"loom trace: nothing of {args.trace_id} in the broker's buffer", file=sys.stderr)
+        print(f"loom trace: nothing of {what} in the broker's buffer", file=sys.stderr)
         return 1
     for message in found["messages"]:
         message["kind"] = kind_name(message.get("kind"))  # a name, as in every JSON output
-    print(json.dumps(found, indent=2) if args.json else format_trace(found))
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        print(format_lane(found) if args.thread is not None else format_trace(found))
     return 0
+
+
+def format_lane(found: dict[str, Any]) -> str:
+    """A thread's messages as one lane, in time order: milliseconds from the first, the
+    sender, the kind, the topic (and the trace each belongs to)."""
+    messages = sorted(found["messages"], key=lambda m: m["time"])
+    start = messages[0]["time"]
+    lines = [f"thread {found['thread']}"]
+    for message in messages:
+        offset = (message["time"] - start) * 1000
+        who = f"{message['sender']} {message['kind']}"
+        lines.append(f"{offset:9.1f} ms  {who:<28} {message['topic']}  [{message['trace'][:8]}]")
+    return "\n".join(lines)
 
 
 def format_trace(found: dict[str, Any]) -> str:

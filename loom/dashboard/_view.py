@@ -321,31 +321,38 @@ class MeshView:
         return pattern is not None and pattern.matches(topic)
 
     def _threads(self) -> list[dict[str, Any]]:
-        """The most recently active threads (messages sharing a trace id), each with its
-        messages and tool calls, oldest first. Threads of Loom's own topics only (an
-        actor's start-up probes, the broker's ``$sys`` events, a reply whose request
-        left the buffer) are left out."""
+        """The most recently active threads, each with its messages and tool calls,
+        oldest first: a conversation's thread id when its messages carry one (one lane
+        across the traces it spans), else the messages sharing a trace id. Threads of
+        Loom's own topics only (an actor's start-up probes, the broker's ``$sys``
+        events, a reply whose request left the buffer) are left out."""
         lanes: dict[str, dict[str, Any]] = {}
         real: list[dict[str, Any]] = []  # lanes with a message that is not plumbing
+        traced: dict[str, dict[str, Any]] = {}  # trace -> its lane, for the calls
         for message in reversed(self.messages):  # newest first: the lanes to keep
             trace = message.get("trace")
             if not isinstance(trace, str):
                 continue
-            lane = lanes.get(trace)
+            thread = message.get("thread")
+            key = f"thread:{thread}" if isinstance(thread, str) else trace
+            lane = lanes.get(key)
             if lane is None:
                 if len(real) >= self.threads:
                     continue  # older threads: only lanes already open still fill up
-                lane = lanes[trace] = {"trace": trace, "events": [], "calls": [], "real": False}
+                lane = lanes[key] = {"trace": trace, "events": [], "calls": [], "real": False}
+                if isinstance(thread, str):
+                    lane["thread"] = thread
+            traced.setdefault(trace, lane)
             if not lane["real"] and not str(message.get("topic")).startswith(LOOM_PREFIX):
                 lane["real"] = True
                 real.append(lane)
             if len(lane["events"]) < 50:
                 lane["events"].append(message)
         kept = sorted(real[: self.threads], key=lambda lane: -lane["events"][0]["time"])
-        by_trace = {lane["trace"]: lane for lane in kept}
+        shown = {id(lane) for lane in kept}
         for call in self.calls:
-            lane = by_trace.get(call.get("trace") or "")
-            if lane is not None:
+            lane = traced.get(call.get("trace") or "")
+            if lane is not None and id(lane) in shown:
                 lane["calls"].append(call)
         for lane in kept:
             del lane["real"]

@@ -204,9 +204,11 @@ class Approve(Body, kw_only=True):
 
 
 class Trace(Body, kw_only=True):
-    """``TRACE``: one trace's record, its id in hex."""
+    """``TRACE``: one trace's record, its id in hex; or, with ``thread``, one thread's
+    messages (``trace`` then empty)."""
 
-    trace: Annotated[str, msgspec.Meta(min_length=2, max_length=2 * MAX_ID_BYTES)]
+    trace: Annotated[str, msgspec.Meta(max_length=2 * MAX_ID_BYTES)] = ""
+    thread: Name | None = None
 
 
 class Recent(Body, kw_only=True):
