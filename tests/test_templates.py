@@ -63,7 +63,16 @@ def test_loom_dev_restarts_a_child_when_its_file_changes(
     )
     endpoint = free_tcp_endpoint()
     proc = spawn(*LOOM, "dev", "mesh.toml", env={"LOOM_BROKER": endpoint}, cwd=project)
-    proc.wait_line("watching", timeout=60)
+    try:
+        proc.wait_line("watching", timeout=60)
+        check_restart(proc, project, endpoint)
+    finally:  # SIGTERM: the supervisor stops its children (a SIGKILL would orphan them)
+        code = proc.stop()
+    assert code == 0, proc.output
+
+
+def check_restart(proc: Proc, project: Path, endpoint: str) -> None:
+    """The greeter answers; after its file is edited, the new code answers."""
 
     async def greeting() -> Any:
         asker = Actor(name="dev-test", broker=endpoint, unique=False)
