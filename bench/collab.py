@@ -33,6 +33,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tools import percentile  # beside this file
+
 from loom import Actor, Event
 from loom.broker import Broker, BrokerSettings
 from loom.logs import configure_logging
@@ -94,11 +96,6 @@ async def rate(asker: Actor, topic: str, args: argparse.Namespace) -> float:
     start = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(args.window)))
     return args.requests * 4 / (time.perf_counter() - start)
-
-
-def percentile(values: list[int], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000
 
 
 def one_run(endpoint: str, args: argparse.Namespace) -> dict[str, tuple[float, float]]:

@@ -258,6 +258,21 @@ async def eventually(probe: Callable[[], Awaitable[Any]], timeout: float = 10.0)
     return value
 
 
+def asking(mesh: str, body: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run ``body`` with a started actor called ``asker`` on ``mesh``; its result."""
+    from loom import Actor
+
+    async def go() -> Any:
+        actor = Actor(name="asker", broker=mesh)
+        await actor.start()
+        try:
+            return await body(actor)
+        finally:
+            await actor.stop()
+
+    return asyncio.run(go())
+
+
 def make_header(**changes: Any) -> bytes:
     """A valid header frame from a raw peer, with fields overridden by ``changes``."""
     env = Envelope(

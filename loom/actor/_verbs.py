@@ -181,15 +181,7 @@ class Verbs:
         if accept != "first":
             raise ValueError(f"accept must be 'first' or 'first_success': {accept!r}")
         mid = self.ids.next()
-        frames = self._frames(
-            topic,
-            REQUEST,
-            data,
-            mid=mid,
-            reply_to=self._inbox,
-            deadline=time.time() + timeout,
-            thread=thread,
-        )
+        frames = self._request_frames(topic, data, mid, timeout, thread)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[mid] = fut
         try:
@@ -245,15 +237,7 @@ class Verbs:
         need = needed(policy, count)
         result = Gathered(topic, expected=expected)
         mid = self.ids.next()
-        frames = self._frames(
-            topic,
-            REQUEST,
-            data,
-            mid=mid,
-            reply_to=self._inbox,
-            deadline=time.time() + timeout,
-            thread=thread,
-        )
+        frames = self._request_frames(topic, data, mid, timeout, thread)
         collector = Collector(result, need, successful=successful)
         if need == 0:  # nobody to wait for
             result.complete = True
@@ -329,6 +313,15 @@ class Verbs:
             asyncio.get_running_loop().create_task(self.emit(topic, cancel, qos="realtime"))
             raise
         return outcome
+
+    def _request_frames(
+        self, topic: str, data: Any, mid: bytes, timeout: float, thread: str | None
+    ) -> tuple[bytes, bytes, bytes]:
+        """A request's frames: replies to this actor's inbox, stale after ``timeout``."""
+        deadline = time.time() + timeout
+        return self._frames(
+            topic, REQUEST, data, mid=mid, reply_to=self._inbox, deadline=deadline, thread=thread
+        )
 
     async def _responders(self, topic: str) -> list[str] | None:
         """The other live actors subscribed to ``topic`` (None if unknown)."""

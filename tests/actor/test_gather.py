@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import LOOM, Proc, free_tcp_endpoint, spawn_actor, until
+from conftest import LOOM, Proc, asking, free_tcp_endpoint, spawn_actor, until
 
 from loom import Actor, Event, RemoteError
 from loom.actor import Gathered
@@ -26,18 +26,6 @@ def endpoint() -> str:
 def researchers(spawn: Callable[..., Proc], mesh: str, **modes: str) -> None:
     for name, mode in modes.items():
         spawn_actor(spawn, "researcher", mesh, name, mode)
-
-
-def asking(mesh: str, body: Callable[[Actor], Any]) -> Any:
-    async def go() -> Any:
-        actor = Actor(name="asker", broker=mesh)
-        await actor.start()
-        try:
-            return await body(actor)
-        finally:
-            await actor.stop()
-
-    return asyncio.run(go())
 
 
 def test_gather_all_reports_who_answered_failed_and_is_missing(

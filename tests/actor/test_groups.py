@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Proc, broker_stats, eventually, free_tcp_endpoint, spawn_actor, until
+from conftest import Proc, asking, broker_stats, eventually, free_tcp_endpoint, spawn_actor, until
 
 from loom import Actor, Event, RemoteError
 
@@ -29,18 +29,6 @@ def members(
     spawn: Callable[..., Proc], mesh: str, *names: str, extra: tuple[str, ...] = ()
 ) -> list[Proc]:
     return [spawn_actor(spawn, "member", mesh, name, *extra) for name in names]
-
-
-def asking(mesh: str, body: Callable[[Actor], Any]) -> Any:
-    async def go() -> Any:
-        actor = Actor(name="asker", broker=mesh)
-        await actor.start()
-        try:
-            return await body(actor)
-        finally:
-            await actor.stop()
-
-    return asyncio.run(go())
 
 
 def test_a_group_of_three_spreads_requests_and_events(
