@@ -73,6 +73,7 @@ class Call:
         "args",
         "attempts",
         "call_id",
+        "caller",
         "client",
         "deadline",
         "slot",
@@ -93,8 +94,11 @@ class Call:
         timeout: float,
         deadline: float,
         trace: bytes | None,
+        caller: str,
     ) -> None:
         self.token = token
+        self.caller = caller
+        """The caller's identity (told to the worker with the call)."""
         self.client = client
         self.call_id = call_id
         self.tool = tool

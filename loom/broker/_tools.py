@@ -22,6 +22,7 @@ import msgspec
 from loom.broker._approvals import ApprovalDesk
 from loom.broker._peers import Peers
 from loom.broker._records import Call, Slot, ToolEntry, WorkerState, last_used
+from loom.broker._rights import ANONYMOUS
 from loom.broker._settings import BrokerSettings
 from loom.broker._tool_metrics import ToolMetrics
 from loom.broker._traces import TraceBuffer
@@ -259,7 +260,7 @@ class ToolRouter:
     def on_call(self, client: bytes, meta: bytes, args: bytes, who: str = "") -> None:
         """A CALL from ``client``, whose connection's identity is ``who``."""
         try:
-            call_id, name, timeout, trace, _ = decode_call(meta)
+            call_id, name, timeout, trace, *_ = decode_call(meta)
         except ProtocolError as exc:
             self._malformed(client, meta, exc)
             return
@@ -293,7 +294,17 @@ class ToolRouter:
         timeout = min(timeout, self.max_timeout)
         self._tokens += 1
         now = self._clock()
-        call = Call(self._tokens, client, call_id, name, args, timeout, now + timeout, trace)
+        call = Call(
+            self._tokens,
+            client,
+            call_id,
+            name,
+            args,
+            timeout,
+            now + timeout,
+            trace,
+            who or ANONYMOUS,
+        )
         self._live[call.token] = call
         self.call_bytes += len(args)
         calls = self._by_client.get(client)
@@ -432,8 +443,9 @@ class ToolRouter:
         call.attempts += 1
         worker = slot.worker
         worker.calls[call.token] = call
-        fields = (call.token, call.tool, call.timeout, call.trace)
-        meta = _packb(fields if call.approved_by is None else (*fields, call.approved_by))
+        meta = _packb(
+            (call.token, call.tool, call.timeout, call.trace, call.approved_by, call.caller)
+        )
         if not self._send(worker.identity, [CALL, meta, call.args]):
             self.doomed.add(worker.identity)  # its calls are retried or failed at the tick
 

@@ -14,7 +14,7 @@ word. Two layouts follow it:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import msgpack
 import msgspec
@@ -61,6 +61,7 @@ __all__ = [
     "STATS",
     "TOOL_COMMANDS",
     "TRACE",
+    "CallMeta",
     "decode_acks",
     "decode_call",
     "decode_control",
@@ -227,16 +228,32 @@ class _CallMeta(msgspec.Struct, array_like=True, frozen=True, gc=False):
     timeout: Annotated[float, msgspec.Meta(gt=0.0, le=1e9)] | None
     trace: Annotated[bytes, msgspec.Meta(max_length=MAX_ID_BYTES)] | None
     approved_by: Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)] | None = None
+    caller: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+
+
+class CallMeta(NamedTuple):
+    """A ``CALL``'s meta frame, decoded."""
+
+    id: int
+    tool: str
+    timeout: float | None
+    trace: bytes | None
+    approved_by: str | None
+    """The approver's name, on calls the broker let through approval."""
+    caller: str | None
+    """The caller's identity, as the broker's authenticator knows it (the broker adds it
+    to every call it forwards to a worker; ``anonymous`` on an ``--insecure`` broker)."""
 
 
 _decode_call_meta = msgspec.msgpack.Decoder(_CallMeta).decode
 
 
-def decode_call(meta: bytes) -> tuple[int, str, float | None, bytes | None, str | None]:
-    """``(id, tool, timeout, trace, approved_by)`` from a ``CALL``'s meta frame; the
-    broker adds ``approved_by`` (the approver's name) to calls it let through approval.
-    Every field is checked: a positive, finite timeout; a trace id of at most
-    ``MAX_ID_BYTES`` (the broker keeps it with every answered call).
+def decode_call(meta: bytes) -> CallMeta:
+    """A ``CALL``'s meta frame, ``[id, tool, timeout, trace]`` as a caller sends it; the
+    broker adds ``approved_by`` (the approver's name, or nil) and ``caller`` (the caller's
+    identity) to what it forwards to a worker. Every field is checked: a positive, finite
+    timeout; a trace id of at most ``MAX_ID_BYTES`` (the broker keeps it with every
+    answered call); an identity of Loom's alphabet.
 
     Raises:
         ProtocolError: not an array of that shape (``reason == "meta"``).
@@ -245,7 +262,7 @@ def decode_call(meta: bytes) -> tuple[int, str, float | None, bytes | None, str 
         call = _decode_call_meta(meta)
     except msgspec.DecodeError as exc:
         raise ProtocolError("meta", f"CALL meta is not [id, tool, timeout, trace]: {exc}") from None
-    return call.id, call.tool, call.timeout, call.trace, call.approved_by
+    return CallMeta(call.id, call.tool, call.timeout, call.trace, call.approved_by, call.caller)
 
 
 _Acks = list[tuple[Annotated[bytes, msgspec.Meta(max_length=MAX_ID_BYTES)], int | None, str | None]]

@@ -40,9 +40,21 @@ class ToolContext:
         sandbox: the tool's effective sandbox policy (``None``: not sandboxed).
         jail: the tool's working directory when it has a policy (the process's current
             directory when it runs sandboxed), else ``None``.
+        caller: the caller's identity, as the broker knows it (``anonymous`` on an
+            ``--insecure`` broker; ``None`` when the call came from elsewhere).
     """
 
-    __slots__ = ("_cancelled", "_last", "_report", "call", "jail", "sandbox", "timeout", "tool")
+    __slots__ = (
+        "_cancelled",
+        "_last",
+        "_report",
+        "call",
+        "caller",
+        "jail",
+        "sandbox",
+        "timeout",
+        "tool",
+    )
 
     def __init__(
         self,
@@ -53,8 +65,10 @@ class ToolContext:
         *,
         sandbox: Sandbox | None = None,
         jail: Path | None = None,
+        caller: str | None = None,
     ) -> None:
         self.call = call
+        self.caller = caller
         self.tool = tool
         self.timeout = timeout
         self.sandbox = sandbox

@@ -356,7 +356,7 @@ class Worker:
 
     def _on_call(self, meta: bytes, body: bytes) -> None:
         try:
-            token, name, timeout, _, approved_by = decode_call(meta)
+            token, name, timeout, _, approved_by, caller = decode_call(meta)
         except ProtocolError as exc:
             self._drop(exc)
             return
@@ -378,7 +378,7 @@ class Worker:
             self.stats.invalid += 1
             self._fail(token, "INVALID_PARAMS", str(exc), **exc.details)
             return
-        context = ToolContext(token, name, timeout or 0.0, self._report)
+        context = ToolContext(token, name, timeout or 0.0, self._report, caller=caller)
         assert self._loop is not None
         sandbox = self._sandboxes.get(name)
         if sandbox is not None:
