@@ -17,6 +17,7 @@ from loom.cli import approvals as approval_commands
 from loom.cli import audit as audit_commands
 from loom.cli import bench as bench_commands
 from loom.cli import dashboard as dashboard_commands
+from loom.cli import desktop as desktop_commands
 from loom.cli import keys as key_commands
 from loom.cli import mcp as mcp_commands
 from loom.cli import new as new_commands
@@ -61,6 +62,8 @@ EXAMPLES = """examples:
   loom llm-stub script.json --port 8088       # a scripted LLM, to try agents offline
   loom mcp attach configs/mcp.toml            # MCP servers' tools on the mesh, as NAME.TOOL
   loom mcp serve                              # the mesh's tools to an MCP client (stdio)
+  loom desktop --config configs/desktop.toml  # hotkeys, clipboard, folders, timers, notify
+  loom desktop check                          # which desktop backends this host offers
 """
 
 
@@ -178,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard_commands.add_parsers(commands, common)
     agent_commands.add_parsers(commands, common)
     mcp_commands.add_parsers(commands, common)
+    desktop_commands.add_parsers(commands, common)
     new_commands.add_parsers(commands, common)
 
     demo = commands.add_parser(
@@ -230,7 +234,7 @@ def _command(argv: list[str] | None) -> int:
         except LoomError as exc:
             print(f"loom run: {exc}", file=sys.stderr)
             return 2
-    long_running = ("demo", "worker", "actor", "agent", "dashboard", "mcp")
+    long_running = ("demo", "worker", "actor", "agent", "dashboard", "mcp", "desktop")
     level = args.log_level or ("info" if args.command in long_running else "warning")
     configure_logging(json=args.log_json, level=level)
     broker = broker_address(args.broker)
@@ -293,6 +297,8 @@ def _command(argv: list[str] | None) -> int:
             return new_commands.run_new(args)
         elif args.command == "mcp":
             return mcp_commands.run_mcp(args, broker)
+        elif args.command == "desktop":
+            return desktop_commands.run_desktop(args, broker)
         else:
             return asyncio.run(run_demo(broker, args.duration, args.dashboard_port))
     except LoomError as exc:

@@ -107,7 +107,9 @@ def run_mesh(args: argparse.Namespace) -> int:
         print(f"loom run: {args.file} is running already (loom ps shows it)", file=sys.stderr)
         return 2
     supervisor = Supervisor(
-        child_specs(settings, log_json=args.log_json or settings.log.json_lines),
+        child_specs(
+            settings, log_json=args.log_json or settings.log.json_lines, file=Path(args.file)
+        ),
         log=get_logger("loom.run"),
         max_restarts=settings.supervisor.max_restarts,
         within=settings.supervisor.within,
@@ -302,8 +304,11 @@ async def restart_child(args: argparse.Namespace) -> int:
     return 0
 
 
-def child_specs(settings: RunSettings, *, log_json: bool = False) -> list[ChildSpec]:
-    """The children of a run file, in start order: broker, workers, actors."""
+def child_specs(
+    settings: RunSettings, *, log_json: bool = False, file: Path | None = None
+) -> list[ChildSpec]:
+    """The children of a run file, in start order: broker, workers, the desktop (when the
+    file, ``file``, has a ``[desktop]`` table), actors."""
     endpoint = settings.broker.endpoint
     sup = settings.supervisor
     logs = ["--log-json"] if log_json else []
@@ -320,6 +325,10 @@ def child_specs(settings: RunSettings, *, log_json: bool = False) -> list[ChildS
         specs.append(
             ChildSpec(worker.name, "worker", argv, worker.restart, grace + 2.0, worker.env)
         )
+    if settings.desktop is not None and file is not None:
+        name = settings.desktop.name
+        argv = [*LOOM, "desktop", "--config", str(file), "--broker", endpoint, *keys, *logs]
+        specs.append(ChildSpec(name, "desktop", argv, "always", sup.grace + 2.0, {}))
     for actor in settings.actors:
         argv = [*LOOM, "actor", actor.target, "--broker", endpoint, "--name", actor.name]
         argv += [*keys, *logs]

@@ -20,6 +20,7 @@ from pydantic import (
 
 from loom.broker import BrokerSettings, SecuritySettings
 from loom.config import LogSettings, Section, read_settings, validated
+from loom.desktop import DesktopSettings
 from loom.errors import ConfigError, LLMConfigError
 from loom.mcp import McpSettings
 from loom.tools import ToolSettings, WorkerSettings
@@ -47,6 +48,8 @@ class Settings(Section):
     """``[llm.NAME]``: LLM providers by name, as ``loom.cognition.LLMSettings``."""
     mcp: McpSettings = McpSettings()
     """``[mcp.servers.NAME]``: MCP servers for ``loom mcp attach``."""
+    desktop: DesktopSettings = DesktopSettings()
+    """``[desktop]``: what ``loom desktop`` runs."""
 
     @field_validator("llm")
     @classmethod
@@ -102,10 +105,15 @@ class RunSettings(Section):
     log: LogSettings = LogSettings()
     actors: list[ChildSettings] = Field(default_factory=list, alias="actor")
     workers: list[ChildSettings] = Field(default_factory=list, alias="worker")
+    desktop: DesktopSettings | None = None
+    """``[desktop]``: run ``loom desktop`` on this file too, as a child named as the
+    desktop is (``desktop``)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> RunSettings:
         names = [child.name for child in (*self.workers, *self.actors)]
+        if self.desktop is not None:
+            names.append(self.desktop.name)
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"child names must be unique: {', '.join(repeated)}")

@@ -52,7 +52,7 @@ from loom.protocol import (
     encode_control,
 )
 from loom.session import ToolClient, ask
-from loom.tools import Worker, tool
+from loom.tools import ToolContext, Worker, tool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,7 +65,7 @@ groups = ["guests"]
 publish = ["chat.**"]
 subscribe = ["chat.**", "svc.**"]
 reply = []
-call = ["sample.add"]
+call = ["sample.add", "who.*", "desktop.clipboard.*"]
 durable = ["mallory-*"]
 rate = {{ events = {rate}, calls = {rate} }}
 """
@@ -323,6 +323,46 @@ def test_tools_calls_approvals_and_reads_need_rights(
 @tool(name="sample.add")
 async def _stolen(a: int, b: int = 1) -> int:
     return -1
+
+
+@tool(name="who.calls")
+async def _who(context: ToolContext) -> str | None:
+    return context.caller
+
+
+def test_a_tool_knows_its_callers_identity_and_the_clipboard_is_the_owners(
+    site: Site, tmp_path: Path
+) -> None:
+    """The broker tells the worker who calls (``ToolContext.caller``); the desktop's
+    clipboard tools use it: mallory may call them by the broker's rights, but only the
+    owner may read the clipboard (its default ``readers``)."""
+    from loom.desktop import Desktop, DesktopSettings, MemoryClipboard
+
+    async def body() -> None:
+        worker = Worker([_who], broker=site.endpoint, name="who")
+        clipboard = MemoryClipboard()
+        desktop = Desktop(DesktopSettings(), broker=site.endpoint, clipboard=clipboard)
+        await worker.start()
+        await desktop.start()
+        owner = await ToolClient.connect(site.endpoint, name="owner")
+        guest = await ToolClient.connect(site.endpoint, key=site.mallory, name="m")
+        try:
+            assert await owner.call("who.calls", {}) == "local"
+            assert await guest.call("who.calls", {}) == "mallory"
+            await clipboard.write("the owner's secret")
+            assert (await owner.call("desktop.clipboard.get", {}))["text"] == "the owner's secret"
+            with pytest.raises(ToolDeniedError, match="mallory may not read the clipboard"):
+                await guest.call("desktop.clipboard.get", {})
+            with pytest.raises(ToolDeniedError, match="mallory may not write the clipboard"):
+                await guest.call("desktop.clipboard.set", {"text": "planted"})
+            assert clipboard.text == "the owner's secret"
+        finally:
+            owner.close()
+            guest.close()
+            await desktop.stop()
+            await worker.stop()
+
+    asyncio.run(body())
 
 
 class Slow(Actor):
