@@ -19,7 +19,7 @@ from loom import Actor
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.mark.parametrize("template", ["trio", "agent", "blank", "tool-worker"])
+@pytest.mark.parametrize("template", ["trio", "agent", "blank", "tool-worker", "desktop-assistant"])
 def test_a_template_makes_a_project_that_passes_its_own_test(template: str, tmp_path: Path) -> None:
     project = tmp_path / f"my-{template}"
     made = subprocess.run(

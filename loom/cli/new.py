@@ -1,5 +1,5 @@
 """``loom new TEMPLATE DIR``: a runnable project from a template (``trio``, ``agent``,
-``blank``, ``tool-worker``), with its own test."""
+``blank``, ``tool-worker``, ``desktop-assistant``), with its own test."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-TEMPLATES = ("trio", "agent", "blank", "tool-worker")
+TEMPLATES = ("trio", "agent", "blank", "tool-worker", "desktop-assistant")
 """Each a directory of ``loom/templates``: files copied as they are, ``*.tmpl`` without
 that suffix (so the package's checks do not take them for its own modules), and
 ``${project}`` in the README replaced by the project's name."""
@@ -22,7 +22,8 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     new = commands.add_parser(
         "new",
         parents=[common],
-        help="write a runnable project from a template (trio, agent, blank, tool-worker)",
+        help="write a runnable project from a template (trio, agent, blank, tool-worker,"
+        " desktop-assistant)",
         epilog="examples:\n  loom new trio research-desk   (then: cd research-desk;"
         " loom run mesh.toml)\n  loom new tool-worker my-tools",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -108,7 +108,9 @@ def run_mesh(args: argparse.Namespace) -> int:
         return 2
     supervisor = Supervisor(
         child_specs(
-            settings, log_json=args.log_json or settings.log.json_lines, file=Path(args.file)
+            settings,
+            log_json=args.log_json or settings.log.json_lines,
+            file=Path(args.file).resolve(),
         ),
         log=get_logger("loom.run"),
         max_restarts=settings.supervisor.max_restarts,

@@ -26,7 +26,7 @@ __all__ = ["Files", "choose_files"]
 _RANK = {"created": 0, "moved": 1, "modified": 2, "deleted": 3}
 """Within one batch (``watchfiles`` gives a set), events go out in this order, then by
 path."""
-_RETRY = 2.0
+_RETRY = 1.0
 """Seconds between looks for a watched folder that is missing (or went away)."""
 
 _Folder = tuple[str, Path, WatchSettings]
@@ -49,12 +49,20 @@ class _Known:
         self.files: dict[str, tuple[int, int, bool]] = {}
         """Absolute path -> (device, inode, is a directory)."""
 
-    def scan(self, root: Path, recursive: bool) -> None:
+    def scan(self, root: Path, recursive: bool) -> dict[str, tuple[int, int, bool]]:
+        """Remember what is under ``root``; returns what was not known (up to the
+        limit)."""
+        found: dict[str, tuple[int, int, bool]] = {}
         for top, dirs, names in os.walk(root):
             for name in (*dirs, *names):
-                self.add(os.path.join(top, name))
+                path = os.path.join(top, name)
+                before = self.files.get(path)
+                key = self.add(path)
+                if key is not None and key != before:
+                    found[path] = key
             if not recursive or len(self.files) >= self.limit:
                 dirs.clear()
+        return found
 
     def add(self, path: str) -> tuple[int, int, bool] | None:
         try:
@@ -113,15 +121,15 @@ class Files:
 
     async def _watch(self, name: str, watch: WatchSettings) -> None:
         root = watch.path.expanduser().resolve()
+        appeared = False
         while not self._stop.is_set():
             if not root.is_dir():
                 self.state[name] = f"waiting: {root} is not a folder"
                 self._ready[name].set()
+                appeared = True
                 await asyncio.sleep(_RETRY)
                 continue
             try:
-                await asyncio.to_thread(self._known.scan, root, watch.recursive)
-                self.state[name] = f"watching {root}"
                 changes = self._watchfiles.awatch(
                     root,
                     debounce=self.settings.max_wait_ms,
@@ -130,10 +138,17 @@ class Files:
                     stop_event=self._stop,
                     ignore_permission_denied=True,
                 )
-                # watchfiles sets its watches up in the first step of the first ask
+                # watchfiles sets its watches up in the first step of the first ask;
+                # what is there already is scanned after, so nothing falls in between
                 first = asyncio.ensure_future(changes.__anext__())
                 await asyncio.sleep(0)
+                found = await asyncio.to_thread(self._known.scan, root, watch.recursive)
+                self.state[name] = f"watching {root}"
                 self._ready[name].set()
+                if appeared:  # a folder that came while we waited: what is in it is new
+                    for path in sorted(found):
+                        self._send((name, root, watch), "created", path, {"is_dir": found[path][2]})
+                appeared = False
                 batch = await first
                 while True:
                     self._batch(name, root, watch, batch)
@@ -147,6 +162,9 @@ class Files:
                 await asyncio.sleep(_RETRY)
 
     def _batch(self, name: str, root: Path, watch: WatchSettings, batch: Any) -> None:
+        """Publish one batch. A folder created (or moved in) is scanned: inotify watches
+        it only once told of it, so what was put in it at once is published from the
+        scan, and not again when the watcher reports it."""
         change = self._watchfiles.Change
         created: set[str] = set()
         modified: set[str] = set()
@@ -160,7 +178,10 @@ class Files:
         gone = {path: known.files.pop(path, None) for path in deleted}
         by_inode = {key[:2]: path for path, key in gone.items() if key is not None}
         for path in sorted(created):
+            before = known.files.get(path)
             key = known.add(path)
+            if key is not None and key == before:
+                continue  # known already: published from a folder's scan
             old = by_inode.pop(key[:2], None) if key is not None else None
             is_dir = bool(key and key[2])
             if old is not None and old not in created:
@@ -168,8 +189,11 @@ class Files:
                 if is_dir:
                     known.moved_dir(old, path)
                 events.append(("moved", path, {"from": self._rel(root, old), "is_dir": is_dir}))
-            else:
-                events.append(("created", path, {"is_dir": is_dir}))
+                continue
+            events.append(("created", path, {"is_dir": is_dir}))
+            if is_dir and watch.recursive:
+                found = known.scan(Path(path), True)
+                events += [("created", p, {"is_dir": k[2]}) for p, k in sorted(found.items())]
         for path in modified - created:
             key = known.add(path)
             events.append(("modified", path, {"is_dir": bool(key and key[2])}))

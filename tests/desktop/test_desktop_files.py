@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Proc, free_tcp_endpoint
+from conftest import Proc, eventually, free_tcp_endpoint
 from desktop_helpers import start_desktop, watching
 
 from loom import Actor
@@ -96,27 +96,29 @@ def test_globs_and_ignores_choose_what_is_published(
     watching(mesh, "desktop.file.*", body)
 
 
-def test_a_folder_that_appears_later_is_watched_then(
+def test_a_folder_that_appears_later_is_watched_then_and_its_contents_are_new(
     spawn: Callable[..., Proc], mesh: str, tmp_path: Path
 ) -> None:
     root = tmp_path / "later"
-    desktop = start_desktop(spawn, mesh, _config(root), tmp_path)
-    del desktop
+    start_desktop(spawn, mesh, _config(root), tmp_path)
 
     async def body(actor: Actor, events: Any) -> None:
-        status = await actor.tool("desktop.status")
-        assert status["sources"]["files"]["watches"]["notes"].startswith("waiting:")
-        root.mkdir()
-
-        async def watched() -> bool:
+        async def watches() -> str:
             state = (await actor.tool("desktop.status"))["sources"]["files"]["watches"]
-            return str(state["notes"]).startswith("watching")
+            return str(state["notes"])
 
-        from conftest import eventually
+        assert (await watches()).startswith("waiting:")
+        root.mkdir()
+        (root / "early.md").write_text("in the folder as it came")
+        (early,) = await events.wait("desktop.file.created")
+        assert early["path"] == "early.md"
 
-        await eventually(watched, timeout=15)
+        async def watching_now() -> bool:
+            return (await watches()).startswith("watching")
+
+        await eventually(watching_now, timeout=15)
         (root / "x.md").write_text("here")
-        (created,) = await events.wait("desktop.file.created")
-        assert created["path"] == "x.md"
+        created = await events.wait("desktop.file.created", 2)
+        assert [c["path"] for c in created] == ["early.md", "x.md"]  # each once
 
     watching(mesh, "desktop.file.*", body)
