@@ -76,3 +76,34 @@ def test_the_readme_mcp_commands_run(mesh: str, spawn: Callable[..., Proc]) -> N
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["structured"]["timezone"] == "Asia/Tokyo"
+
+
+def test_the_readme_desktop_commands_run(tmp_path: Path) -> None:
+    """The desktop section's commands: `loom desktop check` on the shipped file prints a
+    line per backend tried, and `loom new desktop-assistant` writes the project."""
+    section = README.read_text().split("### The desktop", 1)[1].split("\n### ", 1)[0]
+    block = re.search(r"```sh\n(.+?)\n```", section, re.DOTALL)
+    assert block is not None
+    install, check, new = (line.split("#")[0].strip() for line in block.group(1).splitlines())
+    assert install == "pip install -e '.[desktop]'"
+    checked = subprocess.run(
+        [*LOOM, *check.split()[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    sources = {line.split()[0] for line in checked.stdout.splitlines()}
+    assert sources == {"hotkeys", "clipboard", "files", "timers", "notify"}
+    made = subprocess.run(
+        [*LOOM, *new.split()[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "my-assistant" / "assistant.py").exists()

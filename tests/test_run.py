@@ -88,6 +88,31 @@ def test_run_restarts_a_killed_child_and_stops_in_reverse_order(
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.timeout(90)
+def test_a_killed_supervisor_takes_its_children_with_it(
+    spawn: Callable[..., Proc], short_tmp: Path
+) -> None:
+    """SIGKILL `loom run` itself: its broker, worker and actor (each in a session of its
+    own) are told by the kernel and stop, rather than run on as orphans."""
+    config = run_file(
+        short_tmp,
+        f'[[worker]]\nname = "w1"\ntarget = "{SAMPLE_TOOLS}"\n'
+        f'[[actor]]\nname = "echo"\ntarget = "{ACTORS}/echo.py:Echo"\n',
+    )
+    endpoint = f"ipc://{short_tmp}/mesh"
+    run = spawn(*LOOM, "run", str(config))
+    wait_for(lambda: (d := directory(endpoint))["actors"].get("echo") and d["workers"], 20)
+    children = psutil.Process(run.pid).children()
+    assert len(children) == 3
+    os.kill(run.pid, signal.SIGKILL)
+    run.popen.wait(10)
+
+    def gone() -> bool:
+        return not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+    wait_for(gone, timeout=30)
+
+
 def test_run_gives_up_on_a_crash_loop_and_fails(
     spawn: Callable[..., Proc], short_tmp: Path
 ) -> None:

@@ -22,9 +22,28 @@ def test_shipped_config_is_valid() -> None:
     assert llms["openai"].api_key_env == "OPENAI_API_KEY" and "local" in llms
 
 
+def test_the_shipped_desktop_file_writes_the_defaults_out() -> None:
+    """configs/desktop.toml: every key at its default, besides the examples it names."""
+    from loom.cli.desktop import load_desktop
+    from loom.desktop import ClipboardSettings, DesktopSettings, NotifySettings
+
+    settings = load_desktop(ROOT / "configs" / "desktop.toml")
+    defaults = DesktopSettings()
+    assert settings.clipboard == ClipboardSettings()
+    assert settings.notify == NotifySettings()
+    assert settings.hotkeys.model_copy(update={"keys": {}}) == defaults.hotkeys
+    assert settings.files.model_copy(update={"watch": {}}) == defaults.files
+    assert settings.timers == defaults.timers
+    assert settings.hotkeys.keys == {"ask": "ctrl+alt+a"}
+    assert settings.files.watch["downloads"].path == Path("~/Downloads").expanduser()
+    assert settings.timer["evening"].cron == "0 18 * * mon-fri"
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
+        ("[desktop.hotkeys.keys]\na = 'ctrl+alt+nope'\n", "desktop.hotkeys.keys"),
+        ("[desktop.timer.t]\nevery = 0\n", "desktop.timer.t.every"),
         ("[broker]\nhwm = -1\n", "broker.hwm"),
         ("[broker]\nbogus = 1\n", "broker.bogus"),
         ("[log]\nlevel = 'loud'\n", "log.level"),

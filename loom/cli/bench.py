@@ -19,6 +19,7 @@ BENCHES = (
     "sandbox",
     "mcp",
     "collab",
+    "desktop",
     "dashboard",
     "context",
 )

@@ -11,6 +11,7 @@ from types import FrameType
 import zmq
 
 from loom.broker import Broker, BrokerSettings, SecuritySettings
+from loom.cli._parent import die_with_parent
 from loom.config import LogSettings, broker_address, read_settings, validated
 from loom.errors import ConfigError, LoomError
 from loom.logs import configure_logging, get_logger
@@ -169,6 +170,7 @@ def _given(values: dict[str, object]) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     args = build_parser().parse_args(argv)
     try:
         settings, security, logs = settings_from(args)

@@ -26,6 +26,7 @@ from loom.cli import sandbox as sandbox_commands
 from loom.cli import stats as stats_commands
 from loom.cli import tools as tool_commands
 from loom.cli import trace as trace_commands
+from loom.cli._parent import die_with_parent
 from loom.cli.demo import run_demo
 from loom.config import broker_address
 from loom.errors import LoomError, RefusedError, RemoteError, RequestTimeoutError
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``loom``: exit 0 on success, 1 when a command fails, 2 on bad usage, 130 on
     Ctrl-C; a reader that stops early (``loom replay | head``) ends it quietly."""
+    die_with_parent()
     try:
         return _command(argv)
     except KeyboardInterrupt:

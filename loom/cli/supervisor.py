@@ -25,6 +25,7 @@ import zmq
 import zmq.asyncio
 
 from loom._tables import format_table
+from loom.cli._parent import PARENT
 
 __all__ = ["Child", "ChildSpec", "Supervisor", "format_status"]
 
@@ -158,8 +159,9 @@ class Supervisor:
         spec = child.spec
         while not self._stopping.is_set():
             try:
+                env = {**os.environ, **spec.env, PARENT: str(os.getpid())}  # _parent.py
                 child.proc = await asyncio.create_subprocess_exec(
-                    *spec.argv, env={**os.environ, **spec.env}, start_new_session=True
+                    *spec.argv, env=env, start_new_session=True
                 )
             except (OSError, ValueError) as exc:  # cannot spawn: as good as a crash
                 self._log.error("cannot start child", child=spec.name, error=str(exc))

@@ -23,6 +23,7 @@ from loom.desktop._settings import (
 )
 from loom.desktop._source import Choice, Refused
 from loom.desktop._timers import Schedule, Timers
+from loom.desktop._virtual import VirtualDesktop
 
 __all__ = [
     "Choice",
@@ -45,6 +46,7 @@ __all__ = [
     "TimerSettings",
     "Timers",
     "TimersSettings",
+    "VirtualDesktop",
     "WatchSettings",
     "check",
     "parse_combo",

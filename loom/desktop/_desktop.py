@@ -71,17 +71,14 @@ _NONE_SCHEMA = _OBJECT | {"properties": {}}
 def check(settings: DesktopSettings) -> list[Choice]:
     """Which backend each source would use here, and why the others were refused
     (``loom desktop check``). Nothing is started; X and dbus are asked what they offer."""
-    choices: list[Choice] = []
-    for chosen, tried in (
+    made = (
         choose_hotkeys(settings.hotkeys, every=True),
         choose_clipboard(settings.clipboard, every=True),
         choose_files(settings.files),
         choose_timers(settings.timers, settings.timer, Path("/nonexistent")),
         choose_notifier(settings.notify, every=True),
-    ):
-        choices += tried
-        del chosen
-    return choices
+    )
+    return [choice for _, tried in made for choice in tried]
 
 
 class Desktop:

@@ -282,11 +282,12 @@ class EvdevHotkeys(TrackedHotkeys):
     def __init__(self, settings: HotkeySettings) -> None:
         super().__init__(settings)
         self._evdev = module("evdev", extra="")
-        self.devices = self.keyboards(self._evdev, settings.devices)
+        self.paths = self.keyboards(self._evdev, settings.devices)
+        self.devices: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     @staticmethod
-    def keyboards(evdev: Any, wanted: list[str]) -> list[Any]:
+    def keyboards(evdev: Any, wanted: list[str]) -> list[str]:
         """The devices to read: ``wanted``, else each readable one with letter keys.
 
         Raises:
@@ -300,11 +301,10 @@ class EvdevHotkeys(TrackedHotkeys):
             except OSError as exc:
                 errors.append(f"{path}: {exc.strerror}")
                 continue
-            keys = device.capabilities().get(evdev.ecodes.EV_KEY, [])
-            if wanted or evdev.ecodes.KEY_A in keys:
-                found.append(device)
-            else:
-                device.close()
+            with contextlib.closing(device):
+                keys = device.capabilities().get(evdev.ecodes.EV_KEY, [])
+                if wanted or evdev.ecodes.KEY_A in keys:
+                    found.append(path)
         if not found:
             why = "; ".join(errors[:3]) or "no keyboard under /dev/input"
             raise Refused(f"no keyboard evdev may read ({why})")
@@ -312,6 +312,7 @@ class EvdevHotkeys(TrackedHotkeys):
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
+        self.devices = [self._evdev.InputDevice(path) for path in self.paths]
         self._tasks = [loop.create_task(self._read(device)) for device in self.devices]
 
     async def _read(self, device: Any) -> None:

@@ -1,6 +1,6 @@
 """What the desktop tests share: a real X server (Xvfb), a session bus (dbus-daemon) and a
-notification server (dunst) for the session, a `loom desktop` process, and an actor that
-collects the desktop's events.
+notification server (dunst) for the session (`loom.desktop.VirtualDesktop`), a
+`loom desktop` process, and an actor that collects the desktop's events.
 
 The programs come from Debian (xvfb, dbus, dunst, xclip, xdotool); scripts/check installs
 them with scripts/install-test-packages when they are missing.
@@ -9,9 +9,6 @@ them with scripts/install-test-packages when they are missing.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,103 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Proc, wait_for
+from conftest import Proc
 
 from loom import Actor
-
-PROGRAMS = ("Xvfb", "dbus-daemon", "dunst", "dunstctl", "xclip", "xdotool")
-
-
-class XSession:
-    """An X display, a session bus on it and dunst; ``env`` points programs at them."""
-
-    def __init__(self, tmp: Path) -> None:
-        missing = [p for p in PROGRAMS if shutil.which(p) is None]
-        assert not missing, f"{missing} missing: run scripts/install-test-packages"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        read, write = os.pipe()
-        xvfb = subprocess.Popen(
-            ["Xvfb", "-displayfd", str(write), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-            pass_fds=(write,),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        os.close(write)
-        self.procs.append(xvfb)
-        with os.fdopen(read) as display:
-            number = display.readline().strip()
-        assert number, "Xvfb gave no display number"
-        self.display = f":{number}"
-        bus = subprocess.Popen(
-            ["dbus-daemon", "--session", "--nofork", "--print-address=1"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.procs.append(bus)
-        assert bus.stdout is not None
-        self.bus = bus.stdout.readline().decode().strip()
-        assert self.bus, "dbus-daemon gave no address"
-        self.env = {"DISPLAY": self.display, "DBUS_SESSION_BUS_ADDRESS": self.bus}
-        empty = tmp / "dunstrc"
-        empty.write_text("")  # the defaults, whatever the user's own file says
-        dunst = subprocess.Popen(
-            ["dunst", "-config", str(empty)],
-            env={**os.environ, **self.env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.procs.append(dunst)
-        wait_for(lambda: self.run("dunstctl", "is-paused", check=False).returncode == 0, 15)
-
-    def run(self, *argv: str, check: bool = True, stdin: str | None = None) -> Any:
-        """A program on this display and bus; its completed process."""
-        return subprocess.run(
-            argv,
-            env={**os.environ, **self.env},
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=check,
-        )
-
-    def set_clipboard(self, text: str) -> None:
-        """As a user's copy: xclip owns the clipboard (it stays behind to serve it)."""
-        subprocess.run(
-            ["xclip", "-selection", "clipboard", "-i"],
-            input=text.encode(),
-            env={**os.environ, **self.env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=20,
-            check=True,
-        )
-
-    def clipboard(self) -> str:
-        return str(self.run("xclip", "-selection", "clipboard", "-o").stdout)
-
-    def close(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-        for proc in reversed(self.procs):
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+from loom.desktop import VirtualDesktop
 
 
 @pytest.fixture(scope="session")
-def xsession(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XSession]:
+def xsession() -> Iterator[VirtualDesktop]:
     """One X server, session bus and dunst for every desktop test."""
-    session = XSession(tmp_path_factory.mktemp("xsession"))
-    yield session
-    session.close()
+    with VirtualDesktop() as session:
+        yield session
 
 
 def start_desktop(

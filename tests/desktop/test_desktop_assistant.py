@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 from conftest import LOOM, Proc, eventually, free_tcp_endpoint, wait_for
-from desktop_helpers import XSession, xsession
+from desktop_helpers import xsession
 
 from loom import Actor
 from loom.cognition import ScriptedLLM, load_script
+from loom.desktop import VirtualDesktop
 
 __all__ = ["xsession"]
 
@@ -26,7 +27,7 @@ COPIED = "Loom runs agents as processes. They talk through a broker and call too
 
 
 def test_the_desktop_assistant_template_runs_end_to_end(
-    spawn: Callable[..., Proc], xsession: XSession, tmp_path: Path
+    spawn: Callable[..., Proc], xsession: VirtualDesktop, tmp_path: Path
 ) -> None:
     project = tmp_path / "assistant"
     made = spawn(*LOOM, "new", "desktop-assistant", str(project))

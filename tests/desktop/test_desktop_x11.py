@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from conftest import Proc, free_tcp_endpoint, wait_for
-from desktop_helpers import XSession, start_desktop, watching, xsession
+from desktop_helpers import start_desktop, watching, xsession
 
 from loom import Actor
+from loom.desktop import VirtualDesktop
 from loom.errors import ToolDeniedError
 
 __all__ = ["xsession"]  # the fixture, imported for pytest
@@ -39,7 +40,7 @@ ask_again = "desktop.hotkey.ask"
 
 
 def test_a_key_pressed_with_xdotool_is_a_hotkey_event(
-    spawn: Callable[..., Proc], mesh: str, xsession: XSession, tmp_path: Path
+    spawn: Callable[..., Proc], mesh: str, xsession: VirtualDesktop, tmp_path: Path
 ) -> None:
     start_desktop(spawn, mesh, KEYS, tmp_path, env=xsession.env)
 
@@ -61,7 +62,7 @@ def test_a_key_pressed_with_xdotool_is_a_hotkey_event(
 
 
 def test_a_combination_another_program_holds_is_a_reported_conflict(
-    spawn: Callable[..., Proc], mesh: str, xsession: XSession, tmp_path: Path
+    spawn: Callable[..., Proc], mesh: str, xsession: VirtualDesktop, tmp_path: Path
 ) -> None:
     from Xlib import XK, X, display
 
@@ -94,7 +95,7 @@ max_bytes = 200
 
 
 def test_the_clipboard_set_with_xclip_is_an_event_and_the_tools_read_and_write_it(
-    spawn: Callable[..., Proc], mesh: str, xsession: XSession, tmp_path: Path
+    spawn: Callable[..., Proc], mesh: str, xsession: VirtualDesktop, tmp_path: Path
 ) -> None:
     start_desktop(spawn, mesh, CLIPBOARD, tmp_path, env=xsession.env)
 
@@ -130,7 +131,7 @@ def test_the_clipboard_set_with_xclip_is_an_event_and_the_tools_read_and_write_i
 
 
 def test_only_the_listed_identities_may_read_the_clipboard(
-    spawn: Callable[..., Proc], mesh: str, xsession: XSession, tmp_path: Path
+    spawn: Callable[..., Proc], mesh: str, xsession: VirtualDesktop, tmp_path: Path
 ) -> None:
     config = '[desktop.clipboard]\nreaders = ["alice"]\nwriters = ["local"]\n'
     start_desktop(spawn, mesh, config, tmp_path, env=xsession.env)
@@ -144,7 +145,7 @@ def test_only_the_listed_identities_may_read_the_clipboard(
 
 
 def test_the_poll_backend_sees_the_clipboard_change_too(
-    spawn: Callable[..., Proc], mesh: str, xsession: XSession, tmp_path: Path
+    spawn: Callable[..., Proc], mesh: str, xsession: VirtualDesktop, tmp_path: Path
 ) -> None:
     config = '[desktop.clipboard]\nbackend = "poll"\npoll = 0.1\n'
     start_desktop(spawn, mesh, config, tmp_path, env=xsession.env)
@@ -159,7 +160,7 @@ def test_the_poll_backend_sees_the_clipboard_change_too(
 
 
 def test_notify_reaches_dunst_and_a_click_comes_back_as_an_event(
-    spawn: Callable[..., Proc], mesh: str, xsession: XSession, tmp_path: Path
+    spawn: Callable[..., Proc], mesh: str, xsession: VirtualDesktop, tmp_path: Path
 ) -> None:
     start_desktop(spawn, mesh, "", tmp_path, env=xsession.env)
     xsession.run("dunstctl", "close-all")
@@ -199,7 +200,7 @@ def test_notify_reaches_dunst_and_a_click_comes_back_as_an_event(
 
 
 def test_check_reports_the_backends_and_why_others_were_refused(
-    xsession: XSession, tmp_path: Path
+    xsession: VirtualDesktop, tmp_path: Path
 ) -> None:
     config = tmp_path / "desktop.toml"
     config.write_text(KEYS)
