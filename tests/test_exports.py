@@ -69,6 +69,7 @@ def test_subpackage_exports() -> None:
         "peer_key",
         "reachable_endpoint",
         "secure_client",
+        "serve_until_signalled",
         "wait_for_broker",
     }
     assert set(loom.tools.__all__) == {
@@ -118,6 +119,52 @@ def test_mcp_exports() -> None:
     }
     for name in loom.mcp.__all__:
         assert hasattr(loom.mcp, name), name
+
+
+def test_desktop_exports_and_lazy_backends() -> None:
+    """The desktop package: the runner, the settings, the injectable sources and the
+    virtual session; importing it loads no desktop library (each backend loads its own
+    when chosen), so `loom` starts as fast without the extra."""
+    import subprocess
+    import sys
+
+    import loom.desktop
+
+    assert set(loom.desktop.__all__) == {
+        "Choice",
+        "Clipboard",
+        "ClipboardSettings",
+        "Combo",
+        "ComboTracker",
+        "Desktop",
+        "DesktopSettings",
+        "FilesSettings",
+        "HotkeySettings",
+        "Hotkeys",
+        "MemoryClipboard",
+        "MemoryNotifier",
+        "NotifySettings",
+        "Notifier",
+        "Refused",
+        "Schedule",
+        "ScriptedKeys",
+        "TimerSettings",
+        "Timers",
+        "TimersSettings",
+        "VirtualDesktop",
+        "WatchSettings",
+        "check",
+        "parse_combo",
+    }
+    for name in loom.desktop.__all__:
+        assert hasattr(loom.desktop, name), name
+    probe = "import sys, loom.desktop; print(sorted(set(sys.modules) & {LIBS}))".format(
+        LIBS=repr({"Xlib", "jeepney", "watchfiles", "cronsim", "keyboard", "evdev", "plyer"})
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout
 
 
 def test_cognition_exports() -> None:

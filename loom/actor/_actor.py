@@ -7,7 +7,6 @@ import collections
 import contextlib
 import inspect
 import re
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -35,7 +34,7 @@ from loom.protocol import (
     Pattern,
     encode_topic,
 )
-from loom.session import KeySpec, ToolClient, check_endpoint
+from loom.session import KeySpec, ToolClient, check_endpoint, serve_until_signalled
 
 __all__ = ["Actor", "ActorStats", "on"]
 
@@ -250,26 +249,7 @@ class Actor(Verbs):
         self.broker = check_endpoint(broker_address(self.broker))
         if not logging_configured():
             configure_logging()
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
-        starting = asyncio.ensure_future(self.start())
-        signalled = asyncio.ensure_future(stopping.wait())
-        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():  # a signal while starting (a broker slow to answer)
-            starting.cancel()
-        try:
-            await starting
-            await signalled
-        except asyncio.CancelledError:
-            return
-        finally:
-            signalled.cancel()
-            await self.stop()
+        asyncio.run(serve_until_signalled(self.start, self.stop))
 
     async def start(self) -> None:
         """Connect, subscribe, and confirm the subscriptions end to end.

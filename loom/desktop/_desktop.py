@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from loom.desktop._timers import Timers, choose_timers
 from loom.errors import InvalidParamsError, ToolDeniedError
 from loom.keys import loom_home
 from loom.logs import configure_logging, get_logger, logging_configured
-from loom.session import KeySpec, check_endpoint
+from loom.session import KeySpec, check_endpoint, serve_until_signalled
 from loom.tools import SchemaTool, Tool, ToolContext, Worker
 
 __all__ = ["Desktop", "check"]
@@ -156,18 +155,7 @@ class Desktop:
         self.worker.broker = self.actor.broker = broker
         if not logging_configured():
             configure_logging()
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
-        await self.start()
-        try:
-            await stopping.wait()
-        finally:
-            await self.stop()
+        asyncio.run(serve_until_signalled(self.start, self.stop))
 
     async def start(self) -> None:
         """Attach the actor and the worker, then start each source; a source that fails

@@ -12,7 +12,6 @@ import fnmatch
 import os
 import re
 import shutil
-import signal
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +30,7 @@ from loom.mcp._link import Hook, Hooks, ServerLink
 from loom.mcp._results import content_items, joined_text, tool_result
 from loom.mcp._settings import McpServerSettings
 from loom.protocol import MAX_TOOLS
-from loom.session import KeySpec, check_endpoint
+from loom.session import KeySpec, check_endpoint, serve_until_signalled
 from loom.tools import SchemaTool, Tool, ToolContext, Worker
 
 __all__ = ["McpBridge", "mesh_name"]
@@ -140,18 +139,7 @@ class McpBridge:
         self.worker.broker = check_endpoint(broker_address(self.worker.broker))
         if not logging_configured():
             configure_logging()
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
-        await self.start()
-        try:
-            await stopping.wait()
-        finally:
-            await self.stop()
+        asyncio.run(serve_until_signalled(self.start, self.stop))
 
     async def start(self) -> None:
         """Attach to the broker, then start every server (at once) and serve the tools

@@ -10,6 +10,7 @@
 * :func:`peer_key`, :func:`secure_client`: the CURVE keys a peer presents.
 * :func:`announced_endpoint`, :func:`reachable_endpoint`, :func:`check_endpoint`: the
   rules for endpoints.
+* :func:`serve_until_signalled`: how every long-running peer's ``run()`` serves.
 """
 
 from loom.session._calls import ToolClient
@@ -17,6 +18,7 @@ from loom.session._directory import ActorInfo, Directory, ToolInfo, WorkerInfo
 from loom.session._endpoints import announced_endpoint, check_endpoint, reachable_endpoint
 from loom.session._oneshot import ask, broker_answers, wait_for_broker
 from loom.session._security import NO_KEY, KeySpec, PeerKey, peer_key, secure_client
+from loom.session._serving import serve_until_signalled
 from loom.session._session import Session
 
 __all__ = [
@@ -36,5 +38,6 @@ __all__ = [
     "peer_key",
     "reachable_endpoint",
     "secure_client",
+    "serve_until_signalled",
     "wait_for_broker",
 ]

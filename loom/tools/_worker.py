@@ -7,7 +7,6 @@ import collections
 import functools
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -49,7 +48,7 @@ from loom.protocol import (
     encode_value,
     max_frame,
 )
-from loom.session import KeySpec, Session, check_endpoint
+from loom.session import KeySpec, Session, check_endpoint, serve_until_signalled
 from loom.tools._tool import SchemaTool, Tool, ToolContext
 from loom.tools.sandbox._host import probe_host
 from loom.tools.sandbox._runner import SandboxRunner
@@ -165,23 +164,12 @@ class Worker:
         self.broker = check_endpoint(broker_address(self.broker))
         if not logging_configured():
             configure_logging()
-        asyncio.run(self._serve())
+        asyncio.run(serve_until_signalled(self.start, self.stop))
         if self._stuck:
             self.log.warning("exiting with tool threads still running", threads=self._stuck)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
-
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
-        await self.start()
-        try:
-            await stopping.wait()
-        finally:
-            await self.stop()
 
     async def start(self) -> None:
         """Connect, announce the tools, and take calls.
