@@ -47,23 +47,32 @@ def directory(endpoint: str) -> dict[str, dict[str, int | None]]:
     return asyncio.run(ask())
 
 
+def run_worker_and_echo(
+    spawn: Callable[..., Proc], tmp: Path
+) -> tuple[Proc, str, dict[str, dict[str, int | None]]]:
+    """`loom run` of a broker, worker w1 and actor echo, once all are up: the run, the
+    endpoint, and what the directory says."""
+    config = run_file(
+        tmp,
+        f'[[worker]]\nname = "w1"\ntarget = "{SAMPLE_TOOLS}"\n'
+        f'[[actor]]\nname = "echo"\ntarget = "{ACTORS}/echo.py:Echo"\n',
+    )
+    endpoint = f"ipc://{tmp}/mesh"
+    run = spawn(*LOOM, "run", str(config))
+    mesh = wait_for(
+        lambda: (d := directory(endpoint))["actors"].get("echo") and d["workers"] and d,
+        timeout=20,
+    )
+    return run, endpoint, mesh
+
+
 @pytest.mark.timeout(90)
 def test_run_restarts_a_killed_child_and_stops_in_reverse_order(
     spawn: Callable[..., Proc], short_tmp: Path
 ) -> None:
     """SIGKILL an actor: it is restarted (new pid, restarts 1) and works; SIGTERM stops
     actors, then workers, then the broker, and exits 0 leaving no process."""
-    config = run_file(
-        short_tmp,
-        f'[[worker]]\nname = "w1"\ntarget = "{SAMPLE_TOOLS}"\n'
-        f'[[actor]]\nname = "echo"\ntarget = "{ACTORS}/echo.py:Echo"\n',
-    )
-    endpoint = f"ipc://{short_tmp}/mesh"
-    run = spawn(*LOOM, "run", str(config))
-    mesh = wait_for(
-        lambda: (d := directory(endpoint))["actors"].get("echo") and d["workers"] and d,
-        timeout=20,
-    )
+    run, endpoint, mesh = run_worker_and_echo(spawn, short_tmp)
     assert set(mesh["workers"]) == {"w1"}
     first = mesh["actors"]["echo"]
     psutil.Process(first).kill()
@@ -94,14 +103,7 @@ def test_a_killed_supervisor_takes_its_children_with_it(
 ) -> None:
     """SIGKILL `loom run` itself: its broker, worker and actor (each in a session of its
     own) are told by the kernel and stop, rather than run on as orphans."""
-    config = run_file(
-        short_tmp,
-        f'[[worker]]\nname = "w1"\ntarget = "{SAMPLE_TOOLS}"\n'
-        f'[[actor]]\nname = "echo"\ntarget = "{ACTORS}/echo.py:Echo"\n',
-    )
-    endpoint = f"ipc://{short_tmp}/mesh"
-    run = spawn(*LOOM, "run", str(config))
-    wait_for(lambda: (d := directory(endpoint))["actors"].get("echo") and d["workers"], 20)
+    run, _, _ = run_worker_and_echo(spawn, short_tmp)
     children = psutil.Process(run.pid).children()
     assert len(children) == 3
     os.kill(run.pid, signal.SIGKILL)

@@ -17,14 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import os
 import re
+import secrets
 import sys
 import time
 from typing import Any, ClassVar, NamedTuple
 
 from loom.desktop._settings import ClipboardSettings
-from loom.desktop._source import Choice, Publish, Refused, choose, display, module, which
+from loom.desktop._source import Choice, Publish, Refused, choose, which
+from loom.desktop._x11 import XLink
 from loom.logs import get_logger
 
 __all__ = ["BACKENDS", "Clip", "Clipboard", "MemoryClipboard", "choose_clipboard"]
@@ -68,6 +71,9 @@ class Clipboard:
     def __init__(self, settings: ClipboardSettings) -> None:
         self.settings = settings
         self._secrets = [re.compile(p) for p in settings.secret_patterns]
+        self._key = secrets.token_bytes(32)
+        """Keys the published digests: equal texts are told apart from different ones
+        within one run, but a digest says nothing about a short text (a password)."""
         self._publish: Publish | None = None
         self._last: bytes | None = None
         self._written: tuple[bytes, float] | None = None
@@ -77,7 +83,7 @@ class Clipboard:
     async def start(self, publish: Publish) -> None:
         await self._open()
         with contextlib.suppress(Exception):  # what is there now is no change
-            self._last = _digest(await self.read())
+            self._last = self._digest(await self.read())
         self._publish = publish
 
     async def _open(self) -> None:
@@ -94,8 +100,14 @@ class Clipboard:
         raise NotImplementedError
 
     async def set(self, text: str) -> None:
-        self._written = (_digest(self._clip(text)), time.monotonic())
+        self._written = (self._digest(self._clip(text)), time.monotonic())
         await self.write(text)
+
+    def _digest(self, clip: Clip) -> bytes:
+        """What tells one clipboard from another (of a cut text: its kept part and size),
+        keyed per run (HMAC-SHA256)."""
+        data = clip.text.encode("utf-8", "replace") + clip.size.to_bytes(8, "little")
+        return hmac.new(self._key, data, hashlib.sha256).digest()
 
     def _clip(self, text: str) -> Clip:
         return Clip(cut(text, self.settings.max_bytes)[0], len(text.encode("utf-8", "replace")))
@@ -111,7 +123,7 @@ class Clipboard:
 
     def notice(self, clip: Clip) -> None:
         """Publish ``clip`` if it is a change."""
-        digest = _digest(clip)
+        digest = self._digest(clip)
         if digest == self._last or self._publish is None:
             return
         self._last = digest
@@ -121,7 +133,7 @@ class Clipboard:
         body: dict[str, Any] = {
             "bytes": clip.size,
             "truncated": clip.truncated,
-            "sha256": digest.hex()[:32],
+            "digest": digest.hex()[:32],
             "backend": self.backend,
             "own": self._written is not None
             and self._written[0] == digest
@@ -143,12 +155,6 @@ class Clipboard:
 
     def status(self) -> dict[str, Any]:
         return {"changes": self.changes, "withheld": self.withheld}
-
-
-def _digest(clip: Clip) -> bytes:
-    """What tells one clipboard from another (of a cut text: its kept part and size)."""
-    data = clip.text.encode("utf-8", "replace")
-    return hashlib.sha256(data + clip.size.to_bytes(8, "little")).digest()
 
 
 class CommandClipboard(Clipboard):
@@ -185,19 +191,26 @@ class CommandClipboard(Clipboard):
         except TimeoutError:
             data = b""
         size = len(data)
+        killed = False
         try:
             async with asyncio.timeout(_COMMAND_TIMEOUT):
-                while size < _MAX_COUNTED and (chunk := await proc.stdout.read(1 << 16)):
+                while chunk := await proc.stdout.read(1 << 16):
                     size += len(chunk)
-                await proc.wait()
+                    if size >= _MAX_COUNTED:
+                        break
+                else:
+                    await proc.wait()
         except TimeoutError:
             pass
         finally:
             if proc.returncode is None:
+                killed = True
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-        if proc.returncode != 0:  # an empty clipboard, no text in it, or no answer
+        if killed and data:  # more than we count, or slower than we wait: it was cut
+            size = max(size, len(data) + 1)
+        elif proc.returncode != 0:  # an empty clipboard, no text in it, or no answer
             return Clip("", 0)
         text, _ = cut(data.decode("utf-8", "ignore" if size > len(data) else "replace"), limit)
         return Clip(text, size)
@@ -213,8 +226,14 @@ class CommandClipboard(Clipboard):
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,
         )
-        async with asyncio.timeout(_COMMAND_TIMEOUT):
-            await proc.communicate(text.encode("utf-8"))
+        try:
+            async with asyncio.timeout(_COMMAND_TIMEOUT):
+                await proc.communicate(text.encode("utf-8"))
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
         if proc.returncode:
             raise OSError(f"{self.program} could not set the clipboard (exit {proc.returncode})")
 
@@ -265,19 +284,13 @@ class X11Clipboard(CommandClipboard):
     def __init__(self, settings: ClipboardSettings) -> None:
         self.probe()
         super().__init__(settings, ("xclip",))
-        self._display: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.link = XLink("clipboard", self._events)
         self._reading: asyncio.Task[None] | None = None
         self._again = False
 
     @staticmethod
     def probe() -> None:
-        name = display()
-        xlib = module("Xlib.display")
-        try:
-            d = xlib.Display(name)
-        except Exception as exc:
-            raise Refused(f"cannot open X display {name}: {exc}") from None
+        d = XLink.probe()
         try:
             if not d.has_extension("XFIXES"):
                 raise Refused("the X server lacks the XFIXES extension (use backend poll)")
@@ -288,39 +301,20 @@ class X11Clipboard(CommandClipboard):
     async def _open(self) -> None:
         from Xlib.ext import xfixes
 
-        xlib = module("Xlib.display")
-        d = self._display = xlib.Display(display())
+        d = self.link.open()
         d.xfixes_query_version()
         clipboard = d.intern_atom("CLIPBOARD")
         mask = xfixes.XFixesSetSelectionOwnerNotifyMask
         d.xfixes_select_selection_input(d.screen().root, clipboard, mask)
         d.sync()
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(d.fileno(), self._drain)
+        self.link.watch()
 
-    def _drain(self) -> None:
-        d = self._display
-        seen = False
-        try:
-            while d.pending_events():
-                d.next_event()  # only selection-owner events were asked for
-                seen = True
-        except Exception as exc:
-            log.error("x11 clipboard stopped", error=str(exc))
-            if self._loop is not None:
-                self._loop.remove_reader(d.fileno())
-                self._loop = None
-            return
-        if seen:
-            self._read_soon()
-
-    def _read_soon(self) -> None:
-        """One read at a time; a change during a read means one more read after it."""
+    def _events(self, events: list[Any]) -> None:
+        """Only owner changes were asked for: any batch means one read."""
         if self._reading is not None and not self._reading.done():
-            self._again = True
+            self._again = True  # one more read after the one running
             return
-        assert self._loop is not None
-        self._reading = self._loop.create_task(self._read_all())
+        self._reading = asyncio.get_running_loop().create_task(self._read_all())
 
     async def _read_all(self) -> None:
         while True:
@@ -333,13 +327,10 @@ class X11Clipboard(CommandClipboard):
         await super().stop()
         if self._reading is not None:
             self._reading.cancel()
-        d = self._display
-        if d is not None:
-            with contextlib.suppress(Exception):
-                if self._loop is not None:
-                    self._loop.remove_reader(d.fileno())
-                d.close()
-            self._display = None
+        self.link.close()
+
+    def status(self) -> dict[str, Any]:
+        return super().status() | {"lost": self.link.lost}
 
 
 class MemoryClipboard(Clipboard):

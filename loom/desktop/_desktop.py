@@ -20,7 +20,7 @@ from loom.desktop._notify import URGENCY, Notifier, choose_notifier
 from loom.desktop._settings import DesktopSettings
 from loom.desktop._source import Choice, Source
 from loom.desktop._timers import Timers, choose_timers
-from loom.errors import InvalidParamsError, ToolDeniedError
+from loom.errors import InvalidParamsError, ToolDeniedError, ToolFailedError
 from loom.keys import loom_home
 from loom.logs import configure_logging, get_logger, logging_configured
 from loom.session import KeySpec, check_endpoint, serve_until_signalled
@@ -173,13 +173,17 @@ class Desktop:
             except Exception as exc:  # a Refused, or the backend's own error
                 self.problems[name] = str(exc)[:500]
                 self.log.error("desktop source not started", source=name, error=str(exc))
+                with contextlib.suppress(Exception):  # let go of what it opened
+                    await source.stop()
             else:
                 self._running.append(source)
         running = {n: s.backend for n, s in self.sources.items() if s in self._running}
         self.log.info("desktop ready", **running)
 
     async def stop(self) -> None:
-        """Stop the sources, send what they published, detach."""
+        """Let the tool calls in flight finish, stop the sources, send what they
+        published, detach."""
+        await self.worker.stop()
         for source in reversed(self._running):
             try:
                 await source.stop()
@@ -191,7 +195,6 @@ class Desktop:
                 async with asyncio.timeout(5.0):
                     await self._queue.join()
             self._sender.cancel()
-        await self.worker.stop()
         await self.actor.stop()
 
     # --- publishing --------------------------------------------------------------
@@ -281,6 +284,12 @@ class Desktop:
         ]
         return {"sources": sources, "refused": refused, "dropped": self.dropped}
 
+    def _running_source(self, name: str, source: Any) -> None:
+        """Raises ToolFailedError when ``source`` did not start (its tools cannot work)."""
+        if not any(running is source for running in self._running):
+            why = self.problems.get(name, "stopped")
+            raise ToolFailedError(f"the desktop's {name} source is not running: {why}")
+
     @staticmethod
     def _allow(context: ToolContext, allowed: list[str], what: str) -> None:
         if "*" in allowed or (context.caller is not None and context.caller in allowed):
@@ -295,6 +304,7 @@ class Desktop:
     ) -> dict[str, Any]:
         assert self.clipboard is not None
         self._allow(context, self.clipboard.settings.readers, "read")
+        self._running_source("clipboard", self.clipboard)
         clip = await self.clipboard.read()
         return {"text": clip.text, "bytes": clip.size, "truncated": clip.truncated}
 
@@ -303,6 +313,7 @@ class Desktop:
     ) -> dict[str, Any]:
         assert self.clipboard is not None
         self._allow(context, self.clipboard.settings.writers, "write")
+        self._running_source("clipboard", self.clipboard)
         text = arguments.get("text")
         if not isinstance(text, str):
             raise InvalidParamsError("text: a string is required")
@@ -314,6 +325,7 @@ class Desktop:
 
     async def _notify(self, arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
         assert self.notifier is not None
+        self._running_source("notify", self.notifier)
         title = _text(arguments, "title", _MAX_TITLE, required=True)
         body = _text(arguments, "body", _MAX_BODY)
         tag = _text(arguments, "tag", 200)

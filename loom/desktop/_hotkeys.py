@@ -26,7 +26,8 @@ from typing import Any
 
 from loom.desktop._keys import Combo, ComboTracker, parse_combo
 from loom.desktop._settings import HotkeySettings
-from loom.desktop._source import IS_LINUX, Choice, Publish, Refused, choose, display, module
+from loom.desktop._source import IS_LINUX, Choice, Publish, Refused, choose, module
+from loom.desktop._x11 import XLink
 from loom.logs import get_logger
 
 __all__ = ["BACKENDS", "Hotkeys", "ScriptedKeys", "choose_hotkeys"]
@@ -103,45 +104,55 @@ class Hotkeys:
 
 
 class X11Hotkeys(Hotkeys):
-    """Grabs on the X server's root window; its events are read on the event loop (the
-    connection's socket is watched, nothing polls)."""
+    """Grabs on the X server's root window, read on the event loop. A key held down
+    repeats as release-and-press pairs with one timestamp: the press of such a pair is
+    not a new hotkey. A keyboard mapping change (another layout) grabs again."""
 
     backend = "x11"
 
     def __init__(self, settings: HotkeySettings) -> None:
         super().__init__(settings)
-        self._xlib = module("Xlib.display")
-        self._display: Any = None
+        self.link = XLink("hotkeys", self._events)
         self._grabs: list[tuple[int, int]] = []
         self._by_grab: dict[tuple[int, int], tuple[str, Combo]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._codes: dict[str, int] = {}
+        self._released: tuple[int, int] | None = None
+        """The last release's (keycode, time), to tell a repeat's press."""
 
     @staticmethod
     def probe() -> None:
         """Raises :class:`Refused` when no X server answers here."""
-        name = display()
-        xlib = module("Xlib.display")
-        try:
-            xlib.Display(name).close()
-        except Exception as exc:  # DisplayError, ConnectionClosedError, OSError
-            raise Refused(f"cannot open X display {name}: {exc}") from None
+        XLink.probe().close()
 
     async def _open(self) -> None:
-        from Xlib import XK, X, error
+        self.link.open()
+        self._grab()
+        self.link.watch()
 
-        try:
-            self._display = self._xlib.Display(display())
-        except Exception as exc:
-            raise Refused(f"cannot open the X display: {exc}") from None
-        d = self._display
+    def _keycodes(self) -> dict[str, int]:
+        """Each hotkey's keycode in the current keyboard mapping (0: none)."""
+        from Xlib import XK
+
+        d = self.link.display
+        codes = {}
+        for name, combo in self.combos.items():
+            keysym = XK.string_to_keysym(_X_KEYSYMS.get(combo.key, combo.key))
+            codes[name] = d.keysym_to_keycode(keysym) if keysym else 0
+        return codes
+
+    def _grab(self) -> None:
+        from Xlib import X, error
+
+        d = self.link.display
         root = d.screen().root
+        self._codes = self._keycodes()
         masks = {"ctrl": X.ControlMask, "alt": X.Mod1Mask, "shift": X.ShiftMask}
         masks["super"] = X.Mod4Mask
         locks = (0, X.LockMask, X.Mod2Mask, X.LockMask | X.Mod2Mask)  # caps, num lock
         self._relevant = X.ControlMask | X.Mod1Mask | X.ShiftMask | X.Mod4Mask
+        self.conflicts.clear()
         for name, combo in self.combos.items():
-            keysym = XK.string_to_keysym(_X_KEYSYMS.get(combo.key, combo.key))
-            keycode = d.keysym_to_keycode(keysym) if keysym else 0
+            keycode = self._codes[name]
             if not keycode:
                 self.conflicts[name] = f"{combo.key}: no such key on this keyboard"
                 continue
@@ -161,41 +172,41 @@ class X11Hotkeys(Hotkeys):
             self._grabs += grabbed
             self._by_grab[(keycode, mask)] = (name, combo)
         d.sync()
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(d.fileno(), self._drain)
 
-    def _drain(self) -> None:
+    def _ungrab(self) -> None:
+        root = self.link.display.screen().root
+        for code, mask in self._grabs:
+            root.ungrab_key(code, mask)
+        self._grabs.clear()
+        self._by_grab.clear()
+
+    def _events(self, events: list[Any]) -> None:
         from Xlib import X
 
-        d = self._display
-        try:
-            while d.pending_events():
-                event = d.next_event()
-                if event.type == X.KeyPress:
-                    hit = self._by_grab.get((event.detail, event.state & self._relevant))
-                    if hit is not None:
-                        self.fire(*hit)
-                elif event.type == X.MappingNotify:
-                    d.refresh_keyboard_mapping(event)
-        except Exception as exc:  # the X server went away: say so once, stop reading
-            log.error("x11 hotkeys stopped", error=str(exc))
-            if self._loop is not None:
-                self._loop.remove_reader(d.fileno())
-                self._loop = None
+        for event in events:
+            if event.type == X.KeyPress:
+                if (event.detail, event.time) == self._released:
+                    continue  # auto-repeat: the key never went up
+                hit = self._by_grab.get((event.detail, event.state & self._relevant))
+                if hit is not None:
+                    self.fire(*hit)
+            elif event.type == X.KeyRelease:
+                self._released = (event.detail, event.time)
+            elif event.type == X.MappingNotify:
+                self.link.display.refresh_keyboard_mapping(event)
+                if event.request == X.MappingKeyboard and self._keycodes() != self._codes:
+                    self._ungrab()  # another layout moved our keys: grab them anew
+                    self._grab()
 
     async def stop(self) -> None:
         await super().stop()
-        d = self._display
-        if d is None:
-            return
-        with contextlib.suppress(Exception):
-            if self._loop is not None:
-                self._loop.remove_reader(d.fileno())
-            root = d.screen().root
-            for code, mask in self._grabs:
-                root.ungrab_key(code, mask)
-            d.close()
-        self._display = None
+        if self.link.display is not None and self.link.lost is None:
+            with contextlib.suppress(Exception):
+                self._ungrab()
+        self.link.close()
+
+    def status(self) -> dict[str, Any]:
+        return super().status() | {"lost": self.link.lost}
 
 
 class TrackedHotkeys(Hotkeys):

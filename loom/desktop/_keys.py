@@ -177,20 +177,23 @@ class ComboTracker:
             self._by_key.setdefault(combo.key, []).append((name, combo))
         self._fire = fire
         self._down: set[str] = set()
-        self._others = 0
-        """Keys held that are neither modifiers nor in a combination."""
+        self._others: set[str] = set()
+        """Keys held that Loom has no name for (by the backend's own name)."""
 
     def press(self, key: str) -> None:
-        """``key`` (a raw name, as the backend gives it) went down."""
+        """``key`` (a raw name, as the backend gives it) went down; again while held is
+        the key's auto-repeat."""
         name = key_name(key)
-        if name is None or name in self._down:
-            if name is None:
-                self._others = min(self._others + 1, _MAX_DOWN)
+        if name is None:
+            if len(self._others) < _MAX_DOWN:
+                self._others.add(key)
+            return
+        if name in self._down:
             return
         if len(self._down) >= _MAX_DOWN:  # missed releases: start afresh
             self._down.clear()
         held = {k for k in self._down if k in MODIFIERS}
-        plain = len(self._down) - len(held) + self._others
+        plain = len(self._down) - len(held) + len(self._others)
         self._down.add(name)
         if name in MODIFIERS or plain:
             return
@@ -202,14 +205,14 @@ class ComboTracker:
         """``key`` went up."""
         name = key_name(key)
         if name is None:
-            self._others = max(self._others - 1, 0)
+            self._others.discard(key)
         else:
             self._down.discard(name)
 
     def reset(self) -> None:
         """Forget what is held (the device went away)."""
         self._down.clear()
-        self._others = 0
+        self._others.clear()
 
     def feed(self, events: Iterable[tuple[str, bool]]) -> None:
         """``(key, down)`` pairs, in order."""

@@ -50,8 +50,11 @@ class Notifier:
         self.settings = settings
         self._publish: Publish | None = None
         self._shown: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._offered: dict[int, frozenset[str]] = {}
         self.sent = 0
         self.clicked = 0
+        self.refused = 0
+        """Signals dropped: actions a notification did not offer, or not from its server."""
 
     async def start(self, publish: Publish) -> None:
         await self._open()
@@ -78,8 +81,10 @@ class Notifier:
         self.sent += 1
         if ident:
             self._shown[ident] = {"id": ident, "tag": tag, "title": title}
+            self._offered[ident] = frozenset(actions if self.actions else ())
             while len(self._shown) > self.settings.max_tracked:
-                self._shown.popitem(last=False)
+                old, _ = self._shown.popitem(last=False)
+                self._offered.pop(old, None)
         return ident
 
     async def _show(
@@ -92,6 +97,9 @@ class Notifier:
         shown = self._shown.get(ident)
         if shown is None or self._publish is None:
             return  # another program's notification
+        if key not in self._offered.get(ident, ()):
+            self.refused += 1  # an action it never offered: not a person's choice
+            return
         self.clicked += 1
         body = {**shown, "action": key, "backend": self.backend, "at": time.time()}
         self._publish("desktop.notification.action", body)
@@ -99,6 +107,7 @@ class Notifier:
     def closed(self, ident: int, reason: int) -> None:
         """Notification ``ident`` went away."""
         shown = self._shown.pop(ident, None)
+        self._offered.pop(ident, None)
         if shown is None or self._publish is None:
             return
         why = _CLOSED.get(reason, "undefined")
@@ -106,7 +115,12 @@ class Notifier:
         self._publish("desktop.notification.closed", body)
 
     def status(self) -> dict[str, Any]:
-        return {"sent": self.sent, "clicked": self.clicked, "actions": self.actions}
+        return {
+            "sent": self.sent,
+            "clicked": self.clicked,
+            "refused": self.refused,
+            "actions": self.actions,
+        }
 
 
 class DbusNotifier(Notifier):
@@ -120,6 +134,8 @@ class DbusNotifier(Notifier):
         self.actions = "actions" in self.capabilities
         self._exit = contextlib.AsyncExitStack()
         self._router: Any = None
+        self._bus: Any = None
+        self._owner = ""
         self._listening: asyncio.Task[None] | None = None
 
     @staticmethod
@@ -158,15 +174,32 @@ class DbusNotifier(Notifier):
         self._address = jeepney.DBusAddress(_PATH, bus_name=_NAME, interface=_NAME)
         self._router = await self._exit.enter_async_context(aio.open_dbus_router(bus="SESSION"))
         rule = jeepney.MatchRule(type="signal", interface=_NAME, path=_PATH)
-        await aio.Proxy(jeepney.message_bus, self._router).AddMatch(rule)
+        self._bus = aio.Proxy(jeepney.message_bus, self._router)
+        await self._bus.AddMatch(rule)
         queue = self._exit.enter_context(self._router.filter(rule, bufsize=1000))
+        self._owner = await self._server()
         self._listening = asyncio.get_running_loop().create_task(self._listen(queue))
+
+    async def _server(self) -> str:
+        """The bus name of the program that serves notifications now (``""``: none)."""
+        try:
+            async with asyncio.timeout(_CALL_TIMEOUT):
+                (owner,) = await self._bus.GetNameOwner(_NAME)
+        except Exception:  # DBusErrorResponse: nobody owns it (now)
+            return ""
+        return str(owner)
 
     async def _listen(self, queue: asyncio.Queue[Any]) -> None:
         from jeepney import HeaderFields
 
         while True:
             message = await queue.get()
+            sender = message.header.fields.get(HeaderFields.sender)
+            if sender != self._owner:  # another program, or the server restarted
+                self._owner = await self._server()
+                if sender != self._owner:
+                    self.refused += 1
+                    continue
             member = message.header.fields.get(HeaderFields.member)
             body = message.body
             try:

@@ -5,6 +5,8 @@ file is validated on any host.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections.abc import Mapping
 from datetime import datetime, tzinfo
@@ -15,7 +17,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import (
     Field,
     NonNegativeFloat,
-    PositiveFloat,
     PositiveInt,
     field_validator,
     model_validator,
@@ -40,15 +41,16 @@ NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """A hotkey's, timer's or watch's name: one word of a topic."""
 
 DEFAULT_SECRETS = (
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)",
     r"\bAKIA[0-9A-Z]{16}\b",
     r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",
     r"\bsk-[A-Za-z0-9_-]{20,}\b",
     r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b",
     r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b",
 )
-"""What a secret looks like by default: PEM private keys, AWS access key ids, GitHub,
-OpenAI-style and Slack tokens, JSON web tokens."""
+"""What a secret looks like by default: PEM private keys (from BEGIN to END, or to the
+end of a cut text), AWS access key ids, GitHub, OpenAI-style and Slack tokens, JSON web
+tokens."""
 
 
 def _names(table: Mapping[str, object], what: str) -> None:
@@ -64,6 +66,8 @@ def check_cron(expression: str) -> None:
         import cronsim
     except ImportError as exc:
         raise ValueError(f"cron needs cronsim (pip install 'loom-mesh[desktop]'): {exc}") from None
+    if len(expression.split()) != 5:
+        raise ValueError(f"cron {expression!r}: five fields (minute hour day month weekday)")
     try:
         cronsim.CronSim(expression, datetime.now().astimezone())
     except cronsim.CronSimError as exc:
@@ -71,15 +75,22 @@ def check_cron(expression: str) -> None:
 
 
 def zone(name: str | None) -> tzinfo:
-    """The IANA zone ``name``, or the host's."""
-    if name is None:
-        local = datetime.now().astimezone().tzinfo
-        assert local is not None
-        return local
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"time zone {name!r}: {exc}") from None
+    """The IANA zone ``name``, or the host's: ``$TZ``, else ``/etc/localtime``'s, as a
+    zone with its daylight-saving rules (a fixed offset only when neither names one)."""
+    if name is not None:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"time zone {name!r}: {exc}") from None
+    named = os.environ.get("TZ", "").lstrip(":")
+    with contextlib.suppress(ZoneInfoNotFoundError, ValueError, OSError):
+        if named:
+            return ZoneInfo(named)
+        with open("/etc/localtime", "rb") as rules:
+            return ZoneInfo.from_file(rules, key="localtime")
+    local = datetime.now().astimezone().tzinfo
+    assert local is not None
+    return local
 
 
 class HotkeySettings(Section):
@@ -119,7 +130,7 @@ class ClipboardSettings(Section):
     """``x11``: told of each change by the X server (XFixes), read and written with
     ``xclip``; ``poll``: read every ``poll`` seconds with the first of ``wl-paste``,
     ``xclip``, ``xsel``, ``pbpaste`` found (Wayland, macOS, X without XFixes)."""
-    poll: PositiveFloat = 0.5
+    poll: float = Field(default=0.5, ge=0.05)
     max_bytes: PositiveInt = 65_536
     """Text longer than this (UTF-8 bytes) is cut to it; the event says ``truncated``."""
     publish_text: bool = True
@@ -183,7 +194,8 @@ class FilesSettings(Section):
 class TimerSettings(Section):
     """One ``[desktop.timers.NAME]``: ``every`` seconds, or a ``cron`` expression."""
 
-    every: PositiveFloat | None = None
+    every: float | None = Field(default=None, ge=0.1, le=1e9)
+    """Seconds between runs (0.1 at least)."""
     cron: str | None = None
     """Five fields (minute hour day month weekday), in ``tz``: ``"0 18 * * mon-fri"``."""
     tz: str | None = None

@@ -16,11 +16,10 @@ import json
 import math
 import os
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from loom.desktop._settings import TimerSettings, TimersSettings, zone
 from loom.desktop._source import Choice, Publish, Refused, module
@@ -32,10 +31,23 @@ _NAP = 5.0
 """Seconds the timer loop sleeps at most before it reads the wall clock again."""
 _MAX_ALL = 100
 """Missed runs ``missed = "all"`` fires at most (the latest ones)."""
-_MAX_COUNT = 100_000
-"""Missed cron runs counted at most (a cron timer stopped for years)."""
+_MAX_COUNT = 10_000
+"""Missed cron runs counted at most (a cron timer stopped for years: "at least")."""
+_SLACK = 60.0
+"""Seconds a last run may lie in the future (clocks disagree a little); beyond it the
+clock went back, or the state file lies, and the timer starts afresh."""
 
 log = get_logger("loom.desktop")
+
+
+def _plausible(last: Any, now: float) -> TypeGuard[float]:
+    """A last run that can be: a number after 1970 and not after now."""
+    return (
+        isinstance(last, int | float)
+        and not isinstance(last, bool)
+        and math.isfinite(last)
+        and 0 < last <= now + _SLACK
+    )
 
 
 class Schedule:
@@ -71,16 +83,21 @@ class Schedule:
             first = max(1, count - _MAX_ALL + 1)
             return count, [last + k * every for k in range(first, count + 1)]
         assert self._cronsim is not None
-        runs = self._cronsim.CronSim(self.settings.cron, datetime.fromtimestamp(last, self.zone))
-        latest: deque[float] = deque(maxlen=_MAX_ALL)
+        cron = self.settings.cron
         count = 0
-        for run in runs:
-            at = run.timestamp()
-            if at > now or count >= _MAX_COUNT:
+        for run in self._cronsim.CronSim(cron, datetime.fromtimestamp(last, self.zone)):
+            if run.timestamp() > now or count >= _MAX_COUNT:
                 break
-            latest.append(at)
             count += 1
-        return count, list(latest)
+        latest: list[float] = []  # back from now, so a long outage costs no more
+        after = datetime.fromtimestamp(now, self.zone)
+        for run in self._cronsim.CronSim(cron, after, reverse=True):
+            at = float(run.timestamp())
+            if at <= last or len(latest) >= min(count, _MAX_ALL):
+                break
+            if at <= now:
+                latest.append(at)
+        return count, latest[::-1]
 
 
 class Timers:
@@ -106,24 +123,28 @@ class Timers:
         self._wake = asyncio.Event()
 
     def load(self) -> None:
-        """Read the last runs; a timer new or changed starts from now."""
-        kept: dict[str, Any] = {}
+        """Read the last runs; a timer new, changed, or with a last run that cannot be
+        (not a number, before 1970, in the future) starts from now."""
+        kept: Any = {}
         try:
             kept = json.loads(self.path.read_text()).get("timers", {})
         except FileNotFoundError:
             pass
         except (OSError, ValueError, AttributeError) as exc:
             log.warning("timer state unreadable: starting afresh", error=str(exc))
+        if not isinstance(kept, dict):
+            log.warning("timer state unreadable: starting afresh", error="not a table")
+            kept = {}
         now = self.clock()
         for name, schedule in self.schedules.items():
             entry = kept.get(name)
+            last = entry.get("last") if isinstance(entry, dict) else None
             if (
                 isinstance(entry, dict)
                 and entry.get("spec") == schedule.spec
-                and isinstance(entry.get("last"), int | float)
-                and math.isfinite(entry["last"])
+                and _plausible(last, now)
             ):
-                self.last[name] = float(entry["last"])
+                self.last[name] = float(last)
             else:
                 self.last[name] = now
         self.save()
@@ -146,7 +167,18 @@ class Timers:
         moved = False
         for name, schedule in self.schedules.items():
             last = self.last[name]
-            count, runs = schedule.due(last, now)
+            if last > now + _SLACK:  # the clock went back: from now on, not from then
+                log.warning("clock went back: timer starts afresh", timer=name)
+                self.last[name] = now
+                moved = True
+                continue
+            try:
+                count, runs = schedule.due(last, now)
+            except (ValueError, OverflowError, OSError) as exc:  # a time no calendar has
+                log.error("timer skipped: starts afresh", timer=name, error=str(exc))
+                self.last[name] = now
+                moved = True
+                continue
             if not count:
                 continue
             settings = schedule.settings
@@ -184,8 +216,13 @@ class Timers:
         return events
 
     def next_run(self) -> float:
-        """The wall-clock time of the soonest run."""
-        return min(s.next_after(self.last[n]) for n, s in self.schedules.items())
+        """The wall-clock time of the soonest run (``_NAP`` from now if none can be
+        told)."""
+        runs = []
+        for name, schedule in self.schedules.items():
+            with contextlib.suppress(ValueError, OverflowError, OSError, StopIteration):
+                runs.append(schedule.next_after(self.last[name]))
+        return min(runs, default=self.clock() + _NAP)
 
     async def start(self, publish: Publish) -> None:
         await asyncio.to_thread(self.load)
@@ -195,7 +232,7 @@ class Timers:
     async def _run(self) -> None:
         while True:
             try:
-                events = self.tick()
+                events = await asyncio.to_thread(self.tick)  # it syncs the state file
             except OSError as exc:  # the state file cannot be written: fire nothing
                 log.error("timer state not saved: timers wait", error=str(exc))
                 events = []
@@ -215,15 +252,20 @@ class Timers:
                 await self._task
 
     def status(self) -> dict[str, Any]:
-        return {
-            name: {
-                "schedule": s.spec,
-                "last": self.last.get(name),
-                "next": s.next_after(self.last[name]) if name in self.last else None,
+        timers = {}
+        for name, schedule in self.schedules.items():
+            last = self.last.get(name)
+            upcoming = None
+            if last is not None:
+                with contextlib.suppress(ValueError, OverflowError, OSError, StopIteration):
+                    upcoming = schedule.next_after(last)
+            timers[name] = {
+                "schedule": schedule.spec,
+                "last": last,
+                "next": upcoming,
                 "fired": self.fired[name],
             }
-            for name, s in self.schedules.items()
-        }
+        return {"timers": timers}
 
 
 def choose_timers(

@@ -5,6 +5,7 @@ relative to the folder."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,5 +121,50 @@ def test_a_folder_that_appears_later_is_watched_then_and_its_contents_are_new(
         (root / "x.md").write_text("here")
         created = await events.wait("desktop.file.created", 2)
         assert [c["path"] for c in created] == ["early.md", "x.md"]  # each once
+
+    watching(mesh, "desktop.file.*", body)
+
+
+def test_a_replacing_save_is_a_modify_and_a_removed_folder_is_watched_again(
+    spawn: Callable[..., Proc], mesh: str, tmp_path: Path
+) -> None:
+    """An editor's save (the old file renamed away, a new one written in its place) is
+    one `modified`; a watched folder removed and made again is watched again."""
+    root = tmp_path / "notes"
+    root.mkdir()
+    (root / "a.md").write_text("one")
+    start_desktop(spawn, mesh, _config(root), tmp_path)
+
+    async def body(actor: Actor, events: Any) -> None:
+        os.rename(root / "a.md", root / "a.md~")  # the backup: an ignored name
+        (root / "a.md").write_text("two")
+        (modified,) = await events.wait("desktop.file.modified")
+        assert modified["path"] == "a.md"
+        assert events.topics() == ["desktop.file.modified"]
+
+        shutil.rmtree(root)
+        root.mkdir()
+        (root / "b.md").write_text("after")
+        created = await events.wait("desktop.file.created", timeout=15)
+        assert [c["path"] for c in created] == ["b.md"]
+
+    watching(mesh, "desktop.file.*", body)
+
+
+def test_nested_watches_each_see_their_files(
+    spawn: Callable[..., Proc], mesh: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "all"
+    (root / "sub").mkdir(parents=True)
+    config = _config(root) + f'[desktop.files.watch.sub]\npath = "{root / "sub"}"\n'
+    start_desktop(spawn, mesh, config, tmp_path)
+
+    async def body(actor: Actor, events: Any) -> None:
+        (root / "sub" / "x.md").write_text("in both")
+        created = await events.wait("desktop.file.created", 2)
+        assert sorted((c["watch"], c["path"]) for c in created) == [
+            ("notes", "sub/x.md"),
+            ("sub", "x.md"),
+        ]
 
     watching(mesh, "desktop.file.*", body)

@@ -135,12 +135,48 @@ def test_the_last_run_is_kept_so_a_restart_neither_repeats_nor_forgets(
     assert changed.last["t"] == 40.5
 
 
-def test_a_broken_state_file_starts_afresh(tmp_path: Path) -> None:
-    (tmp_path / "timers.json").write_text("{not json")
+@pytest.mark.parametrize(
+    "kept",
+    [
+        "{not json",
+        '{"timers": []}',
+        '{"timers": {"t": {"spec": "every 10 s", "last": true}}}',
+        '{"timers": {"t": {"spec": "every 10 s", "last": 1e300}}}',
+        '{"timers": {"t": {"spec": "every 10 s", "last": -5}}}',
+        '{"timers": {"t": {"spec": "every 10 s", "last": "soon"}}}',
+        '{"timers": {"t": "junk"}}',
+    ],
+)
+def test_a_state_file_that_cannot_be_right_starts_afresh(tmp_path: Path, kept: str) -> None:
+    (tmp_path / "timers.json").write_text(kept)
     clock = Clock(50.0)
     timers = _timers(tmp_path, clock, t={"every": 10})
     timers.load()
     assert timers.last["t"] == 50.0
+    clock.now = 60.5
+    assert len(timers.tick()) == 1
+
+
+def test_a_clock_gone_back_restarts_the_timer_from_now(tmp_path: Path) -> None:
+    clock = Clock(10_000.0)
+    timers = _timers(tmp_path, clock, t={"every": 10})
+    timers.load()
+    clock.now = 5_000.0  # an hour and more back
+    assert timers.tick() == []
+    assert timers.last["t"] == 5_000.0
+    clock.now = 5_010.5
+    assert len(timers.tick()) == 1
+
+
+def test_a_cron_timer_stopped_for_years_fires_once_for_the_latest_run(tmp_path: Path) -> None:
+    clock = Clock(_at("2020-01-01T00:00:30"))
+    timers = _timers(tmp_path, clock, m={"cron": "* * * * *", "tz": "Europe/Paris"})
+    timers.load()
+    clock.now = _at("2026-12-04T18:00:30")
+    ((_, body),) = timers.tick()
+    assert body["scheduled"] == _at("2026-12-04T18:00:00")
+    assert body["skipped"] >= 9_999  # counted up to 10,000: "at least"
+    assert timers.tick() == []
 
 
 def test_bad_timer_settings_are_refused() -> None:
@@ -148,6 +184,10 @@ def test_bad_timer_settings_are_refused() -> None:
         TimerSettings(every=5, cron="* * * * *")
     with pytest.raises(ValueError, match="cron '61 \\* \\* \\* \\*'"):
         TimerSettings(cron="61 * * * *")
+    with pytest.raises(ValueError, match="five fields"):
+        TimerSettings(cron="* * * * * *")
+    with pytest.raises(ValueError, match=r"greater than or equal to 0\.1"):
+        TimerSettings(every=1e-9)
     with pytest.raises(ValueError, match="time zone 'Mars/Olympus'"):
         TimerSettings(every=5, tz="Mars/Olympus")
     with pytest.raises(ValueError, match="timer 'bad name'"):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Proc, free_tcp_endpoint, wait_for
+from conftest import Proc, eventually, free_tcp_endpoint, wait_for
 from desktop_helpers import start_desktop, watching, xsession
 
 from loom import Actor
@@ -186,6 +186,15 @@ def test_notify_reaches_dunst_and_a_click_comes_back_as_an_event(
         (action,) = await events.wait("desktop.notification.action")
         assert action == action | {"id": shown["id"], "action": "default", "tag": "summary-1"}
 
+        _spoof_click(xsession, shown["id"], "default")  # another program on the bus
+
+        async def refused() -> bool:
+            status = await actor.tool("desktop.status")
+            return bool(status["sources"]["notify"]["refused"] == 1)
+
+        await eventually(refused)
+        assert len(events.on("desktop.notification.action")) == 1
+
         second = await actor.tool("desktop.notify", {"title": "Dismiss me", "tag": "t2"})
         wait_for(lambda: displayed() >= 1)
         xsession.run("dunstctl", "close-all")
@@ -197,6 +206,25 @@ def test_notify_reaches_dunst_and_a_click_comes_back_as_an_event(
         assert {"Summary ready", "Dismiss me"} <= summaries
 
     watching(mesh, "desktop.notification.*", body)
+
+
+def _spoof_click(xsession: VirtualDesktop, ident: int, key: str) -> None:
+    """Emit ActionInvoked as some other program on the session bus would."""
+    from jeepney import DBusAddress, new_signal
+    from jeepney.io.blocking import open_dbus_connection
+
+    path, name = "/org/freedesktop/Notifications", "org.freedesktop.Notifications"
+    env = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    os.environ["DBUS_SESSION_BUS_ADDRESS"] = xsession.bus
+    try:
+        with open_dbus_connection(bus="SESSION") as bus:
+            emitter = DBusAddress(path, interface=name)
+            bus.send(new_signal(emitter, "ActionInvoked", "us", (ident, key)))
+    finally:
+        if env is None:
+            del os.environ["DBUS_SESSION_BUS_ADDRESS"]
+        else:
+            os.environ["DBUS_SESSION_BUS_ADDRESS"] = env
 
 
 def test_check_reports_the_backends_and_why_others_were_refused(

@@ -118,6 +118,7 @@ def test_a_call_runs_in_the_jail_with_a_cleared_environment(sandboxed: Sandboxed
     assert where["cwd"] == str(sandboxed.jail)
     assert set(where["env"]) <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "TZ"}
     assert where["pid"] != sandboxed.worker.popen.pid
+    assert where["caller"] == "local"  # the broker's word reaches the sandboxed call
     if sandboxed.applied("userns"):
         assert where["uid"] == 65534
 

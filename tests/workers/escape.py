@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loom import tool
+from loom import ToolContext, tool
 from loom.tools.sandbox import Limits, NetRules, Sandbox
 
 TIGHT = Sandbox(
@@ -137,14 +137,16 @@ def secret(name: str, worker_pid: int) -> dict[str, str]:
 
 
 @tool(name="escape.whoami", sandbox=TIGHT)
-def whoami() -> dict[str, Any]:
-    """Where the call runs: pid, parent, uid, working directory, environment."""
+def whoami(context: ToolContext) -> dict[str, Any]:
+    """Where the call runs: pid, parent, uid, working directory, environment; and who
+    called (the broker's word, carried into the sandbox)."""
     return {
         "pid": os.getpid(),
         "ppid": os.getppid(),
         "uid": os.getuid(),
         "cwd": os.getcwd(),
         "env": dict(os.environ),
+        "caller": context.caller,
     }
 
 

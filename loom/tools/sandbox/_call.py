@@ -77,8 +77,10 @@ def call_main(launcher: Confined, requests: int, answers: int, output: int) -> N
             _warm_up(launcher, loop)
         frame = _read_frame(requests)
         if frame is not None:  # None: the launcher is shutting down
-            _, call_id, name, args, timeout = frame
-            _answer(launcher, loop, answers, call_id, name, args=args, timeout=timeout)
+            _, call_id, name, args, timeout, caller = frame
+            _answer(
+                launcher, loop, answers, call_id, name, args=args, timeout=timeout, caller=caller
+            )
             time.sleep(_LINGER)
     except BaseException:
         traceback.print_exc()
@@ -92,7 +94,7 @@ def _warm_up(launcher: Confined, loop: asyncio.AbstractEventLoop | None) -> None
     """Go through what every call goes through (decoding a frame, binding arguments,
     encoding a result, a turn of the event loop) before the call comes: the first write
     to a page shared with the zygote copies it, and the caller would wait for that."""
-    next(iter(FrameReader().feed(pack_frame("call", 0, "", {"a": 1}, 1.0))))
+    next(iter(FrameReader().feed(pack_frame("call", 0, "", {"a": 1}, 1.0, "local"))))
     encode_value({"warm": [1, 2.0, "x", b"y", None, True]}, 1024)
     for tool in launcher.tools.values():
         with contextlib.suppress(Exception):
@@ -158,6 +160,7 @@ def _answer(
     *,
     args: Any,
     timeout: float,
+    caller: str,
 ) -> None:
     def report(_: int, data: Any) -> None:
         try:
@@ -165,7 +168,9 @@ def _answer(
         except LoomError:
             write_frame(pipe, "progress", b"")
 
-    answer = _outcome(launcher, loop, report, call_id, name, args=args, timeout=timeout)
+    answer = _outcome(
+        launcher, loop, report, call_id, name, args=args, timeout=timeout, caller=caller
+    )
     _flush_streams()  # what it printed reaches the launcher before its answer
     write_frame(pipe, *answer)
 
@@ -179,6 +184,7 @@ def _outcome(
     *,
     args: Any,
     timeout: float,
+    caller: str,
 ) -> tuple[Any, ...]:
     """Run the call: its answer frame's items (``result`` or ``fail``)."""
     tool = launcher.tools[name]
@@ -186,7 +192,13 @@ def _outcome(
     try:
         kwargs = tool.bind(args)
         context = ToolContext(
-            call_id, tool.name, timeout, report, sandbox=launcher.policy, jail=launcher.jail
+            call_id,
+            tool.name,
+            timeout,
+            report,
+            sandbox=launcher.policy,
+            jail=launcher.jail,
+            caller=caller or None,
         )
         if tool.context_param is not None:
             kwargs[tool.context_param] = context

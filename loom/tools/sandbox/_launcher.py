@@ -268,7 +268,7 @@ class Launcher:
 
     def _request(self, frame: list[Any]) -> None:
         kind = frame[0]
-        if kind == "call" and len(frame) == 5:
+        if kind == "call" and len(frame) == 6:
             name = frame[2]
             if name not in self.tools:
                 message = f"the sandbox does not load {name!r}"
@@ -286,7 +286,7 @@ class Launcher:
             self.waiting = [f for f in self.waiting if f[1] != frame[1]]
 
     def _dispatch(self, proc: _Process, frame: list[Any]) -> None:
-        _, call_id, name, args, timeout = frame
+        _, call_id, name, args, timeout, caller = frame
         proc.call_id = call_id
         proc.tool = name
         self.spare_deaths = 0
@@ -294,7 +294,7 @@ class Launcher:
         self.calls[call_id] = proc
         heapq.heappush(self.deadlines, (proc.deadline, call_id))
         with contextlib.suppress(BrokenPipeError):  # it died: its exit will say so
-            write_frame(proc.requests, "call", call_id, name, args, timeout)
+            write_frame(proc.requests, "call", call_id, name, args, timeout, caller)
         os.close(proc.requests)
         proc.requests = -1
         self._ask_spare()

@@ -105,7 +105,7 @@ class SandboxRunner:
         number = self._numbers
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         launch.calls[number] = (future, token, tool.name)
-        launch.send("call", number, tool.name, args, context.timeout)
+        launch.send("call", number, tool.name, args, context.timeout, context.caller or "")
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
