@@ -56,6 +56,9 @@ def test_the_desktop_assistant_template_runs_end_to_end(
 
         asyncio.run(ready())
         wait_for(lambda: "desktop ready" in running.output, 30)
+        # listed from its hello, subscribed a moment later: its own log says when
+        started = ("actor started", "actor=assistant")
+        wait_for(lambda: any(all(w in line for w in started) for line in running.lines), 30)
         xsession.set_clipboard(COPIED)
         xsession.run("xdotool", "key", "ctrl+alt+s")
 
