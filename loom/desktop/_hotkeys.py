@@ -105,8 +105,8 @@ class Hotkeys:
 
 class X11Hotkeys(Hotkeys):
     """Grabs on the X server's root window, read on the event loop. A key held down
-    repeats as release-and-press pairs with one timestamp: the press of such a pair is
-    not a new hotkey. A keyboard mapping change (another layout) grabs again."""
+    repeats as a release and a press together, with one timestamp: the press of such a
+    pair is not a new hotkey. A keyboard mapping change (another layout) grabs again."""
 
     backend = "x11"
 
@@ -116,8 +116,6 @@ class X11Hotkeys(Hotkeys):
         self._grabs: list[tuple[int, int]] = []
         self._by_grab: dict[tuple[int, int], tuple[str, Combo]] = {}
         self._codes: dict[str, int] = {}
-        self._released: tuple[int, int] | None = None
-        """The last release's (keycode, time), to tell a repeat's press."""
 
     @staticmethod
     def probe() -> None:
@@ -183,15 +181,22 @@ class X11Hotkeys(Hotkeys):
     def _events(self, events: list[Any]) -> None:
         from Xlib import X
 
-        for event in events:
+        repeat = None
+        for index, event in enumerate(events):
             if event.type == X.KeyPress:
-                if (event.detail, event.time) == self._released:
+                if event is repeat:
                     continue  # auto-repeat: the key never went up
                 hit = self._by_grab.get((event.detail, event.state & self._relevant))
                 if hit is not None:
                     self.fire(*hit)
-            elif event.type == X.KeyRelease:
-                self._released = (event.detail, event.time)
+            elif event.type == X.KeyRelease:  # a repeat's release has its press right after
+                after = events[index + 1] if index + 1 < len(events) else None
+                if (
+                    after is not None
+                    and after.type == X.KeyPress
+                    and (after.detail, after.time) == (event.detail, event.time)
+                ):
+                    repeat = after
             elif event.type == X.MappingNotify:
                 self.link.display.refresh_keyboard_mapping(event)
                 if event.request == X.MappingKeyboard and self._keycodes() != self._codes:

@@ -61,6 +61,21 @@ def test_a_key_pressed_with_xdotool_is_a_hotkey_event(
     watching(mesh, "desktop.hotkey.*", body)
 
 
+def test_a_held_hotkey_fires_once_however_long_it_repeats(
+    spawn: Callable[..., Proc], mesh: str, xsession: VirtualDesktop, tmp_path: Path
+) -> None:
+    start_desktop(spawn, mesh, KEYS, tmp_path, env=xsession.env)
+
+    async def body(actor: Actor, events: Any) -> None:
+        # held for a second: the X server repeats it (after 660 ms, 25 a second)
+        xsession.run("xdotool", "keydown", "ctrl+alt+a", "sleep", "1.2", "keyup", "ctrl+alt+a")
+        xsession.run("xdotool", "key", "super+shift+F5")  # a marker: all before it is in
+        await events.wait("desktop.hotkey.shout")
+        assert events.topics() == ["desktop.hotkey.ask", "desktop.hotkey.shout"]
+
+    watching(mesh, "desktop.hotkey.*", body)
+
+
 def test_a_combination_another_program_holds_is_a_reported_conflict(
     spawn: Callable[..., Proc], mesh: str, xsession: VirtualDesktop, tmp_path: Path
 ) -> None:
