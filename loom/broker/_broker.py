@@ -199,8 +199,8 @@ class Broker:
         )
         announce = {
             "broker": self.name,
-            "pub": self.endpoints["pub"],
-            "sub": self.endpoints["sub"],
+            "pub": _advertised(self.endpoints["pub"], settings.advertise),
+            "sub": _advertised(self.endpoints["sub"], settings.advertise),
             "max_payload": settings.max_payload,
             "insecure": guard.insecure,
         }
@@ -360,3 +360,10 @@ class Broker:
         if self._own_context:
             self._context.term()
         self._log.info("broker stopped", **totals)
+
+
+def _advertised(endpoint: str, host: str | None) -> str:
+    """A bound TCP endpoint as peers should dial it: at ``host`` when one is advertised."""
+    if host is None or not endpoint.startswith("tcp://"):
+        return endpoint
+    return f"tcp://{host}:{endpoint.rpartition(':')[2]}"

@@ -44,6 +44,13 @@ class BrokerSettings(Section):
     """Bytes of arguments of the tool calls the broker holds at once; past it, OVERLOADED."""
     data_dir: str | None = None
     """Where the durable topics' LMDB log lives; without it, durable emits are refused."""
+    advertise: str | None = Field(
+        default=None, pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]{1,253})$"
+    )
+    """The host peers on other machines reach this broker at (``broker.example``,
+    ``10.0.0.5``, ``[fd00::5]``): HELLO announces the pub and sub endpoints there. Without
+    it, a broker bound to a wildcard announces the wildcard and each peer puts in the
+    host it reached the control endpoint at; that is wrong behind NAT or a proxy."""
 
     @field_validator("endpoint")
     @classmethod

@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-call-bytes", type=int, help="bytes of tool-call arguments held (256 MiB)"
     )
     parser.add_argument("--data-dir", help="directory of the durable topics' LMDB log")
+    parser.add_argument(
+        "--advertise",
+        metavar="HOST",
+        help="the host peers elsewhere reach this broker at (announced for pub and sub)",
+    )
     parser.add_argument("--durable-map-size", type=int, help="largest log size, bytes (1 GiB)")
     parser.add_argument("--durable-max-age", type=float, help="seconds events are kept (0: ever)")
     parser.add_argument("--durable-max-bytes", type=int, help="log bytes kept (0: no cap)")
