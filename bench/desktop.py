@@ -75,11 +75,16 @@ class Arrivals:
 
 
 async def timed(
-    count: int, cause: Callable[[int], Awaitable[None]], seen: Callable[[int], asyncio.Future[int]]
+    count: int,
+    cause: Callable[[int], Awaitable[None]],
+    seen: Callable[[int], asyncio.Future[int]],
+    gap: float = 0.0,
 ) -> list[int]:
-    """``count`` latencies (ns) from ``cause(i)`` starting to ``seen(i)`` resolving."""
+    """``count`` latencies (ns) from ``cause(i)`` starting to ``seen(i)`` resolving,
+    ``gap`` seconds apart (not timed)."""
     latencies = []
     for i in range(-5, count):  # five to warm up
+        await asyncio.sleep(gap)
         arrival = seen(i)
         start = time.perf_counter_ns()
         await cause(i)
@@ -204,11 +209,17 @@ async def measure(
         keys.press(which)
 
     try:
+        # 2 ms apart: a press in the millisecond of the last release is an auto-repeat
         record(
             "key direct",
-            await timed(count, lambda i: key(i, "b"), lambda i: arrivals.expect("direct.key")),
+            await timed(
+                count, lambda i: key(i, "b"), lambda i: arrivals.expect("direct.key"), 0.002
+            ),
         )
-        record("key loom", await timed(count, key, lambda i: arrivals.expect("desktop.hotkey.ask")))
+        record(
+            "key loom",
+            await timed(count, key, lambda i: arrivals.expect("desktop.hotkey.ask"), 0.002),
+        )
         record(
             "clipboard direct",
             await timed(

@@ -105,8 +105,9 @@ class Hotkeys:
 
 class X11Hotkeys(Hotkeys):
     """Grabs on the X server's root window, read on the event loop. A key held down
-    repeats as a release and a press together, with one timestamp: the press of such a
-    pair is not a new hotkey. A keyboard mapping change (another layout) grabs again."""
+    repeats as a release and a press with one timestamp: the press of such a pair is not
+    a new hotkey (so two real presses of one key within a millisecond, which only a
+    program can make, count once). A keyboard mapping change grabs again."""
 
     backend = "x11"
 
@@ -116,6 +117,9 @@ class X11Hotkeys(Hotkeys):
         self._grabs: list[tuple[int, int]] = []
         self._by_grab: dict[tuple[int, int], tuple[str, Combo]] = {}
         self._codes: dict[str, int] = {}
+        self._released: tuple[int, int] | None = None
+        """The last release's (keycode, server time): a press of that key at that same
+        millisecond is its auto-repeat (the two may come in two reads, under load)."""
 
     @staticmethod
     def probe() -> None:
@@ -181,22 +185,15 @@ class X11Hotkeys(Hotkeys):
     def _events(self, events: list[Any]) -> None:
         from Xlib import X
 
-        repeat = None
-        for index, event in enumerate(events):
+        for event in events:
             if event.type == X.KeyPress:
-                if event is repeat:
+                if (event.detail, event.time) == self._released:
                     continue  # auto-repeat: the key never went up
                 hit = self._by_grab.get((event.detail, event.state & self._relevant))
                 if hit is not None:
                     self.fire(*hit)
-            elif event.type == X.KeyRelease:  # a repeat's release has its press right after
-                after = events[index + 1] if index + 1 < len(events) else None
-                if (
-                    after is not None
-                    and after.type == X.KeyPress
-                    and (after.detail, after.time) == (event.detail, event.time)
-                ):
-                    repeat = after
+            elif event.type == X.KeyRelease:
+                self._released = (event.detail, event.time)
             elif event.type == X.MappingNotify:
                 self.link.display.refresh_keyboard_mapping(event)
                 if event.request == X.MappingKeyboard and self._keycodes() != self._codes:
