@@ -22,30 +22,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import multiprocessing as mp
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tools import percentile  # beside this file
+from tools import loom_broker, percentile, scratch  # beside this file
 
 from loom import Actor, Event
-from loom.broker import Broker, BrokerSettings
 from loom.logs import configure_logging
-
-
-def broker(endpoint: str, ready: Any) -> None:
-    configure_logging(level="warning", stream=sys.stderr)
-    running = Broker(BrokerSettings(endpoint=endpoint))
-    running.bind()
-    ready.set()
-    running.run()
 
 
 def responders(endpoint: str, names: list[str], ready: Any) -> None:
@@ -100,7 +87,7 @@ async def rate(asker: Actor, topic: str, args: argparse.Namespace) -> float:
 
 def one_run(endpoint: str, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
     ready = mp.Event()
-    procs = [mp.Process(target=broker, args=(endpoint, ready))]
+    procs = [mp.Process(target=loom_broker, args=(endpoint, ready))]
     procs[0].start()
     assert ready.wait(30)
     names = [f"r{i}" for i in range(args.responders)]
@@ -166,11 +153,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--window", type=int, default=16)
     args = parser.parse_args()
-    tmp = tempfile.mkdtemp(prefix="loom-bench-", dir="/tmp")
-    os.chmod(tmp, 0o700)
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    os.environ.setdefault("LOOM_HOME", os.path.join(tmp, "home"))
-    configure_logging(level="warning", stream=sys.stderr)
+    tmp = scratch()
     runs: list[dict[str, tuple[float, float]]] = []
     for run in range(args.runs):
         runs.append(one_run(f"ipc://{tmp}/c{run}", args))

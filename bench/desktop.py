@@ -23,37 +23,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import multiprocessing as mp
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tools import percentile  # beside this file
+from tools import loom_broker, percentile, scratch  # beside this file
 
 from loom import Actor, Event
-from loom.broker import Broker, BrokerSettings
 from loom.desktop import VirtualDesktop
-from loom.logs import configure_logging
 
 _WAIT = 10.0
 """Seconds one event may take before the bench gives up on it (and says so)."""
-
-
-def broker(endpoint: str, ready: Any) -> None:
-    configure_logging(level="warning", stream=sys.stderr)
-    running = Broker(BrokerSettings(endpoint=endpoint))
-    running.bind()
-    ready.set()
-    running.run()
 
 
 class Arrivals:
@@ -279,7 +266,7 @@ def one_run(
         f'[desktop.files.watch.bench]\npath = "{folder}"\n'
     )
     ready = mp.Event()
-    hub = mp.Process(target=broker, args=(endpoint, ready))
+    hub = mp.Process(target=loom_broker, args=(endpoint, ready))
     hub.start()
     assert ready.wait(30)
     log = tmp / f"desktop{run}.log"
@@ -311,11 +298,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--events", type=int, default=200)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="loom-bench-", dir="/tmp"))
-    tmp.chmod(0o700)
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    os.environ.setdefault("LOOM_HOME", str(tmp / "home"))
-    configure_logging(level="warning", stream=sys.stderr)
+    tmp = Path(scratch())
     runs = []
     with VirtualDesktop() as desk:
         for run in range(args.runs):

@@ -30,23 +30,18 @@ sys.path.append(str(_HERE))
 
 import argparse
 import asyncio
-import atexit
 import multiprocessing as mp
-import os
 import queue
-import shutil
 import socket
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tools import percentile
+from tools import loom_broker, percentile, scratch
 
 from loom import ToolClient
-from loom.broker import Broker, BrokerSettings
 from loom.logs import configure_logging
 from loom.mcp import McpBridge, McpServerSettings
 
@@ -104,14 +99,6 @@ def direct(transport: str, port: int, sizes: tuple[int, int, int], results: Any)
     asyncio.run(main())
 
 
-def broker(endpoint: str, ready: Any) -> None:
-    configure_logging(level="warning", stream=sys.stderr)
-    running = Broker(BrokerSettings(endpoint=endpoint))
-    running.bind()
-    ready.set()
-    running.run()
-
-
 def bridge(endpoint: str, transport: str, port: int) -> None:
     configure_logging(level="warning", stream=sys.stderr)
     McpBridge({"b": settings(transport, port)}, broker=endpoint, name="bench-bridge").run()
@@ -157,7 +144,7 @@ def scenario(path: str, transport: str, tmp: str, args: argparse.Namespace) -> t
         else:
             endpoint = f"ipc://{tmp}/m{time.monotonic_ns()}"
             ready = mp.Event()
-            children.append(mp.Process(target=broker, args=(endpoint, ready)))
+            children.append(mp.Process(target=loom_broker, args=(endpoint, ready)))
             children[-1].start()
             assert ready.wait(30), "the broker did not start"
             children.append(mp.Process(target=bridge, args=(endpoint, transport, port)))
@@ -194,9 +181,7 @@ def main() -> None:
     parser.add_argument("--pipelined", type=int, default=1000)
     parser.add_argument("--window", type=int, default=8)
     args = parser.parse_args()
-    tmp = tempfile.mkdtemp(prefix="loom-bench-", dir="/tmp")
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    os.environ.setdefault("LOOM_HOME", os.path.join(tmp, "home"))
+    tmp = scratch()
     kinds = [(p, t) for t in ("stdio", "http") for p in ("direct", "mesh")]
     figures: dict[tuple[str, str], list[tuple[float, float, float]]] = {k: [] for k in kinds}
     for run in range(args.runs):

@@ -117,9 +117,11 @@ def raw_client(endpoint: str, sequential: int, pipelined: int, window: int, resu
 # --- (b), (c): through loom-broker ---------------------------------------------------
 
 
-def loom_broker(endpoint: str, ready: Any, security: SecuritySettings) -> None:
+def loom_broker(endpoint: str, ready: Any, security: SecuritySettings | None = None) -> None:
+    """A broker process (the benches' ``mp.Process`` target): secure by default, stopped
+    cleanly by SIGTERM."""
     configure_logging(level="warning", stream=sys.stderr)
-    broker = Broker(BrokerSettings(endpoint=endpoint), security=security)
+    broker = Broker(BrokerSettings(endpoint=endpoint), security=security or SecuritySettings())
     broker.bind()
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
     ready.set()
@@ -234,6 +236,17 @@ def scenario(
     return latencies, rate
 
 
+def scratch() -> str:
+    """A private temporary directory for one bench run, removed at exit, holding the Loom
+    home (unless ``$LOOM_HOME`` names one); Loom logs warnings to stderr."""
+    tmp = tempfile.mkdtemp(prefix="loom-bench-", dir="/tmp")
+    os.chmod(tmp, 0o700)
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    os.environ.setdefault("LOOM_HOME", os.path.join(tmp, "home"))
+    configure_logging(level="warning", stream=sys.stderr)
+    return tmp
+
+
 def percentile(values: list[int], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000  # ns -> us
@@ -248,8 +261,7 @@ def main() -> None:
     parser.add_argument("--pipelined", type=int, default=20_000)
     parser.add_argument("--window", type=int, default=32)
     args = parser.parse_args()
-    tmp = tempfile.mkdtemp(prefix="loom-bench-", dir="/tmp")
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    tmp = scratch()
     site = secure_site(tmp)
     kinds = ("raw", "client", "client+curve", "actor", "actor+curve")
     figures: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
