@@ -13,6 +13,7 @@ import zmq
 
 from loom.broker._control import ControlPlane
 from loom.broker._durable import DurablePlane
+from loom.broker._federation import FederationPlane
 from loom.broker._peers import Peers
 from loom.broker._pubsub import PubSubProxy
 from loom.broker._security import Guard
@@ -20,6 +21,7 @@ from loom.broker._settings import BrokerSettings, SecuritySettings
 from loom.broker._store import DurableLog
 from loom.broker._tools import ToolRouter
 from loom.broker._traces import TraceBuffer
+from loom.config import FederationSettings
 from loom.errors import EndpointError
 from loom.keys import dashboard_token
 from loom.logs import DropCounter, get_logger
@@ -89,6 +91,8 @@ class Broker:
             with the Loom home's keys, only its own user, with every right).
         context: the zmq context; a private one by default.
         home: the Loom home (default: ``$LOOM_HOME``, else the XDG data directory).
+        federation: which events cross the federation link, when one attaches (the
+            default: every topic both ways).
     """
 
     def __init__(
@@ -98,8 +102,10 @@ class Broker:
         security: SecuritySettings | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         home: Path | None = None,
+        federation: FederationSettings | None = None,
     ) -> None:
         self.settings = settings if settings is not None else BrokerSettings()
+        self.federation_settings = federation if federation is not None else FederationSettings()
         self.security = security if security is not None else SecuritySettings()
         self.home = home
         self.guard: Guard | None = None
@@ -177,8 +183,17 @@ class Broker:
         traces = TraceBuffer()
         peers = Peers(router, DropCounter(log))
         checked = None if guard.insecure else guard
+        federation = FederationPlane(
+            self.federation_settings,
+            send=peers.send,
+            forward=self._deliver,
+            publish=self._system_event,
+            max_payload=settings.max_payload,
+            log=log,
+            guard=checked,
+        )
         proxy = self.proxy = PubSubProxy(
-            xsub, xpub, settings, traces=traces, log=log, guard=checked
+            xsub, xpub, settings, traces=traces, log=log, guard=checked, federation=federation
         )
         tools = ToolRouter(
             settings,
@@ -215,6 +230,7 @@ class Broker:
             publish=self._system_event,
             log=log,
             guard=checked,
+            federation=federation,
         )
         self._router, self._xsub, self._xpub = router, xsub, xpub
         if not guard.insecure:  # handshakes that fail before the ZAP handler sees a key
@@ -332,6 +348,10 @@ class Broker:
     def _system_event(self, topic: str, data: dict[str, Any]) -> None:
         assert self.proxy is not None
         self.proxy.publish(topic, data, sender=self.name)
+
+    def _deliver(self, topic: bytes, header: bytes, payload: bytes) -> None:
+        assert self.proxy is not None
+        self.proxy.deliver(topic, header, payload)
 
     def _internal_error(self, exc: Exception) -> None:
         """A bug surfaced in the loop: count it, log it (rate-limited, with its

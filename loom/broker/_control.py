@@ -17,9 +17,10 @@ import zmq
 
 from loom.broker._answers import Bucket, Cached, fit
 from loom.broker._durable import DurablePlane
+from loom.broker._federation import FederationPlane
 from loom.broker._groups import Groups
 from loom.broker._peers import ROLES, Peer, Peers, bounded
-from loom.broker._rights import ANONYMOUS, OWNER
+from loom.broker._rights import ANONYMOUS, LINK, OWNER
 from loom.broker._settings import BrokerSettings
 from loom.broker._tools import ToolRouter
 from loom.errors import PatternError, ProtocolError
@@ -36,8 +37,10 @@ from loom.protocol import (
     DSUB,
     ERROR_COMMAND,
     FAIL,
+    FEVENT,
     HEARTBEAT,
     HELLO,
+    LINK_STATE,
     PROGRESS,
     PUBLISH,
     READY,
@@ -55,6 +58,7 @@ from loom.protocol import (
     Empty,
     Heartbeat,
     Hello,
+    LinkState,
     Pattern,
     Patterns,
     Ready,
@@ -101,6 +105,7 @@ class ControlPlane:
         log: a structlog logger.
         guard: identities and rights (``None``: the broker runs insecure, every peer
             is ``anonymous`` and may do anything).
+        federation: the federation link's plane (a peer whose HELLO says ``link``).
         clock: monotonic seconds.
     """
 
@@ -117,9 +122,11 @@ class ControlPlane:
         publish: Callable[[str, dict[str, Any]], None],
         log: Any,
         guard: Guard | None = None,
+        federation: FederationPlane,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.peers = peers
+        self.federation = federation
         self.guard = guard
         self.who = ANONYMOUS
         """The identity of the message being served."""
@@ -189,6 +196,9 @@ class ControlPlane:
                 if command == PUBLISH:
                     if guard is None or self._admit_durable(guard, identity, frames):
                         self.durable.on_publish(identity, frames[2:])
+                    continue
+                if command == FEVENT:
+                    self.federation.on_import(identity, frames[2:])
                     continue
                 handle = tool_commands.get(command)
                 if handle is not None and len(frames) > 2:
@@ -313,6 +323,7 @@ class ControlPlane:
                 level("peer gone", peer=peer.name, role=peer.role, reason=reason)
             if peer.joined:
                 self._publish(f"$sys.{peer.role}.left", peer, reason=reason)
+        self.federation.detach(identity)
         self.tools.worker_gone(identity, reason)
         self.tools.client_gone(identity)
         self.durable.gone(identity)
@@ -365,6 +376,9 @@ class ControlPlane:
             if self._refused_patterns(identity, body.patterns, body.rid):
                 return
         if role == "actor" and not self._unique(identity, body):
+            return
+        if role == "link" and not self.federation.attach(identity, self.who):
+            self._refuse(identity, "DENIED", "only the broker's own key may be its link", body.rid)
             return
         peer = self._introduce(identity, body.name, role, body.pid, body.rid, unique=body.unique)
         if peer is None:
@@ -491,7 +505,11 @@ class ControlPlane:
             if refused:
                 self._denied("serve", ", ".join(map(repr, refused[:10])), identity, body.rid)
                 return
-        error = self.tools.ready(identity, body)
+        remote = any(t.brokers for t in body.tools)
+        if remote and guard is not None and self.who != LINK:
+            self._denied("serve", "tools of other brokers (only its link may)", identity, body.rid)
+            return
+        error = self.tools.ready(identity, body, remote=remote)
         if error is not None:
             self.drops.drop("ready", error, plane="control")
             self._refuse(identity, "INVALID_READY", error, body.rid)
@@ -505,6 +523,9 @@ class ControlPlane:
             if not peer.joined:
                 tools = sorted(self.tools.workers[identity].slots)
                 self._publish("$sys.worker.joined", peer, tools=tools)
+
+    def _link_state(self, identity: bytes, body: LinkState) -> None:
+        self.federation.on_state(identity, body)
 
     def _drain(self, identity: bytes, body: Empty) -> None:
         self.tools.drain(identity)
@@ -548,6 +569,7 @@ class ControlPlane:
         snap["boot"] = self.boot
         snap["security"] = self.guard.snapshot() if self.guard else {"insecure": True}
         snap["groups"] = self.groups.snapshot()
+        snap["federation"] = self.federation.snapshot()
         return snap
 
     def _directory(self, identity: bytes, body: Empty) -> None:
@@ -729,5 +751,6 @@ class ControlPlane:
         APPROVE: (_approve, Approve),
         TRACE: (_trace, Trace),
         RECENT: (_recent, Recent),
+        LINK_STATE: (_link_state, LinkState),
     }
     """Each command's handler and the type its body is decoded (and checked) as."""

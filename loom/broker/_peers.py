@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 MAX_PEERS = 10_000
-ROLES = frozenset(("actor", "worker", "client"))
+ROLES = frozenset(("actor", "worker", "client", "link"))
 """A HELLO's role is one of these (anything else counts as ``client``)."""
 MAX_PATTERN_BYTES = 8 * 1024
 """Bytes of patterns kept per peer for the directory (the rest are left out)."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from loom.broker._federation import FederationPlane
 from loom.broker._groups import Groups
 from loom.broker._settings import BrokerSettings
 from loom.broker._traces import TraceBuffer
@@ -63,6 +64,8 @@ MAX_SUBSCRIPTIONS = 10_000
 MAX_SENDERS = 10_000
 """Distinct sender names the trace buffer keeps (later ones are recorded as ``(other)``)."""
 _SHED = "forwarded while a subscriber is stalled: it may have missed this"
+_STANDARD = b"standard"
+_RELIABLE = b"reliable"
 
 
 class TopicStats:
@@ -124,6 +127,8 @@ class PubSubProxy:
         guard: identities and rights: each message is checked against its publisher's
             rights and gets its origin written in, each subscription is granted or
             refused (the XPUB is in manual mode); ``None`` on a broker run insecure.
+        federation: the federation link's plane: events on exported topics go to it,
+            and it follows the prefixes subscribers hold.
         clock: wall-clock seconds (deadlines are wall-clock).
     """
 
@@ -137,9 +142,11 @@ class PubSubProxy:
         log: Any,
         max_topics: int = 10_000,
         guard: Guard | None = None,
+        federation: FederationPlane,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._xsub = xsub
+        self.federation = federation
         self._name = settings.name
         self._guard = guard
         self.granted: dict[bytes, int] = {}
@@ -182,6 +189,8 @@ class PubSubProxy:
         traced = 0  # records appended, added to the buffer's count once, at the end
         guard = self._guard
         groups = self.groups
+        federation = self.federation
+        exporting = federation.link is not None
         who = ""
         try:
             for _ in range(budget):
@@ -234,6 +243,8 @@ class PubSubProxy:
                     traced += 1
                 if groups.lanes or groups.sent:  # queue groups: one member each, see _groups
                     self._to_groups(topic, header, payload, env, row, who)
+                if exporting:
+                    federation.export(topic, header, payload, _STANDARD)
                 try:
                     raw_send(xpub, topic, _NOBLOCK_MORE)
                 except zmq.Again:
@@ -356,7 +367,14 @@ class PubSubProxy:
 
     def forward(self, topic: bytes, header: bytes, payload: bytes) -> None:
         """Send one already validated message to live subscribers (a durable event once
-        logged, a ``$sys`` event), without blocking: a full subscriber misses it, counted."""
+        logged, a ``$sys`` event), without blocking: a full subscriber misses it, counted.
+        A durable event on an exported topic goes to the federation link too."""
+        if self.federation.link is not None and topic[:1] != b"$":
+            self.federation.export(topic, header, payload, _RELIABLE)
+        self.deliver(topic, header, payload)
+
+    def deliver(self, topic: bytes, header: bytes, payload: bytes) -> None:
+        """:meth:`forward` to local subscribers only (an event from the federation)."""
         row = self.stats.row(topic)
         row[PUBLISHED] += 1
         with contextlib.suppress(ProtocolError):  # durable and the broker's own are traced too
@@ -376,19 +394,34 @@ class PubSubProxy:
     def read_subscriptions(self) -> None:
         """Track the prefixes subscribers hold (the XPUB reports first-sub/last-unsub);
         with a guard, grant each subscription its subscriber's identity may hold."""
-        if self._guard is not None:
-            self._grant_subscriptions(self._guard)
-            return
-        while True:
-            try:
-                frame = self._xpub.recv(_NOBLOCK)
-            except zmq.Again:
+        try:
+            if self._guard is not None:
+                self._grant_subscriptions(self._guard)
                 return
-            if frame[:1] == b"\x01":
-                if len(self.subscriptions) < MAX_SUBSCRIPTIONS:
-                    self.subscriptions.add(frame[1:])
-            elif frame[:1] == b"\x00":
-                self.subscriptions.discard(frame[1:])
+            while True:
+                try:
+                    frame = self._xpub.recv(_NOBLOCK)
+                except zmq.Again:
+                    return
+                if frame[:1] == b"\x01":
+                    if len(self.subscriptions) < MAX_SUBSCRIPTIONS:
+                        self._held(frame[1:])
+                elif frame[:1] == b"\x00":
+                    self._released(frame[1:])
+        finally:
+            self.federation.flush()
+
+    def _held(self, prefix: bytes) -> None:
+        """Some subscriber holds ``prefix`` now."""
+        if prefix not in self.subscriptions:
+            self.subscriptions.add(prefix)
+            self.federation.interest(prefix, True)
+
+    def _released(self, prefix: bytes) -> None:
+        """No subscriber holds ``prefix`` any more."""
+        if prefix in self.subscriptions:
+            self.subscriptions.discard(prefix)
+            self.federation.interest(prefix, False)
 
     def _grant_subscriptions(self, guard: Guard) -> None:
         """Manual mode: every (un)subscription of every subscriber arrives here, with
@@ -428,12 +461,12 @@ class PubSubProxy:
                 xpub.setsockopt(zmq.SUBSCRIBE, prefix)
                 if prefix in counts or len(counts) < MAX_SUBSCRIPTIONS:
                     counts[prefix] = counts.get(prefix, 0) + 1
-                    self.subscriptions.add(prefix)
+                    self._held(prefix)
             elif flag == b"\x00":
                 if not who:  # a disconnect's report: no one asks for it any more
                     for prefix in (asked, asked + b"."):
                         counts.pop(prefix, None)
-                        self.subscriptions.discard(prefix)
+                        self._released(prefix)
                     continue
                 prefix = guard.rights(who).grant(asked) or asked
                 xpub.setsockopt(zmq.UNSUBSCRIBE, prefix)
@@ -442,7 +475,7 @@ class PubSubProxy:
                     counts[prefix] = left
                 else:
                     counts.pop(prefix, None)
-                    self.subscriptions.discard(prefix)
+                    self._released(prefix)
 
     def snapshot(self) -> dict[str, Any]:
         """Counters, drops by reason and live subscription prefixes."""

@@ -24,7 +24,17 @@ class Slot:
 class WorkerState:
     """A worker that said READY."""
 
-    __slots__ = ("calls", "draining", "identity", "name", "pid", "since", "slots")
+    __slots__ = (
+        "brokers",
+        "calls",
+        "draining",
+        "identity",
+        "name",
+        "pid",
+        "remote",
+        "since",
+        "slots",
+    )
 
     def __init__(self, identity: bytes, name: str, pid: int | None, since: float) -> None:
         self.identity = identity
@@ -35,6 +45,11 @@ class WorkerState:
         self.calls: dict[int, Call] = {}
         """Calls running there, by token, including those whose caller no longer waits."""
         self.draining = False
+        self.remote = False
+        """The federation link, serving tools of other brokers: used when no local
+        worker is free, and never for the calls the link itself makes."""
+        self.brokers: dict[str, list[str]] = {}
+        """The link's tools -> the brokers that serve them."""
 
 
 class ToolEntry:
@@ -76,6 +91,7 @@ class Call:
         "caller",
         "client",
         "deadline",
+        "local_only",
         "slot",
         "started",
         "timeout",
@@ -112,7 +128,14 @@ class Call:
         self.approved_by: str | None = None
         self.started = deadline - timeout
         """Monotonic seconds when the call reached the broker."""
+        self.local_only = False
+        """A call from another broker (through the link): for local workers only."""
+
+
+REMOTE_RANK = 1e15
+"""Added to a remote slot's ``last_used`` as it is sorted: after every local slot."""
 
 
 def last_used(slot: Slot) -> float:
-    return slot.last_used
+    """A free slot's rank: local workers least recently used first, then remote ones."""
+    return slot.last_used + REMOTE_RANK if slot.worker.remote else slot.last_used

@@ -41,11 +41,12 @@ from pydantic import Field, field_validator, model_validator
 
 from loom.config import Section, read_settings, validated
 from loom.errors import ConfigError, KeyFileError, PatternError
-from loom.keys import LOCAL_KEY, load_keypair, public_key
+from loom.keys import BROKER_KEY, LOCAL_KEY, load_keypair, public_key
 from loom.protocol import Pattern
 
 __all__ = [
     "ANONYMOUS",
+    "LINK",
     "OWNER",
     "Acl",
     "Rights",
@@ -55,6 +56,9 @@ __all__ = [
 
 OWNER = LOCAL_KEY
 """The identity of the Loom home's ``local`` key: the broker's own user."""
+LINK = BROKER_KEY
+"""The identity of the broker's own key: its federation link (every right, and it may
+publish and call for the remote identities it carries)."""
 ANONYMOUS = "anonymous"
 """Every peer's identity on a broker started ``--insecure`` (each has every right)."""
 IDENTITY = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -322,6 +326,13 @@ class Acl:
         if OWNER not in self.rights:
             self.rights[OWNER] = Rights(OWNER, None)
         self.keys.setdefault(owner_key, OWNER)
+        if LINK in model.identities:
+            raise ValueError(f"identities.{LINK}: the name of the broker's own key (its link)")
+
+    def admit_link(self, key: bytes) -> None:
+        """Know the broker's own public key as its federation link."""
+        self.keys[key] = LINK
+        self.rights[LINK] = Rights(LINK, None)
         self.denied = Rights("(nobody)", [])
         """The rights of an identity the table does not know (none)."""
 

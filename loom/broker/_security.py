@@ -255,9 +255,10 @@ class Guard:
         path = self.settings.acl
         if self.insecure:
             return Acl(b"")
-        if path is None:
-            return Acl(self._owner_key)
-        return load_acl(path, self._owner_key)
+        acl = Acl(self._owner_key) if path is None else load_acl(path, self._owner_key)
+        if self.keypair is not None:
+            acl.admit_link(self.keypair.public)
+        return acl
 
     # --- the authenticator -------------------------------------------------------
 

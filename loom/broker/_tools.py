@@ -22,7 +22,7 @@ import msgspec
 from loom.broker._approvals import ApprovalDesk
 from loom.broker._peers import Peers
 from loom.broker._records import Call, Slot, ToolEntry, WorkerState, last_used
-from loom.broker._rights import ANONYMOUS
+from loom.broker._rights import ANONYMOUS, LINK
 from loom.broker._settings import BrokerSettings
 from loom.broker._tool_metrics import ToolMetrics
 from loom.broker._traces import TraceBuffer
@@ -143,9 +143,10 @@ class ToolRouter:
 
     # --- workers -----------------------------------------------------------------
 
-    def ready(self, identity: bytes, body: Ready) -> str | None:
+    def ready(self, identity: bytes, body: Ready, *, remote: bool = False) -> str | None:
         """A worker announces (or re-announces) its tools; returns an error message if the
-        announcement cannot be taken (a spec too large, or no room for more tools)."""
+        announcement cannot be taken (a spec too large, or no room for more tools).
+        ``remote``: the worker is the federation link, serving other brokers' tools."""
         specs: list[tuple[dict[str, Any], int]] = []
         growth = 0
         for tool in body.tools:
@@ -164,6 +165,11 @@ class ToolRouter:
         if worker is None:
             worker = WorkerState(identity, body.name, body.pid, now)
             self.workers[identity] = worker
+        if worker.remote != remote:
+            worker.remote = remote
+            for name in worker.slots:
+                self.tools[name].free.sort(key=last_used)
+        worker.brokers = {t.name: list(t.brokers) for t in body.tools if t.brokers}
         announced = {tool.name for tool in body.tools}
         for name in [name for name in worker.slots if name not in announced]:
             self._withdraw(worker, name)  # a READY names the worker's whole set
@@ -260,11 +266,15 @@ class ToolRouter:
     def on_call(self, client: bytes, meta: bytes, args: bytes, who: str = "") -> None:
         """A CALL from ``client``, whose connection's identity is ``who``."""
         try:
-            call_id, name, timeout, trace, *_ = decode_call(meta)
+            call_id, name, timeout, trace, _, for_whom = decode_call(meta)
         except ProtocolError as exc:
             self._malformed(client, meta, exc)
             return
         self.counts["calls"] += 1
+        link = self.workers.get(client)
+        local_only = link is not None and link.remote
+        if for_whom is not None and who == LINK and self.guard is not None:
+            who = for_whom  # the link calls for a remote identity: its rights apply
         if self.guard is not None:
             refused = self.guard.may_call(who, name)
             if refused is not None:
@@ -275,7 +285,7 @@ class ToolRouter:
             self._reply_fail(client, call_id, "TOO_LARGE", message)
             return
         entry = self.tools.get(name)
-        if entry is None:
+        if entry is None or (local_only and all(s.worker.remote for s in entry.slots.values())):
             self._reply_fail(client, call_id, "UNKNOWN_TOOL", f"no worker serves {name!r}", name)
             return
         if not entry.free and len(entry.queue) >= self.max_queue:
@@ -305,6 +315,7 @@ class ToolRouter:
             trace,
             who or ANONYMOUS,
         )
+        call.local_only = local_only
         self._live[call.token] = call
         self.call_bytes += len(args)
         calls = self._by_client.get(client)
@@ -314,7 +325,7 @@ class ToolRouter:
         self._push_deadline(call)
         if entry.approval:
             self.approvals.hold(call)
-        elif entry.free:
+        elif _takes(entry, call):
             self._dispatch(entry, call, now)
         else:
             entry.queue.append(call)
@@ -378,7 +389,7 @@ class ToolRouter:
         now = self._clock()
         call.deadline = now + call.timeout
         self._push_deadline(call)
-        if entry.free:
+        if _takes(entry, call):
             self._dispatch(entry, call, now)
         else:
             entry.queue.append(call)
@@ -437,8 +448,11 @@ class ToolRouter:
         slot = free.pop(0)
         slot.busy += 1
         slot.last_used = now
-        if slot.busy < slot.capacity:
-            free.append(slot)  # now the most recently used
+        if slot.busy < slot.capacity:  # now the most recently used of its kind
+            if free and free[-1].worker.remote and not slot.worker.remote:
+                bisect.insort(free, slot, key=last_used)
+            else:
+                free.append(slot)
         call.slot = slot
         call.attempts += 1
         worker = slot.worker
@@ -453,7 +467,7 @@ class ToolRouter:
         """Dispatch queued calls while some worker of the tool has room."""
         now = self._clock()
         queue = entry.queue
-        while queue and entry.free:
+        while queue and _takes(entry, queue[0]):
             self._dispatch(entry, queue.popleft(), now)
 
     def _make_free(self, entry: ToolEntry, slot: Slot) -> None:
@@ -620,14 +634,24 @@ class ToolRouter:
                 "sandbox": _string_map(entry.spec.get("sandbox")),
                 "annotations": entry.spec.get("annotations"),
                 "workers": [slot.worker.name for slot in entry.slots.values()],
+                "brokers": sorted(
+                    {b for slot in entry.slots.values() for b in slot.worker.brokers.get(name, ())}
+                ),
                 "capacity": sum(slot.capacity for slot in entry.slots.values()),
                 "in_flight": sum(slot.busy for slot in entry.slots.values()),
                 "queued": len(entry.queue),
                 "calls": entry.calls,
                 "errors": entry.errors,
             }
-            for entry in self.tools.values()
+            for name, entry in self.tools.items()
         ]
+
+
+def _takes(entry: ToolEntry, call: Call) -> bool:
+    """Whether a free slot of ``entry`` may run ``call`` now: the first free one is the
+    best (local before remote), and a call from the link runs only on a local one."""
+    free = entry.free
+    return bool(free) and not (call.local_only and free[0].worker.remote)
 
 
 def _string_map(value: Any) -> dict[str, str] | None:

@@ -10,7 +10,7 @@ malformed. ``rid`` is the request id a peer picks and the broker echoes.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -40,6 +40,7 @@ __all__ = [
     "Heartbeat",
     "Hello",
     "HelloAnswer",
+    "LinkState",
     "Patterns",
     "Ready",
     "Recent",
@@ -134,6 +135,9 @@ class ToolSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The layers confining the tool's calls, as its worker reported them."""
     annotations: dict[str, Any] | None = None
     """Hints about the tool (MCP's ``title``, ``readOnlyHint``...), JSON, for clients."""
+    brokers: Annotated[list[Name], msgspec.Meta(max_length=256)] | None = None
+    """The brokers elsewhere that serve the tool, when a federation link announces it
+    (its calls go to them through NATS)."""
 
     def __post_init__(self) -> None:
         for schema in (self.schema, self.returns, self.annotations):
@@ -160,6 +164,22 @@ class Ready(Body, kw_only=True):
     name: Name = "worker"
     pid: int | None = None
     tools: Annotated[list[ToolSpec], msgspec.Meta(max_length=MAX_TOOLS)]
+
+
+class LinkState(Body, kw_only=True):
+    """``LINK``: a federation link's state, reported to its broker."""
+
+    state: Literal["up", "down"]
+    server: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+    """The NATS server the link is connected to (``""`` while down)."""
+    backlog: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Events kept to send when NATS is back."""
+    dropped: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Events dropped since the link started (realtime while down, backlog full)."""
+    brokers: Annotated[list[Name], msgspec.Meta(max_length=10_000)] = []
+    """The other brokers heard lately."""
+    counts: dict[Name, Annotated[int, msgspec.Meta(ge=0)]] = {}
+    """The link's counters (events out and in, copies dropped, events sent again...)."""
 
 
 class Heartbeat(Body, kw_only=True):

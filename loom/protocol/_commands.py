@@ -47,9 +47,13 @@ __all__ = [
     "ERROR_CODES",
     "ERROR_COMMAND",
     "FAIL",
+    "FEDERATION_QOS",
+    "FEVENT",
     "HANDLER_BUCKETS",
     "HEARTBEAT",
     "HELLO",
+    "INTEREST",
+    "LINK_STATE",
     "PROGRESS",
     "PUBACK",
     "PUBLISH",
@@ -122,6 +126,10 @@ RECENT = b"RECENT"
 """client -> broker ``{after, calls_after, limit}`` -> ``{messages, calls, ...}``: what passed
 through the broker since the caller's last look (for the dashboard)."""
 
+LINK_STATE = b"LINK"
+"""link -> broker ``{state, server, backlog, dropped}``: the link's state, for ``$sys``
+events and STATS (no answer)."""
+
 CONTROL_COMMANDS = frozenset(
     (
         HELLO,
@@ -141,6 +149,7 @@ CONTROL_COMMANDS = frozenset(
         TRACE,
         RECENT,
         REPLAY,
+        LINK_STATE,
     )
 )
 
@@ -154,6 +163,18 @@ commit; ``error`` nil, ``NO_STORE``, ``TOO_LARGE``, ``MALFORMED``, ``STORE_FULL`
 ``STORE_FAILED`` (then ``seq`` is nil)."""
 DELIVER = b"DELIVER"
 """broker -> durable subscriber ``[DELIVER, [seq, name], topic, header, payload]``."""
+
+# --- federation: between a broker and its link (docs/federation.md) ---------------
+
+FEVENT = b"FEVENT"
+"""broker <-> link ``[FEVENT, qos, topic, header, payload]``: an event crossing the
+federation. Broker -> link: a local event on an exported topic, its origin written in;
+link -> broker: a remote one, delivered to local subscribers (never sent out again).
+``qos`` is ``standard`` or ``reliable`` (logged by its broker)."""
+INTEREST = b"INTEREST"
+"""broker -> link ``{reset, add, remove}``: the subscription prefixes local peers hold
+(``reset``: the whole set; then only the changes)."""
+FEDERATION_QOS = frozenset((b"standard", b"reliable"))
 
 # --- tool calls: [command, msgpack array meta, body] --------------------------------
 
@@ -216,10 +237,19 @@ def decode_control(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
 
 
 def encode_call(
-    call_id: int, tool: str, timeout: float | None, trace: bytes | None, args: bytes
+    call_id: int,
+    tool: str,
+    timeout: float | None,
+    trace: bytes | None,
+    args: bytes,
+    *,
+    caller: str | None = None,
 ) -> list[bytes]:
-    """A ``CALL``'s frames; ``args`` is an already encoded msgpack map."""
-    return [CALL, _packb((call_id, tool, timeout, trace)), args]
+    """A ``CALL``'s frames; ``args`` is an already encoded msgpack map. ``caller``: the
+    identity a federation link calls for (the broker takes it from its link only)."""
+    if caller is None:
+        return [CALL, _packb((call_id, tool, timeout, trace)), args]
+    return [CALL, _packb((call_id, tool, timeout, trace, None, caller)), args]
 
 
 class _CallMeta(msgspec.Struct, array_like=True, frozen=True, gc=False):

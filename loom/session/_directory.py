@@ -52,6 +52,8 @@ class ToolInfo(BaseModel):
     annotations: dict[str, Any] | None = None
     """Hints about the tool (MCP's ``title``, ``readOnlyHint``...), as announced."""
     workers: list[str]
+    brokers: list[str] = Field(default_factory=list)
+    """Other brokers serving the tool through the federation (their calls cross NATS)."""
     capacity: int
     in_flight: int
     queued: int

@@ -1,0 +1,243 @@
+"""The broker's side of its federation link (``docs/federation.md``).
+
+The link (``loom federate``) is a peer of its own broker that carries events and tool
+calls to and from NATS. The broker tells it three things over the control ROUTER: the
+local events on exported topics (``FEVENT``, their origin written in), and the
+subscription prefixes its local peers hold (``INTEREST``), so the link subscribes in NATS
+to what someone here reads and nothing else. The link hands it remote events
+(``FEVENT``), which the broker checks as it checks any publish (the origin identity's
+right to publish here, the import patterns, the deadline, the size) and delivers to
+local subscribers only: a remote event never goes out again (split horizon).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from loom.broker._rights import LINK
+from loom.config import FederationSettings
+from loom.errors import ProtocolError
+from loom.logs import DropCounter
+from loom.protocol import (
+    FEDERATION_QOS,
+    FEVENT,
+    INTEREST,
+    MAX_TOPIC_BYTES,
+    LinkState,
+    Pattern,
+    decode_header,
+    decode_topic,
+    encode_control,
+)
+
+if TYPE_CHECKING:
+    from loom.broker._security import Guard
+
+__all__ = ["FederationPlane"]
+
+Send = Callable[[bytes, list[bytes]], bool]
+MAX_DECISIONS = 10_000
+"""Topics whose export decision is remembered (past it, each is decided again)."""
+_STANDARD = b"standard"
+_RELIABLE = b"reliable"
+
+
+class FederationPlane:
+    """Which events cross the link, the local interest, and the link's state.
+
+    Args:
+        settings: ``[federation]``: ``export`` and ``import`` patterns.
+        send: sends frames to a peer (the peers' ROUTER).
+        forward: delivers an already checked event to local subscribers.
+        publish: publishes the broker's ``$sys`` events.
+        max_payload: the largest payload the broker takes.
+        log: a structlog logger.
+        guard: identities and rights (``None``: an ``--insecure`` broker).
+        clock: wall-clock seconds (deadlines are wall-clock).
+    """
+
+    def __init__(
+        self,
+        settings: FederationSettings,
+        *,
+        send: Send,
+        forward: Callable[[bytes, bytes, bytes], None],
+        publish: Callable[[str, dict[str, Any]], None],
+        max_payload: int,
+        log: Any,
+        guard: Guard | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.link: bytes | None = None
+        """The link's routing id on the ROUTER (``None``: no link attached)."""
+        self._send = send
+        self._forward = forward
+        self._publish = publish
+        self._max_payload = max_payload
+        self._guard = guard
+        self._clock = clock
+        self._log = log
+        self._exports = [Pattern(p) for p in settings.export]
+        self._imports = [Pattern(p) for p in settings.import_]
+        self._decided: dict[bytes, bool] = {}
+        self.held: set[bytes] = set()
+        """Subscription prefixes local peers hold (``$`` topics left out)."""
+        self._added: set[bytes] = set()
+        self._removed: set[bytes] = set()
+        self.state: dict[str, Any] = {"state": "detached"}
+        self.counts = {"exported": 0, "imported": 0, "export_dropped": 0, "refused": 0}
+        self.drops = DropCounter(log)
+
+    # --- local events out ----------------------------------------------------------
+
+    def export(self, topic: bytes, header: bytes, payload: bytes, qos: bytes) -> None:
+        """Send a local event to the link if its topic is exported (the caller checked
+        that a link is attached). A link whose queue is full misses it, counted."""
+        exported = self._decided.get(topic)
+        if exported is None:
+            exported = self._decide(topic)
+        if not exported:
+            return
+        assert self.link is not None
+        if self._send(self.link, [FEVENT, qos, topic, header, payload]):
+            self.counts["exported"] += 1
+        else:
+            self.counts["export_dropped"] += 1
+            self.drops.drop("federation", "the link's queue is full", topic=topic.decode())
+
+    def _decide(self, topic: bytes) -> bool:
+        text = topic.decode()
+        exported = not text.startswith("$") and any(p.matches(text) for p in self._exports)
+        if len(self._decided) < MAX_DECISIONS:
+            self._decided[topic] = exported
+        return exported
+
+    # --- local interest --------------------------------------------------------------
+
+    def interest(self, prefix: bytes, held: bool) -> None:
+        """A subscription prefix local peers now hold, or no longer hold."""
+        if prefix[:1] == b"$":
+            return
+        if held:
+            self.held.add(prefix)
+            self._removed.discard(prefix)
+            self._added.add(prefix)
+        else:
+            self.held.discard(prefix)
+            self._added.discard(prefix)
+            self._removed.add(prefix)
+
+    def flush(self) -> None:
+        """Tell the link the prefixes that changed since the last flush."""
+        if not (self._added or self._removed):
+            return
+        if self.link is not None:
+            body = {"reset": False, "add": sorted(self._added), "remove": sorted(self._removed)}
+            self._send(self.link, encode_control(INTEREST, body))
+        self._added.clear()
+        self._removed.clear()
+
+    # --- the link ---------------------------------------------------------------------
+
+    def attach(self, identity: bytes, who: str) -> bool:
+        """A peer said HELLO as the link: take it (it replaces an earlier one) and send
+        it the whole interest. False: its identity may not be the link."""
+        if self._guard is not None and who != LINK:
+            self._guard.deny("link", who or "(unknown)", "as the federation link")
+            return False
+        self.link = identity
+        self._added.clear()
+        self._removed.clear()
+        body = {"reset": True, "add": sorted(self.held), "remove": []}
+        self._send(identity, encode_control(INTEREST, body))
+        self._log.info("federation link attached")
+        return True
+
+    def detach(self, identity: bytes) -> None:
+        """A peer is gone: if it was the link, nothing goes out any more."""
+        if identity != self.link:
+            return
+        self.link = None
+        self._log.warning("federation link gone: this broker is local only")
+        self._set_state({"state": "detached"})
+
+    def on_state(self, identity: bytes, body: LinkState) -> None:
+        """The link says how it stands with NATS."""
+        if identity != self.link:
+            return
+        self._set_state(
+            {
+                "state": body.state,
+                "server": body.server,
+                "backlog": body.backlog,
+                "dropped": body.dropped,
+                "brokers": sorted(body.brokers),
+                "link": dict(list(body.counts.items())[:64]),
+            }
+        )
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        before = self.state.get("state")
+        self.state = state
+        after = state["state"]
+        if after == before:
+            return
+        if after == "up":
+            self._publish("$sys.federation.up", state)
+        elif before == "up":
+            self._publish("$sys.federation.down", state)
+
+    # --- remote events in ------------------------------------------------------------
+
+    def on_import(self, identity: bytes, frames: list[bytes]) -> None:
+        """``[qos, topic, header, payload]`` from the link: checked, then delivered to
+        local subscribers (and not exported again). Anything wrong is a counted drop."""
+        if identity != self.link:
+            self._refuse("not from the link", b"")
+            return
+        if len(frames) != 4:
+            self._refuse(f"FEVENT with {len(frames) + 1} frames", b"")
+            return
+        qos, topic, header, payload = frames
+        try:
+            text = decode_topic(topic)
+            env = decode_header(header)
+        except ProtocolError as exc:
+            self._refuse(str(exc), topic[:MAX_TOPIC_BYTES])
+            return
+        problem = None
+        if qos not in FEDERATION_QOS:
+            problem = "an unknown quality of service"
+        elif text.startswith("$") or not any(p.matches(text) for p in self._imports):
+            problem = "a topic this broker does not import"
+        elif len(payload) > self._max_payload:
+            problem = f"a payload of {len(payload)} bytes"
+        elif env.deadline is not None and env.deadline < self._clock():
+            problem = "a deadline passed"
+        elif self._guard is not None:
+            problem = self._unfit(topic, env.origin)
+        if problem is not None:
+            self._refuse(problem, topic)
+            return
+        self.counts["imported"] += 1
+        self._forward(topic, header, payload)
+
+    def _unfit(self, topic: bytes, origin: str | None) -> str | None:
+        """Why the origin identity may not publish ``topic`` here (None: it may)."""
+        assert self._guard is not None
+        if origin is None:
+            return "no origin identity (its broker runs --insecure)"
+        if origin in self._guard.banned or not self._guard.rights(origin).may_publish(topic):
+            topic_text = topic.decode(errors="replace")
+            return self._guard.deny("publish", origin, f"on {topic_text!r} (federated)")
+        return None
+
+    def _refuse(self, why: str, topic: bytes) -> None:
+        self.counts["refused"] += 1
+        self.drops.drop("federation", why, topic=topic.decode(errors="replace"))
+
+    def snapshot(self) -> dict[str, Any]:
+        """For STATS: the link's state, its counters, the interest it was told."""
+        return {**self.state, **self.counts, "interest": len(self.held)}
