@@ -197,3 +197,18 @@ def test_every_error_derives_from_loom_error() -> None:
         if issubclass(cls, errors.RefusedError) and cls is not errors.RefusedError:
             assert errors.refusal(cls.code, "m").__class__ is cls, name
     assert errors.refusal("TOO_MANY", "m").__class__ is errors.DurableError
+
+
+def test_federation_exports() -> None:
+    """The federation package: the link and the topic-to-subject mapping."""
+    import loom.federation
+
+    assert set(loom.federation.__all__) == {
+        "Link",
+        "prefix_subjects",
+        "subject_topic",
+        "tool_subject",
+        "topic_subject",
+    }
+    for name in loom.federation.__all__:
+        assert hasattr(loom.federation, name), name

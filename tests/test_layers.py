@@ -28,6 +28,7 @@ LAYERS = {
     "loom.broker": 3,
     "loom.dashboard": 3,
     "loom.desktop": 3,
+    "loom.federation": 3,
     "loom.cognition": 4,
     "loom.mcp": 4,
     "loom.cli": 5,
@@ -36,7 +37,16 @@ LAYERS = {
 }
 """Each part of the package and its layer, bottom up (``docs/decisions.md`` #23)."""
 
-NEVER = {"loom.broker": {"loom.actor", "loom.tools", "loom.cognition", "loom.desktop", "loom.mcp"}}
+NEVER = {
+    "loom.broker": {
+        "loom.actor",
+        "loom.tools",
+        "loom.cognition",
+        "loom.desktop",
+        "loom.mcp",
+        "loom.federation",
+    }
+}
 """Parts that may not import others at all, even through their public faces."""
 
 
@@ -146,7 +156,7 @@ def test_the_broker_loads_no_actor_tools_cognition_or_desktop(target: str) -> No
     code = (
         f"import sys, {target}\n"
         "heavy = ('loom.actor', 'loom.tools', 'loom.cognition', 'loom.desktop', 'aiohttp',"
-        " 'httpx', 'pyseccomp')\n"
+        " 'httpx', 'pyseccomp', 'loom.federation', 'nats')\n"
         "print([m for m in sys.modules if m.startswith(heavy)])\n"
     )
     done = subprocess.run(

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import zmq
 
 from loom.broker import Broker, BrokerSettings, SecuritySettings
-from loom.cli._parent import die_with_parent
-from loom.config import LogSettings, broker_address, read_settings, validated
+from loom.cli._parent import PARENT, die_with_parent
+from loom.cli.federate import SETTINGS_ENV
+from loom.config import (
+    FederationSettings,
+    LogSettings,
+    broker_address,
+    read_settings,
+    validated,
+)
 from loom.errors import ConfigError, LoomError
 from loom.logs import configure_logging, get_logger
+from loom.session import reachable_endpoint
 
 EXAMPLES = """examples:
   loom-broker                                   # tcp://127.0.0.1:7700 or $LOOM_BROKER
@@ -26,6 +39,7 @@ EXAMPLES = """examples:
   loom-broker --acl acl.toml                   # enrolled identities and their rights
   kill -HUP PID                                # read the ACL file again, peers stay
   loom-broker --insecure                       # no CURVE, no rights: trusted networks only
+  loom-broker --federate nats://10.0.0.5:4222  # join other brokers through NATS
 """
 
 
@@ -127,15 +141,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--audit-max-bytes", type=int, help="rotate the audit log past this size (64 MiB)"
     )
     parser.add_argument(
+        "--federate",
+        metavar="URLS",
+        help="NATS URLs, comma-separated: start this broker's federation link, which joins"
+        " it to the other brokers there ([federation] in the config; docs/federation.md)",
+    )
+    parser.add_argument(
         "--log-json", action="store_true", default=None, help="log one JSON object per line"
     )
     parser.add_argument("--log-level", help="debug, info, warning, error")
     return parser
 
 
-SECTIONS = frozenset(("broker", "security", "log", "worker", "tools", "llm"))
+SECTIONS = frozenset(("broker", "security", "log", "worker", "tools", "llm", "federation"))
 """The tables of a settings file (``loom-broker`` reads ``[broker]`` and ``[log]``; the
 others belong to other programs, which check them)."""
+
+
+def federation_from(args: argparse.Namespace) -> FederationSettings:
+    """``[federation]`` of the config file, its servers replaced by ``--federate``'s.
+
+    Raises:
+        ConfigError: the table or a URL is invalid.
+    """
+    data = read_settings(args.config) if args.config else {}
+    table = dict(data.get("federation", {}))
+    if args.federate:
+        table["servers"] = [url.strip() for url in args.federate.split(",") if url.strip()]
+    return validated(FederationSettings, table, args.config or "--federate", "federation.")
 
 
 def settings_from(
@@ -179,17 +212,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings, security, logs = settings_from(args)
+        federation = federation_from(args)
     except ConfigError as exc:
         print(f"loom-broker: {exc}", file=sys.stderr)
         return 2
     configure_logging(json=logs.json_lines, level=logs.level)
     log = get_logger("loom.broker")
-    broker = Broker(settings, security=security)
+    broker = Broker(settings, security=security, federation=federation)
     try:
         broker.bind()
     except (zmq.ZMQError, LoomError, OSError) as exc:
         log.error("cannot bind", endpoint=broker.endpoint, error=str(exc))
         return 1
+    link = None
+    if federation.servers:
+        link = LinkChild(broker.endpoint, federation, security, logs, log)
+        link.start()
 
     def stop(signum: int, frame: FrameType | None) -> None:
         broker.stop()
@@ -200,8 +238,71 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, reload)
-    broker.run()
+    try:
+        broker.run()
+    finally:
+        if link is not None:
+            link.stop()
     return 0
+
+
+class LinkChild:
+    """The broker's federation link as a child process (``loom federate``), started
+    again when it dies, ended with the broker (and by the kernel if the broker is
+    killed outright)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        federation: FederationSettings,
+        security: SecuritySettings,
+        logs: LogSettings,
+        log: Any,
+    ) -> None:
+        command = [sys.executable, "-m", "loom.cli.main", "federate"]
+        command += ["--broker", reachable_endpoint(endpoint), "--timeout", "30"]
+        if security.insecure:
+            command += ["--key", "none"]
+        elif security.key:
+            command += ["--key", str(Path(security.key).expanduser().absolute())]
+        if logs.json_lines:
+            command.append("--log-json")
+        command += ["--log-level", logs.level]
+        self._command = command
+        self._env = {
+            **os.environ,
+            PARENT: str(os.getpid()),
+            SETTINGS_ENV: json.dumps(federation.model_dump(mode="json", by_alias=True)),
+        }
+        self._log = log
+        self._stopping = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._keep, name="loom-federation", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _keep(self) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            self._process = subprocess.Popen(self._command, env=self._env)
+            code = self._process.wait()
+            if self._stopping.is_set():
+                return
+            self._log.warning("federation link exited: starting it again", code=code, after=delay)
+            self._stopping.wait(delay)
+            delay = min(delay * 2, 30.0)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self._thread.join(5.0)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from loom.cli import audit as audit_commands
 from loom.cli import bench as bench_commands
 from loom.cli import dashboard as dashboard_commands
 from loom.cli import desktop as desktop_commands
+from loom.cli import federate as federate_commands
 from loom.cli import keys as key_commands
 from loom.cli import mcp as mcp_commands
 from loom.cli import new as new_commands
@@ -65,6 +66,7 @@ EXAMPLES = """examples:
   loom mcp serve                              # the mesh's tools to an MCP client (stdio)
   loom desktop --config configs/desktop.toml  # hotkeys, clipboard, folders, timers, notify
   loom desktop check                          # which desktop backends this host offers
+  loom federate --servers nats://HOST:4222    # join this broker to others through NATS
 """
 
 
@@ -183,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_commands.add_parsers(commands, common)
     mcp_commands.add_parsers(commands, common)
     desktop_commands.add_parsers(commands, common)
+    federate_commands.add_parsers(commands, common)
     new_commands.add_parsers(commands, common)
 
     demo = commands.add_parser(
@@ -204,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the live dashboard on this port (default 7780; 0: none)",
     )
     return parser
+
+
+LONG_RUNNING = frozenset(
+    ("demo", "worker", "actor", "agent", "dashboard", "mcp", "desktop", "federate")
+)
+"""Commands that log at ``info`` unless told otherwise (the rest: ``warning``)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,8 +245,7 @@ def _command(argv: list[str] | None) -> int:
         except LoomError as exc:
             print(f"loom run: {exc}", file=sys.stderr)
             return 2
-    long_running = ("demo", "worker", "actor", "agent", "dashboard", "mcp", "desktop")
-    level = args.log_level or ("info" if args.command in long_running else "warning")
+    level = args.log_level or ("info" if args.command in LONG_RUNNING else "warning")
     configure_logging(json=args.log_json, level=level)
     broker = broker_address(args.broker)
     try:
@@ -301,6 +309,8 @@ def _command(argv: list[str] | None) -> int:
             return mcp_commands.run_mcp(args, broker)
         elif args.command == "desktop":
             return desktop_commands.run_desktop(args, broker)
+        elif args.command == "federate":
+            return federate_commands.run_federate(args, broker)
         else:
             return asyncio.run(run_demo(broker, args.duration, args.dashboard_port))
     except LoomError as exc:

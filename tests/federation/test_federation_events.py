@@ -1,0 +1,131 @@
+"""Events across brokers federated through a real 3-node NATS cluster: once each on
+every broker with interest, never echoed back, following subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import Proc, broker_stats, eventually, until, wait_for
+from federation_helpers import Cluster, federated, link_subjects, nats_cluster
+
+from loom import Actor, Event, on
+
+__all__ = ["nats_cluster"]  # the fixture, imported for pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Recorder(Actor):
+    """Keeps every ``fed.*`` event it gets, with the origin identity and sender."""
+
+    def __init__(self, name: str, broker: str) -> None:
+        super().__init__(name=name, broker=broker)
+        self.got: list[tuple[str, Any, str | None, str]] = []
+
+    @on("fed.*")
+    async def record(self, event: Event) -> None:
+        env = event.envelope
+        self.got.append((event.topic, event.data, env.origin, env.sender))
+
+
+def test_events_reach_every_broker_once_and_never_echo(
+    spawn: Callable[..., Proc], nats_cluster: Cluster
+) -> None:
+    """Each of three brokers is on its own NATS node; an actor on each publishes and
+    listens: everyone gets every other broker's events exactly once, and its own too
+    (locally), never a second copy come back through NATS."""
+    brokers = {
+        name: federated(spawn, name, node.url)[0]
+        for name, node in zip("ABC", nats_cluster.nodes, strict=True)
+    }
+
+    async def body() -> None:
+        actors = {name: Recorder(f"rec-{name}", ep) for name, ep in brokers.items()}
+        for actor in actors.values():
+            await actor.start()
+        try:
+            await warm_up(actors)
+            for name, actor in actors.items():
+                for i in range(20):
+                    await actor.emit(f"fed.{name}", i)
+            await until(lambda: all(len(a.got) >= 60 for a in actors.values()), timeout=20)
+            await asyncio.sleep(0)  # nothing else may come
+            for actor in actors.values():
+                assert await settled(lambda a=actor: len(a.got)) == 60
+                by_topic = {t: [d for tt, d, _, _ in actor.got if tt == t] for t in ("fed.A",)}
+                assert by_topic["fed.A"] == list(range(20))  # in order, once each
+                assert {o for _, _, o, _ in actor.got} == {"local"}  # the origin crossed
+        finally:
+            for actor in actors.values():
+                await actor.stop()
+
+    asyncio.run(body())
+    for name, endpoint in brokers.items():
+        federation = broker_stats(endpoint)["federation"]
+        assert federation["state"] == "up"
+        assert federation["refused"] == 0, (name, federation)
+
+
+async def warm_up(actors: dict[str, Recorder]) -> None:
+    """Until each actor has heard every broker (its own included): every link then holds
+    its NATS subscriptions, across the cluster. Then forget what was heard."""
+
+    async def heard_all() -> bool:
+        for name, actor in actors.items():
+            await actor.emit("fed.hello", name)
+        await asyncio.sleep(0.1)
+        return all(
+            {d for t, d, _, _ in a.got if t == "fed.hello"} >= set(actors) for a in actors.values()
+        )
+
+    await eventually(heard_all, timeout=20)
+    await settled(lambda: sum(len(a.got) for a in actors.values()), quiet=0.3)
+    for actor in actors.values():
+        actor.got.clear()
+
+
+async def settled(count: Callable[[], int], quiet: float = 0.5) -> int:
+    """The count once it has not changed for ``quiet`` seconds."""
+    last = count()
+    while True:
+        await asyncio.sleep(quiet)
+        if count() == last:
+            return last
+        last = count()
+
+
+def test_a_link_subscribes_in_nats_to_what_its_peers_read(
+    spawn: Callable[..., Proc], nats_cluster: Cluster
+) -> None:
+    """No one reads ``fed.*`` on C: its link holds no event subject in NATS. An actor
+    subscribes there: the link follows (``loom.ev.fed.>``) and A's events arrive; the
+    actor leaves: the link lets the subject go."""
+    a, _ = federated(spawn, "A", nats_cluster.nodes[0].url)
+    c, _ = federated(spawn, "C", nats_cluster.nodes[2].url)
+    node = nats_cluster.nodes[2]
+    wait_for(lambda: link_subjects(node, "C"), timeout=10)  # connected, control subjects
+    assert not {s for s in link_subjects(node, "C") if s.startswith("loom.ev.")}
+
+    async def body() -> None:
+        sender = Actor(name="sender", broker=a)
+        await sender.start()
+        reader = Recorder("reader", c)
+        await reader.start()
+        try:
+            await until(lambda: "loom.ev.fed.>" in link_subjects(node, "C"), timeout=10)
+
+            async def arrived() -> bool:
+                await sender.emit("fed.x", 1)
+                await asyncio.sleep(0.05)
+                return bool(reader.got)
+
+            await eventually(arrived, timeout=10)
+        finally:
+            await reader.stop()
+        await until(lambda: "loom.ev.fed.>" not in link_subjects(node, "C"), timeout=10)
+        await sender.stop()
+
+    asyncio.run(body())

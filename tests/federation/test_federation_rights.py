@@ -1,0 +1,105 @@
+"""Identity and rights across the federation: the origin identity rides with each
+event and call, and the receiving broker applies its own ACL to it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Proc, broker_stats, eventually, start_worker, wait_for
+from federation_helpers import Cluster, federated, nats_node
+
+from loom import Actor, Event, on
+from loom.errors import ToolDeniedError
+from loom.keys import new_keypair
+from loom.session import ToolClient
+
+__all__ = ["nats_node"]  # the fixture, imported for pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+GENEROUS = """
+[identities.mallory]
+key_file = "{key}"
+publish = ["fed.**"]
+subscribe = ["fed.**"]
+call = ["*"]
+"""
+STRICT = """
+[identities.mallory]
+key_file = "{key}"
+publish = ["fed.ok"]
+subscribe = ["fed.**"]
+call = []
+"""
+
+
+class Recorder(Actor):
+    def __init__(self, name: str, broker: str) -> None:
+        super().__init__(name=name, broker=broker)
+        self.got: list[tuple[str, str | None]] = []
+
+    @on("fed.*")
+    async def record(self, event: Event) -> None:
+        self.got.append((event.topic, event.envelope.origin))
+
+
+def test_the_receiving_broker_applies_its_rights_to_the_origin(
+    spawn: Callable[..., Proc], nats_node: Cluster, tmp_path: Path
+) -> None:
+    """mallory may publish fed.** and call anything on A; on B only publish fed.ok and
+    call nothing. What mallory sends from A reaches B as mallory's, and B refuses what
+    B's ACL refuses mallory: fed.no is not delivered, and B's tool is DENIED."""
+    key = new_keypair("mallory", tmp_path)
+    assert key.secret is not None
+    acls = {}
+    for name, text in (("A", GENEROUS), ("B", STRICT)):
+        acls[name] = tmp_path / f"acl-{name}.toml"
+        acls[name].write_text(text.format(key=tmp_path / "mallory.key"))
+    url = nats_node.urls
+    a, _ = federated(spawn, "A", url, "--acl", str(acls["A"]))
+    b, _ = federated(spawn, "B", url, "--acl", str(acls["B"]))
+    start_worker(spawn, b, "tools-b")
+
+    async def body() -> None:
+        mallory = Actor(name="mallory", broker=a, key=key.path)
+        await mallory.start()
+        reader = Recorder("reader", b)
+        await reader.start()
+        try:
+
+            async def through() -> bool:
+                await mallory.emit("fed.ok", 1)
+                await asyncio.sleep(0.05)
+                return bool(reader.got)
+
+            await eventually(through, timeout=20)
+            await mallory.emit("fed.no", 2)
+            await mallory.emit("fed.ok", 3)
+            await eventually(
+                lambda: asyncio.sleep(0.05, reader.got.count(("fed.ok", "mallory")) >= 2)
+            )
+            assert ("fed.no", "mallory") not in reader.got
+            assert {origin for _, origin in reader.got} == {"mallory"}
+            async with await ToolClient.connect(a) as owner:  # the owner may, on both
+                await eventually(lambda: listed(owner, "sample.add"), timeout=15)
+                assert await owner.call("sample.add", {"a": 1, "b": 2}) == 3
+            async with await ToolClient.connect(a, key=key.path) as client:
+                with pytest.raises(ToolDeniedError):  # A lets it through, B does not
+                    await client.call("sample.add", {"a": 1, "b": 2})
+        finally:
+            await reader.stop()
+            await mallory.stop()
+
+    asyncio.run(body())
+    federation = wait_for(lambda: broker_stats(b)["federation"], 5)
+    assert federation["refused"] >= 1
+    assert broker_stats(b)["security"]["denied"].get("publish", 0) >= 1
+
+
+async def listed(client: ToolClient, tool: str) -> Any:
+    directory = await client.directory()
+    return any(t.name == tool for t in directory.tools)
