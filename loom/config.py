@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -99,6 +100,16 @@ class FederationSettings(Section):
     announce_interval: PositiveFloat = 1.0
     """Seconds between the link's announcements of the tools it serves; a broker not
     heard for three of them is gone, and its tools with it."""
+    durable: Literal["local", "jetstream"] = "local"
+    """Where durable subscriptions read from: this broker's LMDB log (``local``), or a
+    JetStream stream every broker's reliable events go to (``jetstream``), with a
+    consumer per subscription name, so a subscriber resumes on any broker."""
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    """Copies JetStream keeps of the stream (up to the NATS cluster's size)."""
+    stream_max_age: NonNegativeFloat = 0.0
+    """Seconds the stream keeps an event (0: until ``stream_max_bytes``)."""
+    stream_max_bytes: int = Field(default=-1, ge=-1)
+    """Bytes the stream keeps (-1: no bound but the servers')."""
 
     @field_validator("export", "import_", "realtime")
     @classmethod

@@ -37,6 +37,8 @@ from loom.protocol import (
     DSUB,
     ERROR_COMMAND,
     FAIL,
+    FDELIVER,
+    FDSUB,
     FEVENT,
     HEARTBEAT,
     HELLO,
@@ -200,6 +202,9 @@ class ControlPlane:
                 if command == FEVENT:
                     self.federation.on_import(identity, frames[2:])
                     continue
+                if command in (FDSUB, FDELIVER):
+                    self.federation.on_durable(identity, command, frames[2:])
+                    continue
                 handle = tool_commands.get(command)
                 if handle is not None and len(frames) > 2:
                     if len(frames) != 4:
@@ -324,6 +329,7 @@ class ControlPlane:
             if peer.joined:
                 self._publish(f"$sys.{peer.role}.left", peer, reason=reason)
         self.federation.detach(identity)
+        self.federation.durable_gone(identity)
         self.tools.worker_gone(identity, reason)
         self.tools.client_gone(identity)
         self.durable.gone(identity)
@@ -619,6 +625,11 @@ class ControlPlane:
                 return
             if self._refused_patterns(identity, body.patterns, body.rid):
                 return  # a durable stream reads what a subscription would
+        if self.federation.jetstream:  # served by the link, which answers
+            if guard is not None and body.name not in self.owners and len(self.owners) < 100_000:
+                self.owners[body.name] = self.who
+            self.federation.durable_subscribe(identity, body)
+            return
         answer = self.durable.subscribe(identity, body)
         if "code" in answer:
             self._refuse(identity, answer["code"], answer["message"], body.rid)
@@ -629,7 +640,8 @@ class ControlPlane:
         self.durable.start(body.name)  # after the answer: it must not queue behind a window
 
     def _durable_ack(self, identity: bytes, body: Dack) -> None:
-        self.durable.ack(identity, body)
+        if not self.federation.durable_ack(identity, body):
+            self.durable.ack(identity, body)
 
     def _may_own(self, identity: bytes, name: str, rid: int | None) -> bool:
         """A durable subscription name belongs to the identity that created it (this

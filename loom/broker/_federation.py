@@ -8,6 +8,11 @@ to what someone here reads and nothing else. The link hands it remote events
 (``FEVENT``), which the broker checks as it checks any publish (the origin identity's
 right to publish here, the import patterns, the deadline, the size) and delivers to
 local subscribers only: a remote event never goes out again (split horizon).
+
+With ``durable = "jetstream"``, durable subscriptions are the link's to serve: a DSUB
+goes to it (``FDSUB``), it answers from the JetStream consumer of that name, and hands
+the broker each event for the subscriber (``FDELIVER``); the subscriber's DACKs go back
+to it (``FDACK``).
 """
 
 from __future__ import annotations
@@ -16,15 +21,27 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+import msgspec
+
 from loom.broker._rights import LINK
 from loom.config import FederationSettings
 from loom.errors import ProtocolError
 from loom.logs import DropCounter
 from loom.protocol import (
+    DELIVER,
+    DSUB,
+    ERROR_COMMAND,
+    FDACK,
+    FDELIVER,
+    FDGONE,
+    FDSUB,
     FEDERATION_QOS,
     FEVENT,
     INTEREST,
     MAX_TOPIC_BYTES,
+    Dack,
+    Dsub,
     LinkState,
     Pattern,
     decode_header,
@@ -42,6 +59,24 @@ MAX_DECISIONS = 10_000
 """Topics whose export decision is remembered (past it, each is decided again)."""
 _STANDARD = b"standard"
 _RELIABLE = b"reliable"
+MAX_DURABLES = 10_000
+"""Durable subscriptions served through the link at once."""
+DSUB_WINDOW = 1000
+"""Deliveries a subscriber may hold unacknowledged (the JetStream consumer's bound)."""
+
+
+class _Answer(msgspec.Struct, frozen=True):
+    """The link's answer to an ``FDSUB``."""
+
+    req: int
+    acked: int = 0
+    last_seq: int = 0
+    code: str | None = None
+    message: str = ""
+
+
+_decode_answer = msgspec.msgpack.Decoder(_Answer).decode
+_decode_delivery = msgspec.msgpack.Decoder(tuple[str, int, str]).decode
 
 
 class FederationPlane:
@@ -86,6 +121,13 @@ class FederationPlane:
         """Subscription prefixes local peers hold (``$`` topics left out)."""
         self._added: set[bytes] = set()
         self._removed: set[bytes] = set()
+        self.jetstream = settings.durable == "jetstream"
+        """Durable subscriptions are served by the link, from JetStream."""
+        self._asked: dict[int, tuple[bytes, int | None, str]] = {}
+        """FDSUB sent -> (subscriber, its DSUB's rid, name), until the link answers."""
+        self._durables: dict[str, tuple[bytes, list[str]]] = {}
+        """Durable subscriptions served through the link -> (subscriber, patterns)."""
+        self._req = 0
         self.state: dict[str, Any] = {"state": "detached"}
         self.counts = {"exported": 0, "imported": 0, "export_dropped": 0, "refused": 0}
         self.drops = DropCounter(log)
@@ -152,6 +194,8 @@ class FederationPlane:
         self._removed.clear()
         body = {"reset": True, "add": sorted(self.held), "remove": []}
         self._send(identity, encode_control(INTEREST, body))
+        for name, (peer, patterns) in self._durables.items():  # a new link: resume them
+            self._ask_link(0, name, patterns, peer)
         self._log.info("federation link attached")
         return True
 
@@ -238,6 +282,86 @@ class FederationPlane:
         self.counts["refused"] += 1
         self.drops.drop("federation", why, topic=topic.decode(errors="replace"))
 
+    # --- durable subscriptions through JetStream ---------------------------------------
+
+    def durable_subscribe(self, identity: bytes, body: Dsub) -> None:
+        """A DSUB (its rights checked): ask the link, which answers the subscriber."""
+        name = body.name
+        held = self._durables.get(name)
+        if self.link is None:
+            message = "the federation link is not attached: durable subscriptions live in JetStream"
+            self._refuse_dsub(identity, "NO_STORE", message, body.rid)
+        elif held is None and len(self._durables) >= MAX_DURABLES:
+            message = f"this broker serves {MAX_DURABLES} durable subscriptions already"
+            self._refuse_dsub(identity, "TOO_MANY", message, body.rid)
+        else:  # a name held by another peer here moves to this one, as a local stream does
+            self._req += 1
+            self._asked[self._req] = (identity, body.rid, name)
+            self._durables[name] = (identity, list(body.patterns))
+            self._ask_link(self._req, name, list(body.patterns), identity)
+
+    def _ask_link(self, req: int, name: str, patterns: list[str], peer: bytes) -> None:
+        assert self.link is not None
+        body = {"req": req, "name": name, "patterns": patterns, "peer": peer.hex()}
+        self._send(self.link, [FDSUB, msgpack.packb(body)])
+
+    def _refuse_dsub(self, identity: bytes, code: str, message: str, rid: int | None) -> None:
+        body = {"code": code, "message": message, "rid": rid}
+        self._send(identity, encode_control(ERROR_COMMAND, body))
+
+    def durable_ack(self, identity: bytes, body: Dack) -> bool:
+        """A DACK: to the link, if it serves that subscription (False: it does not)."""
+        held = self._durables.get(body.name)
+        if held is None:
+            return False
+        if held[0] == identity and self.link is not None:
+            self._send(self.link, [FDACK, msgpack.packb({"name": body.name, "seq": body.seq})])
+        return True
+
+    def durable_gone(self, identity: bytes) -> None:
+        """A peer is gone: the link stops serving its subscriptions."""
+        for name in [n for n, (peer, _) in self._durables.items() if peer == identity]:
+            del self._durables[name]
+            if self.link is not None:
+                self._send(self.link, [FDGONE, msgpack.packb({"name": name})])
+
+    def on_durable(self, identity: bytes, command: bytes, frames: list[bytes]) -> None:
+        """``FDSUB`` answers and ``FDELIVER`` deliveries from the link."""
+        if identity != self.link:
+            self._refuse(f"{command!r} not from the link", b"")
+            return
+        try:
+            if command == FDSUB and len(frames) == 1:
+                self._answered(_decode_answer(frames[0]))
+            elif command == FDELIVER and len(frames) == 4:
+                peer, seq, name = _decode_delivery(frames[0])
+                held = self._durables.get(name)
+                if held is not None and held[0].hex() == peer:
+                    meta = msgpack.packb((seq, name))
+                    self._send(held[0], [DELIVER, meta, frames[1], frames[2], frames[3]])
+            else:
+                self._refuse(f"{command!r} with {len(frames) + 1} frames", b"")
+        except (msgspec.DecodeError, ValueError) as exc:
+            self._refuse(f"an unreadable {command!r}: {exc}", b"")
+
+    def _answered(self, answer: _Answer) -> None:
+        asked = self._asked.pop(answer.req, None)
+        if asked is None:
+            return  # a resumption's answer (req 0), or one for a peer gone since
+        identity, rid, name = asked
+        if answer.code is not None:
+            self._durables.pop(name, None)
+            self._refuse_dsub(identity, answer.code[:64], answer.message[:4096], rid)
+            return
+        body = {"acked": answer.acked, "last_seq": answer.last_seq, "window": DSUB_WINDOW}
+        self._send(identity, encode_control(DSUB, {**body, "rid": rid}))
+
     def snapshot(self) -> dict[str, Any]:
         """For STATS: the link's state, its counters, the interest it was told."""
-        return {**self.state, **self.counts, "interest": len(self.held)}
+        return {
+            **self.state,
+            **self.counts,
+            "interest": len(self.held),
+            "durable": "jetstream" if self.jetstream else "local",
+            "durable_subscribers": sorted(self._durables)[:100],
+        }

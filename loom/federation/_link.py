@@ -17,12 +17,16 @@ On NATS (``<prefix>`` is ``subject_prefix``, ``loom`` by default):
 * ``<prefix>.fed.hello``, ``.bye``: each broker's tools, every ``announce_interval``.
 * ``<prefix>.fed.cancel.<broker>``, ``<prefix>.fed.resend``: cancellations, and a
   link back from a failure asking the others to send their last events again.
+* ``<prefix>.dur.<topic>`` (with ``durable = "jetstream"``): reliable events, into the
+  JetStream stream ``LOOM-<prefix>`` (``Nats-Msg-Id`` is the event id: JetStream drops
+  copies); each durable subscription is a consumer of it, named after the subscription.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import time
 from collections import deque
@@ -35,10 +39,19 @@ import msgpack
 import zmq
 from nats.aio.client import Client as NatsClient
 from nats.errors import MaxPayloadError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
 
 from loom.config import FederationSettings
 from loom.errors import LoomError, ProtocolError
-from loom.federation._subjects import encode_token, prefix_subjects, tool_subject, topic_subject
+from loom.federation._subjects import (
+    encode_token,
+    pattern_subjects,
+    prefix_subjects,
+    tool_subject,
+    topic_subject,
+)
 from loom.keys import BROKER_KEY, key_dir
 from loom.logs import DropCounter, get_logger
 from loom.protocol import (
@@ -46,6 +59,10 @@ from loom.protocol import (
     CANCEL,
     DIRECTORY,
     FAIL,
+    FDACK,
+    FDELIVER,
+    FDGONE,
+    FDSUB,
     FEVENT,
     INTEREST,
     LINK_STATE,
@@ -79,6 +96,20 @@ MAX_SUBJECTS = 10_000
 _STANDARD = b"standard"
 _RELIABLE = b"reliable"
 _SPEC_FIELDS = ("description", "schema", "returns", "timeout", "idempotent", "annotations")
+DURABLE_WINDOW = 1000
+"""Deliveries a durable subscriber holds unacknowledged (the consumer's max_ack_pending;
+the broker tells the subscriber the same)."""
+
+
+@dataclass
+class _Consumer:
+    """A durable subscription served from JetStream: its consumer, its subscriber."""
+
+    name: str
+    peer: str
+    pending: dict[int, Any] = field(default_factory=dict)
+    """Stream sequence -> the message delivered and not yet acknowledged."""
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -152,6 +183,16 @@ class Link:
         self._bye_subject = f"{root}.fed.bye"
         self._resend_subject = f"{root}.fed.resend"
         self._cancel_subject = ""
+        self._durable_root = f"{root}.dur"
+        self._stream = f"LOOM-{root}"
+        self._jetstream = settings.durable == "jetstream"
+        self._js: Any = None
+        self._stream_ready = asyncio.Event()
+        self._js_out: deque[tuple[str, bytes, str]] = deque()
+        """(subject, body, message id) of reliable events for the stream, in order."""
+        self._js_bytes = 0
+        self._js_wake = asyncio.Event()
+        self._consumers: dict[str, _Consumer] = {}
         self._imports = [Pattern(p) for p in settings.import_]
         self._realtime = [Pattern(p) for p in settings.realtime]
         self._context: zmq.Context[Any] | None = None
@@ -188,6 +229,8 @@ class Link:
         self._ids = 0
         self._inbox = ""
         self._up = False
+        self._down_since: float | None = None
+        """When NATS was lost (wall-clock): events since a window before go out again."""
         self._server = ""
         self._tasks: list[asyncio.Task[None]] = []
         self.counts = _Counts()
@@ -210,6 +253,9 @@ class Link:
         )
         events.streams[FEVENT] = self._on_local_event
         events.streams[INTEREST] = self._on_interest
+        events.streams[FDSUB] = self._on_durable_subscribe
+        events.streams[FDACK] = self._on_durable_ack
+        events.streams[FDGONE] = self._on_durable_gone
         events.restored_hooks.append(self._report)
         tools = self._tools = Session(
             self.broker, self._context, name=WORKER_NAME, role="worker", log=self.log, key=self._key
@@ -229,7 +275,10 @@ class Link:
         await tools.open(self._connect_timeout)
         await self._offer([])
         loop = asyncio.get_running_loop()
-        for work in (self._connect(), self._flush(), self._follow_interest(), self._announce()):
+        works = [self._connect(), self._flush(), self._follow_interest(), self._announce()]
+        if self._jetstream:
+            works.append(self._to_stream())
+        for work in works:
             self._tasks.append(loop.create_task(work))
         self.log.info("federation link started", servers=list(self.settings.servers))
 
@@ -241,6 +290,9 @@ class Link:
             with contextlib.suppress(Exception):
                 await nc.publish(self._bye_subject, _packb({"broker": self.name}))
                 await asyncio.wait_for(nc.flush(), 1.0)
+        for consumer in self._consumers.values():
+            if consumer.task is not None:
+                self._tasks.append(consumer.task)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -322,6 +374,9 @@ class Link:
         await nc.subscribe(self._resend_subject, cb=self._on_resend)
         await nc.subscribe(self._cancel_subject, cb=self._on_cancel_in)
         self._subs_dirty.set()
+        if self._jetstream:
+            self._js = nc.jetstream()
+            self._tasks.append(asyncio.get_running_loop().create_task(self._make_stream()))
         await self._went_up()
 
     async def _went_up(self) -> None:
@@ -332,11 +387,15 @@ class Link:
         while self._backlog:  # kept while down: out first, in order
             subject, body = self._backlog.popleft()
             self._outbox.append((subject, body, ""))
+            self._remember(subject, body)  # a peer back later than us asks for them
         self._backlog_standard = self._backlog_bytes = self._reliable_bytes = 0
         self._wake.set()
+        self._js_wake.set()
         await self._report()
 
     async def _on_disconnected(self) -> None:
+        if self._down_since is None:
+            self._down_since = time.time()
         if self._up:
             self._up = False
             self._server = ""
@@ -346,17 +405,16 @@ class Link:
     async def _on_reconnected(self) -> None:
         """Back: send the last ``resend_window`` of events again (some may have died with
         the server), and ask the others to do the same (we may have missed theirs)."""
-        now = time.time()
         window = self.settings.resend_window
-        for when, subject, body in list(self._recent):
-            if now - when <= 2 * window:
-                self._outbox.appendleft((subject, body, ""))
-                self.counts.resent += 1
+        since = (self._down_since or time.time()) - window
+        self._down_since = None
+        again = self._lately(since)
+        self._outbox.extendleft(reversed(again))  # before anything newer, in order
+        self.counts.resent += len(again)
         if self._nc is not None:
             with contextlib.suppress(Exception):
-                await self._nc.publish(
-                    self._resend_subject, _packb({"broker": self.name, "at": now})
-                )
+                body = _packb({"broker": self.name, "since": since})
+                await self._nc.publish(self._resend_subject, body)
         await self._went_up()
 
     async def _on_error(self, exc: Exception) -> None:
@@ -424,8 +482,11 @@ class Link:
         if known is None:
             known = self._subject_of(topic)
         subject, realtime = known
-        body = _packb((topic, header, payload, self.name, qos == _RELIABLE))
+        reliable = qos == _RELIABLE
+        body = _packb((topic, header, payload, self.name, reliable))
         self.counts.exported += 1
+        if reliable and self._jetstream:
+            self._to_keep(topic, header, body)
         if self._up:
             self._outbox.append((subject, body, ""))
             self._wake.set()
@@ -433,6 +494,18 @@ class Link:
                 self._remember(subject, body)
             return
         self._keep(subject, body, qos == _RELIABLE, realtime)
+
+    def _to_keep(self, topic: bytes, header: bytes, body: bytes) -> None:
+        """A reliable event for the JetStream stream (kept while NATS is unreachable,
+        up to ``reliable_bytes``)."""
+        if self._js_bytes + len(body) > self.settings.reliable_bytes:
+            self._drop("backlog", "reliable events for JetStream over reliable_bytes")
+            return
+        mid = decode_header(header).id.hex()
+        subject = topic_subject(self._durable_root, topic.decode())
+        self._js_out.append((subject, body, mid))
+        self._js_bytes += len(body)
+        self._js_wake.set()
 
     def _subject_of(self, topic: bytes) -> tuple[str, bool]:
         text = topic.decode()
@@ -445,7 +518,7 @@ class Link:
         recent = self._recent
         now = time.time()
         recent.append((now, subject, body))
-        horizon = now - self.settings.resend_window
+        horizon = now - 2 * self.settings.resend_window
         while recent and (recent[0][0] < horizon or len(recent) > RECENT_MAX):
             recent.popleft()
 
@@ -478,13 +551,19 @@ class Link:
 
     async def _on_resend(self, msg: Any) -> None:
         """Another broker is back from a failure: send it our last events again."""
-        now = time.time()
-        window = 2 * self.settings.resend_window
-        for when, subject, body in list(self._recent):
-            if now - when <= window:
-                self._outbox.append((subject, body, ""))
-                self.counts.resent += 1
+        since = time.time() - 2 * self.settings.resend_window
+        with contextlib.suppress(Exception):
+            asked = _unpackb(msg.data)["since"]
+            if isinstance(asked, float | int):
+                since = max(since, float(asked))
+        again = self._lately(since)
+        self._outbox.extend(again)
+        self.counts.resent += len(again)
         self._wake.set()
+
+    def _lately(self, since: float) -> list[tuple[str, bytes, str]]:
+        """The events sent since ``since`` (wall-clock), oldest first."""
+        return [(subject, body, "") for when, subject, body in self._recent if when >= since]
 
     # --- events in -------------------------------------------------------------------
 
@@ -561,6 +640,180 @@ class Link:
         self.counts.imported += 1
         if not self._events.send(frames):
             await self._events.send_waiting(frames)
+
+    # --- durable subscriptions through JetStream ----------------------------------------
+
+    async def _make_stream(self) -> None:
+        """Create the stream (or take it as it is), retrying while JetStream elects its
+        leaders (a cluster just started answers "unavailable" for a while)."""
+        settings = self.settings
+        config = StreamConfig(
+            name=self._stream,
+            subjects=[f"{self._durable_root}.>"],
+            num_replicas=settings.stream_replicas,
+            max_age=settings.stream_max_age or None,
+            max_bytes=settings.stream_max_bytes,
+            storage=StorageType.FILE,
+            duplicate_window=120.0,
+        )
+        delay = 0.2
+        while True:
+            try:
+                await self._js.add_stream(config)
+                break
+            except BadRequestError:  # there, with another configuration: keep it
+                self.log.warning(
+                    "the JetStream stream exists as configured before", stream=self._stream
+                )
+                break
+            except Exception as exc:
+                self.drops.drop("jetstream", f"cannot make the stream: {type(exc).__name__}: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self._stream_ready.set()
+        self._js_wake.set()
+        self.log.info("JetStream stream ready", stream=self._stream)
+
+    async def _to_stream(self) -> None:
+        """Publish reliable events to the stream, one acknowledged at a time, in order;
+        JetStream drops a copy it has already (``Nats-Msg-Id``)."""
+        while True:
+            await self._js_wake.wait()
+            self._js_wake.clear()
+            out = self._js_out
+            while out and self._up and self._stream_ready.is_set():
+                subject, body, mid = out[0]
+                try:
+                    await self._js.publish(
+                        subject, body, stream=self._stream, headers={"Nats-Msg-Id": mid}
+                    )
+                except MaxPayloadError:
+                    self._drop("too_large", f"a reliable event of {len(body)} bytes")
+                except Exception as exc:  # no answer in time, or the link went down
+                    self.drops.drop("jetstream", f"not stored yet: {type(exc).__name__}: {exc}")
+                    await asyncio.sleep(0.2)
+                    self._js_wake.set()
+                    break
+                out.popleft()
+                self._js_bytes -= len(body)
+
+    def _on_durable_subscribe(self, frames: list[bytes]) -> None:
+        try:
+            body = _unpackb(frames[0])
+            req, name, patterns, peer = body["req"], body["name"], body["patterns"], body["peer"]
+            if not (
+                isinstance(req, int)
+                and isinstance(name, str)
+                and isinstance(peer, str)
+                and isinstance(patterns, list)
+                and all(isinstance(p, str) for p in patterns)
+            ):
+                raise TypeError("a field of the wrong type")
+        except Exception as exc:
+            raise ProtocolError("body", f"FDSUB: {exc}") from None
+        work = self._open_consumer(req, name, patterns, peer)
+        self._tasks.append(asyncio.get_running_loop().create_task(work))
+
+    async def _open_consumer(self, req: int, name: str, patterns: list[str], peer: str) -> None:
+        """The consumer of subscription ``name`` (made if new): answer where it stands,
+        then deliver to ``peer`` what it has not acknowledged."""
+        durable = "loom-" + hashlib.sha256(name.encode()).hexdigest()[:40]
+        try:
+            if self._js is None:
+                raise ConnectionError("JetStream is not reachable yet")
+            await asyncio.wait_for(self._stream_ready.wait(), 10.0)
+            filters = sorted({s for p in patterns for s in pattern_subjects(self._durable_root, p)})
+            config = ConsumerConfig(
+                durable_name=durable,
+                description=f"loom durable subscription {name}"[:1024],
+                ack_policy=AckPolicy.ALL,
+                deliver_policy=DeliverPolicy.ALL,
+                max_ack_pending=DURABLE_WINDOW,
+                ack_wait=30.0,
+                filter_subject=filters[0] if len(filters) == 1 else None,
+                filter_subjects=filters if len(filters) > 1 else None,
+            )
+            try:
+                info = await self._js.add_consumer(self._stream, config)
+            except BadRequestError:  # there already, with other patterns: as it was made
+                info = await self._js.consumer_info(self._stream, durable)
+            stream = await self._js.stream_info(self._stream)
+            sub = await self._js.pull_subscribe_bind(durable=durable, stream=self._stream)
+        except Exception as exc:
+            message = f"JetStream: {type(exc).__name__}: {exc}"
+            self._answer_durable({"req": req, "code": "NO_STORE", "message": message})
+            return
+        acked = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        last = stream.state.last_seq
+        self._answer_durable({"req": req, "acked": acked, "last_seq": last})
+        old = self._consumers.pop(name, None)
+        if old is not None and old.task is not None:
+            old.task.cancel()
+        consumer = self._consumers[name] = _Consumer(name, peer)
+        consumer.task = asyncio.get_running_loop().create_task(self._pull(consumer, sub))
+
+    def _answer_durable(self, body: dict[str, Any]) -> None:
+        assert self._events is not None
+        self._events.send([FDSUB, _packb(body)])
+
+    async def _pull(self, consumer: _Consumer, sub: Any) -> None:
+        """Fetch from the consumer, deliver to the subscriber through the broker."""
+        assert self._events is not None
+        try:
+            while True:
+                try:
+                    messages = await sub.fetch(batch=256, timeout=1.0)
+                except NatsTimeout:
+                    continue
+                except Exception as exc:
+                    self.drops.drop("jetstream", f"fetch: {type(exc).__name__}: {exc}")
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in messages:
+                    seq = msg.metadata.sequence.stream
+                    try:
+                        topic, header, payload, _, _ = _unpackb(msg.data)
+                        if not (type(topic) is bytes and type(header) is bytes):
+                            raise TypeError("topic and header")
+                        if type(payload) is not bytes:
+                            raise TypeError("payload")
+                    except Exception:  # delivered all the same: the subscriber skips it
+                        topic, header, payload = b"$malformed", b"", b""
+                    consumer.pending[seq] = msg
+                    meta = _packb((consumer.peer, seq, consumer.name))
+                    frames = [FDELIVER, meta, topic, header, payload]
+                    if not self._events.send(frames):
+                        await self._events.send_waiting(frames)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _on_durable_ack(self, frames: list[bytes]) -> None:
+        """The subscriber handled everything up to ``seq``: acknowledge the last of
+        those (the consumer acknowledges all before it with it)."""
+        try:
+            body = _unpackb(frames[0])
+            name, seq = body["name"], body["seq"]
+        except Exception as exc:
+            raise ProtocolError("body", f"FDACK: {exc}") from None
+        consumer = self._consumers.get(name)
+        if consumer is None or not isinstance(seq, int):
+            return
+        done = [s for s in consumer.pending if s <= seq]
+        if not done:
+            return
+        last = consumer.pending[max(done)]
+        for s in done:
+            del consumer.pending[s]
+        self._tasks.append(asyncio.get_running_loop().create_task(last.ack()))
+        if len(self._tasks) > 1000:
+            self._tasks = [t for t in self._tasks if not t.done()]
+
+    def _on_durable_gone(self, frames: list[bytes]) -> None:
+        with contextlib.suppress(Exception):
+            consumer = self._consumers.pop(_unpackb(frames[0])["name"], None)
+            if consumer is not None and consumer.task is not None:
+                consumer.task.cancel()
 
     # --- tools: the catalog ------------------------------------------------------------
 

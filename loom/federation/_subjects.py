@@ -18,6 +18,7 @@ import re
 __all__ = [
     "decode_token",
     "encode_token",
+    "pattern_subjects",
     "prefix_subjects",
     "subject_topic",
     "tool_subject",
@@ -102,3 +103,19 @@ def tool_subject(root: str, tool: str) -> str:
     if any(not t for t in tokens):
         return f"{root}.{encode_token(tool)}"
     return topic_subject(root, tool)
+
+
+def pattern_subjects(root: str, pattern: str) -> list[str]:
+    """Subjects covering every topic a (valid) Loom pattern matches: ``*`` stays ``*``,
+    a ``**`` ends the subject with ``>`` (and, as ``**`` may match no token, the subject
+    before it is added); what follows a ``**`` is left to the receiver to filter."""
+    subjects: list[str] = []
+    tokens: list[str] = [root]
+    for token in pattern.split("."):
+        if token == "**":
+            if len(tokens) > 1:
+                subjects.append(".".join(tokens))
+            subjects.append(".".join([*tokens, ">"]))
+            return subjects
+        tokens.append("*" if token == "*" else encode_token(token))
+    return [".".join(tokens)]

@@ -47,6 +47,10 @@ __all__ = [
     "ERROR_CODES",
     "ERROR_COMMAND",
     "FAIL",
+    "FDACK",
+    "FDELIVER",
+    "FDGONE",
+    "FDSUB",
     "FEDERATION_QOS",
     "FEVENT",
     "HANDLER_BUCKETS",
@@ -174,6 +178,16 @@ link -> broker: a remote one, delivered to local subscribers (never sent out aga
 INTEREST = b"INTEREST"
 """broker -> link ``{reset, add, remove}``: the subscription prefixes local peers hold
 (``reset``: the whole set; then only the changes)."""
+FDSUB = b"FDSUB"
+"""broker -> link ``{req, name, patterns, peer}``: a durable subscription to serve from
+JetStream; link -> broker ``{req, acked, last_seq}`` (or ``{req, code, message}``)."""
+FDELIVER = b"FDELIVER"
+"""link -> broker ``[FDELIVER, [peer, seq, name], topic, header, payload]``: a durable
+event for the subscriber ``peer`` (its routing id, hex), ``seq`` the stream's."""
+FDACK = b"FDACK"
+"""broker -> link ``{name, seq}``: the subscriber handled everything up to ``seq``."""
+FDGONE = b"FDGONE"
+"""broker -> link ``{name}``: the subscriber is gone (its position stays in JetStream)."""
 FEDERATION_QOS = frozenset((b"standard", b"reliable"))
 
 # --- tool calls: [command, msgpack array meta, body] --------------------------------

@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Proc, broker_stats, eventually, start_worker, until, wait_for
-from federation_helpers import Cluster, federated, link_node, nats_cluster
+from federation_helpers import Cluster, federated, link_node, nats_cluster, nats_node
 
 from loom import Actor, Event, on
 from loom.session import ToolClient
 
-__all__ = ["nats_cluster"]  # the fixture, imported for pytest
+__all__ = ["nats_cluster", "nats_node"]  # the fixtures, imported for pytest
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -119,3 +120,79 @@ def test_a_broker_killed_leaves_the_directory_and_comes_back(
     asyncio.run(body("killed"))
     federated(spawn, "A", urls, endpoint=a)
     asyncio.run(body("back"))
+
+
+class Watcher(Actor):
+    """Keeps ``$sys.federation.*`` events and ``out.*`` events."""
+
+    def __init__(self, name: str, broker: str) -> None:
+        super().__init__(name=name, broker=broker)
+        self.states: list[str] = []
+        self.got: list[tuple[str, Any]] = []
+
+    @on("$sys.federation.*")
+    async def state(self, event: Event) -> None:
+        self.states.append(event.topic.rpartition(".")[2])
+
+    @on("out.*")
+    async def out(self, event: Event) -> None:
+        self.got.append((event.topic, event.data))
+
+
+def test_losing_nats_leaves_each_broker_local_and_keeps_a_bounded_backlog(
+    spawn: Callable[..., Proc], nats_node: Cluster, tmp_path: Path
+) -> None:
+    """The only NATS server dies: each broker says ``$sys.federation.down`` and goes on
+    locally. Meanwhile A's realtime events are dropped, its standard ones kept up to the
+    bound (5), its reliable ones kept. NATS returns: ``$sys.federation.up``, and B gets
+    what was kept, once, and nothing else."""
+    config = tmp_path / "loom.toml"
+    config.write_text('[federation]\nrealtime = ["out.tick"]\nbacklog_messages = 5\n')
+    node = nats_node.nodes[0]
+    extra = ["--config", str(config), "--data-dir", str(tmp_path / "data")]
+    a, _ = federated(spawn, "A", node.url, *extra)
+    b, _ = federated(spawn, "B", node.url)
+
+    async def body() -> None:
+        local = Watcher("local", a)
+        remote = Watcher("remote", b)
+        for actor in (local, remote):
+            await actor.start()
+        try:
+
+            async def through() -> bool:
+                await local.emit("out.warm", 0)
+                await asyncio.sleep(0.05)
+                return bool(remote.got)
+
+            await eventually(through, timeout=20)
+            await asyncio.sleep(0.3)
+            remote.got.clear()
+            local.got.clear()
+            nats_cluster_kill(nats_node)
+            await until(lambda: "down" in local.states and "down" in remote.states, 10)
+            for n in range(3):
+                await local.emit("out.tick", n, qos="realtime")
+            for n in range(10):
+                await local.emit("out.std", n)
+            for n in range(3):
+                await local.emit("out.rel", n, qos="reliable")
+            await until(lambda: len(local.got) == 16, 10)  # local delivery goes on
+            nats_node.start(node)
+            await until(lambda: local.states[-1:] == ["up"] == remote.states[-1:], 20)
+            await until(lambda: len(remote.got) >= 8, 20)
+            await asyncio.sleep(1.0)  # anything more would come now
+            kept = [("out.std", n) for n in range(5)] + [("out.rel", n) for n in range(3)]
+            assert sorted(remote.got) == sorted(kept)
+        finally:
+            for actor in (local, remote):
+                await actor.stop()
+
+    asyncio.run(body())
+    link = wait_for(lambda: (f := broker_stats(a)["federation"]) and f["link"], 5)
+    assert link["dropped"] >= 8  # 3 realtime, 5 over the bound
+
+
+def nats_cluster_kill(cluster: Cluster) -> None:
+    for node in cluster.nodes:
+        cluster.kill(node)
