@@ -205,6 +205,7 @@ def test_federation_exports() -> None:
 
     assert set(loom.federation.__all__) == {
         "Link",
+        "pattern_subjects",
         "prefix_subjects",
         "subject_topic",
         "tool_subject",

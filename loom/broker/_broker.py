@@ -186,6 +186,7 @@ class Broker:
         federation = FederationPlane(
             self.federation_settings,
             send=peers.send,
+            offer=peers.offer,
             forward=self._deliver,
             publish=self._system_event,
             max_payload=settings.max_payload,

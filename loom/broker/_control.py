@@ -289,6 +289,8 @@ class ControlPlane:
             self._next_prune = now + 1.0
             self.groups.prune(time.time())  # requests past their deadline: nobody waits
         wake = self._next_check
+        if self.federation.retry():  # the link's queue was full: look again soon
+            wake = now + 0.001
         for other in (self.tools.tick(), self.durable.due()):
             if other is not None and other < wake:
                 wake = other
@@ -628,7 +630,7 @@ class ControlPlane:
         if self.federation.jetstream:  # served by the link, which answers
             if guard is not None and body.name not in self.owners and len(self.owners) < 100_000:
                 self.owners[body.name] = self.who
-            self.federation.durable_subscribe(identity, body)
+            self.federation.durable_subscribe(identity, body, self.who)
             return
         answer = self.durable.subscribe(identity, body)
         if "code" in answer:

@@ -18,6 +18,7 @@ to it (``FDACK``).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,8 @@ MAX_DECISIONS = 10_000
 """Topics whose export decision is remembered (past it, each is decided again)."""
 _STANDARD = b"standard"
 _RELIABLE = b"reliable"
+HELD_BYTES = 64 << 20
+"""Bytes of exported events the broker holds while its link's queue is full."""
 MAX_DURABLES = 10_000
 """Durable subscriptions served through the link at once."""
 DSUB_WINDOW = 1000
@@ -85,6 +88,8 @@ class FederationPlane:
     Args:
         settings: ``[federation]``: ``export`` and ``import`` patterns.
         send: sends frames to a peer (the peers' ROUTER).
+        offer: the same, False without counting a drop when the peer's queue is full
+            (exported events then wait in the broker, up to ``HELD_BYTES``).
         forward: delivers an already checked event to local subscribers.
         publish: publishes the broker's ``$sys`` events.
         max_payload: the largest payload the broker takes.
@@ -98,6 +103,7 @@ class FederationPlane:
         settings: FederationSettings,
         *,
         send: Send,
+        offer: Send,
         forward: Callable[[bytes, bytes, bytes], None],
         publish: Callable[[str, dict[str, Any]], None],
         max_payload: int,
@@ -108,6 +114,10 @@ class FederationPlane:
         self.link: bytes | None = None
         """The link's routing id on the ROUTER (``None``: no link attached)."""
         self._send = send
+        self._offer = offer
+        self._held: deque[list[bytes]] = deque()
+        """Exported events waiting for room in the link's queue, in order."""
+        self._held_bytes = 0
         self._forward = forward
         self._publish = publish
         self._max_payload = max_payload
@@ -125,8 +135,10 @@ class FederationPlane:
         """Durable subscriptions are served by the link, from JetStream."""
         self._asked: dict[int, tuple[bytes, int | None, str]] = {}
         """FDSUB sent -> (subscriber, its DSUB's rid, name), until the link answers."""
-        self._durables: dict[str, tuple[bytes, list[str]]] = {}
-        """Durable subscriptions served through the link -> (subscriber, patterns)."""
+        self._durables: dict[str, tuple[bytes, list[str], str]] = {}
+        """Durable subscriptions served through the link -> (subscriber, patterns, its
+        identity)."""
+        self._compiled: dict[str, list[Pattern]] = {}
         self._req = 0
         self.state: dict[str, Any] = {"state": "detached"}
         self.counts = {"exported": 0, "imported": 0, "export_dropped": 0, "refused": 0}
@@ -137,23 +149,45 @@ class FederationPlane:
     def export(self, topic: bytes, header: bytes, payload: bytes, qos: bytes) -> None:
         """Send a local event to the link if its topic is exported (the caller checked
         that a link is attached). A link whose queue is full misses it, counted."""
+        if topic[:1] == b"$":  # inboxes, probes, the broker's own: never
+            return
         exported = self._decided.get(topic)
         if exported is None:
             exported = self._decide(topic)
         if not exported:
             return
         assert self.link is not None
-        if self._send(self.link, [FEVENT, qos, topic, header, payload]):
+        frames = [FEVENT, qos, topic, header, payload]
+        if not self._held and self._offer(self.link, frames):
             self.counts["exported"] += 1
-        else:
+            return
+        size = len(topic) + len(header) + len(payload)
+        if self._held_bytes + size > HELD_BYTES:
             self.counts["export_dropped"] += 1
-            self.drops.drop("federation", "the link's queue is full", topic=topic.decode())
+            self.drops.drop("federation", "the link is behind by 64 MiB", topic=topic.decode())
+            return
+        self._held.append(frames)
+        self._held_bytes += size
+
+    def retry(self) -> bool:
+        """Send the link the events held for it, while its queue has room; whether some
+        still wait (the broker then looks again soon)."""
+        held = self._held
+        while held and self.link is not None:
+            frames = held[0]
+            if not self._offer(self.link, frames):
+                return True
+            held.popleft()
+            self._held_bytes -= len(frames[2]) + len(frames[3]) + len(frames[4])
+            self.counts["exported"] += 1
+        return bool(held)
 
     def _decide(self, topic: bytes) -> bool:
         text = topic.decode()
-        exported = not text.startswith("$") and any(p.matches(text) for p in self._exports)
-        if len(self._decided) < MAX_DECISIONS:
-            self._decided[topic] = exported
+        exported = any(p.matches(text) for p in self._exports)
+        if len(self._decided) >= MAX_DECISIONS:
+            self._decided.clear()  # a burst of one-off topics: start the cache again
+        self._decided[topic] = exported
         return exported
 
     # --- local interest --------------------------------------------------------------
@@ -189,13 +223,15 @@ class FederationPlane:
         if self._guard is not None and who != LINK:
             self._guard.deny("link", who or "(unknown)", "as the federation link")
             return False
+        if self.link is not None and self.link != identity:
+            self._log.warning("a second federation link replaces the first")
         self.link = identity
         self._added.clear()
         self._removed.clear()
         body = {"reset": True, "add": sorted(self.held), "remove": []}
         self._send(identity, encode_control(INTEREST, body))
-        for name, (peer, patterns) in self._durables.items():  # a new link: resume them
-            self._ask_link(0, name, patterns, peer)
+        for name, (peer, patterns, owner) in self._durables.items():  # resume them
+            self._ask_link(0, name, patterns, peer, owner)
         self._log.info("federation link attached")
         return True
 
@@ -204,6 +240,13 @@ class FederationPlane:
         if identity != self.link:
             return
         self.link = None
+        self.counts["export_dropped"] += len(self._held)
+        self._held.clear()
+        self._held_bytes = 0
+        for peer, rid, name in self._asked.values():  # their answers will not come
+            self._durables.pop(name, None)
+            self._refuse_dsub(peer, "NO_STORE", "the federation link left", rid)
+        self._asked.clear()
         self._log.warning("federation link gone: this broker is local only")
         self._set_state({"state": "detached"})
 
@@ -284,25 +327,29 @@ class FederationPlane:
 
     # --- durable subscriptions through JetStream ---------------------------------------
 
-    def durable_subscribe(self, identity: bytes, body: Dsub) -> None:
-        """A DSUB (its rights checked): ask the link, which answers the subscriber."""
+    def durable_subscribe(self, identity: bytes, body: Dsub, who: str) -> None:
+        """A DSUB from identity ``who`` (its rights checked): ask the link, which
+        answers the subscriber."""
         name = body.name
         held = self._durables.get(name)
         if self.link is None:
             message = "the federation link is not attached: durable subscriptions live in JetStream"
             self._refuse_dsub(identity, "NO_STORE", message, body.rid)
-        elif held is None and len(self._durables) >= MAX_DURABLES:
+        elif (held is None and len(self._durables) >= MAX_DURABLES) or len(
+            self._asked
+        ) >= MAX_DURABLES:
             message = f"this broker serves {MAX_DURABLES} durable subscriptions already"
             self._refuse_dsub(identity, "TOO_MANY", message, body.rid)
         else:  # a name held by another peer here moves to this one, as a local stream does
             self._req += 1
             self._asked[self._req] = (identity, body.rid, name)
-            self._durables[name] = (identity, list(body.patterns))
-            self._ask_link(self._req, name, list(body.patterns), identity)
+            self._durables[name] = (identity, list(body.patterns), who)
+            self._compiled[name] = [Pattern(p) for p in body.patterns]
+            self._ask_link(self._req, name, list(body.patterns), identity, who)
 
-    def _ask_link(self, req: int, name: str, patterns: list[str], peer: bytes) -> None:
+    def _ask_link(self, req: int, name: str, patterns: list[str], peer: bytes, owner: str) -> None:
         assert self.link is not None
-        body = {"req": req, "name": name, "patterns": patterns, "peer": peer.hex()}
+        body = {"req": req, "name": name, "patterns": patterns, "peer": peer.hex(), "owner": owner}
         self._send(self.link, [FDSUB, msgpack.packb(body)])
 
     def _refuse_dsub(self, identity: bytes, code: str, message: str, rid: int | None) -> None:
@@ -320,8 +367,9 @@ class FederationPlane:
 
     def durable_gone(self, identity: bytes) -> None:
         """A peer is gone: the link stops serving its subscriptions."""
-        for name in [n for n, (peer, _) in self._durables.items() if peer == identity]:
+        for name in [n for n, (peer, _, _) in self._durables.items() if peer == identity]:
             del self._durables[name]
+            self._compiled.pop(name, None)
             if self.link is not None:
                 self._send(self.link, [FDGONE, msgpack.packb({"name": name})])
 
@@ -334,15 +382,36 @@ class FederationPlane:
             if command == FDSUB and len(frames) == 1:
                 self._answered(_decode_answer(frames[0]))
             elif command == FDELIVER and len(frames) == 4:
-                peer, seq, name = _decode_delivery(frames[0])
-                held = self._durables.get(name)
-                if held is not None and held[0].hex() == peer:
-                    meta = msgpack.packb((seq, name))
-                    self._send(held[0], [DELIVER, meta, frames[1], frames[2], frames[3]])
+                self._delivered(*_decode_delivery(frames[0]), frames[1:])
             else:
                 self._refuse(f"{command!r} with {len(frames) + 1} frames", b"")
         except (msgspec.DecodeError, ValueError) as exc:
             self._refuse(f"an unreadable {command!r}: {exc}", b"")
+
+    def _delivered(self, peer: str, seq: int, name: str, frames: list[bytes]) -> None:
+        """A durable event for a subscriber here: checked as a remote event is (the
+        subscription's patterns, the origin's right to publish it here, the size)."""
+        held = self._durables.get(name)
+        if held is None or held[0].hex() != peer:
+            return  # gone, or taken over: JetStream delivers it again to the next one
+        topic, header, payload = frames
+        try:
+            text = decode_topic(topic)
+            env = decode_header(header)
+        except ProtocolError as exc:
+            self._refuse(str(exc), topic[:MAX_TOPIC_BYTES])
+            return
+        problem = None
+        if not any(p.matches(text) for p in self._compiled.get(name, ())):
+            problem = "a durable event outside its subscription's patterns"
+        elif len(payload) > self._max_payload:
+            problem = f"a payload of {len(payload)} bytes"
+        elif self._guard is not None:
+            problem = self._unfit(topic, env.origin)
+        if problem is not None:
+            self._refuse(problem, topic)
+            return
+        self._send(held[0], [DELIVER, msgpack.packb((seq, name)), topic, header, payload])
 
     def _answered(self, answer: _Answer) -> None:
         asked = self._asked.pop(answer.req, None)
@@ -351,6 +420,7 @@ class FederationPlane:
         identity, rid, name = asked
         if answer.code is not None:
             self._durables.pop(name, None)
+            self._compiled.pop(name, None)
             self._refuse_dsub(identity, answer.code[:64], answer.message[:4096], rid)
             return
         body = {"acked": answer.acked, "last_seq": answer.last_seq, "window": DSUB_WINDOW}
@@ -362,6 +432,7 @@ class FederationPlane:
             **self.state,
             **self.counts,
             "interest": len(self.held),
+            "held": len(self._held),
             "durable": "jetstream" if self.jetstream else "local",
             "durable_subscribers": sorted(self._durables)[:100],
         }

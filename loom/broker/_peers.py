@@ -142,6 +142,19 @@ class Peers:
             return False
         return True
 
+    def offer(self, identity: bytes, frames: list[bytes]) -> bool:
+        """Send to a peer if its queue has room now; False (not counted) if not: the
+        caller keeps the message and tries again."""
+        try:
+            send_frames(self.router, [identity, *frames])
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            return False
+        return True
+
     def get(self, identity: bytes) -> Peer | None:
         return self.table.get(identity)
 

@@ -371,10 +371,26 @@ class PubSubProxy:
         A durable event on an exported topic goes to the federation link too."""
         if self.federation.link is not None and topic[:1] != b"$":
             self.federation.export(topic, header, payload, _RELIABLE)
-        self.deliver(topic, header, payload)
+        self._send_once(topic, header, payload)
 
     def deliver(self, topic: bytes, header: bytes, payload: bytes) -> None:
-        """:meth:`forward` to local subscribers only (an event from the federation)."""
+        """An event from the federation, to local subscribers only: delivered as a local
+        publish is, a full subscriber holding it up to the stall timeout (then shed)."""
+        if self._shed_until and time.monotonic() >= self._shed_until:
+            self._end_shed()
+        row = self.stats.row(topic)
+        row[PUBLISHED] += 1
+        try:
+            send_message(self._xpub, topic, header, payload)
+        except zmq.Again:
+            self._forward_blocked(topic, header, payload, row)
+            return
+        row[FORWARDED] += 1
+        if self._shed_until:
+            self._drop(row, DROPPED, "stalled", _SHED, topic)
+
+    def _send_once(self, topic: bytes, header: bytes, payload: bytes) -> None:
+        """:meth:`forward`'s delivery: never waits, a full subscriber misses it."""
         row = self.stats.row(topic)
         row[PUBLISHED] += 1
         with contextlib.suppress(ProtocolError):  # durable and the broker's own are traced too

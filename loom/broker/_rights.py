@@ -328,13 +328,13 @@ class Acl:
         self.keys.setdefault(owner_key, OWNER)
         if LINK in model.identities:
             raise ValueError(f"identities.{LINK}: the name of the broker's own key (its link)")
+        self.denied = Rights("(nobody)", [])
+        """The rights of an identity the table does not know (none)."""
 
     def admit_link(self, key: bytes) -> None:
         """Know the broker's own public key as its federation link."""
         self.keys[key] = LINK
         self.rights[LINK] = Rights(LINK, None)
-        self.denied = Rights("(nobody)", [])
-        """The rights of an identity the table does not know (none)."""
 
     def of(self, identity: str) -> Rights:
         return self.rights.get(identity, self.denied)

@@ -184,9 +184,11 @@ class ToolRouter:
             relaxed = required and spec.get("approval") is not True
             if relaxed:  # once a tool needs approval, no worker can take that back
                 self._log.info("approval required here", tool=name, worker=worker.name)
-            entry.spec = {**spec, "approval": True} if relaxed else spec
-            self.spec_bytes += size - entry.size
-            entry.size = size
+            local = any(not s.worker.remote for s in entry.slots.values() if s.worker is not worker)
+            if not (remote and local):  # a local worker's spec is the one that holds
+                entry.spec = {**spec, "approval": True} if relaxed else spec
+                self.spec_bytes += size - entry.size
+                entry.size = size
             slot = worker.slots.get(name)
             if slot is None:
                 slot = worker.slots[name] = Slot(worker, name, capacity)
@@ -273,8 +275,11 @@ class ToolRouter:
         self.counts["calls"] += 1
         link = self.workers.get(client)
         local_only = link is not None and link.remote
-        if for_whom is not None and who == LINK and self.guard is not None:
-            who = for_whom  # the link calls for a remote identity: its rights apply
+        if who == LINK and self.guard is not None:  # the link calls for a remote caller
+            if for_whom is None or for_whom == LINK:
+                self._reply_fail(client, call_id, "DENIED", "the link calls for a caller only")
+                return
+            who = for_whom  # whose rights apply here
         if self.guard is not None:
             refused = self.guard.may_call(who, name)
             if refused is not None:

@@ -12,6 +12,7 @@ from conftest import make_header
 from loom.broker import SecuritySettings
 from loom.broker._rights import Rights, RightsModel
 from loom.broker._security import Guard
+from loom.errors import ConfigError
 from loom.keys import new_keypair
 from loom.logs import get_logger
 from loom.protocol import REPLY, REQUEST, decode_header
@@ -99,3 +100,22 @@ def test_a_banned_identity_loses_every_right_until_the_acl_is_reloaded(guard: Gu
     assert "local" not in guard.banned and admit(guard, b"any.x", "local") is not None
     assert guard.reload()
     assert admit(guard, b"own.x", "mallory", sender="m") is not None
+
+
+def test_the_brokers_own_key_is_its_link_and_no_acl_may_name_it(tmp_path: Path) -> None:
+    """The guard knows the broker's own key as the identity ``broker`` (its federation
+    link); an ACL naming an identity so is refused; an empty table denies strangers."""
+    from loom.broker._rights import LINK, Acl, load_acl
+    from loom.keys import load_keypair
+
+    guard = Guard(SecuritySettings(audit_log="off"), "b", get_logger("test"), tmp_path / "h")
+    assert guard.keypair is not None
+    assert guard.acl.keys[guard.keypair.public] == LINK
+    assert guard.rights(LINK).owner
+    assert not Acl(b"").of("stranger").may_publish(b"x")
+    new_keypair("other", tmp_path)
+    acl = tmp_path / "acl.toml"
+    acl.write_text('[identities.broker]\nkey_file = "other.key"\n')
+    owner = load_keypair(tmp_path / "other.key").public
+    with pytest.raises(ConfigError, match="broker"):
+        load_acl(acl, owner)

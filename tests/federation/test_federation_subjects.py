@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from loom.federation import prefix_subjects, subject_topic, tool_subject, topic_subject
+from loom.federation import (
+    pattern_subjects,
+    prefix_subjects,
+    subject_topic,
+    tool_subject,
+    topic_subject,
+)
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -62,3 +68,17 @@ def test_refused_subjects() -> None:
 
 def test_tool_names_are_subjects() -> None:
     assert tool_subject("loom.tool", "sample.add") == "loom.tool.sample.add"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subjects"),
+    [
+        ("orders.*", ["loom.dur.orders.*"]),
+        ("orders.**", ["loom.dur.orders", "loom.dur.orders.>"]),
+        ("**", ["loom.dur.>"]),
+        ("a.**.z", ["loom.dur.a", "loom.dur.a.>"]),  # wider: the link filters by pattern
+        ("a b.c", ["loom.dur.~YSBi.c"]),
+    ],
+)
+def test_a_pattern_is_covered_by_stream_filters(pattern: str, subjects: list[str]) -> None:
+    assert pattern_subjects("loom.dur", pattern) == subjects

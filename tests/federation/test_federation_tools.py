@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Proc, eventually, start_worker, until
-from federation_helpers import Cluster, federated, nats_cluster
+from conftest import Proc, broker_stats, eventually, start_worker, until
+from federation_helpers import Cluster, federated, nats_cluster, nats_node
+from msgpack import packb, unpackb
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
 
-from loom.errors import CallCancelledError, ToolFailedError, UnknownToolError
+from loom.errors import CallCancelledError, ToolFailedError, ToolTimeoutError, UnknownToolError
 from loom.session import ToolClient
 
-__all__ = ["nats_cluster"]  # the fixture, imported for pytest
+__all__ = ["nats_cluster", "nats_node"]  # the fixtures, imported for pytest
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,3 +67,134 @@ def test_a_tool_on_one_broker_is_called_from_another(
             await until(lambda: marker.read_text() == "cancelled", timeout=10)
 
     asyncio.run(body())
+
+
+def test_cancelled_and_timed_out_remote_calls_free_their_slots(
+    spawn: Callable[..., Proc], nats_node: Cluster, tmp_path: Path
+) -> None:
+    """A remote call cancelled, and one past its deadline, leave nothing running on
+    either broker: the directory shows no call in flight, and the tool serves again."""
+    a, _ = federated(spawn, "A", nats_node.urls)
+    c, _ = federated(spawn, "C", nats_node.urls)
+    start_worker(spawn, a, "tools-a")
+
+    async def in_flight(client: ToolClient, tool: str) -> int:
+        entry = await listed(client, tool)
+        return -1 if entry is None else int(entry.in_flight)
+
+    async def body() -> None:
+        async with await ToolClient.connect(c) as client, await ToolClient.connect(a) as local:
+            await eventually(lambda: listed(client, "sample.hold"), timeout=15)
+            marker = tmp_path / "m"
+            with pytest.raises(ToolTimeoutError):  # 0.5 s lease, no progress
+                await client.call("sample.hold", {"marker": str(marker), "seconds": 3})
+            call = asyncio.ensure_future(client.call("sample.wait_cancel", {"marker": str(marker)}))
+            await until(lambda: marker.exists() and marker.read_text() == "started", 10)
+            call.cancel()
+            with pytest.raises((asyncio.CancelledError, CallCancelledError)):
+                await call
+            for tool in ("sample.hold", "sample.wait_cancel"):
+                for where in (client, local):
+
+                    async def idle(w: ToolClient = where, t: str = tool) -> bool:
+                        return await in_flight(w, t) == 0
+
+                    await eventually(idle, timeout=10)
+            assert await client.call("sample.add", {"a": 1}) == 2
+
+    asyncio.run(body())
+
+
+def test_calls_from_nats_are_checked_before_they_run(
+    spawn: Callable[..., Proc], nats_node: Cluster
+) -> None:
+    """Anyone on NATS may send to a tool's subject: the link takes only a call to a tool
+    its broker exports, on that tool's own subject, for a named caller, and the broker
+    applies that caller's rights (the link's own identity is no caller)."""
+    a, _ = federated(spawn, "A", nats_node.urls)
+    start_worker(spawn, a, "tools-a")
+
+    async def body() -> None:
+        async with await ToolClient.connect(a) as client:
+            await eventually(lambda: listed(client, "sample.add"), timeout=15)
+        nc = NatsClient()
+        await nc.connect(servers=[nats_node.urls])
+        try:
+            await until_served(nc)
+            call = {"tool": "sample.add", "args": packb({"a": 1}), "timeout": 5.0, "trace": None}
+            cases = {
+                "as the link": {**call, "caller": "broker"},
+                "for a stranger": {**call, "caller": "nobody"},
+                "as the owner": {**call, "caller": "local"},
+            }
+            answers = {
+                name: await ask(nc, "loom.tool.sample.add", body) for name, body in cases.items()
+            }
+            assert answers["as the link"] == ("fail", "DENIED")
+            assert answers["for a stranger"] == ("fail", "DENIED")
+            assert answers["as the owner"] == ("result", 2)
+            misdirected = [
+                ("loom.tool.sample.add", {**call, "caller": None}),  # no caller
+                ("loom.tool.sample.add", {**call, "tool": "sample.boom", "caller": "local"}),
+                ("loom.tool.sample.add", {**call, "tool": "nope", "caller": "local"}),
+            ]
+            before = await link_dropped(a)
+            for subject, body in misdirected:
+                assert await ask(nc, subject, body, expect_none=True) is None
+
+            async def counted() -> bool:  # each was seen, and dropped as such
+                return await link_dropped(a) >= before + 3
+
+            await eventually(counted, timeout=10)
+        finally:
+            await nc.close()
+
+    asyncio.run(body())
+
+
+async def link_dropped(broker: str) -> int:
+    """What the broker's link has dropped so far (it reports every second)."""
+    stats = await asyncio.to_thread(broker_stats, broker)
+    return int(stats["federation"].get("link", {}).get("dropped", 0))
+
+
+async def until_served(nc: NatsClient) -> None:
+    """Until A's link takes calls to sample.add (its queue subscription is up): a
+    well-formed call, so that nothing is dropped on the way."""
+    call = {"tool": "sample.add", "args": packb({"a": 0}), "timeout": 5.0, "trace": None}
+
+    async def taken() -> bool:
+        try:
+            return await ask(nc, "loom.tool.sample.add", {**call, "caller": "local"}) is not None
+        except NoRespondersError:
+            return False
+
+    await eventually(taken, timeout=15)
+
+
+async def ask(
+    nc: NatsClient, subject: str, body: dict[str, Any], *, expect_none: bool = False
+) -> Any:
+    """Send one call as another broker's link would; its outcome: ``("result", value)``,
+    ``("fail", code)``, or None when it is not taken (no accept within 1 s)."""
+    inbox = nc.new_inbox()
+    answers: asyncio.Queue[Any] = asyncio.Queue()
+    sub = await nc.subscribe(inbox, cb=answers.put)
+    try:
+        await nc.publish(subject, packb(body), reply=inbox)
+        await nc.flush()
+        try:
+            msg = await asyncio.wait_for(answers.get(), 1.0 if expect_none else 10)
+        except TimeoutError:
+            return None
+        if (msg.headers or {}).get("Status") == "503":
+            raise NoRespondersError
+        assert unpackb(msg.data)[0] == "accept"
+        while True:
+            kind, data = unpackb((await asyncio.wait_for(answers.get(), 10)).data)
+            if kind == "result":
+                return ("result", unpackb(data))
+            if kind == "fail":
+                return ("fail", unpackb(data)["code"])
+    finally:
+        await sub.unsubscribe()
