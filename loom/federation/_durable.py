@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 from nats.errors import MaxPayloadError
@@ -24,11 +24,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.errors import BadRequestError, NotFoundError
 
 from loom.errors import ProtocolError
+from loom.federation._outbox import LinkCore
 from loom.federation._subjects import pattern_subjects, topic_subject
 from loom.protocol import FDELIVER, FDSUB, Pattern, decode_header
-
-if TYPE_CHECKING:
-    from loom.federation._link import Link
 
 __all__ = ["DURABLE_WINDOW", "DurableBridge"]
 
@@ -57,7 +55,7 @@ class _Consumer:
 class DurableBridge:
     """The link's JetStream side (see the module's description)."""
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: LinkCore) -> None:
         self.link = link
         root = link.settings.subject_prefix
         self._root = f"{root}.dur"

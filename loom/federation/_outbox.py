@@ -1,5 +1,6 @@
 """What the link's parts share: the bounded queue of what goes out to NATS, the
-counters, the background tasks."""
+counters, the background tasks, and the face the link shows its tool and JetStream
+parts (:class:`LinkCore`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ import asyncio
 from collections import deque
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["Counts", "Outbox", "Tasks"]
+from loom.config import FederationSettings
+
+if TYPE_CHECKING:
+    from loom.logs import DropCounter
+    from loom.session import Session
+
+__all__ = ["Counts", "LinkCore", "Outbox", "Tasks"]
 
 Message = tuple[str, bytes, str]
 """(subject, body, reply subject or "")."""
@@ -90,3 +97,23 @@ class Tasks:
             except (asyncio.CancelledError, Exception):
                 continue
         self._tasks.clear()
+
+
+class LinkCore(Protocol):
+    """What the link's tool and JetStream parts use of it."""
+
+    settings: FederationSettings
+    name: str
+    boot: str
+    log: Any
+    drops: DropCounter
+    counts: Counts
+    outbox: Outbox
+    tasks: Tasks
+    nc: Any
+    up: bool
+    events: Session | None
+
+    async def report(self) -> None: ...
+
+    def drop(self, reason: str, message: str) -> None: ...

@@ -23,6 +23,7 @@ import msgpack
 import msgspec
 
 from loom.errors import LoomError
+from loom.federation._outbox import LinkCore
 from loom.federation._subjects import encode_token, tool_subject
 from loom.protocol import (
     CALL,
@@ -44,7 +45,6 @@ from loom.protocol import (
 )
 
 if TYPE_CHECKING:
-    from loom.federation._link import Link
     from loom.session import Session
 
 __all__ = ["WORKER_NAME", "ToolBridge"]
@@ -85,7 +85,7 @@ class _Remote:
 class ToolBridge:
     """The link's tool side (see the module's description)."""
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: LinkCore) -> None:
         self.link = link
         root = link.settings.subject_prefix
         self._root = root
