@@ -9,6 +9,10 @@ to what someone here reads and nothing else. The link hands it remote events
 right to publish here, the import patterns, the deadline, the size) and delivers to
 local subscribers only: a remote event never goes out again (split horizon).
 
+Requests cross like any event; a reply crosses back only to a request that came from
+the federation (the broker remembers those), on the requester's inbox, where the
+requester's broker checks it as it checks a local reply.
+
 With ``durable = "jetstream"``, durable subscriptions are the link's to serve: a DSUB
 goes to it (``FDSUB``), it answers from the JetStream consumer of that name, and hands
 the broker each event for the subscriber (``FDELIVER``); the subscriber's DACKs go back
@@ -32,6 +36,7 @@ from loom.logs import DropCounter
 from loom.protocol import (
     DELIVER,
     DSUB,
+    ERROR,
     ERROR_COMMAND,
     FDACK,
     FDELIVER,
@@ -41,8 +46,11 @@ from loom.protocol import (
     FEVENT,
     INTEREST,
     MAX_TOPIC_BYTES,
+    REPLY,
+    REQUEST,
     Dack,
     Dsub,
+    Envelope,
     LinkState,
     Pattern,
     decode_header,
@@ -56,6 +64,8 @@ if TYPE_CHECKING:
 __all__ = ["FederationPlane"]
 
 Send = Callable[[bytes, list[bytes]], bool]
+MAX_REMOTE_REQUESTS = 100_000
+"""Requests from the federation remembered, so that their replies go back."""
 MAX_DECISIONS = 10_000
 """Topics whose export decision is remembered (past it, each is decided again)."""
 _STANDARD = b"standard"
@@ -127,6 +137,8 @@ class FederationPlane:
         self._exports = [Pattern(p) for p in settings.export]
         self._imports = [Pattern(p) for p in settings.import_]
         self._decided: dict[bytes, bool] = {}
+        self._remote_requests: dict[bytes, bytes] = {}
+        """Id of a request from the federation -> the topic its reply goes to."""
         self.held: set[bytes] = set()
         """Subscription prefixes local peers hold (``$`` topics left out)."""
         self._added: set[bytes] = set()
@@ -148,23 +160,27 @@ class FederationPlane:
 
     def export(self, topic: bytes, header: bytes, payload: bytes, qos: bytes) -> None:
         """Send a local event to the link if its topic is exported (the caller checked
-        that a link is attached). A link whose queue is full misses it, counted."""
-        if topic[:1] == b"$":  # inboxes, probes, the broker's own: never
+        that a link is attached); while the link's queue is full, events wait here (up
+        to ``HELD_BYTES``, then they are dropped, counted)."""
+        if topic[:1] == b"$":  # the broker's own, probes; a reply to a remote request
+            if self._remote_requests and topic[:7] == b"$inbox." and self._answers(topic, header):
+                self._out([FEVENT, qos, topic, header, payload])
             return
         exported = self._decided.get(topic)
         if exported is None:
             exported = self._decide(topic)
-        if not exported:
-            return
+        if exported:
+            self._out([FEVENT, qos, topic, header, payload])
+
+    def _out(self, frames: list[bytes]) -> None:
         assert self.link is not None
-        frames = [FEVENT, qos, topic, header, payload]
         if not self._held and self._offer(self.link, frames):
             self.counts["exported"] += 1
             return
-        size = len(topic) + len(header) + len(payload)
+        size = len(frames[2]) + len(frames[3]) + len(frames[4])
         if self._held_bytes + size > HELD_BYTES:
             self.counts["export_dropped"] += 1
-            self.drops.drop("federation", "the link is behind by 64 MiB", topic=topic.decode())
+            self.drops.drop("federation", "the link is behind by 64 MiB", topic=frames[2].decode())
             return
         self._held.append(frames)
         self._held_bytes += size
@@ -182,6 +198,16 @@ class FederationPlane:
             self.counts["exported"] += 1
         return bool(held)
 
+    def _answers(self, topic: bytes, header: bytes) -> bool:
+        """Whether an event on an inbox is the reply to a request from the federation."""
+        try:
+            env = decode_header(header)
+        except ProtocolError:
+            return False
+        if env.kind not in (REPLY, ERROR) or env.correlation_id is None:
+            return False
+        return self._remote_requests.pop(env.correlation_id, None) == topic
+
     def _decide(self, topic: bytes) -> bool:
         text = topic.decode()
         exported = any(p.matches(text) for p in self._exports)
@@ -193,8 +219,9 @@ class FederationPlane:
     # --- local interest --------------------------------------------------------------
 
     def interest(self, prefix: bytes, held: bool) -> None:
-        """A subscription prefix local peers now hold, or no longer hold."""
-        if prefix[:1] == b"$":
+        """A subscription prefix local peers now hold, or no longer hold (an inbox is
+        one: a reply from elsewhere comes to it)."""
+        if prefix[:1] == b"$" and not prefix.startswith(b"$inbox."):
             return
         if held:
             self.held.add(prefix)
@@ -297,6 +324,8 @@ class FederationPlane:
         problem = None
         if qos not in FEDERATION_QOS:
             problem = "an unknown quality of service"
+        elif text.startswith("$inbox."):
+            problem = self._unfit_reply(topic, env)
         elif text.startswith("$") or not any(p.matches(text) for p in self._imports):
             problem = "a topic this broker does not import"
         elif len(payload) > self._max_payload:
@@ -308,8 +337,32 @@ class FederationPlane:
         if problem is not None:
             self._refuse(problem, topic)
             return
+        if env.kind == REQUEST and env.reply_to is not None:
+            self._remember_request(env.id, env.reply_to)
         self.counts["imported"] += 1
         self._forward(topic, header, payload)
+
+    def _remember_request(self, mid: bytes, reply_to: str) -> None:
+        requests = self._remote_requests
+        if len(requests) >= MAX_REMOTE_REQUESTS:
+            del requests[next(iter(requests))]
+        requests[mid] = reply_to.encode()
+
+    def _unfit_reply(self, topic: bytes, env: Envelope) -> str | None:
+        """Why a reply from the federation may not go to this inbox (None: it may): it
+        must answer a request published here, on its reply topic, by an identity that
+        may answer that request's topic here."""
+        if env.kind not in (REPLY, ERROR):
+            return "an event on an inbox that is not a reply"
+        guard = self._guard
+        if guard is None:
+            return None
+        asked = guard.requests.get(env.correlation_id or b"")
+        if asked is None or asked[1] != topic:
+            return "a reply to no request of this broker's"
+        if env.origin is None or not guard.rights(env.origin).may_reply(asked[0]):
+            return guard.deny("reply", env.origin or "(none)", "to that request (federated)")
+        return None
 
     def _unfit(self, topic: bytes, origin: str | None) -> str | None:
         """Why the origin identity may not publish ``topic`` here (None: it may)."""

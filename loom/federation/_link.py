@@ -530,8 +530,8 @@ class Link:
         seen[mid] = None
         if len(seen) > SEEN_IDS:
             del seen[next(iter(seen))]
-        if not any(p.matches(text) for p in self._imports):
-            return
+        if not text.startswith("$inbox.") and not any(p.matches(text) for p in self._imports):
+            return  # (a reply to an inbox here: the broker checks it answers a request)
         assert self.events is not None
         frames = [FEVENT, _RELIABLE if reliable else _STANDARD, topic, header, payload]
         self.counts.imported += 1

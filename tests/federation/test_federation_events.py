@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 from conftest import Proc, broker_stats, eventually, until, wait_for
-from federation_helpers import Cluster, federated, link_subjects, nats_cluster
+from federation_helpers import Cluster, federated, link_subjects, nats_cluster, nats_node
 
-from loom import Actor, Event, on
+from loom import Actor, Event, RequestTimeoutError, on
 
-__all__ = ["nats_cluster"]  # the fixture, imported for pytest
+__all__ = ["nats_cluster", "nats_node"]  # the fixtures, imported for pytest
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -127,5 +127,41 @@ def test_a_link_subscribes_in_nats_to_what_its_peers_read(
             await reader.stop()
         await until(lambda: "loom.ev.fed.>" not in link_subjects(node, "C"), timeout=10)
         await sender.stop()
+
+    asyncio.run(body())
+
+
+def test_a_request_is_answered_by_an_actor_on_another_broker(
+    spawn: Callable[..., Proc], nats_node: Cluster
+) -> None:
+    """An actor on A requests ``svc.echo``; the one answering it is on B: the reply
+    comes back to A's requester (and only a reply to that request would)."""
+    a, _ = federated(spawn, "A", nats_node.urls)
+    b, _ = federated(spawn, "B", nats_node.urls)
+
+    class Echo(Actor):
+        @on("svc.echo")
+        async def echo(self, event: Event) -> dict[str, Any]:
+            return {"echo": event.data, "by": self.name}
+
+    async def body() -> None:
+        echo = Echo(name="echo", broker=b)
+        asker = Actor(name="asker", broker=a)
+        await echo.start()
+        await asker.start()
+        try:
+
+            async def answered() -> Any:
+                try:
+                    return await asker.request("svc.echo", "hi", timeout=0.5)
+                except RequestTimeoutError:
+                    return None
+
+            assert await eventually(answered, timeout=20) == {"echo": "hi", "by": "echo"}
+            for n in range(5):
+                assert await asker.request("svc.echo", n, timeout=5) == {"echo": n, "by": "echo"}
+        finally:
+            await asker.stop()
+            await echo.stop()
 
     asyncio.run(body())
