@@ -13,6 +13,7 @@ from typing import Any
 from loom._tables import format_table
 from loom.cli.settings import Settings, load_settings
 from loom.errors import ToolError
+from loom.protocol import FEDERATION_WORKER
 from loom.tools import Directory, ToolClient, Worker, configure_tools, load_tools
 
 
@@ -50,9 +51,16 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         "list",
         parents=[common],
         help="print the live actors, workers and tools",
-        epilog="example: loom list --json",
+        epilog="examples:\n  loom list --json\n  loom list --all   # and the tools other brokers"
+        " serve",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     listing.add_argument("--json", action="store_true", help="the directory as JSON")
+    listing.add_argument(
+        "--all",
+        action="store_true",
+        help="also the tools served by other brokers of the federation, and which serve them",
+    )
 
     call = commands.add_parser(
         "call",
@@ -87,12 +95,15 @@ def run_worker(args: argparse.Namespace, broker: str) -> int:
 async def list_mesh(args: argparse.Namespace, broker: str) -> int:
     async with await ToolClient.connect(broker, name="loom-list", timeout=args.timeout) as client:
         directory = await client.directory(args.timeout)
+    if not args.all:  # this broker's own: no tool served only elsewhere
+        tools = [t for t in directory.tools if any(w != FEDERATION_WORKER for w in t.workers)]
+        directory = directory.model_copy(update={"tools": tools})
     if args.json:
         print(json.dumps(directory.model_dump(by_alias=True), indent=2))
     else:
         if directory.insecure:
             print(INSECURE.format(broker=broker))
-        print(format_directory(directory))
+        print(format_directory(directory, everywhere=args.all))
     return 0
 
 
@@ -130,8 +141,11 @@ async def call_tool(args: argparse.Namespace, broker: str) -> int:
     return 0
 
 
-def format_directory(directory: Directory, now: float | None = None) -> str:
-    """The directory as three plain-text tables."""
+def format_directory(
+    directory: Directory, now: float | None = None, *, everywhere: bool = False
+) -> str:
+    """The directory as three plain-text tables; ``everywhere``: the tools say where
+    they are served (``here`` and the other brokers' names)."""
     now = time.time() if now is None else now
     actors = [
         (
@@ -162,17 +176,27 @@ def format_directory(directory: Directory, now: float | None = None) -> str:
             str(t.queued),
             str(t.calls),
             str(t.errors),
+            *([_served_at(t.workers, t.brokers)] if everywhere else []),
             (t.description.splitlines() or [""])[0][:60],
         )
         for t in directory.tools
     ]
+    where = ("SERVED AT",) if everywhere else ()
     return "\n\n".join(
         (
             _table(("ACTOR", "IDENTITY", "PID", "PATTERNS", "SEEN"), actors),
             _table(("WORKER", "PID", "TOOLS", "IN FLIGHT", "STATE", "SEEN"), workers),
-            _table(("TOOL", "WORKERS", "BUSY", "QUEUED", "CALLS", "ERRORS", "DESCRIPTION"), tools),
+            _table(
+                ("TOOL", "WORKERS", "BUSY", "QUEUED", "CALLS", "ERRORS", *where, "DESCRIPTION"),
+                tools,
+            ),
         )
     )
+
+
+def _served_at(workers: list[str], brokers: list[str]) -> str:
+    here = ["here"] if any(w != FEDERATION_WORKER for w in workers) else []
+    return ",".join([*here, *brokers]) or "-"
 
 
 def _patterns(live: list[str], durable: dict[str, list[str]]) -> str:

@@ -30,6 +30,7 @@ from loom.protocol import (
     CANCEL,
     DIRECTORY,
     FAIL,
+    FEDERATION_WORKER,
     MAX_CONCURRENCY,
     MAX_TOOLS,
     PROGRESS,
@@ -52,7 +53,7 @@ __all__ = ["WORKER_NAME", "ToolBridge"]
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
 QUEUE_GROUP = "loom"
-WORKER_NAME = "federation"
+WORKER_NAME = FEDERATION_WORKER
 """The link's worker name in its broker's directory."""
 MAX_BROKERS = 1000
 """Other brokers remembered at once (announcements from more are ignored)."""

@@ -52,6 +52,7 @@ __all__ = [
     "FDGONE",
     "FDSUB",
     "FEDERATION_QOS",
+    "FEDERATION_WORKER",
     "FEVENT",
     "HANDLER_BUCKETS",
     "HEARTBEAT",
@@ -189,6 +190,8 @@ FDACK = b"FDACK"
 FDGONE = b"FDGONE"
 """broker -> link ``{name}``: the subscriber is gone (its position stays in JetStream)."""
 FEDERATION_QOS = frozenset((b"standard", b"reliable"))
+FEDERATION_WORKER = "federation"
+"""The worker name a federation link serves other brokers' tools under."""
 
 # --- tool calls: [command, msgpack array meta, body] --------------------------------
 

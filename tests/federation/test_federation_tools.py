@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Proc, broker_stats, eventually, start_worker, until
+from conftest import Proc, broker_stats, eventually, loom_at, start_worker, until
 from federation_helpers import Cluster, federated, nats_cluster, nats_node
 from msgpack import packb, unpackb
 from nats.aio.client import Client as NatsClient
@@ -198,3 +198,28 @@ async def ask(
                 return ("fail", unpackb(data)["code"])
     finally:
         await sub.unsubscribe()
+
+
+def test_loom_list_all_shows_where_each_tool_is_served(
+    spawn: Callable[..., Proc], nats_node: Cluster
+) -> None:
+    """`loom list` on C shows C's own tools; `loom list --all` the ones A serves too,
+    with A named; on A, --all says ``here``."""
+    a, _ = federated(spawn, "A", nats_node.urls)
+    c, _ = federated(spawn, "C", nats_node.urls)
+    start_worker(spawn, a, "tools-a")
+
+    async def offered() -> bool:
+        async with await ToolClient.connect(c) as client:
+            return await listed(client, "sample.add") is not None
+
+    asyncio.run(eventually(offered, timeout=15))
+    everything = loom_at(c, "list", "--all")
+    assert everything.returncode == 0, everything.stderr
+    row = next(line for line in everything.stdout.splitlines() if line.startswith("sample.add "))
+    assert " A " in f" {row} " and "here" not in row
+    own = loom_at(c, "list")
+    assert "TOOLS: none" in own.stdout  # its workers table still shows the link's worker
+    at_a = loom_at(a, "list", "--all")
+    row = next(line for line in at_a.stdout.splitlines() if line.startswith("sample.add "))
+    assert " here " in f" {row} "
