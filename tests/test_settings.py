@@ -39,12 +39,32 @@ def test_the_shipped_desktop_file_writes_the_defaults_out() -> None:
     assert settings.timer["evening"].cron == "0 18 * * mon-fri"
 
 
+def test_the_shipped_federation_file_writes_the_defaults_out() -> None:
+    """configs/federation.toml: every key at its default, but the one server it names;
+    loom-broker reads it (its [federation] table) as loom federate does."""
+    from loom.cli.federate import federation_settings
+    from loom.config import FederationSettings
+
+    settings = federation_settings(ROOT / "configs" / "federation.toml", None)
+    assert settings.servers == ("nats://127.0.0.1:4222",)
+    assert settings.model_copy(update={"servers": ()}) == FederationSettings()
+    assert federation_settings(
+        ROOT / "configs" / "federation.toml", "nats://a:1,nats://b:2"
+    ).servers == (
+        "nats://a:1",
+        "nats://b:2",
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
         ("[desktop.hotkeys.keys]\na = 'ctrl+alt+nope'\n", "desktop.hotkeys.keys"),
         ("[desktop.timer.t]\nevery = 0\n", "desktop.timer.t.every"),
         ("[broker]\nhwm = -1\n", "broker.hwm"),
+        ("[federation]\nservers = ['http://x']\n", "federation.servers"),
+        ("[federation]\nexport = ['a.b*']\n", "federation.export"),
+        ("[federation]\ndurable = 'disk'\n", "federation.durable"),
         ("[broker]\nbogus = 1\n", "broker.bogus"),
         ("[log]\nlevel = 'loud'\n", "log.level"),
         ("[broker\n", "not valid TOML"),

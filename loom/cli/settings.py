@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from loom.broker import BrokerSettings, SecuritySettings
-from loom.config import LogSettings, Section, read_settings, validated
+from loom.config import FederationSettings, LogSettings, Section, read_settings, validated
 from loom.desktop import DesktopSettings
 from loom.errors import ConfigError, LLMConfigError
 from loom.mcp import McpSettings
@@ -50,6 +50,8 @@ class Settings(Section):
     """``[mcp.servers.NAME]``: MCP servers for ``loom mcp attach``."""
     desktop: DesktopSettings = DesktopSettings()
     """``[desktop]``: what ``loom desktop`` runs."""
+    federation: FederationSettings = FederationSettings()
+    """``[federation]``: how the broker joins others through NATS."""
 
     @field_validator("llm")
     @classmethod
