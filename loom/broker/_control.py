@@ -39,6 +39,7 @@ from loom.protocol import (
     FAIL,
     FDELIVER,
     FDSUB,
+    FEDERATION_WORKER,
     FEVENT,
     HEARTBEAT,
     HELLO,
@@ -514,8 +515,9 @@ class ControlPlane:
                 self._denied("serve", ", ".join(map(repr, refused[:10])), identity, body.rid)
                 return
         remote = any(t.brokers for t in body.tools)
-        if remote and guard is not None and self.who != LINK:
-            self._denied("serve", "tools of other brokers (only its link may)", identity, body.rid)
+        if guard is not None and self.who != LINK and (remote or body.name == FEDERATION_WORKER):
+            what = "tools of other brokers, or as its federation link's worker"
+            self._denied("serve", what, identity, body.rid)
             return
         error = self.tools.ready(identity, body, remote=remote)
         if error is not None:

@@ -289,6 +289,9 @@ class LinkChild:
             code = self._process.wait()
             if self._stopping.is_set():
                 return
+            if code == 2:  # settings it cannot use: again would not help
+                self._log.error("federation link failed: this broker stays local", code=code)
+                return
             self._log.warning("federation link exited: starting it again", code=code, after=delay)
             self._stopping.wait(delay)
             delay = min(delay * 2, 30.0)

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,21 @@ def federation_settings(config: Path | None, servers: str | None) -> FederationS
 
 
 def run_federate(args: argparse.Namespace, broker: str) -> int:
+    """Exit 2 for what starting again would not mend (the settings, a missing extra)."""
     try:
         from loom.federation import Link
     except ImportError as exc:
-        raise ConfigError(
-            f"the federation needs the federation extra ({exc}): pip install 'loom[federation]'"
-        ) from exc
-    settings = federation_settings(args.config, args.servers)
+        print(
+            f"loom federate: needs the federation extra ({exc}):"
+            " pip install 'loom-mesh[federation]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        settings = federation_settings(args.config, args.servers)
+    except ConfigError as exc:
+        print(f"loom federate: {exc}", file=sys.stderr)
+        return 2
     key = os.environ.get("LOOM_KEY") or None
     link = Link(broker, settings, name=args.name, key=key)
     asyncio.run(serve_until_signalled(link.start, link.stop))

@@ -195,6 +195,8 @@ class DurableBridge:
         if self._wanted.get(name) != peer:  # gone, or taken over, meanwhile
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            message = f"durable subscription {name!r} moved to another peer meanwhile"
+            self._answer({"req": req, "code": "NO_STORE", "message": message})
             return
         acked = info.ack_floor.stream_seq if info.ack_floor is not None else 0
         self._answer({"req": req, "acked": acked, "last_seq": stream.state.last_seq})

@@ -7,14 +7,16 @@ every 127.x address reaches this host, so a peer that dials 127.0.0.1 and is tol
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Proc, start_broker, until
+from conftest import LOOM, SAMPLE_TOOLS, Proc, start_broker, until
 
 from loom import Actor
 from loom.protocol import HELLO, VERSION
@@ -87,3 +89,41 @@ def test_an_advertised_host_is_a_host_name_or_address(bad: str) -> None:
     )
     assert refused.returncode == 2
     assert "advertise" in refused.stderr
+
+
+def test_a_worker_and_a_client_elsewhere_join_with_keys_of_their_own(
+    spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """Another host holds only alice's secret key and the broker's public key (a Loom
+    home of its own, empty): its worker and its client reach the broker over TCP at the
+    host it advertises, as alice, with alice's rights (she may serve and call sample.*,
+    and read nothing else)."""
+    from loom.keys import key_dir, new_keypair
+
+    alice = new_keypair("alice", tmp_path)
+    acl = tmp_path / "acl.toml"
+    acl.write_text(
+        '[identities.alice]\nkey_file = "alice.key"\nserve = ["sample.*"]\ncall = ["sample.*"]\n'
+        'read = ["directory"]\n'
+    )
+    port = _port()
+    start_broker(spawn, f"tcp://0.0.0.0:{port}", "--advertise", "127.0.0.2", "--acl", str(acl))
+    elsewhere = {
+        "LOOM_HOME": str(tmp_path / "other-host"),
+        "LOOM_KEY": str(alice.path),
+        "LOOM_BROKER_KEY": str(key_dir() / "broker.key"),
+    }
+    control = f"tcp://127.0.0.2:{port}"
+    worker = spawn(*LOOM, "worker", SAMPLE_TOOLS, "--broker", control, env=elsewhere)
+    worker.wait_line("worker ready", timeout=15)
+    done = subprocess.run(
+        [*LOOM, "call", "sample.add", '{"a": 20, "b": 22}', "--broker", control],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, **elsewhere},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "42"
+    assert not (tmp_path / "other-host" / "keys" / "local.key_secret").exists()

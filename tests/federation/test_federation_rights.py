@@ -4,13 +4,23 @@ event and call, and the receiving broker applies its own ACL to it."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nkeys
 import pytest
-from conftest import Proc, broker_stats, eventually, start_worker, wait_for
-from federation_helpers import Cluster, federated, nats_node
+from conftest import (
+    Proc,
+    broker_stats,
+    eventually,
+    free_tcp_endpoint,
+    start_broker,
+    start_worker,
+    wait_for,
+)
+from federation_helpers import NATS_SERVER, Cluster, federated, nats_node
 
 from loom import Actor, Event, on
 from loom.errors import ToolDeniedError
@@ -103,3 +113,53 @@ def test_the_receiving_broker_applies_its_rights_to_the_origin(
 async def listed(client: ToolClient, tool: str) -> Any:
     directory = await client.directory()
     return any(t.name == tool for t in directory.tools)
+
+
+def test_each_broker_joins_nats_with_credentials_of_its_own(
+    spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """A NATS server that admits two NKey users: brokers A and B, each given its own
+    seed, federate (an event crosses); a broker without one never joins."""
+    seeds = {}
+    users = []
+    for name in ("A", "B"):
+        seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+        users.append(nkeys.from_seed(bytearray(seed)).public_key.decode())
+        seeds[name] = tmp_path / f"{name}.nk"
+        seeds[name].write_bytes(seed + b"\n")
+        seeds[name].chmod(0o600)
+    port = int(free_tcp_endpoint().rpartition(":")[2])
+    config = tmp_path / "nats.conf"
+    nkeys_list = ", ".join(f'{{nkey: "{u}"}}' for u in users)
+    config.write_text(f"port: {port}\nauthorization {{ users = [{nkeys_list}] }}\n")
+    spawn(NATS_SERVER, "-c", str(config)).wait_line("Server is ready", timeout=20)
+    url = f"nats://127.0.0.1:{port}"
+    endpoints = {}
+    for name, seed_file in seeds.items():
+        settings = tmp_path / f"{name}.toml"
+        settings.write_text(f'[federation]\nnkey = "{seed_file}"\n')
+        endpoints[name], _ = federated(spawn, name, url, "--config", str(settings))
+    stranger = free_tcp_endpoint()
+    proc = start_broker(spawn, stranger, "--name", "C", "--federate", url)
+
+    async def body() -> None:
+        sender = Actor(name="sender", broker=endpoints["A"])
+        reader = Recorder("reader", endpoints["B"])
+        await sender.start()
+        await reader.start()
+        try:
+
+            async def through() -> bool:
+                await sender.emit("fed.ok", 1)
+                await asyncio.sleep(0.05)
+                return bool(reader.got)
+
+            await eventually(through, timeout=20)
+        finally:
+            await reader.stop()
+            await sender.stop()
+
+    asyncio.run(body())
+    proc.wait_line("Authorization Violation", timeout=20)  # NATS refused C's link
+    assert broker_stats(stranger)["federation"]["state"] != "up"
+    assert not any("federation up" in line for line in proc.lines)
