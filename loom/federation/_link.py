@@ -321,7 +321,8 @@ class Link:
         if self.up:
             self.up = False
             self._server = ""
-            self.log.warning("federation down: NATS unreachable, this broker is local only")
+            if not self._stopping:
+                self.log.warning("federation down: NATS unreachable, this broker is local only")
             await self.report()
 
     async def _on_reconnected(self) -> None:
