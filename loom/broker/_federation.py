@@ -315,12 +315,10 @@ class FederationPlane:
             self._refuse(f"FEVENT with {len(frames) + 1} frames", b"")
             return
         qos, topic, header, payload = frames
-        try:
-            text = decode_topic(topic)
-            env = decode_header(header)
-        except ProtocolError as exc:
-            self._refuse(str(exc), topic[:MAX_TOPIC_BYTES])
+        read = self._read(topic, header)
+        if read is None:
             return
+        text, env = read
         problem = None
         if qos not in FEDERATION_QOS:
             problem = "an unknown quality of service"
@@ -341,6 +339,15 @@ class FederationPlane:
             self._remember_request(env.id, env.reply_to)
         self.counts["imported"] += 1
         self._forward(topic, header, payload)
+
+    def _read(self, topic: bytes, header: bytes) -> tuple[str, Envelope] | None:
+        """The topic and the header of an event from the link, checked (None, counted:
+        not readable)."""
+        try:
+            return decode_topic(topic), decode_header(header)
+        except ProtocolError as exc:
+            self._refuse(str(exc), topic[:MAX_TOPIC_BYTES])
+            return None
 
     def _remember_request(self, mid: bytes, reply_to: str) -> None:
         requests = self._remote_requests
@@ -448,12 +455,10 @@ class FederationPlane:
         if held is None or held[0].hex() != peer:
             return  # gone, or taken over: JetStream delivers it again to the next one
         topic, header, payload = frames
-        try:
-            text = decode_topic(topic)
-            env = decode_header(header)
-        except ProtocolError as exc:
-            self._refuse(str(exc), topic[:MAX_TOPIC_BYTES])
+        read = self._read(topic, header)
+        if read is None:
             return
+        text, env = read
         problem = None
         if not any(p.matches(text) for p in self._compiled.get(name, ())):
             problem = "a durable event outside its subscription's patterns"

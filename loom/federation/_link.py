@@ -303,14 +303,11 @@ class Link:
         self.up = True
         self._server = str(nc.connected_url.netloc) if nc.connected_url else ""
         self.log.info("federation up", server=self._server)
-        while self._backlog:  # kept while down: out first, in order
-            subject, body = self._backlog.popleft()
-            if not self.outbox.put(subject, body):
-                self.drop("outbox", "the backlog is larger than the queue to NATS")
-                continue
+        backlog, self._backlog = self._backlog, deque()
+        self.outbox.put_all((subject, body, "") for subject, body in backlog)  # in order
+        for subject, body in backlog:
             self._remember(subject, body)  # a peer back later than us asks for them
         self._backlog_standard = self._backlog_bytes = self._reliable_bytes = 0
-        self.outbox.wake.set()
         if self.durable is not None:
             self.durable.up()
         await self.report()

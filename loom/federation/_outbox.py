@@ -42,6 +42,14 @@ class Outbox:
         self.wake.set()
         return True
 
+    def put_all(self, messages: Iterable[Message]) -> None:
+        """Queue ``messages`` after everything waiting, whatever the bound (the backlog
+        kept while NATS was down: it has bounds of its own)."""
+        for message in messages:
+            self.items.append(message)
+            self.bytes += len(message[1])
+        self.wake.set()
+
     def put_first(self, messages: Iterable[Message]) -> None:
         """Queue ``messages`` before everything waiting, in their order (events sent
         again: the resend ring bounds them)."""

@@ -3,16 +3,19 @@ federation tests."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import sys
+import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import Proc, free_tcp_endpoint, start_broker, wait_for
+from conftest import Proc, eventually, free_tcp_endpoint, start_broker, wait_for
 
 NATS_SERVER = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
 
@@ -130,3 +133,32 @@ def link_node(cluster: Cluster, broker: str) -> Node:
         return None
 
     return wait_for(found, timeout=10)  # type: ignore[no-any-return]
+
+
+async def until_heard(
+    send: Callable[[], Awaitable[Any]], heard: Callable[[], bool], timeout: float = 20.0
+) -> None:
+    """Send again until ``heard()``: a link's NATS subscriptions take a moment to cross
+    the cluster, and what is published before that goes nowhere."""
+
+    async def probe() -> bool:
+        await send()
+        await asyncio.sleep(0.05)  # the poll's interval
+        return heard()
+
+    await eventually(probe, timeout=timeout)
+
+
+async def settled(count: Callable[[], int], quiet: float = 0.5, timeout: float = 30.0) -> int:
+    """``count()`` once it has not changed for ``quiet`` seconds (within ``timeout``):
+    what was still on its way has come."""
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(quiet / 5)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    raise AssertionError(f"still changing after {timeout}s: {last}")

@@ -5,13 +5,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Proc, broker_stats, eventually, until, wait_for
-from federation_helpers import Cluster, federated, link_subjects, nats_cluster, nats_node
+from conftest import (
+    Proc,
+    broker_stats,
+    eventually,
+    free_tcp_endpoint,
+    start_worker,
+    until,
+    wait_for,
+)
+from federation_helpers import (
+    NATS_SERVER,
+    Cluster,
+    federated,
+    link_subjects,
+    nats_cluster,
+    nats_node,
+    settled,
+    until_heard,
+)
 
 from loom import Actor, Event, RequestTimeoutError, on
+from loom.session import ToolClient
 
 __all__ = ["nats_cluster", "nats_node"]  # the fixtures, imported for pytest
 
@@ -52,8 +71,7 @@ def test_events_reach_every_broker_once_and_never_echo(
                 for i in range(20):
                     await actor.emit(f"fed.{name}", i)
             await until(lambda: all(len(a.got) >= 60 for a in actors.values()), timeout=20)
-            await asyncio.sleep(0)  # nothing else may come
-            for actor in actors.values():
+            for actor in actors.values():  # nothing more comes: no copy, no echo
                 assert await settled(lambda a=actor: len(a.got)) == 60
                 by_topic = {t: [d for tt, d, _, _ in actor.got if tt == t] for t in ("fed.A",)}
                 assert by_topic["fed.A"] == list(range(20))  # in order, once each
@@ -73,28 +91,19 @@ async def warm_up(actors: dict[str, Recorder]) -> None:
     """Until each actor has heard every broker (its own included): every link then holds
     its NATS subscriptions, across the cluster. Then forget what was heard."""
 
-    async def heard_all() -> bool:
+    async def hello() -> None:
         for name, actor in actors.items():
             await actor.emit("fed.hello", name)
-        await asyncio.sleep(0.1)
+
+    def heard_all() -> bool:
         return all(
             {d for t, d, _, _ in a.got if t == "fed.hello"} >= set(actors) for a in actors.values()
         )
 
-    await eventually(heard_all, timeout=20)
+    await until_heard(hello, heard_all)
     await settled(lambda: sum(len(a.got) for a in actors.values()), quiet=0.3)
     for actor in actors.values():
         actor.got.clear()
-
-
-async def settled(count: Callable[[], int], quiet: float = 0.5) -> int:
-    """The count once it has not changed for ``quiet`` seconds."""
-    last = count()
-    while True:
-        await asyncio.sleep(quiet)
-        if count() == last:
-            return last
-        last = count()
 
 
 def test_a_link_subscribes_in_nats_to_what_its_peers_read(
@@ -117,12 +126,7 @@ def test_a_link_subscribes_in_nats_to_what_its_peers_read(
         try:
             await until(lambda: "loom.ev.fed.>" in link_subjects(node, "C"), timeout=10)
 
-            async def arrived() -> bool:
-                await sender.emit("fed.x", 1)
-                await asyncio.sleep(0.05)
-                return bool(reader.got)
-
-            await eventually(arrived, timeout=10)
+            await until_heard(lambda: sender.emit("fed.x", 1), lambda: bool(reader.got))
         finally:
             await reader.stop()
         await until(lambda: "loom.ev.fed.>" not in link_subjects(node, "C"), timeout=10)
@@ -163,5 +167,49 @@ def test_a_request_is_answered_by_an_actor_on_another_broker(
         finally:
             await asker.stop()
             await echo.stop()
+
+    asyncio.run(body())
+
+
+def test_hub_and_leaf_carry_events_and_calls(spawn: Callable[..., Proc], tmp_path: Path) -> None:
+    """docs/federation.md's hub and leaves: broker A federates to a hub server, broker B
+    to a NATS leaf node of that hub (its own local server, as on a machine that cannot
+    reach the hub itself): events and tool calls cross both ways, the link none the
+    wiser."""
+    hub_port, leaf_port, leaf_listen = (
+        int(free_tcp_endpoint().rpartition(":")[2]) for _ in range(3)
+    )
+    hub = tmp_path / "hub.conf"
+    hub.write_text(f"port: {hub_port}\nleafnodes {{ port: {leaf_listen} }}\n")
+    leaf = tmp_path / "leaf.conf"
+    leaf.write_text(
+        f"port: {leaf_port}\n"
+        f'leafnodes {{ remotes: [ {{ url: "nats-leaf://127.0.0.1:{leaf_listen}" }} ] }}\n'
+    )
+    spawn(NATS_SERVER, "-c", str(hub)).wait_line("Server is ready", timeout=20)
+    leaf_proc = spawn(NATS_SERVER, "-c", str(leaf))
+    leaf_proc.wait_line("Server is ready", timeout=20)
+    leaf_proc.wait_line("Leafnode connection created", timeout=20)
+    a, _ = federated(spawn, "A", f"nats://127.0.0.1:{hub_port}")
+    b, _ = federated(spawn, "B", f"nats://127.0.0.1:{leaf_port}")
+    start_worker(spawn, a, "tools-a")
+
+    async def body() -> None:
+        sender = Actor(name="sender", broker=a)
+        reader = Recorder("reader", b)
+        await sender.start()
+        await reader.start()
+        try:
+            await until_heard(lambda: sender.emit("fed.leaf", 1), lambda: bool(reader.got))
+            async with await ToolClient.connect(b) as client:
+
+                async def served() -> bool:
+                    return (await client.directory()).tool("sample.add") is not None
+
+                await eventually(served, timeout=15)
+                assert await client.call("sample.add", {"a": 1, "b": 2}) == 3
+        finally:
+            await reader.stop()
+            await sender.stop()
 
     asyncio.run(body())

@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 from conftest import Proc, broker_stats, eventually, start_worker, until, wait_for
-from federation_helpers import Cluster, federated, link_node, nats_cluster, nats_node
+from federation_helpers import (
+    Cluster,
+    federated,
+    link_node,
+    nats_cluster,
+    nats_node,
+    settled,
+    until_heard,
+)
 
 from loom import Actor, Event, on
 from loom.session import ToolClient
@@ -51,14 +59,8 @@ def test_a_nats_node_killed_mid_stream_loses_and_repeats_nothing(
         reader = Numbers("reader", b)
         await reader.start()
         try:
-
-            async def warm() -> bool:
-                await sender.emit("seq.warm", -1)
-                await asyncio.sleep(0.05)
-                return -1 in reader.got
-
-            await eventually(warm, timeout=20)
-            await asyncio.sleep(0.3)
+            await until_heard(lambda: sender.emit("seq.warm", -1), lambda: -1 in reader.got)
+            await settled(lambda: len(reader.got), quiet=0.3)
             reader.got.clear()
             victim = link_node(nats_cluster, "A" if side == "publisher" else "B")
             for i in range(total):
@@ -67,7 +69,7 @@ def test_a_nats_node_killed_mid_stream_loses_and_repeats_nothing(
                     nats_cluster.kill(victim)
                 await asyncio.sleep(0.002)
             await until(lambda: len(set(reader.got)) >= total, timeout=30)
-            await asyncio.sleep(1.0)  # copies still in flight would come now
+            await settled(lambda: len(reader.got), quiet=1.0)  # copies in flight come now
             assert sorted(reader.got) == list(range(total))  # each once
         finally:
             await reader.stop()
@@ -159,14 +161,8 @@ def test_losing_nats_leaves_each_broker_local_and_keeps_a_bounded_backlog(
         for actor in (local, remote):
             await actor.start()
         try:
-
-            async def through() -> bool:
-                await local.emit("out.warm", 0)
-                await asyncio.sleep(0.05)
-                return bool(remote.got)
-
-            await eventually(through, timeout=20)
-            await asyncio.sleep(0.3)
+            await until_heard(lambda: local.emit("out.warm", 0), lambda: bool(remote.got))
+            await settled(lambda: len(remote.got), quiet=0.3)
             remote.got.clear()
             local.got.clear()
             nats_cluster_kill(nats_node)
@@ -181,7 +177,7 @@ def test_losing_nats_leaves_each_broker_local_and_keeps_a_bounded_backlog(
             nats_node.start(node)
             await until(lambda: local.states[-1:] == ["up"] == remote.states[-1:], 20)
             await until(lambda: len(remote.got) >= 8, 20)
-            await asyncio.sleep(1.0)  # anything more would come now
+            await settled(lambda: len(remote.got), quiet=1.0)  # anything more comes now
             kept = [("out.std", n) for n in range(5)] + [("out.rel", n) for n in range(3)]
             assert sorted(remote.got) == sorted(kept)
         finally:

@@ -18,9 +18,10 @@ from conftest import (
     free_tcp_endpoint,
     start_broker,
     start_worker,
+    until,
     wait_for,
 )
-from federation_helpers import NATS_SERVER, Cluster, federated, nats_node
+from federation_helpers import NATS_SERVER, Cluster, federated, nats_node, until_heard
 
 from loom import Actor, Event, on
 from loom.errors import ToolDeniedError
@@ -80,19 +81,11 @@ def test_the_receiving_broker_applies_its_rights_to_the_origin(
         reader = Recorder("reader", b)
         await reader.start()
         try:
-
-            async def through() -> bool:
-                await mallory.emit("fed.ok", 1)
-                await asyncio.sleep(0.05)
-                return bool(reader.got)
-
-            await eventually(through, timeout=20)
+            await until_heard(lambda: mallory.emit("fed.ok", 1), lambda: bool(reader.got))
             await mallory.emit("fed.no", 2)
             await mallory.emit("fed.ok", 3)
-            await eventually(
-                lambda: asyncio.sleep(0.05, reader.got.count(("fed.ok", "mallory")) >= 2)
-            )
-            assert ("fed.no", "mallory") not in reader.got
+            await until(lambda: reader.got.count(("fed.ok", "mallory")) >= 2)
+            assert ("fed.no", "mallory") not in reader.got  # it went before fed.ok 3
             assert {origin for _, origin in reader.got} == {"mallory"}
             async with await ToolClient.connect(a) as owner:  # the owner may, on both
                 await eventually(lambda: listed(owner, "sample.add"), timeout=15)
@@ -148,13 +141,7 @@ def test_each_broker_joins_nats_with_credentials_of_its_own(
         await sender.start()
         await reader.start()
         try:
-
-            async def through() -> bool:
-                await sender.emit("fed.ok", 1)
-                await asyncio.sleep(0.05)
-                return bool(reader.got)
-
-            await eventually(through, timeout=20)
+            await until_heard(lambda: sender.emit("fed.ok", 1), lambda: bool(reader.got))
         finally:
             await reader.stop()
             await sender.stop()

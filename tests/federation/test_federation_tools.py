@@ -223,3 +223,31 @@ def test_loom_list_all_shows_where_each_tool_is_served(
     at_a = loom_at(a, "list", "--all")
     row = next(line for line in at_a.stdout.splitlines() if line.startswith("sample.add "))
     assert " here " in f" {row} "
+
+
+def test_a_local_worker_is_preferred_to_the_federation(
+    spawn: Callable[..., Proc], nats_node: Cluster
+) -> None:
+    """sample.whoami is served on A and on C: a call on C goes to C's own worker while
+    it is free (its pid answers), and once it is gone, to A's through NATS."""
+    a, _ = federated(spawn, "A", nats_node.urls)
+    c, _ = federated(spawn, "C", nats_node.urls)
+    worker_a = start_worker(spawn, a, "tools-a")
+    worker_c = start_worker(spawn, c, "tools-c")
+
+    async def served_by(client: ToolClient, brokers: list[str], local: bool) -> bool:
+        entry = await listed(client, "sample.whoami")
+        return (
+            entry is not None and entry.brokers == brokers and ("tools-c" in entry.workers) == local
+        )
+
+    async def body() -> None:
+        async with await ToolClient.connect(c) as client:
+            await eventually(lambda: served_by(client, ["A"], True), timeout=15)
+            for _ in range(5):
+                assert await client.call("sample.whoami") == worker_c.pid
+            worker_c.stop()
+            await eventually(lambda: served_by(client, ["A"], False), timeout=15)
+            assert await client.call("sample.whoami") == worker_a.pid
+
+    asyncio.run(body())
