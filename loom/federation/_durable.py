@@ -6,6 +6,11 @@ A durable subscription is a consumer of that stream named after the subscription
 (``loom-`` and a hash of the name), acknowledged cumulatively: wherever its subscriber
 connects, the consumer knows where it stopped. The consumer's metadata names the
 identity that made it; another identity may not take it over.
+
+A broker logs reliable events whether or not its link is attached (at its start, while
+the link restarts). Each time the link joins its broker it reads back the events the
+broker logged in the last ``CATCH_UP`` seconds and stores them: JetStream drops the ones
+it has (the same id within its duplicate window, which is longer).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +29,10 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from loom.errors import ProtocolError
+from loom.errors import LoomError, ProtocolError, RefusedError
 from loom.federation._outbox import LinkCore
 from loom.federation._subjects import pattern_subjects, topic_subject
-from loom.protocol import FDELIVER, FDSUB, Pattern, decode_header
+from loom.protocol import FDELIVER, FDSUB, REPLAY, Pattern, ReplayAnswer, decode_header
 
 __all__ = ["DURABLE_WINDOW", "DurableBridge"]
 
@@ -37,6 +43,12 @@ DURABLE_WINDOW = 1000
 the broker tells the subscriber the same)."""
 MAX_CONSUMERS = 10_000
 OWNER_KEY = "loom-owner"
+DUPLICATE_WINDOW = 120.0
+"""Seconds JetStream remembers an event id (the stream's ``duplicate_window``)."""
+CATCH_UP = 110.0
+"""Seconds of the broker's log the link stores again when it joins its broker."""
+CATCH_UP_RECORDS = 100_000
+"""Log records read back at most, the latest."""
 
 
 @dataclass
@@ -88,7 +100,7 @@ class DurableBridge:
             max_age=settings.stream_max_age or None,
             max_bytes=settings.stream_max_bytes,
             storage=StorageType.FILE,
-            duplicate_window=120.0,
+            duplicate_window=DUPLICATE_WINDOW,
         )
         delay = 0.2
         while True:
@@ -139,6 +151,51 @@ class DurableBridge:
                     break
                 out.popleft()
                 self._out_bytes -= len(body)
+
+    async def catch_up(self) -> None:
+        """Store the reliable events on exported topics the broker logged in the last
+        ``CATCH_UP`` seconds (some may have been logged while no link was attached)."""
+        events = self.link.events
+        assert events is not None
+        exports = [Pattern(p) for p in self.link.settings.export]
+        since_time = time.time() - CATCH_UP
+        kept = 0
+        try:
+            last = (await self._replay({"since": 2**62, "limit": 1})).last_seq
+            after = max(0, last - CATCH_UP_RECORDS)
+            while after < last:
+                answer = await self._replay({"since": after, "since_time": since_time})
+                for _, _, topic, header, payload in answer.events:
+                    text = topic.decode(errors="replace")
+                    if not text.startswith("$") and any(p.matches(text) for p in exports):
+                        body = _packb((topic, header, payload, self.link.name, True))
+                        self.keep(topic, header, body)
+                        kept += 1
+                if answer.next <= after:
+                    break
+                after = answer.next
+        except RefusedError as exc:
+            if exc.code != "NO_STORE":  # a broker without a log has nothing to catch up
+                self.link.drops.drop("catch_up", f"the broker's log not read: {exc}")
+            return
+        except LoomError as exc:
+            self.link.drops.drop("catch_up", f"the broker's log not read: {exc}")
+            return
+        self.link.log.info("reliable events stored again", events=kept)
+
+    async def _replay(self, body: dict[str, object]) -> ReplayAnswer:
+        """One REPLAY page (asked again while the broker says BUSY)."""
+        events = self.link.events
+        assert events is not None
+        while True:
+            try:
+                return await events.request(
+                    REPLAY, {"pattern": "**", **body}, ReplayAnswer, timeout=10.0
+                )
+            except RefusedError as exc:
+                if exc.code != "BUSY":
+                    raise
+                await asyncio.sleep(0.1)
 
     # --- durable subscriptions ---------------------------------------------------------
 

@@ -170,6 +170,8 @@ class Link:
             events.streams[FDACK] = self.durable.on_ack
             events.streams[FDGONE] = self.durable.on_gone
         events.restored_hooks.append(self.report)
+        if self.durable is not None:  # the broker (re)started: what it logged meanwhile
+            events.restored_hooks.append(self._catch_up)
         worker = Session(
             self.broker, self._context, name=WORKER_NAME, role="worker", log=self.log, key=self._key
         )
@@ -191,6 +193,7 @@ class Link:
             self.tasks.spawn(work)
         if self.durable is not None:
             self.tasks.spawn(self.durable.store())
+            await self._catch_up()
         self.log.info("federation link started", servers=list(self.settings.servers))
 
     async def stop(self) -> None:
@@ -212,6 +215,10 @@ class Link:
             self._context.term()
             self._context = None
         self.log.info("federation link stopped", **self.stats())
+
+    async def _catch_up(self) -> None:
+        assert self.durable is not None
+        self.tasks.spawn(self.durable.catch_up())
 
     def stats(self) -> dict[str, Any]:
         """The link's counters."""

@@ -10,14 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
-from conftest import Proc, eventually, until
-from federation_helpers import Cluster, federated, nats_cluster
+from conftest import Proc, broker_stats, eventually, until
+from federation_helpers import Cluster, federated, nats_cluster, nats_node, settled
 from nats.aio.client import Client as NatsClient
 
 from loom import Actor, Event, on
 
-__all__ = ["nats_cluster"]  # the fixture, imported for pytest
+__all__ = ["nats_cluster", "nats_node"]  # the fixtures, imported for pytest
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -104,3 +105,50 @@ def test_a_durable_subscriber_resumes_on_another_broker(
 
 async def floor_at_least(servers: str, seq: int) -> bool:
     return await ack_floor(servers, "billing") >= seq
+
+
+def test_reliable_events_logged_while_the_link_is_away_reach_jetstream(
+    spawn: Callable[..., Proc], nats_node: Cluster, tmp_path: Path
+) -> None:
+    """A's link is killed: A goes on logging reliable events, which no link takes. The
+    broker starts its link again, which stores what A logged meanwhile: billing, on B,
+    gets every order once."""
+    config = tmp_path / "loom.toml"
+    config.write_text('[federation]\ndurable = "jetstream"\n')
+    url = nats_node.urls
+    a, broker_a = federated(
+        spawn, "A", url, "--config", str(config), "--data-dir", str(tmp_path / "data")
+    )
+    b, _ = federated(spawn, "B", url, "--config", str(config))
+
+    def link_of(broker: Proc) -> psutil.Process | None:
+        children = psutil.Process(broker.pid).children()
+        return next((c for c in children if "federate" in c.cmdline()), None)
+
+    async def body() -> None:
+        shop = Actor(name="shop", broker=a)
+        await shop.start()
+        billing = Billing(b)
+        await billing.start()
+        try:
+            await shop.emit("orders.new", 0, qos="reliable")
+            await until(lambda: len(billing.got) >= 1, timeout=20)
+            link = link_of(broker_a)
+            assert link is not None
+            link.kill()
+            await eventually(lambda: detached(a), timeout=10)
+            for n in range(1, 11):  # logged by A, taken by no link
+                await shop.emit("orders.new", n, qos="reliable")
+            await until(lambda: len(billing.got) >= 11, timeout=30)
+            await settled(lambda: len(billing.got), quiet=1.0)
+        finally:
+            await billing.stop()
+            await shop.stop()
+        assert billing.got == [(n, "local") for n in range(11)]
+
+    asyncio.run(body())
+
+
+async def detached(broker: str) -> bool:
+    stats = await asyncio.to_thread(broker_stats, broker)
+    return bool(stats["federation"]["state"] == "detached")
