@@ -188,6 +188,7 @@ class Broker:
             send=peers.send,
             offer=peers.offer,
             forward=self._deliver,
+            subscriptions=self._subscriptions,
             publish=self._system_event,
             max_payload=settings.max_payload,
             log=log,
@@ -353,6 +354,10 @@ class Broker:
     def _deliver(self, topic: bytes, header: bytes, payload: bytes) -> None:
         assert self.proxy is not None
         self.proxy.deliver(topic, header, payload)
+
+    def _subscriptions(self) -> set[bytes]:
+        assert self.proxy is not None
+        return self.proxy.subscriptions
 
     def _internal_error(self, exc: Exception) -> None:
         """A bug surfaced in the loop: count it, log it (rate-limited, with its

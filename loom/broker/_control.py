@@ -519,7 +519,7 @@ class ControlPlane:
             what = "tools of other brokers, or as its federation link's worker"
             self._denied("serve", what, identity, body.rid)
             return
-        error = self.tools.ready(identity, body, remote=remote)
+        error = self.tools.ready(identity, body)
         if error is not None:
             self.drops.drop("ready", error, plane="control")
             self._refuse(identity, "INVALID_READY", error, body.rid)

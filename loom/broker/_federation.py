@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -89,6 +89,14 @@ class _Answer(msgspec.Struct, frozen=True):
 
 
 _decode_answer = msgspec.msgpack.Decoder(_Answer).decode
+
+
+def _crosses(prefix: bytes) -> bool:
+    """Whether interest in ``prefix`` is the link's to follow: not the broker's own
+    ``$`` topics, but inboxes (a reply from elsewhere comes to one)."""
+    return prefix[:1] != b"$" or prefix.startswith(b"$inbox.")
+
+
 _decode_delivery = msgspec.msgpack.Decoder(tuple[str, int, str]).decode
 
 
@@ -101,6 +109,7 @@ class FederationPlane:
         offer: the same, False without counting a drop when the peer's queue is full
             (exported events then wait in the broker, up to ``HELD_BYTES``).
         forward: delivers an already checked event to local subscribers.
+        subscriptions: the prefixes local peers hold now (the pub/sub proxy's).
         publish: publishes the broker's ``$sys`` events.
         max_payload: the largest payload the broker takes.
         log: a structlog logger.
@@ -115,6 +124,7 @@ class FederationPlane:
         send: Send,
         offer: Send,
         forward: Callable[[bytes, bytes, bytes], None],
+        subscriptions: Callable[[], Iterable[bytes]],
         publish: Callable[[str, dict[str, Any]], None],
         max_payload: int,
         log: Any,
@@ -125,10 +135,11 @@ class FederationPlane:
         """The link's routing id on the ROUTER (``None``: no link attached)."""
         self._send = send
         self._offer = offer
-        self._held: deque[list[bytes]] = deque()
+        self._held: deque[tuple[list[bytes], int]] = deque()
         """Exported events waiting for room in the link's queue, in order."""
         self._held_bytes = 0
         self._forward = forward
+        self._subscriptions = subscriptions
         self._publish = publish
         self._max_payload = max_payload
         self._guard = guard
@@ -139,18 +150,15 @@ class FederationPlane:
         self._decided: dict[bytes, bool] = {}
         self._remote_requests: dict[bytes, bytes] = {}
         """Id of a request from the federation -> the topic its reply goes to."""
-        self.held: set[bytes] = set()
-        """Subscription prefixes local peers hold (``$`` topics left out)."""
         self._added: set[bytes] = set()
         self._removed: set[bytes] = set()
         self.jetstream = settings.durable == "jetstream"
         """Durable subscriptions are served by the link, from JetStream."""
         self._asked: dict[int, tuple[bytes, int | None, str]] = {}
         """FDSUB sent -> (subscriber, its DSUB's rid, name), until the link answers."""
-        self._durables: dict[str, tuple[bytes, list[str], str]] = {}
+        self._durables: dict[str, tuple[bytes, list[Pattern], str]] = {}
         """Durable subscriptions served through the link -> (subscriber, patterns, its
         identity)."""
-        self._compiled: dict[str, list[Pattern]] = {}
         self._req = 0
         self.state: dict[str, Any] = {"state": "detached"}
         self.counts = {"exported": 0, "imported": 0, "export_dropped": 0, "refused": 0}
@@ -182,7 +190,7 @@ class FederationPlane:
             self.counts["export_dropped"] += 1
             self.drops.drop("federation", "the link is behind by 64 MiB", topic=frames[2].decode())
             return
-        self._held.append(frames)
+        self._held.append((frames, size))
         self._held_bytes += size
 
     def retry(self) -> bool:
@@ -190,11 +198,11 @@ class FederationPlane:
         still wait (the broker then looks again soon)."""
         held = self._held
         while held and self.link is not None:
-            frames = held[0]
+            frames, size = held[0]
             if not self._offer(self.link, frames):
                 return True
             held.popleft()
-            self._held_bytes -= len(frames[2]) + len(frames[3]) + len(frames[4])
+            self._held_bytes -= size
             self.counts["exported"] += 1
         return bool(held)
 
@@ -219,16 +227,13 @@ class FederationPlane:
     # --- local interest --------------------------------------------------------------
 
     def interest(self, prefix: bytes, held: bool) -> None:
-        """A subscription prefix local peers now hold, or no longer hold (an inbox is
-        one: a reply from elsewhere comes to it)."""
-        if prefix[:1] == b"$" and not prefix.startswith(b"$inbox."):
+        """A subscription prefix local peers now hold, or no longer hold."""
+        if not _crosses(prefix):
             return
         if held:
-            self.held.add(prefix)
             self._removed.discard(prefix)
             self._added.add(prefix)
         else:
-            self.held.discard(prefix)
             self._added.discard(prefix)
             self._removed.add(prefix)
 
@@ -255,10 +260,10 @@ class FederationPlane:
         self.link = identity
         self._added.clear()
         self._removed.clear()
-        body = {"reset": True, "add": sorted(self.held), "remove": []}
+        body = {"reset": True, "add": self._interest(), "remove": []}
         self._send(identity, encode_control(INTEREST, body))
         for name, (peer, patterns, owner) in self._durables.items():  # resume them
-            self._ask_link(0, name, patterns, peer, owner)
+            self._ask_link(0, name, [p.text for p in patterns], peer, owner)
         self._log.info("federation link attached")
         return True
 
@@ -340,6 +345,10 @@ class FederationPlane:
         self.counts["imported"] += 1
         self._forward(topic, header, payload)
 
+    def _interest(self) -> list[bytes]:
+        """The prefixes local peers hold that the link follows."""
+        return sorted(p for p in self._subscriptions() if _crosses(p))
+
     def _read(self, topic: bytes, header: bytes) -> tuple[str, Envelope] | None:
         """The topic and the header of an event from the link, checked (None, counted:
         not readable)."""
@@ -403,8 +412,7 @@ class FederationPlane:
         else:  # a name held by another peer here moves to this one, as a local stream does
             self._req += 1
             self._asked[self._req] = (identity, body.rid, name)
-            self._durables[name] = (identity, list(body.patterns), who)
-            self._compiled[name] = [Pattern(p) for p in body.patterns]
+            self._durables[name] = (identity, [Pattern(p) for p in body.patterns], who)
             self._ask_link(self._req, name, list(body.patterns), identity, who)
 
     def _ask_link(self, req: int, name: str, patterns: list[str], peer: bytes, owner: str) -> None:
@@ -429,7 +437,6 @@ class FederationPlane:
         """A peer is gone: the link stops serving its subscriptions."""
         for name in [n for n, (peer, _, _) in self._durables.items() if peer == identity]:
             del self._durables[name]
-            self._compiled.pop(name, None)
             if self.link is not None:
                 self._send(self.link, [FDGONE, msgpack.packb({"name": name})])
 
@@ -460,7 +467,7 @@ class FederationPlane:
             return
         text, env = read
         problem = None
-        if not any(p.matches(text) for p in self._compiled.get(name, ())):
+        if not any(p.matches(text) for p in held[1]):
             problem = "a durable event outside its subscription's patterns"
         elif len(payload) > self._max_payload:
             problem = f"a payload of {len(payload)} bytes"
@@ -478,7 +485,6 @@ class FederationPlane:
         identity, rid, name = asked
         if answer.code is not None:
             self._durables.pop(name, None)
-            self._compiled.pop(name, None)
             self._refuse_dsub(identity, answer.code[:64], answer.message[:4096], rid)
             return
         body = {"acked": answer.acked, "last_seq": answer.last_seq, "window": DSUB_WINDOW}
@@ -489,7 +495,7 @@ class FederationPlane:
         return {
             **self.state,
             **self.counts,
-            "interest": len(self.held),
+            "interest": len(self._interest()),
             "held": len(self._held),
             "durable": "jetstream" if self.jetstream else "local",
             "durable_subscribers": sorted(self._durables)[:100],

@@ -130,30 +130,27 @@ class Peers:
 
     def send(self, identity: bytes, frames: list[bytes]) -> bool:
         """Send to a peer; count and return False if it is gone or its queue is full."""
-        try:
-            send_frames(self.router, [identity, *frames])
-        except zmq.Again:
-            self.drops.drop("peer_full", "a peer's queue is full", plane="control")
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self.drops.drop("unroutable", "a peer is gone", plane="control")
-            return False
-        return True
+        missed = self._send(identity, frames)
+        if missed is not None:
+            self.drops.drop(*missed, plane="control")
+        return missed is None
 
     def offer(self, identity: bytes, frames: list[bytes]) -> bool:
-        """Send to a peer if its queue has room now; False (not counted) if not: the
-        caller keeps the message and tries again."""
+        """Send to a peer if it can take it now; False (not counted) if not: the caller
+        keeps the message and tries again."""
+        return self._send(identity, frames) is None
+
+    def _send(self, identity: bytes, frames: list[bytes]) -> tuple[str, str] | None:
+        """Send; the drop reason and message when it could not be (None: sent)."""
         try:
             send_frames(self.router, [identity, *frames])
         except zmq.Again:
-            return False
+            return "peer_full", "a peer's queue is full"
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
-            return False
-        return True
+            return "unroutable", "a peer is gone"
+        return None
 
     def get(self, identity: bytes) -> Peer | None:
         return self.table.get(identity)

@@ -31,7 +31,6 @@ class WorkerState:
         "identity",
         "name",
         "pid",
-        "remote",
         "since",
         "slots",
     )
@@ -45,11 +44,14 @@ class WorkerState:
         self.calls: dict[int, Call] = {}
         """Calls running there, by token, including those whose caller no longer waits."""
         self.draining = False
-        self.remote = False
+        self.brokers: dict[str, list[str]] = {}
+        """The link's tools -> the brokers that serve them (empty for a local worker)."""
+
+    @property
+    def remote(self) -> bool:
         """The federation link, serving tools of other brokers: used when no local
         worker is free, and never for the calls the link itself makes."""
-        self.brokers: dict[str, list[str]] = {}
-        """The link's tools -> the brokers that serve them."""
+        return bool(self.brokers)
 
 
 class ToolEntry:

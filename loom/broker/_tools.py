@@ -143,10 +143,10 @@ class ToolRouter:
 
     # --- workers -----------------------------------------------------------------
 
-    def ready(self, identity: bytes, body: Ready, *, remote: bool = False) -> str | None:
+    def ready(self, identity: bytes, body: Ready) -> str | None:
         """A worker announces (or re-announces) its tools; returns an error message if the
-        announcement cannot be taken (a spec too large, or no room for more tools).
-        ``remote``: the worker is the federation link, serving other brokers' tools."""
+        announcement cannot be taken (a spec too large, or no room for more tools). Tools
+        naming ``brokers`` make it the federation link (the control plane checks it may)."""
         specs: list[tuple[dict[str, Any], int]] = []
         growth = 0
         for tool in body.tools:
@@ -165,11 +165,12 @@ class ToolRouter:
         if worker is None:
             worker = WorkerState(identity, body.name, body.pid, now)
             self.workers[identity] = worker
-        if worker.remote != remote:
-            worker.remote = remote
+        was_remote = worker.remote
+        worker.brokers = {t.name: list(t.brokers) for t in body.tools if t.brokers}
+        remote = worker.remote
+        if remote != was_remote:  # its slots rank elsewhere now
             for name in worker.slots:
                 self.tools[name].free.sort(key=last_used)
-        worker.brokers = {t.name: list(t.brokers) for t in body.tools if t.brokers}
         announced = {tool.name for tool in body.tools}
         for name in [name for name in worker.slots if name not in announced]:
             self._withdraw(worker, name)  # a READY names the worker's whole set

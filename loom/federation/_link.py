@@ -69,6 +69,8 @@ SEEN_IDS = 262_144
 RECENT_MAX = 100_000
 """Sent events kept for a resend at most (besides the resend window)."""
 MAX_SUBJECTS = 10_000
+MAX_RESEND_ASKERS = 1000
+"""Brokers whose resend requests are remembered (one served per window each)."""
 OUTBOX_MESSAGES = 100_000
 OUTBOX_BYTES = 64 << 20
 """What may wait for NATS while it is up but slower than the broker (then: dropped,
@@ -136,6 +138,8 @@ class Link:
         self._backlog_standard = self._backlog_bytes = self._reliable_bytes = 0
         self._recent: deque[tuple[float, str, bytes]] = deque()
         """(when, subject, body) of the events sent lately: sent again after a failure."""
+        self._kept_for = 2 * settings.resend_window + DETECTION
+        """Seconds a sent event is kept to be sent again."""
         self._resends: dict[str, float] = {}
         """Broker -> when we last sent it our recent events again (one per window)."""
         self._seen: dict[bytes, None] = {}
@@ -238,7 +242,6 @@ class Link:
     def drop(self, reason: str, message: str) -> None:
         """Count (by reason) and log, rate-limited, something the link did not pass on."""
         self.counts.dropped += 1
-        self.counts.by_reason[reason] = self.counts.by_reason.get(reason, 0) + 1
         self.drops.drop(reason, message)
 
     async def report(self) -> None:
@@ -413,7 +416,7 @@ class Link:
         recent = self._recent
         now = time.time()
         recent.append((now, subject, body))
-        horizon = now - 2 * self.settings.resend_window - DETECTION
+        horizon = now - self._kept_for
         while recent and (recent[0][0] < horizon or len(recent) > RECENT_MAX):
             recent.popleft()
 
@@ -452,12 +455,15 @@ class Link:
             self.drop("malformed", "an unreadable resend request")
             return
         window = self.settings.resend_window
-        if now - self._resends.get(broker, 0.0) < window or len(self._resends) > 1000:
+        last = self._resends.get(broker)
+        if last is not None and now - last < window:
+            return
+        if len(self._resends) >= MAX_RESEND_ASKERS:  # forget those out of their window
             self._resends = {b: t for b, t in self._resends.items() if now - t < window}
-            if broker in self._resends or len(self._resends) > 1000:
+            if len(self._resends) >= MAX_RESEND_ASKERS:
                 return
         self._resends[broker] = now
-        again = self._lately(max(float(since), now - 2 * window - DETECTION))
+        again = self._lately(max(float(since), now - self._kept_for))
         for subject, data, _ in again:
             if not self.outbox.put(subject, data):
                 self.drop("outbox", "a resend larger than the queue to NATS")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from loom.config import FederationSettings
@@ -80,7 +80,6 @@ class Counts:
     resent: int = 0
     calls_out: int = 0
     calls_in: int = 0
-    by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class Tasks:
